@@ -1,0 +1,251 @@
+"""Benchmark: values-only analysis of Pythia-160m-shaped checkpoints.
+
+Makes N checkpoints with Pythia-160m's layout and shapes (fp16
+`pytorch_model.bin`, GPT-NeoX names and buffers, random weights: SVD cost does
+not depend on training), then runs each method in its own process and prints
+wall time and peak RSS, with ratios against the floor measured in the same run:
+
+- specdyn: `specdyn.analyze` values-only, loading and store writing included;
+- floor: bare fp32 `torch.linalg.svdvals` over the same matrices (the views
+  specdyn analyses) already in memory, loading excluded;
+- paper loop: full `torch.load` of each checkpoint, full `torch.linalg.svd`
+  (vectors included) per weight matrix, as the paper's scripts do;
+- weightwatcher: `WeightWatcher(model).analyze()` on a GPT-NeoX model built
+  from the checkpoint, when `weightwatcher` and `transformers` are installed.
+
+    python benchmarks/bench_analyze.py                  # 2 checkpoints
+    python benchmarks/bench_analyze.py --checkpoints 1 --methods specdyn,floor
+
+Results are recorded in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HIDDEN, LAYERS, HEADS, INTER, VOCAB, CONTEXT = 768, 12, 12, 3072, 50304, 2048
+
+
+def make_checkpoints(folder: Path, n: int) -> list[Path]:
+    """Write n fp16 Pythia-160m-shaped checkpoints as step{k}/pytorch_model.bin."""
+    import torch
+
+    paths = []
+    for k in range(n):
+        g = torch.Generator().manual_seed(k)
+        sd: dict[str, torch.Tensor] = {}
+
+        def rand(*shape):
+            return (torch.randn(*shape, generator=g) * 0.02).half()
+
+        sd["gpt_neox.embed_in.weight"] = rand(VOCAB, HIDDEN)
+        for i in range(LAYERS):
+            p = f"gpt_neox.layers.{i}."
+            sd[p + "input_layernorm.weight"] = torch.ones(HIDDEN).half()
+            sd[p + "input_layernorm.bias"] = torch.zeros(HIDDEN).half()
+            sd[p + "post_attention_layernorm.weight"] = torch.ones(HIDDEN).half()
+            sd[p + "post_attention_layernorm.bias"] = torch.zeros(HIDDEN).half()
+            sd[p + "attention.bias"] = torch.tril(torch.ones(CONTEXT, CONTEXT, dtype=torch.bool)).view(
+                1, 1, CONTEXT, CONTEXT
+            )
+            sd[p + "attention.masked_bias"] = torch.tensor(-1e9)
+            sd[p + "attention.rotary_emb.inv_freq"] = 1.0 / (
+                10000 ** (torch.arange(0, 16, 2).float() / 16)
+            )
+            sd[p + "attention.query_key_value.weight"] = rand(3 * HIDDEN, HIDDEN)
+            sd[p + "attention.query_key_value.bias"] = rand(3 * HIDDEN)
+            sd[p + "attention.dense.weight"] = rand(HIDDEN, HIDDEN)
+            sd[p + "attention.dense.bias"] = rand(HIDDEN)
+            sd[p + "mlp.dense_h_to_4h.weight"] = rand(INTER, HIDDEN)
+            sd[p + "mlp.dense_h_to_4h.bias"] = rand(INTER)
+            sd[p + "mlp.dense_4h_to_h.weight"] = rand(HIDDEN, INTER)
+            sd[p + "mlp.dense_4h_to_h.bias"] = rand(HIDDEN)
+        sd["gpt_neox.final_layer_norm.weight"] = torch.ones(HIDDEN).half()
+        sd["gpt_neox.final_layer_norm.bias"] = torch.zeros(HIDDEN).half()
+        sd["embed_out.weight"] = rand(VOCAB, HIDDEN)
+        step_dir = folder / f"step{1000 * k}"
+        step_dir.mkdir(parents=True, exist_ok=True)
+        config = {
+            "model_type": "gpt_neox",
+            "hidden_size": HIDDEN,
+            "num_hidden_layers": LAYERS,
+            "num_attention_heads": HEADS,
+            "intermediate_size": INTER,
+            "vocab_size": VOCAB,
+            "max_position_embeddings": CONTEXT,
+            "rotary_pct": 0.25,
+            "use_parallel_residual": True,
+            "tie_word_embeddings": False,
+        }
+        (step_dir / "config.json").write_text(json.dumps(config))
+        torch.save(sd, step_dir / "pytorch_model.bin")
+        paths.append(step_dir)
+        del sd
+    return paths
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident set of this process, MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_specdyn(folder: Path) -> dict:
+    """specdyn values-only, loading and store included."""
+    import specdyn
+
+    home = Path(tempfile.mkdtemp(prefix="bench-ws-"))
+    start = time.perf_counter()
+    result = specdyn.analyze(folder, home=home, compute=specdyn.ComputeOptions(device="cpu"))
+    seconds = time.perf_counter() - start
+    run = result.runs[0]
+    return {"seconds": seconds, "matrices": run.n_matrices * len(run.steps_computed), "methods": run.methods}
+
+
+def _views_in_memory(step_dir: Path):
+    """The matrices specdyn analyses, as fp32 tensors in memory (untimed)."""
+    import torch
+
+    from specdyn.sources import open_checkpoint
+    from specdyn.views import plan_views
+
+    ckpt = open_checkpoint(step_dir)
+    with ckpt.open() as reader:
+        keys = reader.keys()
+        plan = plan_views({k: reader.info(k) for k in keys}, config=ckpt.config, source_order=keys)
+        mats = []
+        for view in plan.matrices:
+            mats.append(view.extract(reader.get(view.key)).to(torch.float32).contiguous())
+    return mats
+
+
+def run_floor(folder: Path) -> dict:
+    """Bare fp32 svdvals over the same matrices already in memory."""
+    import torch
+
+    seconds = 0.0
+    count = 0
+    for step_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+        mats = _views_in_memory(step_dir)
+        start = time.perf_counter()
+        for m in mats:
+            torch.linalg.svdvals(m)
+        seconds += time.perf_counter() - start
+        count += len(mats)
+        del mats
+    return {"seconds": seconds, "matrices": count}
+
+
+def run_paper_loop(folder: Path) -> dict:
+    """Full torch.load, full torch.linalg.svd per 2-D weight, as the paper's scripts do."""
+    import torch
+
+    start = time.perf_counter()
+    count = 0
+    for step_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+        sd = torch.load(step_dir / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        for name, w in sd.items():
+            if w.ndim == 2 and w.is_floating_point():
+                torch.linalg.svd(w.float(), full_matrices=False)
+                count += 1
+        del sd
+    return {"seconds": time.perf_counter() - start, "matrices": count}
+
+
+def run_weightwatcher(folder: Path) -> dict:
+    """WeightWatcher's analyze() on a GPT-NeoX model holding each checkpoint."""
+    import torch
+    import transformers
+    import weightwatcher
+
+    start = time.perf_counter()
+    for step_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+        config = transformers.GPTNeoXConfig.from_pretrained(step_dir)
+        model = transformers.GPTNeoXForCausalLM(config)
+        sd = torch.load(step_dir / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        model.load_state_dict(sd, strict=False)
+        del sd
+        weightwatcher.WeightWatcher(model=model).analyze()
+        del model
+    return {"seconds": time.perf_counter() - start, "version": weightwatcher.__version__}
+
+
+METHODS = {
+    "specdyn": run_specdyn,
+    "floor": run_floor,
+    "paper": run_paper_loop,
+    "weightwatcher": run_weightwatcher,
+}
+
+
+def _child(method: str, folder: Path) -> None:
+    """Run one method in this process and print its JSON result."""
+    result = METHODS[method](folder)
+    result["peak_rss_mb"] = _peak_rss_mb()
+    print("RESULT " + json.dumps(result))
+
+
+def _run_child(method: str, folder: Path) -> dict | None:
+    """Run one method as its own process; None when it cannot run here."""
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", method, "--dir", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    print(f"  {method}: did not run ({tail})", file=sys.stderr)
+    return None
+
+
+def _baseline_rss() -> float:
+    """Peak RSS of a process that only imports torch and specdyn (MB)."""
+    code = "import resource, torch, specdyn; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout)
+
+
+def main() -> None:
+    """Make the checkpoints, run every method, print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoints", type=int, default=2)
+    parser.add_argument("--methods", default="specdyn,floor,paper,weightwatcher")
+    parser.add_argument("--dir", type=Path, default=None, help="reuse/keep checkpoints here")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _child(args.child, args.dir)
+        return
+    folder = args.dir or Path(tempfile.mkdtemp(prefix="bench-160m-"))
+    if not any(folder.glob("step*/pytorch_model.bin")):
+        print(f"writing {args.checkpoints} Pythia-160m-shaped checkpoints to {folder} …", file=sys.stderr)
+        make_checkpoints(folder, args.checkpoints)
+    size = sum(f.stat().st_size for f in folder.glob("step*/pytorch_model.bin")) / 1e6
+    print(f"checkpoints: {args.checkpoints} × Pythia-160m shape, {size:.0f} MB fp16 on disk; "
+          f"cores: {os.cpu_count()}, torch threads: default")
+    print(f"baseline RSS (import torch + specdyn): {_baseline_rss():.0f} MB")
+    results = {}
+    for method in args.methods.split(","):
+        results[method] = _run_child(method.strip(), folder)
+    floor = results.get("floor")
+    print(f"{'method':<15}{'wall s':>9}{'× floor':>9}{'peak RSS MB':>13}")
+    for method, r in results.items():
+        if r is None:
+            print(f"{method:<15}{'—':>9}{'—':>9}{'—':>13}")
+            continue
+        ratio = f"{r['seconds'] / floor['seconds']:.2f}" if floor else "—"
+        print(f"{method:<15}{r['seconds']:>9.2f}{ratio:>9}{r['peak_rss_mb']:>13.0f}")
+    if results.get("specdyn"):
+        print(f"specdyn methods: {results['specdyn'].get('methods')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""specdyn: the spectral dynamics of weights.
+
+Singular values (and vectors) of every weight matrix of a network at every
+training checkpoint, stored in HDF5 and drawn from there.
+
+    import specdyn
+    result = specdyn.analyze("ckpts/")            # writes ./specdyn-runs/<run>.h5
+    with specdyn.open_run("ckpts") as run:
+        run.metric("normalized_effective_rank")   # [matrices, steps]
+"""
+
+from ._types import Note, TensorInfo
+from ._version import __version__
+from .analyze import AnalyzeResult, ComputeOptions, MatrixSelection, Progress, RunAnalysis, analyze
+from .errors import SpecdynError
+from .metrics import METRIC_NAMES, spectral_metrics
+from .sources import discover
+from .steps import select_steps
+from .store import Run, open_run
+from .workspace import list_runs, resolve_home
+
+__all__ = [
+    "__version__",
+    "analyze",
+    "AnalyzeResult",
+    "RunAnalysis",
+    "ComputeOptions",
+    "MatrixSelection",
+    "Progress",
+    "open_run",
+    "Run",
+    "list_runs",
+    "resolve_home",
+    "discover",
+    "select_steps",
+    "spectral_metrics",
+    "METRIC_NAMES",
+    "Note",
+    "TensorInfo",
+    "SpecdynError",
+]

@@ -1,0 +1,261 @@
+"""Store schema constants and low-level HDF5 helpers shared by the writer, the reader and
+the workspace listing (docs/store.md describes every path)."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ._version import __version__
+from .errors import StoreError
+
+FORMAT = "specdyn-store"
+SCHEMA_VERSION = 1
+
+# Fixed-size per-step fields: a step's write must never change HDF5 metadata
+# (variable-length strings would allocate in the global heap), so every value
+# written after creation lives in a fixed-length slot allocated up front.
+METHOD_BYTES = 64
+SHA256_BYTES = 64
+NOTES_BYTES = 4096
+PROVENANCE_BYTES = 8192
+PROVENANCE_SLOTS = 16
+
+EPOCH_UNKNOWN = -1
+INVOCATION_NONE = -1
+
+# HDF5 format bounds: the oldest object formats (superblock v0, which has no
+# "open for writing" status flag that a killed writer could leave set), readable
+# by HDF5 1.10 and later.
+LIBVER = ("earliest", "v110")
+
+VLEN_STR = h5py.string_dtype("utf-8")
+METHOD_DTYPE = h5py.string_dtype("utf-8", METHOD_BYTES)
+SHA256_DTYPE = h5py.string_dtype("utf-8", SHA256_BYTES)
+NOTES_DTYPE = h5py.string_dtype("utf-8", NOTES_BYTES)
+PROVENANCE_DTYPE = h5py.string_dtype("utf-8", PROVENANCE_BYTES)
+
+
+def open_h5(path: Path, mode: str) -> h5py.File:
+    """Open a store file without HDF5's own file locks (specdyn's lock file guards writers)."""
+    return h5py.File(path, mode, locking=False, libver=LIBVER if mode == "w" else None)
+
+
+def open_checked(path: Path) -> h5py.File:
+    """Open a store read-only and check its format and schema version, or raise StoreError."""
+    try:
+        f = open_h5(path, "r")
+    except FileNotFoundError:
+        raise StoreError(
+            f"{path}: no such store file; check the path or list runs with specdyn runs"
+        ) from None
+    except IsADirectoryError:
+        raise StoreError(
+            f"{path} is a folder, not a store file; pass a run name or a .h5 store path"
+        ) from None
+    except OSError as exc:
+        raise StoreError(
+            f"{path} is not an HDF5 file ({h5_reason(exc)}); pass a store written by specdyn analyze"
+        ) from None
+    try:
+        check_header(f, path)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def check_header(f: h5py.File, path: Path) -> None:
+    """Raise StoreError unless `f` is a specdyn store of a schema this version reads."""
+    fmt = f.attrs.get("format")
+    if isinstance(fmt, bytes):
+        fmt = fmt.decode("utf-8", "replace")
+    if fmt != FORMAT:
+        raise StoreError(
+            f"{path} is an HDF5 file but not a specdyn store (format attribute {fmt!r}); "
+            "if a newer specdyn wrote it, upgrade specdyn, else re-run specdyn analyze"
+        )
+    version = f.attrs.get("schema_version")
+    try:
+        version = int(version)
+    except (TypeError, ValueError):
+        raise StoreError(
+            f"{path}: specdyn store without a valid schema_version ({version!r}); "
+            "re-run specdyn analyze with --overwrite"
+        ) from None
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{path} uses store schema {version}, newer than specdyn {__version__} reads "
+            f"(schema {SCHEMA_VERSION}); upgrade specdyn or re-run specdyn analyze with --overwrite"
+        )
+    if version < 1:
+        raise StoreError(
+            f"{path}: unknown store schema {version}; re-run specdyn analyze with --overwrite"
+        )
+
+
+def h5_reason(exc: BaseException) -> str:
+    """The useful part of an h5py open error, on one line."""
+    text = str(exc).replace("\n", " ")
+    if "(" in text and text.endswith(")"):
+        text = text[text.rfind("(") + 1 : -1]
+    return text or type(exc).__name__
+
+
+def damaged(path: Path, exc: BaseException) -> StoreError:
+    """The error for a store whose expected content is missing or unreadable."""
+    detail = str(exc).replace("\n", " ") or type(exc).__name__
+    return StoreError(
+        f"{path}: damaged specdyn store ({detail}); re-run specdyn analyze with --overwrite"
+    )
+
+
+def new_dataset(
+    group: h5py.Group, name: str, shape: tuple[int, ...], dtype: Any, fill: Any = None
+) -> h5py.Dataset:
+    """A contiguous dataset allocated in full now (no allocation, hence no metadata
+    change, when it is written later); `fill`, when given, is written into all of it."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)  # every byte is written right after
+    ds = group.create_dataset(name, shape=shape, dtype=dtype, dcpl=dcpl, track_times=False)
+    if fill is not None and ds.size:
+        write_blocks(
+            ds, lambda start, stop: np.full((stop - start, *shape[1:]), fill, dtype=ds.dtype)
+        )
+    return ds
+
+
+def write_blocks(ds: h5py.Dataset, make_rows, max_bytes: int = 64 << 20) -> None:
+    """Write `ds` in blocks of rows (`make_rows(start, stop)`) so memory stays bounded."""
+    rows = ds.shape[0]
+    row_bytes = max(1, int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize)
+    step = max(1, max_bytes // row_bytes)
+    for start in range(0, rows, step):
+        stop = min(rows, start + step)
+        ds[start:stop] = make_rows(start, stop)
+
+
+def vlen_strings(group: h5py.Group, name: str, values: list[str]) -> h5py.Dataset:
+    """A variable-length UTF-8 string dataset, written once at creation."""
+    return group.create_dataset(
+        name,
+        data=np.array([clean_text(v) for v in values], dtype=object),
+        dtype=VLEN_STR,
+        track_times=False,
+    )
+
+
+def read_strings(ds: h5py.Dataset) -> list[str]:
+    """All strings of a string dataset (vlen or fixed) as Python str."""
+    if ds.size == 0:
+        return []
+    return [str(v) for v in ds.asstr(errors="replace")[()].reshape(-1)]
+
+
+def clean_text(text: str) -> str:
+    """`text` made encodable as UTF-8 (undecodable file names keep a visible escape)."""
+    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def fixed_bytes(text: str, nbytes: int) -> bytes:
+    """UTF-8 bytes of `text`, cut at a character boundary to fit `nbytes`."""
+    data = clean_text(text).encode("utf-8")
+    if len(data) <= nbytes:
+        return data
+    return data[:nbytes].decode("utf-8", "ignore").encode("utf-8")
+
+
+def notes_bytes(notes: list[str]) -> bytes:
+    """A step's notes as a JSON list that fits its slot; notes that do not fit are
+    replaced by one final entry counting them (never dropped silently)."""
+    notes = [clean_text(n)[:1000] for n in notes]
+    kept = list(notes)
+    while True:
+        items = (
+            kept
+            if len(kept) == len(notes)
+            else kept
+            + [f"... {len(notes) - len(kept)} more notes not stored (see the analyze output)"]
+        )
+        data = json.dumps(items, ensure_ascii=False).encode("utf-8")
+        if len(data) <= NOTES_BYTES:
+            return data
+        kept.pop()
+
+
+def provenance_bytes(record: dict[str, Any]) -> bytes:
+    """One provenance record as JSON that fits its slot (long values shortened and
+    the record marked ``"truncated": true`` when needed)."""
+    data = json.dumps(record, default=str, ensure_ascii=False).encode("utf-8")
+    if len(data) <= PROVENANCE_BYTES:
+        return data
+    short = {k: _shorten(v) for k, v in record.items()}
+    short["truncated"] = True
+    data = json.dumps(short, default=str, ensure_ascii=False).encode("utf-8")
+    if len(data) <= PROVENANCE_BYTES:
+        return data
+    scalars = {
+        k: v for k, v in short.items() if isinstance(v, (str, int, float, bool)) or v is None
+    }
+    scalars = {k: (v[:200] if isinstance(v, str) else v) for k, v in scalars.items()}
+    return fixed_bytes(json.dumps(scalars, default=str, ensure_ascii=False), PROVENANCE_BYTES)
+
+
+def _shorten(value: Any) -> Any:
+    """A provenance value cut to a few hundred characters / fifty items."""
+    if isinstance(value, str):
+        return value if len(value) <= 300 else value[:300] + "..."
+    if isinstance(value, (list, tuple)):
+        items = [_shorten(v) for v in value[:50]]
+        if len(value) > 50:
+            items.append(f"... {len(value) - 50} more")
+        return items
+    if isinstance(value, dict):
+        return {str(k): _shorten(v) for k, v in list(value.items())[:50]}
+    return value
+
+
+def canonical_json(value: Any) -> str:
+    """JSON text with sorted keys (tuples become lists), for storing and comparing options."""
+    return json.dumps(value, sort_keys=True, default=str, ensure_ascii=False)
+
+
+def attr_str(f: h5py.File, name: str, default: str = "") -> str:
+    """A string attribute as str."""
+    value = f.attrs.get(name, default)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def now_iso() -> str:
+    """The current time, ISO 8601 in UTC, to the second."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def fsync_file(f: h5py.File) -> None:
+    """Flush HDF5's buffers and make the bytes durable (kill -9 needs only the flush;
+    the fsync also orders data before the done flag across a power loss)."""
+    f.flush()
+    os.fsync(f.id.get_vfd_handle())
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (best effort: not every filesystem allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

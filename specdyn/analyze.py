@@ -1,0 +1,462 @@
+"""The analysis pipeline: checkpoints → matrix views → singular values → store.
+
+`analyze` walks a directory (or one checkpoint), plans the matrix views from the
+first selected checkpoint, and streams every pending step through the engine,
+one parameter tensor at a time, writing each finished step to the run's store.
+Re-running adds only what is missing (SPEC §7 "Store evolution").
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ._version import __version__
+from ._types import Note
+from .engine import SpectrumEngine
+from .errors import ShapeChangedError, SpecdynError
+from .metrics import spectral_metrics
+from .sources import Checkpoint, RunSource, discover
+from .steps import select_steps
+from .store import MatrixRecord, StepRecord, StoreWriter, open_run
+from .views import MatrixView, ViewPlan, plan_views
+from .workspace import resolve_home, store_path_for
+
+__all__ = [
+    "ComputeOptions",
+    "MatrixSelection",
+    "Progress",
+    "RunAnalysis",
+    "AnalyzeResult",
+    "analyze",
+]
+
+# Matrices are sent to the engine in groups of at most this many bytes (as
+# stored), so that same-shape matrices batch while memory holds one group.
+_GROUP_BYTES = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class ComputeOptions:
+    """How singular values are computed.
+
+    device: "auto" | "cpu" | "cuda" | "cuda:N"; precision: "float64" (σ within
+    1e-6·σ1 of float64 LAPACK) or "float32" (1e-4·σ1, faster on GPUs with weak
+    float64); exact: force float64 LAPACK; max_memory: bytes the engine may hold
+    on the device at once (None: no bound beyond what fits).
+    """
+
+    device: str = "auto"
+    precision: str = "float64"
+    exact: bool = False
+    max_memory: int | None = None
+
+
+@dataclass(frozen=True)
+class MatrixSelection:
+    """Which matrices are analysed: regexes on canonical matrix names (re.search).
+
+    transposed: regex of parameters that are ConvTranspose weights (besides
+    those recognised by name).
+    """
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    transposed: str | None = None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress event: `matrices_done` of `n_matrices` at step `step_index` of `n_steps`."""
+
+    run: str
+    step: int
+    step_index: int
+    n_steps: int
+    matrices_done: int
+    n_matrices: int
+
+
+@dataclass
+class RunAnalysis:
+    """What `analyze` did for one run."""
+
+    name: str
+    source_root: str
+    store_path: str
+    step_unit: str
+    steps_selected: list[int]
+    steps_computed: list[int]
+    steps_already_done: list[int]
+    n_matrices: int
+    skipped: dict[str, int]
+    aliases: dict[str, str]
+    methods: dict[str, int]
+    device: str
+    seconds: float
+    notes: list[Note] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form (for `--json`)."""
+        d = asdict(self)
+        d["notes"] = [asdict(n) for n in self.notes]
+        return d
+
+
+@dataclass
+class AnalyzeResult:
+    """Result of `analyze`: one `RunAnalysis` per run found, and discovery notes."""
+
+    runs: list[RunAnalysis]
+    notes: list[Note]
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form (for `--json`)."""
+        return {"runs": [r.to_dict() for r in self.runs], "notes": [asdict(n) for n in self.notes]}
+
+
+def analyze(
+    path: str | Path,
+    *,
+    home: str | Path | None = None,
+    name: str | None = None,
+    run: str | None = None,
+    steps: str | None = None,
+    matrices: MatrixSelection | None = None,
+    compute: ComputeOptions | None = None,
+    overwrite: bool = False,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> AnalyzeResult:
+    """Analyse every checkpoint under `path` and write (or extend) each run's store.
+
+    Args:
+        path: a directory of checkpoints (searched recursively) or one checkpoint.
+        home: the workspace folder (default `SPECDYN_HOME`, else ./specdyn-runs).
+        name: the store name for the run (default: the run folder's name). With
+            several runs in `path`, a prefix: stores are named `<name>-<run>`.
+        run: when `path` holds several runs, analyse only the one of this name.
+        steps: the SPEC §7 `--steps` grammar (training steps, not indices).
+        matrices: which matrices to analyse (regexes on canonical names).
+        compute: device, precision, exactness and memory bound of the engine.
+        overwrite: rebuild stores whose options or matrices differ.
+        on_progress: called after every group of matrices with a `Progress`.
+
+    Returns:
+        AnalyzeResult with, per run, the store path, steps computed now and
+        before, matrices analysed, skipped parameters by reason, methods used
+        (name → number of matrices), and warnings (`Note`s: NaN/Inf weights,
+        all-zero matrices, duplicates, engine fallbacks, changed sources).
+
+    Raises:
+        SpecdynError subclasses with one-line messages (no checkpoints, unsafe
+        or corrupt files that leave nothing to analyse, a shape that changes
+        between steps, a store from another run or made with other options, a
+        store locked by another writer).
+    """
+    matrices = matrices or MatrixSelection()
+    compute = compute or ComputeOptions()
+    discovery = discover(path)
+    sources = discovery.runs
+    if run is not None:
+        sources = [r for r in sources if r.name == run]
+        if not sources:
+            names = ", ".join(r.name for r in discovery.runs)
+            raise SpecdynError(f"{path}: no run named {run!r}; runs found: {names}")
+    engine = SpectrumEngine(
+        device=compute.device,
+        precision=compute.precision,
+        exact=compute.exact,
+        max_memory=compute.max_memory,
+    )
+    results = []
+    for source in sources:
+        if len(discovery.runs) > 1:
+            store_name = f"{name}-{source.name}" if name else source.name
+        else:
+            store_name = name or source.name
+        results.append(
+            _analyze_run(
+                source,
+                store_path_for(store_name, resolve_home(home)),
+                run_name=store_name,
+                steps=steps,
+                matrices=matrices,
+                compute=compute,
+                engine=engine,
+                overwrite=overwrite,
+                on_progress=on_progress,
+            )
+        )
+    return AnalyzeResult(runs=results, notes=list(discovery.notes))
+
+
+def _analyze_run(
+    source: RunSource,
+    store_path: Path,
+    *,
+    run_name: str,
+    steps: str | None,
+    matrices: MatrixSelection,
+    compute: ComputeOptions,
+    engine: SpectrumEngine,
+    overwrite: bool,
+    on_progress: Callable[[Progress], None] | None,
+) -> RunAnalysis:
+    """Analyse one run into `store_path`."""
+    started = time.perf_counter()
+    by_step = {c.step: c for c in source.checkpoints}
+    selected = select_steps(sorted(by_step), steps)
+    checkpoints = [by_step[s] for s in selected]
+    notes: list[Note] = []
+
+    with checkpoints[0].open() as reader:
+        keys = reader.keys()
+        infos = {k: reader.info(k) for k in keys}
+    plan = plan_views(
+        infos,
+        config=checkpoints[0].config,
+        include=matrices.include,
+        exclude=matrices.exclude,
+        transposed=matrices.transposed,
+        source_order=keys,
+    )
+    if not plan.matrices:
+        raise SpecdynError(
+            f"{checkpoints[0].path}: no weight matrix to analyse "
+            f"({_skip_summary(plan)}); check --include/--exclude"
+        )
+
+    step_records = _step_records(checkpoints, store_path)
+    options = {
+        "precision": compute.precision,
+        "exact": compute.exact,
+        "include": list(matrices.include),
+        "exclude": list(matrices.exclude),
+        "transposed": matrices.transposed,
+    }
+    provenance = {
+        "specdyn_version": __version__,
+        "argv": list(sys.argv),
+        "options": options,
+        "device": engine.device_name,
+        "torch": torch.__version__,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "pid": os.getpid(),
+    }
+    methods: Counter[str] = Counter()
+    computed: list[int] = []
+    with StoreWriter.open(
+        store_path,
+        run_name=run_name,
+        source_root=str(Path(source.root).resolve()),
+        step_unit=source.step_unit,
+        steps=step_records,
+        matrices=[_matrix_record(m) for m in plan.matrices],
+        skipped=[(s.param, s.reason) for s in plan.skipped],
+        aliases=plan.aliases,
+        options=options,
+        provenance=provenance,
+        overwrite=overwrite,
+    ) as writer:
+        for step, old_source, what in writer.changed_steps:
+            notes.append(
+                Note(
+                    "changed-source",
+                    f"step {step}: {old_source} changed since it was analysed ({what}); "
+                    "kept the stored numbers; use --overwrite to recompute",
+                    path=str(old_source),
+                )
+            )
+        pending = set(writer.pending_steps)
+        done_before = sorted(set(selected) - pending)
+        todo = [c for c in checkpoints if c.step in pending]
+        for index, ckpt in enumerate(todo):
+            spectra, step_notes = _analyze_checkpoint(
+                ckpt, plan, engine, infos, run_name, index, len(todo), on_progress
+            )
+            metrics = {}
+            for matrix, (sigma, method) in spectra.items():
+                methods[method] += 1
+                metrics[matrix] = {k: float(v) for k, v in spectral_metrics(sigma).items()}
+            writer.write_step(
+                ckpt.step, spectra, metrics, notes=[n.message for n in step_notes]
+            )
+            notes.extend(step_notes)
+            computed.append(ckpt.step)
+    notes.extend(engine.notes)
+    engine.notes.clear()
+    return RunAnalysis(
+        name=run_name,
+        source_root=str(Path(source.root).resolve()),
+        store_path=str(store_path),
+        step_unit=source.step_unit,
+        steps_selected=list(selected),
+        steps_computed=computed,
+        steps_already_done=done_before,
+        n_matrices=len(plan.matrices),
+        skipped=_skip_counts(plan),
+        aliases=dict(plan.aliases),
+        methods=dict(methods),
+        device=engine.device_name,
+        seconds=time.perf_counter() - started,
+        notes=notes,
+    )
+
+
+def _analyze_checkpoint(
+    ckpt: Checkpoint,
+    plan: ViewPlan,
+    engine: SpectrumEngine,
+    first_infos: dict,
+    run_name: str,
+    step_index: int,
+    n_steps: int,
+    on_progress: Callable[[Progress], None] | None,
+) -> tuple[dict[str, tuple[np.ndarray, str]], list[Note]]:
+    """Singular values of every planned matrix of one checkpoint, reading one tensor at a time."""
+    by_key: dict[str, list[MatrixView]] = {}
+    for view in plan.matrices:
+        by_key.setdefault(view.key, []).append(view)
+    spectra: dict[str, tuple[np.ndarray, str]] = {}
+    notes: list[Note] = []
+    n_matrices = len(plan.matrices)
+    with ckpt.open() as reader:
+        available = set(reader.keys())
+        for key, views in by_key.items():
+            if key not in available:
+                raise ShapeChangedError(
+                    f"{ckpt.path}: parameter {views[0].param!r} (step {ckpt.step}) is missing, "
+                    "but the first analysed step has it; analyse the runs separately or "
+                    "select matching steps with --steps"
+                )
+            info = reader.info(key)
+            if tuple(info.shape) != tuple(views[0].source_shape):
+                raise ShapeChangedError(
+                    f"{ckpt.path}: parameter {views[0].param!r} has shape {tuple(info.shape)} at "
+                    f"step {ckpt.step} but {tuple(views[0].source_shape)} at the first analysed "
+                    "step; a run must keep its shapes (exclude it with --exclude)"
+                )
+        group: list[tuple[MatrixView, torch.Tensor]] = []
+        group_bytes = 0
+
+        def flush() -> None:
+            nonlocal group, group_bytes
+            if not group:
+                return
+            results = engine.singular_values([m for _, m in group])
+            for (view, _), spectrum in zip(group, results):
+                spectra[view.name] = (spectrum.sigma, spectrum.method)
+                if spectrum.method == "nonfinite":
+                    notes.append(
+                        Note(
+                            "nonfinite",
+                            f"{view.name} at step {ckpt.step} has NaN/Inf weights; "
+                            "its metrics are NaN",
+                            path=str(ckpt.path),
+                        )
+                    )
+                elif spectrum.method == "zero":
+                    notes.append(
+                        Note(
+                            "zero-matrix",
+                            f"{view.name} at step {ckpt.step} is all zeros; "
+                            "its normalised spectrum (entropy, ranks) is NaN",
+                            path=str(ckpt.path),
+                        )
+                    )
+            group = []
+            group_bytes = 0
+            if on_progress is not None:
+                on_progress(
+                    Progress(run_name, ckpt.step, step_index, n_steps, len(spectra), n_matrices)
+                )
+
+        for key, views in by_key.items():
+            tensor = reader.get(key)
+            for view in views:
+                group.append((view, view.extract(tensor)))
+            group_bytes += tensor.numel() * tensor.element_size()
+            del tensor
+            if group_bytes >= _GROUP_BYTES:
+                flush()
+        flush()
+    return spectra, notes
+
+
+def _step_records(checkpoints: Sequence[Checkpoint], store_path: Path) -> list[StepRecord]:
+    """Source records of every step; a stored sha256 is reused when size and mtime match."""
+    known: dict[int, dict] = {}
+    if store_path.exists():
+        try:
+            with open_run(store_path) as stored:
+                known = {int(s["step"]): s for s in stored.step_sources}
+        except SpecdynError:
+            known = {}
+    records = []
+    for ckpt in checkpoints:
+        size, mtime = _size_mtime(ckpt)
+        old = known.get(ckpt.step)
+        if (
+            old is not None
+            and old.get("source") == str(ckpt.path)
+            and int(old.get("size", -1)) == size
+            and float(old.get("mtime", -1.0)) == mtime
+            and old.get("sha256")
+        ):
+            sha = str(old["sha256"])
+        else:
+            fp = ckpt.fingerprint()
+            size, mtime, sha = fp.size, fp.mtime, fp.sha256
+        records.append(
+            StepRecord(
+                step=int(ckpt.step),
+                epoch=ckpt.epoch,
+                source=str(ckpt.path),
+                format=ckpt.format,
+                size=size,
+                mtime=mtime,
+                sha256=sha,
+            )
+        )
+    return records
+
+
+def _size_mtime(ckpt: Checkpoint) -> tuple[int, float]:
+    """Total size and newest mtime of a checkpoint's weight files (no hashing)."""
+    stats = [os.stat(f) for f in ckpt.files]
+    return sum(s.st_size for s in stats), max(s.st_mtime for s in stats)
+
+
+def _matrix_record(view: MatrixView) -> MatrixRecord:
+    """The store's description of one matrix view."""
+    return MatrixRecord(
+        name=view.name,
+        param=view.param,
+        key=view.key,
+        kind=view.kind,
+        part=view.part,
+        shape=tuple(view.shape),
+        source_shape=tuple(view.source_shape),
+        source_dtype=view.source_dtype,
+    )
+
+
+def _skip_counts(plan: ViewPlan) -> dict[str, int]:
+    """Skipped parameters counted by reason."""
+    return dict(Counter(s.reason for s in plan.skipped))
+
+
+def _skip_summary(plan: ViewPlan) -> str:
+    """One-line summary of why parameters were skipped."""
+    counts = _skip_counts(plan)
+    if not counts:
+        return "no parameters"
+    return "; ".join(f"{n} {reason}" for reason, n in counts.items())

@@ -1,0 +1,70 @@
+"""The `specdyn` command line: one file per command, one output layer.
+
+Every command validates its options, calls one public library function and
+renders the result through `_output.Output`. Errors print one line and exit
+non-zero; `SPECDYN_DEBUG=1` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import click
+import typer
+import typer.main
+
+from ..errors import SpecdynError
+from . import analyze as _analyze_cmd
+from . import info as _info_cmd
+from . import runs as _runs_cmd
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="specdyn",
+    help="Spectral dynamics of weights: singular values of every weight matrix over training.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("analyze")(_analyze_cmd.analyze_command)
+app.command("runs")(_runs_cmd.runs_command)
+app.command("info")(_info_cmd.info_command)
+
+
+def _debug() -> bool:
+    """Whether SPECDYN_DEBUG asks for tracebacks."""
+    return os.environ.get("SPECDYN_DEBUG", "") not in ("", "0", "false", "no")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns (and exits with) the process exit code."""
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="specdyn", standalone_mode=False)
+        code = code if isinstance(code, int) else 0
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except click.Abort:
+        print("specdyn: interrupted; run the same command again to resume", file=sys.stderr)
+        code = 130
+    except SpecdynError as exc:
+        if _debug():
+            traceback.print_exc()
+        print(f"specdyn: error: {exc}", file=sys.stderr)
+        code = exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - last resort: one line, not a traceback
+        if _debug():
+            traceback.print_exc()
+        print(
+            f"specdyn: internal error: {type(exc).__name__}: {exc} "
+            "(set SPECDYN_DEBUG=1 for the traceback, and please report it)",
+            file=sys.stderr,
+        )
+        code = 2
+    if argv is None:
+        sys.exit(code)
+    return code

@@ -1,0 +1,111 @@
+"""`specdyn analyze PATH`: checkpoints → store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..analyze import AnalyzeResult, ComputeOptions, MatrixSelection, analyze
+from ._options import HomeOption, JsonOption, QuietOption, parse_size
+from ._output import Output
+
+_DEVICE_HELP = "auto (a GPU when there is one), cpu, cuda or cuda:N."
+
+
+def analyze_command(
+    path: Annotated[Path, typer.Argument(help="A directory of checkpoints (searched recursively) or one checkpoint.")],
+    home: HomeOption = None,
+    name: Annotated[Optional[str], typer.Option(help="Store name (default: the run folder's name).")] = None,
+    run: Annotated[Optional[str], typer.Option(help="When PATH holds several runs, analyse only this one.")] = None,
+    steps: Annotated[
+        Optional[str],
+        typer.Option(help="Training steps to analyse: 0,1000,5000 | A:B | A:B:S | lin:N | log:N."),
+    ] = None,
+    include: Annotated[
+        Optional[list[str]], typer.Option(help="Regex on matrix names to keep (repeatable).")
+    ] = None,
+    exclude: Annotated[
+        Optional[list[str]], typer.Option(help="Regex on matrix names to drop (repeatable).")
+    ] = None,
+    transposed: Annotated[
+        Optional[str], typer.Option(help="Regex of parameters that are ConvTranspose weights.")
+    ] = None,
+    device: Annotated[str, typer.Option(help=_DEVICE_HELP)] = "auto",
+    precision: Annotated[
+        str, typer.Option(help="float64 (σ within 1e-6·σ1) or float32 (1e-4·σ1, faster on GPUs).")
+    ] = "float64",
+    exact: Annotated[bool, typer.Option("--exact", help="Force float64 LAPACK for every matrix.")] = False,
+    max_memory: Annotated[
+        Optional[str], typer.Option(help="Bound on what the engine holds on the device at once, e.g. 8GB.")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Recompute a store made with other options or matrices.")
+    ] = False,
+    json_out: JsonOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Analyse a directory of checkpoints: singular values and spectral metrics of every matrix at every step."""
+    if precision not in ("float64", "float32"):
+        raise typer.BadParameter("choose float64 or float32", param_hint="--precision")
+    compute = ComputeOptions(
+        device=device, precision=precision, exact=exact, max_memory=parse_size(max_memory)
+    )
+    selection = MatrixSelection(
+        include=tuple(include or ()), exclude=tuple(exclude or ()), transposed=transposed
+    )
+    out = Output(json_mode=json_out, quiet=quiet)
+    with out.analysis_progress() as on_progress:
+        result = analyze(
+            path,
+            home=home,
+            name=name,
+            run=run,
+            steps=steps,
+            matrices=selection,
+            compute=compute,
+            overwrite=overwrite,
+            on_progress=on_progress,
+        )
+    _render(result, out)
+
+
+def _render(result: AnalyzeResult, out: Output) -> None:
+    """A summary table per run (or JSON) on stdout, then the warnings on stderr."""
+    if out.json_mode:
+        out.json(result.to_dict())
+    else:
+        _render_tables(result, out)
+    out.notes(result.notes)
+    for run in result.runs:
+        out.notes(run.notes)
+
+
+def _render_tables(result: AnalyzeResult, out: Output) -> None:
+    """One summary table per run."""
+    if len(result.runs) > 1:
+        out.err.print(f"{len(result.runs)} runs found: {', '.join(r.name for r in result.runs)}")
+    for run in result.runs:
+        duplicates = [n for n in result.notes if n.kind == "duplicate"]
+        warnings = [n for n in run.notes if n.kind not in ("duplicate",)]
+        skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(run.skipped.items())) or "none"
+        unit = run.step_unit + ("s" if not run.step_unit.endswith("s") else "")
+        selected = run.steps_selected
+        span = f"{selected[0]} … {selected[-1]}" if selected else "-"
+        out.fields(
+            f"run {run.name}",
+            [
+                (unit, f"{len(selected)} ({span}): {len(run.steps_computed)} analysed now, "
+                 f"{len(run.steps_already_done)} already in the store"),
+                ("matrices", run.n_matrices),
+                ("skipped parameters", skipped),
+                ("tied weights", ", ".join(f"{a} → {b}" for a, b in run.aliases.items()) or "none"),
+                ("duplicates", len(duplicates)),
+                ("warnings", len(warnings)),
+                ("methods", ", ".join(f"{m} ×{n}" for m, n in sorted(run.methods.items())) or "-"),
+                ("device", run.device),
+                ("time", f"{run.seconds:.1f} s"),
+                ("store", run.store_path),
+            ],
+        )

@@ -1,0 +1,33 @@
+"""`specdyn runs`: the runs in the workspace."""
+
+from __future__ import annotations
+
+from ..workspace import list_runs, resolve_home
+from ._options import HomeOption, JsonOption
+from ._output import Output
+
+
+def runs_command(home: HomeOption = None, json_out: JsonOption = False) -> None:
+    """List the runs (stores) in the workspace."""
+    out = Output(json_mode=json_out)
+    runs = list_runs(home)
+    if out.json_mode:
+        out.json(runs)
+        return
+    folder = resolve_home(home)
+    if not runs:
+        out.err.print(f"no runs in {folder}; create one with: specdyn analyze PATH --home {folder}")
+        return
+    out.table(
+        f"runs in {folder}",
+        ("name", "steps", "matrices", "status", "modified", "path"),
+        (
+            (r.name, _steps(r), r.matrices, r.status, r.modified, r.path)
+            for r in runs
+        ),
+    )
+
+
+def _steps(r) -> str:
+    """'done/total' steps of a run summary."""
+    return f"{r.steps_done}/{r.steps_total}"

@@ -1,0 +1,31 @@
+"""Checkpoint sources: find checkpoints on disk and read their weights lazily and safely.
+
+- `discover(path)` walks a folder (or takes one file), groups files into checkpoints
+  (one weight file; a sharded set with its ``*.index.json``; a Hugging Face model folder
+  or Trainer ``checkpoint-N/`` folder as one checkpoint), finds each checkpoint's step
+  (metadata first, then the name), resolves duplicates and splits a folder of runs.
+- `open_checkpoint(path)` opens one checkpoint (file, index or folder).
+- `Checkpoint.open()` gives a `TensorReader` that reads one tensor at a time with a
+  positioned read: memory holds the tensor being read, not the checkpoint.
+
+Formats: PyTorch ``.pt .pth .bin .ckpt`` (zip and legacy ``torch.save`` formats; plain or
+nested state dicts such as Lightning's ``state_dict``, ``model_state_dict``, ``model``,
+``module``; a whole pickled ``nn.Module``), safetensors (bf16 and float8 included) and
+sharded checkpoints of either. Pickles are read by a restricted unpickler that never runs
+code from the file: unknown classes become inert stubs and a pickle that tries to call
+``os.system``, ``eval`` and the like raises `UnsafePickleError`.
+"""
+
+from ._checkpoint import Checkpoint, Fingerprint, open_checkpoint
+from ._discover import Discovery, RunSource, discover
+from ._formats import TensorReader
+
+__all__ = [
+    "discover",
+    "open_checkpoint",
+    "Discovery",
+    "RunSource",
+    "Checkpoint",
+    "Fingerprint",
+    "TensorReader",
+]

@@ -1,0 +1,264 @@
+"""One checkpoint: its files, format, step, metadata, fingerprint and weights digest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._types import Note
+from ._formats import TensorReader, checkpoint_error, open_weights, read_index
+from ._stepnames import checkpoint_name, steps_from_name
+
+__all__ = [
+    "Checkpoint",
+    "Fingerprint",
+    "open_checkpoint",
+    "probe",
+    "folder_weights",
+    "is_trainer_extra",
+    "HF_WEIGHT_FILES",
+    "WEIGHT_SUFFIXES",
+]
+
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+# Weight files of a Hugging Face model folder, in the order they are preferred.
+HF_WEIGHT_FILES = (
+    "model.safetensors.index.json",
+    "model.safetensors",
+    "pytorch_model.bin.index.json",
+    "pytorch_model.bin",
+)
+# Files a Trainer or training script keeps beside the weights: never weights themselves.
+_TRAINER_EXTRA = re.compile(
+    r"^(optimizer\.pt|optimizer\.bin|scheduler\.pt|scaler\.pt|training_args\.bin|rng_state.*\.pth)$"
+)
+_HASH_CHUNK = 8 * 2**20
+
+
+def is_trainer_extra(filename: str) -> bool:
+    """Whether a file name is Trainer state kept beside the weights (optimizer.pt, …)."""
+    return bool(_TRAINER_EXTRA.match(filename))
+
+
+def folder_weights(names: set[str] | list[str]) -> str | None:
+    """The preferred HF weight file name among a folder's file names, or None."""
+    present = set(names)
+    for name in HF_WEIGHT_FILES:
+        if name in present:
+            return name
+    return None
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """Identity of a checkpoint's weight files: total `size` in bytes, newest `mtime`
+    (seconds since the epoch) and `sha256` (hex) of the files' bytes in order."""
+
+    size: int
+    mtime: float
+    sha256: str
+
+
+@dataclass(eq=False)
+class Checkpoint:
+    """One saved model state.
+
+    path: the file; for folder checkpoints (HF model / Trainer ``checkpoint-N/``) the
+    folder; for a sharded checkpoint outside such a folder its ``*.index.json``.
+    files: the weight files read (shards in index order). format: "torch",
+    "torch-legacy", "safetensors", "torch-sharded" or "safetensors-sharded".
+    step / epoch: the training step and epoch (None when unknown); step_origin says where
+    the step came from ("metadata:global_step", "metadata:step", "trainer_state.json",
+    "name", "metadata:epoch" / "name:epoch" for epoch-unit runs, "default").
+    config: ``config.json`` in the folder or beside the file. scalars: numeric top-level
+    metadata (e.g. loss, global_step; for Trainer folders trainer_state.json's numbers).
+    """
+
+    path: Path
+    files: tuple[Path, ...]
+    format: str
+    step: int | None = None
+    step_origin: str = ""
+    epoch: int | None = None
+    config: dict | None = None
+    scalars: dict[str, float] = field(default_factory=dict)
+    _index: Path | None = field(default=None, repr=False)
+    _name_step: int | None = field(default=None, repr=False)
+    _epoch_origin: str = field(default="", repr=False)
+    _signature: str = field(default="", repr=False)
+    _fingerprint: Fingerprint | None = field(default=None, repr=False)
+    _digest: str | None = field(default=None, repr=False)
+
+    def open(self) -> TensorReader:
+        """A reader over the weight tensors (context manager); see `TensorReader`."""
+        reader, _meta = open_weights(self._index, index=True) if self._index else open_weights(self.files[0])
+        return reader
+
+    def fingerprint(self) -> Fingerprint:
+        """Size, newest mtime and sha256 of the weight files (hashed once, in chunks)."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            size, mtime = 0, 0.0
+            buf = bytearray(_HASH_CHUNK)
+            view = memoryview(buf)
+            for f in self.files:
+                try:
+                    stat = f.stat()
+                    with open(f, "rb", buffering=0) as fh:
+                        while n := fh.readinto(view):
+                            digest.update(view[:n])
+                except OSError as exc:
+                    raise checkpoint_error("unreadable", f"{f}: cannot be read ({exc.strerror or exc})") from None
+                size += stat.st_size
+                mtime = max(mtime, stat.st_mtime)
+            self._fingerprint = Fingerprint(size, mtime, digest.hexdigest())
+        return self._fingerprint
+
+    def weights_digest(self) -> str:
+        """sha256 (hex) over the sorted keys, dtypes, shapes and raw bytes of every weight
+        tensor: equal for two checkpoints holding the same weights in any format."""
+        if self._digest is None:
+            digest = hashlib.sha256()
+            with self.open() as reader:
+                for key in sorted(reader.keys()):
+                    tensor = reader.get(key)
+                    raw = tensor.reshape(-1).view(torch.uint8).numpy()
+                    digest.update(f"{key}\0{tensor.dtype}\0{tuple(tensor.shape)}\0{raw.nbytes}\0".encode())
+                    digest.update(raw)
+            self._digest = digest.hexdigest()
+        return self._digest
+
+
+def _integral(value: float | None) -> int | None:
+    """`value` as a non-negative int if it is a whole number, else None."""
+    if value is None or not math.isfinite(value) or value < 0 or value != int(value):
+        return None
+    return int(value)
+
+
+def _read_json(path: Path, notes: list[Note]) -> dict | None:
+    """A JSON object from `path`, or None (with a Note if it exists but cannot be read)."""
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        notes.append(Note("unreadable", f"{path}: ignored, not readable JSON ({exc})", str(path)))
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _signature(reader: TensorReader) -> str:
+    """A short hash of the (key, dtype, shape) list: differs ⇒ weights differ."""
+    digest = hashlib.sha256()
+    for key in sorted(reader.keys()):
+        info = reader.info(key)
+        digest.update(f"{key}\0{info.dtype}\0{info.shape}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def probe(path: Path, kind: str) -> tuple[Checkpoint, list[Note]]:
+    """Parse one checkpoint's metadata (no tensor data) and find its step.
+
+    kind: "file" (one weight file), "index" (a ``*.index.json``) or "folder" (an HF model
+    or Trainer folder). Raises CheckpointError (tagged with its Note kind).
+    """
+    notes: list[Note] = []
+    state: dict[str, Any] = {}
+    if kind == "folder":
+        chosen = folder_weights([p.name for p in path.iterdir() if p.is_file()])
+        if chosen is None:
+            raise checkpoint_error(
+                "not-a-checkpoint",
+                f"{path}: not a checkpoint folder (no {', '.join(HF_WEIGHT_FILES)})",
+            )
+        weights = path / chosen
+        is_index = chosen.endswith(".index.json")
+        name = path.name
+        config = _read_json(path / "config.json", notes)
+        state = _read_json(path / "trainer_state.json", notes) or {}
+    else:
+        weights, is_index = path, kind == "index"
+        name = checkpoint_name(path.name)
+        config = _read_json(path.parent / "config.json", notes)
+    reader, meta = open_weights(weights, index=is_index)
+    with reader:
+        signature = _signature(reader)
+    files = tuple(read_index(weights)[0]) if is_index else (weights,)
+    scalars = dict(meta.scalars)
+    for key, value in state.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            scalars.setdefault(key, float(value))
+    from_name = steps_from_name(name)
+    ckpt = Checkpoint(
+        path=path, files=files, format=meta.format, config=config, scalars=scalars,
+        _index=weights if is_index else None, _name_step=from_name.step, _signature=signature,
+    )
+    _assign_step(ckpt, state, from_name, notes)
+    if ckpt.step is None and ckpt.epoch is None and kind == "file":
+        # model.pt inside step_1200/: the folder names the step (explicit markers only).
+        parent = steps_from_name(path.parent.name, trailing=False)
+        if parent.step is not None:
+            ckpt.step, ckpt.step_origin, ckpt._name_step = parent.step, "name", parent.step
+        elif parent.epoch is not None:
+            ckpt.epoch, ckpt._epoch_origin = parent.epoch, "name:epoch"
+    return ckpt, notes
+
+
+def _assign_step(ckpt: Checkpoint, trainer_state: dict, from_name, notes: list[Note]) -> None:
+    """Step and epoch: metadata first (trainer_state.json, global_step, step), then the name."""
+    step, origin = None, ""
+    if trainer_state:
+        raw = trainer_state.get("global_step")
+        step = _integral(float(raw)) if isinstance(raw, (int, float)) and not isinstance(raw, bool) else None
+        origin = "trainer_state.json" if step is not None else ""
+    for key in ("global_step", "step"):
+        if step is None and key in ckpt.scalars:
+            step = _integral(ckpt.scalars[key])
+            origin = f"metadata:{key}" if step is not None else ""
+    if step is None and from_name.step is not None:
+        step, origin = from_name.step, "name"
+    elif step is not None and from_name.step is not None and from_name.step != step:
+        notes.append(Note(
+            "step-mismatch",
+            f"{ckpt.path}: its name says step {from_name.step} but its metadata says {step}; "
+            "using the metadata",
+            str(ckpt.path),
+        ))
+    epoch = _integral(ckpt.scalars.get("epoch"))
+    epoch_origin = "metadata:epoch" if epoch is not None else ""
+    if epoch is None and from_name.epoch is not None:
+        epoch, epoch_origin = from_name.epoch, "name:epoch"
+    ckpt.step, ckpt.step_origin, ckpt.epoch, ckpt._epoch_origin = step, origin, epoch, epoch_origin
+
+
+def open_checkpoint(path: str | Path) -> Checkpoint:
+    """Open one checkpoint: a weight file, a sharded ``*.index.json``, or an HF model /
+    Trainer ``checkpoint-N/`` folder, with its step from metadata or name (None if neither).
+
+    Raises CheckpointError: missing or unreadable path, truncated or corrupt file, a pickle
+    that is not a checkpoint, an index pointing outside its folder; UnsafePickleError (a
+    CheckpointError) for a pickle that tries to run code (nothing is run).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise checkpoint_error("missing", f"{p}: does not exist")
+    if p.is_dir():
+        kind = "folder"
+    elif p.name.endswith(".index.json"):
+        kind = "index"
+    else:
+        kind = "file"
+    try:
+        ckpt, _notes = probe(p, kind)
+    except OSError as exc:
+        raise checkpoint_error("unreadable", f"{p}: cannot be read ({exc.strerror or exc})") from None
+    return ckpt
+

@@ -1,0 +1,388 @@
+"""Walk a folder, group files into checkpoints and runs, order them by step (SPEC §7)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .._types import Note
+from ..errors import CheckpointError, DiscoveryError
+from ._checkpoint import (
+    WEIGHT_SUFFIXES,
+    Checkpoint,
+    folder_weights,
+    is_trainer_extra,
+    probe,
+)
+from ._formats import error_kind, read_index
+from ._stepnames import checkpoint_name, is_generic_name
+
+__all__ = ["Discovery", "RunSource", "discover"]
+
+_LOOKED_FOR = "*.pt, *.pth, *.bin, *.ckpt, *.safetensors, *.index.json, HF model folders"
+_DEEPSPEED_STATE = re.compile(r"^global_step\d+$")
+
+
+@dataclass
+class RunSource:
+    """One training trajectory: `checkpoints` ordered by step (one per step).
+
+    name: the run's name (the folder's name, or the subfolder's for a folder of runs);
+    root: the folder (or file) it was found in; step_unit: "step", or "epoch" when only
+    epochs are known (then each checkpoint's `step` holds its epoch).
+    """
+
+    name: str
+    root: Path
+    checkpoints: list[Checkpoint]
+    step_unit: str = "step"
+
+
+@dataclass
+class Discovery:
+    """What `discover` found: the runs, and notes on everything skipped or merged."""
+
+    runs: list[RunSource]
+    notes: list[Note] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A path that may be a checkpoint: kind "file", "index" or "folder"."""
+
+    kind: str
+    path: Path
+
+
+def discover(path: str | Path) -> Discovery:
+    """Find every checkpoint under `path` and order them into runs.
+
+    Walks `path` recursively (symbolic-link loops are visited once; hidden folders are
+    skipped), groups files into checkpoints (one weight file; a sharded set with its
+    ``*.index.json``; an HF model folder or Trainer ``checkpoint-N/`` as one checkpoint,
+    ignoring optimizer/scheduler/RNG state), finds each step (metadata first, then the
+    name), resolves duplicates (same step and same weights: kept once, noted; a file with
+    no step is matched to a step by its weights or skipped with a note), and splits a
+    folder whose subfolders each hold a trajectory into several runs.
+
+    Returns:
+        Discovery(runs, notes); every run has at least one checkpoint.
+
+    Raises:
+        DiscoveryError: `path` does not exist, holds no checkpoint, nothing readable
+            remains, or two different weight sets claim one step (names both files).
+    """
+    root = Path(path)
+    if not root.exists():
+        raise DiscoveryError(f"{root}: does not exist; give a checkpoint file or a folder of checkpoints")
+    notes: list[Note] = []
+    if root.is_dir():
+        candidates = _walk(root, notes)
+    else:
+        kind = "index" if root.name.endswith(".index.json") else "file"
+        candidates = [_Candidate(kind, root)]
+    if not candidates:
+        raise DiscoveryError(f"{root}: no checkpoints found (looked for {_LOOKED_FOR})")
+    found: list[Checkpoint] = []
+    for cand in candidates:
+        try:
+            ckpt, probe_notes = probe(cand.path, cand.kind)
+        except CheckpointError as exc:
+            notes.append(Note(error_kind(exc), str(exc), str(cand.path)))
+            continue
+        except OSError as exc:
+            notes.append(Note("unreadable", f"{cand.path}: cannot be read ({exc})", str(cand.path)))
+            continue
+        notes.extend(probe_notes)
+        found.append(ckpt)
+    if not found:
+        problems = "; ".join(n.message for n in notes[:3])
+        raise DiscoveryError(f"{root}: no readable checkpoint ({len(candidates)} tried): {problems}")
+
+    groups = _split_runs(root, found, notes)
+    names = _run_names(root, [g for g, _ in groups])
+    if len(groups) > 1:
+        notes.append(Note(
+            "several-runs",
+            f"{root} holds {len(groups)} runs ({', '.join(names)}); each is analysed as its own run",
+            str(root),
+        ))
+    runs = []
+    for (run_root, members), name in zip(groups, names, strict=True):
+        run = _order_run(name, run_root, members, notes)
+        if run.checkpoints:
+            runs.append(run)
+    if not runs:
+        problems = "; ".join(n.message for n in notes[-3:])
+        raise DiscoveryError(f"{root}: no checkpoint with a known step: {problems}")
+    return Discovery(runs=runs, notes=notes)
+
+
+# ----------------------------------------------------------------- walking
+
+
+def _walk(root: Path, notes: list[Note]) -> list[_Candidate]:
+    """Candidate checkpoints under `root`, each real folder visited once."""
+    out: list[_Candidate] = []
+    seen: set[str] = set()
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        real = os.path.realpath(folder)
+        if real in seen:  # a symlink loop or a second link to a folder already walked
+            continue
+        seen.add(real)
+        files, subdirs = _list(folder, notes)
+        chosen = folder_weights(files)
+        if chosen is not None:
+            out.append(_Candidate("folder", folder))
+            used = {chosen}
+            if chosen.endswith(".index.json"):
+                used |= _shard_names(folder / chosen)
+            for name in sorted(files):
+                if name in used or is_trainer_extra(name) or not _is_weight_name(name):
+                    continue
+                notes.append(Note(
+                    "ignored",
+                    f"{folder / name}: ignored, {folder} is a model folder whose weights are {chosen}",
+                    str(folder / name),
+                ))
+            subdirs = [d for d in subdirs if not _DEEPSPEED_STATE.match(d.name)]
+        else:
+            used: set[str] = set()
+            for name in sorted(files):
+                if name.endswith(".index.json"):
+                    out.append(_Candidate("index", folder / name))
+                    used |= _shard_names(folder / name)
+            for name in sorted(files):
+                if name in used or is_trainer_extra(name) or not name.endswith(WEIGHT_SUFFIXES):
+                    continue
+                out.append(_Candidate("file", folder / name))
+        stack.extend(sorted(subdirs, reverse=True))
+    return out
+
+
+def _is_weight_name(name: str) -> bool:
+    """Whether a file name looks like weights (a weight suffix or a shard index)."""
+    return name.endswith(WEIGHT_SUFFIXES) or name.endswith(".index.json")
+
+
+def _list(folder: Path, notes: list[Note]) -> tuple[set[str], list[Path]]:
+    """(file names, subfolders) of `folder`, skipping hidden entries; problems become notes."""
+    files: set[str] = set()
+    subdirs: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError as exc:
+        notes.append(Note("unreadable", f"{folder}: cannot be listed ({exc.strerror or exc})", str(folder)))
+        return files, subdirs
+    for entry in entries:
+        if entry.name.startswith(".") or entry.name == "__pycache__":
+            continue
+        try:
+            if entry.is_dir():
+                subdirs.append(Path(entry.path))
+            elif entry.is_file():
+                files.add(entry.name)
+            elif _is_weight_name(entry.name):
+                notes.append(Note("unreadable", f"{entry.path}: a broken link or not a regular file; skipped", entry.path))
+        except OSError as exc:
+            if _is_weight_name(entry.name):
+                notes.append(Note("unreadable", f"{entry.path}: cannot be read ({exc.strerror or exc})", entry.path))
+    return files, subdirs
+
+
+def _shard_names(index: Path) -> set[str]:
+    """File names an index claims as its shards (best effort: a bad index claims none)."""
+    try:
+        return {p.name for p in read_index(index)[0]}
+    except CheckpointError:
+        try:
+            doc = json.loads(index.read_text(encoding="utf-8"))
+            return {v for v in doc.get("weight_map", {}).values() if isinstance(v, str) and "/" not in v}
+        except (OSError, ValueError, AttributeError):
+            return set()
+
+
+# ----------------------------------------------------------------- runs
+
+
+def _container(ckpt: Checkpoint, root: Path, hosts: frozenset[Path] = frozenset()) -> Path:
+    """The folder a checkpoint belongs to: its parent, except that a model folder which is
+    the root, or which holds further checkpoints (an HF output folder with its final model
+    and ``checkpoint-N/`` subfolders), belongs to itself."""
+    if ckpt.path == root or ckpt.path in hosts:
+        return ckpt.path
+    return ckpt.path.parent
+
+
+def _hosts(items: list[Checkpoint]) -> frozenset[Path]:
+    """Folder checkpoints that contain other checkpoints."""
+    folders = {c.path for c in items if c.path.is_dir()}
+    return frozenset(
+        f for f in folders if any(c.path != f and c.path.is_relative_to(f) for c in items)
+    )
+
+
+def _claimed(ckpt: Checkpoint) -> tuple[str, int] | None:
+    """The step (or, lacking one, epoch) a checkpoint claims before any matching."""
+    if ckpt.step is not None:
+        return ("step", ckpt.step)
+    if ckpt.epoch is not None:
+        return ("epoch", ckpt.epoch)
+    return None
+
+
+def _split_runs(base: Path, items: list[Checkpoint], notes: list[Note]) -> list[tuple[Path, list[Checkpoint]]]:
+    """Group checkpoints into runs: one per subfolder when subfolders hold separate trajectories."""
+    hosts = _hosts(items)
+    if not base.is_dir() or any(_container(c, base, hosts) == base for c in items):
+        return [(base, items)]
+    groups: dict[str, list[Checkpoint]] = defaultdict(list)
+    for c in items:
+        groups[_container(c, base, hosts).relative_to(base).parts[0]].append(c)
+    if len(groups) == 1:
+        (child, members), = groups.items()
+        sub = _split_runs(base / child, members, notes)
+        return sub if len(sub) > 1 else [(base, items)]
+    trajectories = {k: v for k, v in groups.items() if any(_claimed(c) for c in v)}
+    if len(trajectories) < 2 or not _separate(trajectories):
+        return [(base, items)]
+    out = []
+    for child in sorted(groups):
+        members = groups[child]
+        if child not in trajectories:
+            for c in members:
+                notes.append(Note(
+                    "no-step",
+                    f"{c.path}: skipped: no step in its metadata or name, and {base} holds several "
+                    "runs; analyse it on its own or rename it (e.g. step_1000.pt)",
+                    str(c.path),
+                ))
+            continue
+        out.extend(_split_runs(base / child, members, notes))
+    return out
+
+
+def _separate(groups: dict[str, list[Checkpoint]]) -> bool:
+    """Whether subfolders hold separate trajectories: a step claimed in two of them with
+    different weights, or no model (key/shape signature) in common at all."""
+    claims: dict[tuple[str, int], list[Checkpoint]] = defaultdict(list)
+    for members in groups.values():
+        for c in members:
+            claim = _claimed(c)
+            if claim is not None:
+                claims[claim].append(c)
+    collisions = {k: v for k, v in claims.items() if len({_group_of(c, groups) for c in v}) > 1}
+    # Latest steps first: diverging runs usually still share their initialisation.
+    for claim in sorted(collisions, key=lambda k: -k[1]):
+        first, *others = collisions[claim]
+        for other in others:
+            if _group_of(other, groups) != _group_of(first, groups) and not _same_weights(first, other):
+                return True
+    if collisions:
+        return False
+    signatures = [{c._signature for c in members} for members in groups.values()]
+    return all(a.isdisjoint(b) for i, a in enumerate(signatures) for b in signatures[i + 1:])
+
+
+def _group_of(ckpt: Checkpoint, groups: dict[str, list[Checkpoint]]) -> str:
+    """Which subfolder group holds `ckpt`."""
+    for name, members in groups.items():
+        if any(c is ckpt for c in members):
+            return name
+    raise KeyError(ckpt.path)
+
+
+def _run_names(root: Path, run_roots: list[Path]) -> list[str]:
+    """Run names: the root's name for one run; else each run folder's path below the
+    deepest common folder, joined with '-'."""
+    stem = checkpoint_name(root.name) if root.is_file() else root.name
+    if len(run_roots) == 1:
+        return [stem or "run"]
+    rels = [r.relative_to(root).parts for r in run_roots]
+    common = 0
+    while all(len(p) > common + 1 for p in rels) and len({p[common] for p in rels}) == 1:
+        common += 1
+    names = ["-".join(p[common:]) for p in rels]
+    return names
+
+
+# ----------------------------------------------------------------- ordering one run
+
+
+def _preference(ckpt: Checkpoint) -> tuple:
+    """Sort key: which of several files holding one step's weights to keep (smallest first):
+    a step written in the name, not a role name (last/best/final), shallowest, then path."""
+    name = checkpoint_name(ckpt.path.name)
+    return (ckpt._name_step is None, is_generic_name(name), len(ckpt.path.parts), str(ckpt.path))
+
+
+def _same_weights(a: Checkpoint, b: Checkpoint) -> bool:
+    """Whether two checkpoints hold identical weights (keys, dtypes, shapes, bytes)."""
+    return a._signature == b._signature and a.weights_digest() == b.weights_digest()
+
+
+def _order_run(name: str, root: Path, members: list[Checkpoint], notes: list[Note]) -> RunSource:
+    """Steps, duplicates and order of one run's checkpoints (SPEC §7 duplicates)."""
+    unit = "step"
+    stepped = [c for c in members if c.step is not None]
+    if not stepped:
+        with_epoch = [c for c in members if c.epoch is not None]
+        if with_epoch:
+            unit = "epoch"
+            for c in with_epoch:
+                c.step, c.step_origin = c.epoch, c._epoch_origin
+            stepped = with_epoch
+    unstepped = [c for c in members if all(c is not s for s in stepped)]
+    if not stepped:
+        if len(members) == 1:
+            only = members[0]
+            only.step, only.step_origin = 0, "default"
+            notes.append(Note(
+                "no-step",
+                f"{only.path}: no step in its metadata or name; analysed as step 0 of run {name}",
+                str(only.path),
+            ))
+            return RunSource(name, root, [only], unit)
+        unstepped = members
+    by_step: dict[int, list[Checkpoint]] = defaultdict(list)
+    for c in stepped:
+        by_step[c.step].append(c)
+    kept: dict[int, Checkpoint] = {}
+    for step in sorted(by_step):
+        group = sorted(by_step[step], key=_preference)
+        keep = group[0]
+        for other in group[1:]:
+            if not _same_weights(keep, other):
+                raise DiscoveryError(
+                    f"{unit} {step} is claimed by {keep.path} and {other.path}, which hold different "
+                    "weights; move one of them out of the folder or analyse them as separate runs"
+                )
+            notes.append(Note(
+                "duplicate",
+                f"{other.path} holds the same weights as {keep.path} ({unit} {step}); analysed once",
+                str(other.path),
+            ))
+        kept[step] = keep
+    for c in sorted(unstepped, key=lambda c: str(c.path)):
+        match = next((s for s in sorted(kept, reverse=True) if _same_weights(kept[s], c)), None)
+        if match is not None:
+            notes.append(Note(
+                "duplicate",
+                f"{c.path} has no {unit} of its own and holds the same weights as {unit} {match} "
+                f"({kept[match].path}); analysed once",
+                str(c.path),
+            ))
+        else:
+            notes.append(Note(
+                "no-step",
+                f"{c.path}: skipped: no {unit} in its metadata or name and its weights match no "
+                f"other checkpoint; rename it (e.g. step_1000.pt) to analyse it",
+                str(c.path),
+            ))
+    return RunSource(name, root, [kept[s] for s in sorted(kept)], unit)

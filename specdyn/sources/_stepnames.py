@@ -1,0 +1,69 @@
+"""Training step and epoch from a checkpoint's file or folder name."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = ["NameSteps", "steps_from_name", "checkpoint_name", "is_generic_name"]
+
+_SEP = r"[=_\-]?"
+# Explicit step markers; (?<![a-z]) keeps "step" from matching inside another word.
+_STEP_PATTERNS = [
+    re.compile(rf"(?<![a-z])step{_SEP}(\d+)", re.IGNORECASE),  # step_1200, step=500, global_step10
+    re.compile(rf"(?<![a-z])checkpoint{_SEP}(\d+)", re.IGNORECASE),  # checkpoint-500
+    re.compile(rf"(?<![a-z])ckpt{_SEP}(\d+)", re.IGNORECASE),  # ckpt_000100
+    re.compile(rf"(?<![a-z])iter(?:ation)?s?{_SEP}(\d+)", re.IGNORECASE),  # iter_0000500
+]
+_EPOCH = re.compile(rf"(?<![a-z])epoch{_SEP}(\d+)", re.IGNORECASE)
+# A bare trailing number (model_500, 1200): a step, unless it is a shard counter.
+_TRAILING = re.compile(r"(?:^|[_\-])(\d+)$")
+_SHARD = re.compile(r"\d+-of-\d+$", re.IGNORECASE)
+_GENERIC = re.compile(r"(?<![a-z])(last|best|final|latest)(?![a-z])", re.IGNORECASE)
+_WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+
+
+@dataclass(frozen=True)
+class NameSteps:
+    """What a name says: `step` and `epoch` (None when absent)."""
+
+    step: int | None
+    epoch: int | None
+
+
+def checkpoint_name(filename: str) -> str:
+    """The part of a file name that names the checkpoint (suffixes and `.index.json` removed)."""
+    name = filename
+    if name.endswith(".index.json"):
+        name = name[: -len(".index.json")]
+    for suffix in _WEIGHT_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def steps_from_name(name: str, *, trailing: bool = True) -> NameSteps:
+    """Step and epoch written in a checkpoint name (suffixes already removed).
+
+    Recognises ``step_1200``, ``step-1200``, ``step1200``, ``epoch=3-step=500`` (step 500,
+    epoch 3), ``checkpoint-500``, ``ckpt_000100``, ``iter_0000500``, ``epoch_7`` (epoch
+    only) and, with `trailing`, a bare trailing number (``model_500``, ``1200``).
+    """
+    step = None
+    for pattern in _STEP_PATTERNS:
+        m = pattern.search(name)
+        if m:
+            step = int(m.group(1))
+            break
+    m = _EPOCH.search(name)
+    epoch = int(m.group(1)) if m else None
+    if step is None and epoch is None and trailing and not _SHARD.search(name):
+        m = _TRAILING.search(name)
+        if m:
+            step = int(m.group(1))
+    return NameSteps(step, epoch)
+
+
+def is_generic_name(name: str) -> bool:
+    """Whether a name is a role rather than a step (last, best, final, latest)."""
+    return bool(_GENERIC.search(name))

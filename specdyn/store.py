@@ -1,0 +1,1179 @@
+"""One HDF5 store per run: the crash-safe writer and the read API.
+
+The schema (every path, type and shape) and the crash-safety design are in
+``docs/store.md``. In short: a store is created with every dataset allocated at
+full size for its known steps, so that writing a step only writes raw bytes into
+space that already exists (no HDF5 metadata changes); a step counts as done only
+once its flag in ``/steps/done`` is set, after its data is flushed. Anything that
+changes the layout (new steps, ``overwrite``) builds a new file beside the old one
+and renames it over it. One writer per store is enforced by a lock file.
+
+    with StoreWriter.open(path, run_name=..., steps=[...], matrices=[...], ...) as w:
+        for step in w.pending_steps:
+            w.write_step(step, {name: (sigma, method)}, {name: {metric: value}})
+
+    with open_run("mlp-wd") as run:
+        run.steps                                  # int64 [T_done]
+        run.sigma("fc1.weight")                    # float64 [T_done, R]
+        run.metric("normalized_effective_rank")    # float64 [M, T_done]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from . import _store_layout as layout
+from ._store_lock import WriterLock
+from ._version import __version__
+from .errors import StoreError, StoreMismatchError
+from .metrics import METRIC_NAMES
+from .workspace import resolve_run
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "StepRecord",
+    "MatrixRecord",
+    "StoreWriter",
+    "Run",
+    "open_run",
+]
+
+SCHEMA_VERSION = layout.SCHEMA_VERSION
+
+# Test hooks (used by tests/_store_crash_worker.py): when set to a path, the writer
+# creates that file and sleeps at the named point, so a test can kill -9 it there.
+HOLD_WRITE_ENV = "SPECDYN_TEST_HOLD_WRITE"  # inside write_step, part of the step's data written
+HOLD_REBUILD_ENV = "SPECDYN_TEST_HOLD_REBUILD"  # inside a rebuild, part of the data copied
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """Where one step's checkpoint came from, and its fingerprint.
+
+    step: training step (or epoch when the run only knows epochs); epoch: the
+    epoch when known, else None; source: the checkpoint path (file or folder);
+    format: the checkpoint format tag; size: total bytes of its weight files;
+    mtime: newest modification time of those files (seconds since the epoch);
+    sha256: hex content hash ("" when not computed).
+    """
+
+    step: int
+    epoch: int | None
+    source: str
+    format: str
+    size: int
+    mtime: float
+    sha256: str
+
+
+@dataclass(frozen=True)
+class MatrixRecord:
+    """What the store records about one matrix view (see `specdyn.views.MatrixView`).
+
+    name: canonical matrix name (never contains ``/``); param: canonical
+    parameter name; key: raw checkpoint key; kind: view kind; part: slice tag
+    or None; shape: (out, in) of the view; source_shape: the stored parameter's
+    shape; source_dtype: its dtype ("float16", ...).
+    """
+
+    name: str
+    param: str
+    key: str
+    kind: str
+    part: str | None
+    shape: tuple[int, int]
+    source_shape: tuple[int, ...]
+    source_dtype: str
+
+    @property
+    def rank(self) -> int:
+        """R = min(out, in): the number of singular values."""
+        return int(min(self.shape))
+
+
+@dataclass
+class _Plan:
+    """Everything a store file is built from."""
+
+    run_name: str
+    source_root: str
+    step_unit: str
+    created: str
+    options: dict[str, Any]
+    metric_names: list[str]
+    steps: list[StepRecord]
+    matrices: list[MatrixRecord]
+    skipped: list[tuple[str, str]]
+    aliases: dict[str, str]
+    provenance_slots: int
+
+
+@dataclass
+class _Stored:
+    """What an existing store holds, read once when a writer opens it."""
+
+    plan: _Plan
+    done: dict[int, bool]
+    provenance_used: int
+
+
+# ----------------------------------------------------------------------------- writer
+
+
+class StoreWriter:
+    """The single writer of one store (use `StoreWriter.open`; a context manager).
+
+    Attributes:
+        path: the store file.
+        changed_steps: ``(step, old source path, what changed)`` for each
+            requested step already in the store whose checkpoint now has another
+            size or content hash (or, with no hash on either side, another
+            mtime). Its stored numbers are kept, not recomputed or mixed.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        lock: WriterLock,
+        f: h5py.File,
+        requested: Sequence[int],
+        changed: list[tuple[int, str, str]],
+    ) -> None:
+        self.path = path
+        self.changed_steps = changed
+        self._lock = lock
+        self._f = f
+        steps = np.asarray(f["steps/step"][()], dtype=np.int64)
+        self._index = {int(s): i for i, s in enumerate(steps)}
+        self._done = np.asarray(f["steps/done"][()], dtype=bool)
+        self._requested = sorted(set(int(s) for s in requested))
+        self._matrices = layout.read_strings(f["matrices/name"])
+        self._ranks = [int(r) for r in f["matrices/rank"][()]]
+        self._metric_names = list(json.loads(layout.attr_str(f, "metric_names")))
+        self._sigma = [f["sigma"][name] for name in self._matrices]
+        self._metrics = [f["metrics"][name] for name in self._metric_names]
+        self._method = f["matrices/method"]
+        self._notes = f["steps/notes"]
+        self._invocation = f["steps/invocation"]
+        self._done_ds = f["steps/done"]
+        self._slot = layout.INVOCATION_NONE
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        run_name: str,
+        source_root: str,
+        step_unit: str,
+        steps: Sequence[StepRecord],
+        matrices: Sequence[MatrixRecord],
+        skipped: Sequence[tuple[str, str]],
+        aliases: Mapping[str, str],
+        options: Mapping[str, object],
+        provenance: Mapping[str, object],
+        overwrite: bool = False,
+        metric_names: Sequence[str] = METRIC_NAMES,
+    ) -> StoreWriter:
+        """Open (create, resume or grow) the store at `path` for writing.
+
+        Args:
+            path: the store file; its folder is created when missing.
+            run_name: the run's name (root attribute ``run_name``).
+            source_root: the checkpoint folder of the run; a store from another
+                folder is refused.
+            step_unit: ``"step"`` or ``"epoch"``: what the step axis counts.
+            steps: the steps to analyse now with their sources. Steps already in
+                the store are kept (done ones are never recomputed); new ones
+                grow the store; stored steps not listed here are kept too.
+            matrices: every matrix, in forward order; must equal the store's set.
+            skipped: (parameter, reason) for every parameter left out.
+            aliases: tied-weight alias → the parameter analysed in its place.
+            options: the options that change numbers (precision, exact,
+                include/exclude, views); must equal the store's.
+            provenance: this invocation's record (version, command line,
+                device, time...); one record is appended per open.
+            overwrite: rebuild the store from scratch (new file, then an
+                atomic rename over the old one), whatever it holds.
+            metric_names: the scalar metrics given to `write_step` per matrix.
+
+        Returns:
+            The writer, holding the store's lock until `close`.
+
+        Raises:
+            StoreLockedError: another process is writing this store.
+            StoreMismatchError: the store belongs to another run, or was made
+                with other options, matrices, metrics or step unit (without
+                `overwrite`).
+            StoreError: the file is not a readable specdyn store (without
+                `overwrite`), is of a newer schema, cannot be locked or written.
+            ValueError: duplicate steps, duplicate or invalid matrix names.
+        """
+        path = Path(path)
+        records = _checked_steps(steps)
+        mats = _checked_matrices(matrices)
+        fresh = _Plan(
+            run_name=str(run_name),
+            source_root=str(source_root),
+            step_unit=str(step_unit),
+            created=layout.now_iso(),
+            options=json.loads(layout.canonical_json(dict(options))),
+            metric_names=_checked_metric_names(metric_names),
+            steps=records,
+            matrices=mats,
+            skipped=[(str(p), str(r)) for p, r in skipped],
+            aliases={str(k): str(v) for k, v in aliases.items()},
+            provenance_slots=layout.PROVENANCE_SLOTS,
+        )
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the workspace folder {path.parent} ({exc.strerror}); use another --home"
+            ) from None
+        lock = WriterLock.acquire(path)
+        try:
+            _remove_partial_builds(path)
+            changed: list[tuple[int, str, str]] = []
+            if overwrite or not path.exists():
+                if path.exists():
+                    _refuse_foreign(path)
+                _replace_with(path, fresh, old=None)
+            else:
+                with _open_existing(path) as old:
+                    stored = _read_stored(old, path)
+                    _check_compatible(path, stored.plan, fresh)
+                    merged, changed, grow = _merge_steps(stored, records)
+                    if grow or stored.provenance_used >= stored.plan.provenance_slots:
+                        plan = replace(
+                            fresh,
+                            created=stored.plan.created,
+                            steps=merged,
+                            provenance_slots=max(
+                                layout.PROVENANCE_SLOTS, 2 * stored.provenance_used
+                            ),
+                        )
+                        _replace_with(path, plan, old=old)
+            try:
+                f = layout.open_h5(path, "r+")
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot open {path} for writing ({layout.h5_reason(exc)}); close other "
+                    "handles on it in this process (open_run) and check its permissions"
+                ) from None
+            try:
+                writer = cls(path, lock, f, [r.step for r in records], changed)
+                writer._append_provenance(dict(provenance))
+            except BaseException:
+                f.close()
+                raise
+            return writer
+        except BaseException:
+            lock.release()
+            raise
+
+    @property
+    def pending_steps(self) -> list[int]:
+        """The requested steps not yet done, ascending."""
+        return [s for s in self._requested if not self._done[self._index[s]]]
+
+    @property
+    def done_steps(self) -> set[int]:
+        """Every step of the store whose data is complete (requested or not)."""
+        return {s for s, i in self._index.items() if self._done[i]}
+
+    def write_step(
+        self,
+        step: int,
+        spectra: Mapping[str, tuple[np.ndarray, str]],
+        metrics: Mapping[str, Mapping[str, float]],
+        notes: Sequence[str] = (),
+    ) -> None:
+        """Write one step's results, then mark it done (only once its data is on disk).
+
+        Args:
+            step: a step of the store that is not done yet.
+            spectra: for every matrix of the store, (sigma float64 [R], method);
+                the method name is at most 64 bytes of UTF-8.
+            metrics: for every matrix, metric name → value, for every name of
+                `metric_names` given to `open`.
+            notes: one-line notes about this step (kept in ``/steps/notes``; if
+                they exceed its 4 KiB slot the rest is counted in a last note).
+
+        Raises:
+            ValueError: an unknown or already done step, a missing or extra
+                matrix or metric, a sigma of the wrong length, a too long method.
+            StoreError: the writer is closed.
+        """
+        if self._f is None:
+            raise StoreError(f"{self.path}: the store writer is closed; open it again to write")
+        step = int(step)
+        if step not in self._index:
+            raise ValueError(f"step {step} is not a step of the store {self.path}")
+        i = self._index[step]
+        if self._done[i]:
+            raise ValueError(f"step {step} is already done in the store {self.path}")
+        _check_names("spectra", spectra.keys(), self._matrices)
+        _check_names("metrics", metrics.keys(), self._matrices)
+        sigmas = []
+        methods = np.zeros(len(self._matrices), dtype=layout.METHOD_DTYPE)
+        for j, name in enumerate(self._matrices):
+            sigma, method = spectra[name]
+            sigma = np.asarray(sigma, dtype=np.float64)
+            if sigma.shape != (self._ranks[j],):
+                raise ValueError(
+                    f"{name}: sigma has shape {sigma.shape}, expected ({self._ranks[j]},) at step {step}"
+                )
+            data = layout.clean_text(str(method)).encode("utf-8")
+            if len(data) > layout.METHOD_BYTES:
+                raise ValueError(
+                    f"{name}: method name {method!r} is longer than {layout.METHOD_BYTES} bytes"
+                )
+            sigmas.append(sigma)
+            methods[j] = data
+        rows = np.empty((len(self._metric_names), len(self._matrices)), dtype=np.float64)
+        for j, name in enumerate(self._matrices):
+            values = metrics[name]
+            _check_names(f"metrics of {name}", values.keys(), self._metric_names)
+            for k, metric in enumerate(self._metric_names):
+                rows[k, j] = float(values[metric])
+        note_data = np.array(layout.notes_bytes([str(n) for n in notes]), dtype=layout.NOTES_DTYPE)
+
+        hold = os.environ.get(HOLD_WRITE_ENV)
+        for j, ds in enumerate(self._sigma):
+            ds[i] = sigmas[j]
+            if hold and j == 0:
+                self._f.flush()
+                _hold_here(hold)
+        for k, ds in enumerate(self._metrics):
+            ds[i] = rows[k]
+        self._method[i] = methods
+        self._notes[i] = note_data
+        self._invocation[i] = self._slot
+        layout.fsync_file(self._f)
+        self._done_ds[i] = 1
+        layout.fsync_file(self._f)
+        self._done[i] = True
+
+    def close(self) -> None:
+        """Close the file and release the writer lock (idempotent)."""
+        f, self._f = self._f, None
+        try:
+            if f is not None:
+                f.close()
+        finally:
+            self._lock.release()
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _append_provenance(self, record: dict[str, Any]) -> None:
+        """Write this invocation's record into the first free slot, then mark it used."""
+        used = np.asarray(self._f["provenance/used"][()], dtype=bool)
+        free = np.flatnonzero(~used)
+        slot = int(free[0])  # open() rebuilt the file with more slots if none was free
+        data = np.array(layout.provenance_bytes(record), dtype=layout.PROVENANCE_DTYPE)
+        self._f["provenance/record"][slot] = data
+        layout.fsync_file(self._f)
+        self._f["provenance/used"][slot] = 1
+        layout.fsync_file(self._f)
+        self._slot = slot
+
+
+def _hold_here(flag: str) -> None:
+    """Test hook: announce the hold point by creating `flag`, then wait to be killed."""
+    Path(flag).write_text(str(os.getpid()))
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _check_names(what: str, given: Any, expected: Sequence[str]) -> None:
+    """ValueError unless the names given are exactly the names expected."""
+    given = set(given)
+    missing = [n for n in expected if n not in given]
+    extra = sorted(given - set(expected))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
+        if extra:
+            parts.append(f"unknown {', '.join(extra[:5])}" + (" ..." if len(extra) > 5 else ""))
+        raise ValueError(f"{what}: {'; '.join(parts)}")
+
+
+def _checked_steps(steps: Sequence[StepRecord]) -> list[StepRecord]:
+    """The step records sorted by step; ValueError on a duplicate step."""
+    records = sorted(steps, key=lambda r: int(r.step))
+    seen = Counter(int(r.step) for r in records)
+    dupes = sorted(s for s, n in seen.items() if n > 1)
+    if dupes:
+        raise ValueError(f"steps given more than once: {dupes[:10]}")
+    return records
+
+
+def _checked_matrices(matrices: Sequence[MatrixRecord]) -> list[MatrixRecord]:
+    """The matrix records; ValueError on a duplicate or unusable name."""
+    names = Counter(m.name for m in matrices)
+    dupes = sorted(n for n, c in names.items() if c > 1)
+    if dupes:
+        raise ValueError(f"matrix names given more than once: {dupes[:10]}")
+    for m in matrices:
+        if not m.name or "/" in m.name or m.name in (".", ".."):
+            raise ValueError(
+                f"matrix name {m.name!r} cannot name an HDF5 dataset (empty, '.', '..' or with '/')"
+            )
+        if len(tuple(m.shape)) != 2:
+            raise ValueError(f"{m.name}: shape {m.shape} is not 2-D")
+    return list(matrices)
+
+
+def _checked_metric_names(names: Sequence[str]) -> list[str]:
+    """The metric names; ValueError on a duplicate or unusable name."""
+    names = [str(n) for n in names]
+    if len(set(names)) != len(names) or any(not n or "/" in n or n in (".", "..") for n in names):
+        raise ValueError(f"metric names must be distinct dataset names: {names}")
+    return names
+
+
+def _remove_partial_builds(path: Path) -> None:
+    """Delete temporary files left by a rebuild that was killed (the lock is held)."""
+    prefix = f".{path.name}.rebuild-"
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name.startswith(prefix) and entry.name.endswith(".tmp"):
+            try:
+                entry.unlink()
+            except OSError:
+                pass  # another leftover handling is not our business; the build uses its own name
+
+
+def _open_existing(path: Path) -> h5py.File:
+    """Open an existing store for a writer, with errors saying how to proceed."""
+    try:
+        f = layout.open_h5(path, "r")
+    except OSError as exc:
+        raise StoreError(
+            f"{path} exists but is not a readable HDF5 file ({layout.h5_reason(exc)}); "
+            "use --overwrite to replace it or choose another --name"
+        ) from None
+    try:
+        layout.check_header(f, path)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def _refuse_foreign(path: Path) -> None:
+    """StoreError when `path` is an HDF5 file that is not a specdyn store (never overwritten)."""
+    try:
+        f = layout.open_h5(path, "r")
+    except OSError:
+        return  # not HDF5 at all: a damaged store, which overwrite may replace
+    with f:
+        fmt = layout.attr_str(f, "format", "")
+    if fmt != layout.FORMAT:
+        raise StoreError(
+            f"{path} is an HDF5 file that specdyn did not write (format {fmt!r}); it was left "
+            "untouched: move it away or choose another --name"
+        )
+
+
+def _read_stored(f: h5py.File, path: Path) -> _Stored:
+    """The content of an existing store (everything but the per-step numbers)."""
+    try:
+        steps = _read_step_records(f)
+        done = np.asarray(f["steps/done"][()], dtype=bool)
+        plan = _Plan(
+            run_name=layout.attr_str(f, "run_name"),
+            source_root=layout.attr_str(f, "source_root"),
+            step_unit=layout.attr_str(f, "step_unit"),
+            created=layout.attr_str(f, "created"),
+            options=json.loads(layout.attr_str(f, "options", "{}")),
+            metric_names=list(json.loads(layout.attr_str(f, "metric_names", "[]"))),
+            steps=steps,
+            matrices=_read_matrix_records(f),
+            skipped=list(
+                zip(
+                    layout.read_strings(f["skipped/param"]),
+                    layout.read_strings(f["skipped/reason"]),
+                    strict=True,
+                )
+            ),
+            aliases=dict(
+                zip(
+                    layout.read_strings(f["aliases/alias"]),
+                    layout.read_strings(f["aliases/target"]),
+                    strict=True,
+                )
+            ),
+            provenance_slots=int(f["provenance/used"].shape[0]),
+        )
+        used = np.asarray(f["provenance/used"][()], dtype=bool)
+    except (KeyError, OSError, ValueError, TypeError) as exc:
+        raise layout.damaged(path, exc) from None
+    return _Stored(
+        plan=plan,
+        done={r.step: bool(d) for r, d in zip(steps, done, strict=True)},
+        provenance_used=int(used.sum()),
+    )
+
+
+def _read_step_records(f: h5py.File) -> list[StepRecord]:
+    """The step axis of a store as records."""
+    g = f["steps"]
+    steps = g["step"][()]
+    epochs = g["epoch"][()]
+    sources = layout.read_strings(g["source"])
+    formats = layout.read_strings(g["format"])
+    sizes = g["size"][()]
+    mtimes = g["mtime"][()]
+    hashes = layout.read_strings(g["sha256"])
+    return [
+        StepRecord(
+            step=int(steps[i]),
+            epoch=None if int(epochs[i]) == layout.EPOCH_UNKNOWN else int(epochs[i]),
+            source=sources[i],
+            format=formats[i],
+            size=int(sizes[i]),
+            mtime=float(mtimes[i]),
+            sha256=hashes[i],
+        )
+        for i in range(len(steps))
+    ]
+
+
+def _read_matrix_records(f: h5py.File) -> list[MatrixRecord]:
+    """The matrix table of a store as records, in stored (forward) order."""
+    g = f["matrices"]
+    names = layout.read_strings(g["name"])
+    params = layout.read_strings(g["param"])
+    keys = layout.read_strings(g["key"])
+    kinds = layout.read_strings(g["kind"])
+    parts = layout.read_strings(g["part"])
+    shapes = g["shape"][()]
+    source_shapes = layout.read_strings(g["source_shape"])
+    dtypes = layout.read_strings(g["source_dtype"])
+    return [
+        MatrixRecord(
+            name=names[j],
+            param=params[j],
+            key=keys[j],
+            kind=kinds[j],
+            part=parts[j] or None,
+            shape=(int(shapes[j][0]), int(shapes[j][1])),
+            source_shape=tuple(int(d) for d in json.loads(source_shapes[j])),
+            source_dtype=dtypes[j],
+        )
+        for j in range(len(names))
+    ]
+
+
+def _check_compatible(path: Path, stored: _Plan, fresh: _Plan) -> None:
+    """StoreMismatchError when the store cannot take these checkpoints without overwrite."""
+    if stored.source_root != fresh.source_root and os.path.realpath(
+        stored.source_root
+    ) != os.path.realpath(fresh.source_root):
+        raise StoreMismatchError(
+            f"store {path} holds run {stored.run_name!r} of {stored.source_root}, not of "
+            f"{fresh.source_root}; use --name to keep both runs or --overwrite to replace it"
+        )
+    if stored.step_unit != fresh.step_unit:
+        raise StoreMismatchError(
+            f"store {path} counts {stored.step_unit}s but these checkpoints count "
+            f"{fresh.step_unit}s; use --overwrite to recompute or --name for a separate store"
+        )
+    if stored.options != fresh.options:
+        keys = sorted(set(stored.options) | set(fresh.options))
+        diffs = [
+            f"{k}: {stored.options.get(k, '(unset)')!r} in the store, {fresh.options.get(k, '(unset)')!r} now"
+            for k in keys
+            if stored.options.get(k, "(unset)") != fresh.options.get(k, "(unset)")
+        ]
+        raise StoreMismatchError(
+            f"store {path} was made with other options ({'; '.join(diffs)}); "
+            "use --overwrite to recompute"
+        )
+    if sorted(stored.metric_names) != sorted(fresh.metric_names):
+        raise StoreMismatchError(
+            f"store {path} holds metrics {stored.metric_names}, this specdyn computes "
+            f"{fresh.metric_names}; use --overwrite to recompute"
+        )
+    old = {m.name: m for m in stored.matrices}
+    new = {m.name: m for m in fresh.matrices}
+    problems = []
+    gone = [n for n in old if n not in new]
+    added = [n for n in new if n not in old]
+    if gone:
+        problems.append(f"missing now: {_few(gone)}")
+    if added:
+        problems.append(f"new: {_few(added)}")
+    for name in old.keys() & new.keys():
+        a, b = old[name], new[name]
+        if (a.shape, a.source_shape, a.kind, a.part, a.param) != (
+            b.shape,
+            b.source_shape,
+            b.kind,
+            b.part,
+            b.param,
+        ):
+            problems.append(
+                f"{name} was {a.kind} {'x'.join(map(str, a.shape))} of {a.param} "
+                f"{'x'.join(map(str, a.source_shape))}, now {b.kind} {'x'.join(map(str, b.shape))} "
+                f"of {b.param} {'x'.join(map(str, b.source_shape))}"
+            )
+    if problems:
+        raise StoreMismatchError(
+            f"store {path} has other matrices than these checkpoints ({'; '.join(problems[:5])}); "
+            "use --overwrite to recompute or --name for a separate store"
+        )
+
+
+def _few(names: Sequence[str], limit: int = 5) -> str:
+    """The first few names, comma-separated."""
+    text = ", ".join(names[:limit])
+    return text + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _merge_steps(
+    stored: _Stored, records: Sequence[StepRecord]
+) -> tuple[list[StepRecord], list[tuple[int, str, str]], bool]:
+    """The union of stored and requested steps, the changed done steps, and whether
+    the file must be rebuilt (a new step, or a pending step whose source changed)."""
+    merged = {r.step: r for r in stored.plan.steps}
+    changed = []
+    rebuild = False
+    for rec in records:
+        old = merged.get(rec.step)
+        if old is None:
+            merged[rec.step] = rec
+            rebuild = True
+        elif stored.done.get(rec.step, False):
+            what = _fingerprint_change(old, rec)
+            if what:
+                changed.append((rec.step, old.source, what))
+        elif old != rec:
+            merged[rec.step] = rec
+            rebuild = True
+    return [merged[s] for s in sorted(merged)], changed, rebuild
+
+
+def _fingerprint_change(old: StepRecord, new: StepRecord) -> str:
+    """How a step's checkpoint differs from what was analysed ("" if the content is the same).
+
+    Size and content hash decide; the mtime only when a side has no hash (a file
+    that was only touched has the same numbers).
+    """
+    parts = []
+    if old.size != new.size:
+        parts.append(f"size {old.size} -> {new.size} bytes")
+    if old.sha256 and new.sha256:
+        if old.sha256 != new.sha256:
+            parts.append(f"content sha256 {old.sha256[:12]}... -> {new.sha256[:12]}...")
+    elif old.mtime != new.mtime:
+        parts.append(f"modified {_when(old.mtime)} -> {_when(new.mtime)}")
+    return ", ".join(parts)
+
+
+def _when(mtime: float) -> str:
+    """A modification time for messages."""
+    try:
+        return datetime.fromtimestamp(mtime).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, OSError, ValueError):
+        return str(mtime)
+
+
+def _replace_with(path: Path, plan: _Plan, old: h5py.File | None) -> None:
+    """Build a complete store for `plan` in a temporary file beside `path` (copying the
+    done steps of `old`), make it durable, then rename it over `path` atomically."""
+    tmp = path.with_name(f".{path.name}.rebuild-{os.getpid()}.tmp")
+    try:
+        _build(tmp, plan, old)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        _unlink_quietly(tmp)
+        raise StoreError(
+            f"cannot write the store {path} ({layout.h5_reason(exc)}); check free disk space and "
+            "permissions, or use another --home"
+        ) from None
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    layout.fsync_dir(path.parent)
+
+
+def _unlink_quietly(path: Path) -> None:
+    """Remove a temporary file if it is there."""
+    try:
+        path.unlink()
+    except OSError:
+        pass
+
+
+def _build(target: Path, plan: _Plan, old: h5py.File | None) -> None:
+    """Write a whole store file for `plan`; rows of `old`'s done steps are copied."""
+    steps = plan.steps
+    n_steps, n_matrices = len(steps), len(plan.matrices)
+    step_values = np.array([r.step for r in steps], dtype=np.int64)
+    pairs = np.zeros((0, 2), dtype=np.int64)  # (new row, old row) of each done step copied
+    col_src = None
+    used_prov = 0
+    if old is not None:
+        old_steps = np.asarray(old["steps/step"][()], dtype=np.int64)
+        old_done = np.asarray(old["steps/done"][()], dtype=bool)
+        old_row = {int(s): i for i, s in enumerate(old_steps) if old_done[i]}
+        pairs = np.array(
+            [(i, old_row[int(s)]) for i, s in enumerate(step_values) if int(s) in old_row],
+            dtype=np.int64,
+        ).reshape(-1, 2)
+        old_names = layout.read_strings(old["matrices/name"])
+        old_col = {n: j for j, n in enumerate(old_names)}
+        col_src = np.array([old_col[m.name] for m in plan.matrices], dtype=np.int64)
+        used_prov = int(np.asarray(old["provenance/used"][()], dtype=bool).sum())
+
+    def copy(
+        name: str, dtype: Any, fill: Any, shape_tail: tuple[int, ...] = (), cols: bool = False
+    ) -> h5py.Dataset:
+        """A new dataset [n_steps, *shape_tail] with `fill`, done rows copied from `old`."""
+        ds = layout.new_dataset(f, name, (n_steps, *shape_tail), dtype)
+        src = old[name] if old is not None and len(pairs) else None
+        _copy_rows(ds, src, pairs, fill, col_src if cols else None)
+        return ds
+
+    with layout.open_h5(target, "w") as f:
+        f.attrs["format"] = layout.FORMAT
+        f.attrs["schema_version"] = layout.SCHEMA_VERSION
+        f.attrs["run_name"] = plan.run_name
+        f.attrs["source_root"] = layout.clean_text(plan.source_root)
+        f.attrs["step_unit"] = plan.step_unit
+        f.attrs["created"] = plan.created
+        f.attrs["specdyn_version"] = __version__
+        f.attrs["options"] = layout.canonical_json(plan.options)
+        f.attrs["metric_names"] = json.dumps(plan.metric_names)
+
+        g = f.create_group("steps")
+        layout.new_dataset(g, "step", (n_steps,), np.int64)[...] = step_values
+        epochs = [layout.EPOCH_UNKNOWN if r.epoch is None else int(r.epoch) for r in steps]
+        layout.new_dataset(g, "epoch", (n_steps,), np.int64)[...] = np.array(epochs, dtype=np.int64)
+        layout.vlen_strings(g, "source", [r.source for r in steps])
+        layout.vlen_strings(g, "format", [r.format for r in steps])
+        layout.new_dataset(g, "size", (n_steps,), np.int64)[...] = np.array(
+            [r.size for r in steps], dtype=np.int64
+        )
+        layout.new_dataset(g, "mtime", (n_steps,), np.float64)[...] = np.array(
+            [r.mtime for r in steps], dtype=np.float64
+        )
+        layout.new_dataset(g, "sha256", (n_steps,), layout.SHA256_DTYPE)[...] = np.array(
+            [layout.fixed_bytes(r.sha256, layout.SHA256_BYTES) for r in steps],
+            dtype=layout.SHA256_DTYPE,
+        )
+        copy("steps/notes", layout.NOTES_DTYPE, b"")
+        copy("steps/invocation", np.int32, layout.INVOCATION_NONE)
+
+        g = f.create_group("matrices")
+        mats = plan.matrices
+        layout.vlen_strings(g, "name", [m.name for m in mats])
+        layout.vlen_strings(g, "param", [m.param for m in mats])
+        layout.vlen_strings(g, "key", [m.key for m in mats])
+        layout.vlen_strings(g, "kind", [m.kind for m in mats])
+        layout.vlen_strings(g, "part", [m.part or "" for m in mats])
+        shape = np.array([tuple(m.shape) for m in mats], dtype=np.int64).reshape(n_matrices, 2)
+        layout.new_dataset(g, "shape", (n_matrices, 2), np.int64)[...] = shape
+        layout.new_dataset(g, "rank", (n_matrices,), np.int64)[...] = np.array(
+            [m.rank for m in mats], dtype=np.int64
+        )
+        layout.vlen_strings(
+            g, "source_shape", [json.dumps([int(d) for d in m.source_shape]) for m in mats]
+        )
+        layout.vlen_strings(g, "source_dtype", [m.source_dtype for m in mats])
+        copy("matrices/method", layout.METHOD_DTYPE, b"", (n_matrices,), cols=True)
+
+        f.create_group("sigma")
+        hold = os.environ.get(HOLD_REBUILD_ENV) if old is not None else None
+        for j, m in enumerate(mats):
+            copy(f"sigma/{m.name}", np.float64, np.nan, (m.rank,))
+            if hold and j == 0:
+                f.flush()
+                _hold_here(hold)
+        f.create_group("metrics")
+        for name in plan.metric_names:
+            copy(f"metrics/{name}", np.float64, np.nan, (n_matrices,), cols=True)
+
+        g = f.create_group("skipped")
+        layout.vlen_strings(g, "param", [p for p, _ in plan.skipped])
+        layout.vlen_strings(g, "reason", [r for _, r in plan.skipped])
+        g = f.create_group("aliases")
+        layout.vlen_strings(g, "alias", list(plan.aliases))
+        layout.vlen_strings(g, "target", list(plan.aliases.values()))
+
+        g = f.create_group("provenance")
+        slots = max(plan.provenance_slots, used_prov + 1)
+        record = layout.new_dataset(g, "record", (slots,), layout.PROVENANCE_DTYPE, fill=b"")
+        used = layout.new_dataset(g, "used", (slots,), np.uint8, fill=0)
+        if used_prov:
+            record[:used_prov] = old["provenance/record"][:used_prov]
+            used[:used_prov] = 1
+
+        # the done flags last: within the new file nothing is visible before the rename,
+        # but keeping the order everywhere makes the invariant easy to check
+        done = np.zeros(n_steps, dtype=np.uint8)
+        done[pairs[:, 0]] = 1
+        layout.new_dataset(f["steps"], "done", (n_steps,), np.uint8)[...] = done
+        f.flush()
+
+
+def _copy_rows(
+    dst: h5py.Dataset,
+    src: h5py.Dataset | None,
+    pairs: np.ndarray,
+    fill: Any,
+    col_src: np.ndarray | None,
+) -> None:
+    """Fill `dst` with `fill`, copying rows `pairs[:, 1]` of `src` to rows `pairs[:, 0]`
+    (columns reordered by `col_src` when given), in bounded blocks of rows."""
+    tail = dst.shape[1:]
+
+    def rows(start: int, stop: int) -> np.ndarray:
+        block = np.full((stop - start, *tail), fill, dtype=dst.dtype)
+        if src is None:
+            return block
+        sel = pairs[(pairs[:, 0] >= start) & (pairs[:, 0] < stop)]
+        if len(sel):
+            lo, hi = int(sel[:, 1].min()), int(sel[:, 1].max()) + 1
+            chunk = src[lo:hi]
+            if col_src is not None:
+                chunk = chunk[:, col_src]
+            block[sel[:, 0] - start] = chunk[sel[:, 1] - lo]
+        return block
+
+    if dst.shape[0]:
+        layout.write_blocks(dst, rows)
+
+
+# ----------------------------------------------------------------------------- reader
+
+
+class Run:
+    """A store opened for reading (read-only, no HDF5 file lock; a context manager).
+
+    Only steps whose done flag is set are visible through `steps`, `sigma` and
+    `metric` (a store being written, or interrupted, shows its finished steps).
+    The done flags are read once, when the run is opened.
+
+    Attributes:
+        path: the store file; name: the run name; step_unit: ``"step"`` or
+        ``"epoch"``; schema_version: the store's schema version.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._f: h5py.File | None = layout.open_checked(self.path)
+        try:
+            self._load()
+        except (KeyError, OSError, ValueError, TypeError) as exc:
+            self.close()
+            raise layout.damaged(self.path, exc) from None
+
+    def _load(self) -> None:
+        """Read the step axis, the done flags and the matrix table."""
+        f = self._f
+        self.name = layout.attr_str(f, "run_name") or self.path.stem
+        self.step_unit = layout.attr_str(f, "step_unit", "step")
+        self.schema_version = int(f.attrs["schema_version"])
+        self._all_steps = np.asarray(f["steps/step"][()], dtype=np.int64)
+        done = np.asarray(f["steps/done"][()], dtype=bool)
+        if done.shape != self._all_steps.shape:
+            raise ValueError("steps/done and steps/step differ in length")
+        self._done_rows = np.flatnonzero(done)
+        self._records = _read_matrix_records(f)
+        self._matrices = [m.name for m in self._records]
+        self._col = {n: j for j, n in enumerate(self._matrices)}
+        self._metric_names = list(json.loads(layout.attr_str(f, "metric_names", "[]")))
+
+    @property
+    def _file(self) -> h5py.File:
+        """The open file, or StoreError when closed."""
+        if self._f is None:
+            raise StoreError(f"{self.path}: the run is closed; open it again with open_run")
+        return self._f
+
+    @property
+    def steps(self) -> np.ndarray:
+        """The done steps, ascending: int64 [T_done]."""
+        return self._all_steps[self._done_rows].copy()
+
+    @property
+    def all_steps(self) -> np.ndarray:
+        """Every step the store knows, done or pending, ascending: int64 [T]."""
+        return self._all_steps.copy()
+
+    @property
+    def matrices(self) -> list[str]:
+        """Matrix names in forward order."""
+        return list(self._matrices)
+
+    @property
+    def metric_names(self) -> list[str]:
+        """Names of the scalar metrics stored per matrix and step."""
+        return list(self._metric_names)
+
+    def find_matrix(self, pattern: str) -> str:
+        """The matrix named `pattern`, else the only one containing it as a substring.
+
+        Raises:
+            StoreError: several matrices contain `pattern` (they are listed), or
+                none does (a few names are listed).
+        """
+        if pattern in self._col:
+            return pattern
+        hits = [n for n in self._matrices if pattern in n]
+        if len(hits) == 1:
+            return hits[0]
+        if hits:
+            raise StoreError(
+                f"{self.path}: {pattern!r} matches {len(hits)} matrices ({_few(hits, 8)}); "
+                "give the exact name or a longer part of it"
+            )
+        raise StoreError(
+            f"{self.path}: no matrix matches {pattern!r} (matrices include {_few(self._matrices, 5)}); "
+            "list them with specdyn info RUN --matrices"
+        )
+
+    def sigma(self, matrix: str) -> np.ndarray:
+        """Singular values of one matrix at every done step.
+
+        Args:
+            matrix: exact name or unique substring (see `find_matrix`).
+
+        Returns:
+            float64 [T_done, R], each row descending (NaN rows for steps whose
+            weights were NaN/Inf).
+        """
+        name = self.find_matrix(matrix)
+        data = self._file["sigma"][name][()]
+        return data[self._done_rows]
+
+    def metric(self, name: str, matrix: str | None = None) -> np.ndarray:
+        """One scalar metric at every done step.
+
+        Args:
+            name: a metric of `metric_names` (e.g. ``"normalized_effective_rank"``).
+            matrix: exact name or unique substring; None for every matrix.
+
+        Returns:
+            float64 [T_done] for one matrix, [M, T_done] for all (forward order).
+
+        Raises:
+            StoreError: unknown metric or matrix.
+        """
+        if name not in self._metric_names:
+            raise StoreError(
+                f"{self.path}: no metric {name!r}; stored metrics: {', '.join(self._metric_names)}"
+            )
+        data = self._file["metrics"][name][()][self._done_rows]  # [T_done, M]
+        if matrix is None:
+            return np.ascontiguousarray(data.T)
+        return data[:, self._col[self.find_matrix(matrix)]].copy()
+
+    def matrix_info(self, matrix: str) -> dict[str, Any]:
+        """What the store records about one matrix (JSON-serialisable).
+
+        Returns:
+            name, index (forward position), param, key, kind, part, shape
+            [out, in], rank R, source_shape, source_dtype, methods (method →
+            number of done steps) and method (the most used one, "" if none).
+        """
+        name = self.find_matrix(matrix)
+        j = self._col[name]
+        rec = self._records[j]
+        methods = self._methods_of(j)
+        return {
+            "name": rec.name,
+            "index": j,
+            "param": rec.param,
+            "key": rec.key,
+            "kind": rec.kind,
+            "part": rec.part,
+            "shape": list(rec.shape),
+            "rank": rec.rank,
+            "source_shape": list(rec.source_shape),
+            "source_dtype": rec.source_dtype,
+            "method": methods.most_common(1)[0][0] if methods else "",
+            "methods": dict(methods),
+        }
+
+    def _methods_of(self, column: int | None) -> Counter[str]:
+        """Methods used over done steps, for one matrix column or all of them."""
+        if not len(self._done_rows):
+            return Counter()
+        table = self._file["matrices/method"][()][self._done_rows]
+        if column is not None:
+            table = table[:, column]
+        return Counter(v.decode("utf-8", "replace") for v in table.reshape(-1) if v)
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        """(parameter, reason) of every parameter that was not analysed."""
+        g = self._file["skipped"]
+        return list(
+            zip(layout.read_strings(g["param"]), layout.read_strings(g["reason"]), strict=True)
+        )
+
+    @property
+    def aliases(self) -> dict[str, str]:
+        """Tied-weight alias → the parameter analysed in its place."""
+        g = self._file["aliases"]
+        return dict(
+            zip(layout.read_strings(g["alias"]), layout.read_strings(g["target"]), strict=True)
+        )
+
+    @property
+    def step_sources(self) -> list[dict[str, Any]]:
+        """One dict per known step (done or not): step, epoch, source, format, size,
+        mtime, sha256, done, invocation (index into `provenance`, -1 if not done)."""
+        f = self._file
+        done = set(self._done_rows.tolist())
+        invocation = f["steps/invocation"][()]
+        return [
+            {
+                "step": r.step,
+                "epoch": r.epoch,
+                "source": r.source,
+                "format": r.format,
+                "size": r.size,
+                "mtime": r.mtime,
+                "sha256": r.sha256,
+                "done": i in done,
+                "invocation": int(invocation[i]) if i in done else layout.INVOCATION_NONE,
+            }
+            for i, r in enumerate(_read_step_records(f))
+        ]
+
+    @property
+    def notes(self) -> dict[int, list[str]]:
+        """Notes recorded while analysing each done step (steps without notes left out)."""
+        data = self._file["steps/notes"][()]
+        out = {}
+        for i in self._done_rows:
+            raw = data[i]
+            if raw:
+                items = json.loads(raw.decode("utf-8", "replace"))
+                if items:
+                    out[int(self._all_steps[i])] = [str(n) for n in items]
+        return out
+
+    @property
+    def provenance(self) -> list[dict[str, Any]]:
+        """One record per invocation that wrote this store, oldest first."""
+        g = self._file["provenance"]
+        used = np.asarray(g["used"][()], dtype=bool)
+        records = g["record"][()]
+        out = []
+        for i in np.flatnonzero(used):
+            try:
+                out.append(json.loads(records[i].decode("utf-8", "replace")))
+            except json.JSONDecodeError:
+                out.append({"unreadable": records[i][:200].decode("utf-8", "replace")})
+        return out
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The options that determine the stored numbers (precision, exact, include, ...)."""
+        return json.loads(layout.attr_str(self._file, "options", "{}"))
+
+    def info(self) -> dict[str, Any]:
+        """A JSON-serialisable summary of the store.
+
+        Keys: name, path, source_root, step_unit, created, schema_version,
+        steps_done, steps_total, first_step, last_step (of done steps; None if
+        none), matrices (count), metrics, skipped (reason → count), aliases
+        (count), methods (method → matrix-steps computed with it), options,
+        size_bytes, notes (count), provenance (records).
+        """
+        steps = self.steps
+        try:
+            size = self.path.stat().st_size
+        except OSError:
+            size = None
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "source_root": layout.attr_str(self._file, "source_root"),
+            "step_unit": self.step_unit,
+            "created": layout.attr_str(self._file, "created"),
+            "schema_version": self.schema_version,
+            "steps_done": int(steps.size),
+            "steps_total": int(self._all_steps.size),
+            "first_step": int(steps[0]) if steps.size else None,
+            "last_step": int(steps[-1]) if steps.size else None,
+            "matrices": len(self._matrices),
+            "metrics": self.metric_names,
+            "skipped": dict(Counter(reason for _, reason in self.skipped)),
+            "aliases": len(self.aliases),
+            "methods": dict(self._methods_of(None)),
+            "options": self.options,
+            "size_bytes": size,
+            "notes": sum(len(v) for v in self.notes.values()),
+            "provenance": self.provenance,
+        }
+
+    def close(self) -> None:
+        """Close the file (idempotent)."""
+        f, self._f = self._f, None
+        if f is not None:
+            f.close()
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Run({self.name!r}, {len(self._done_rows)}/{len(self._all_steps)} steps, {len(self._matrices)} matrices, {str(self.path)!r})"
+
+
+def open_run(
+    name_or_path: str | os.PathLike[str] | None = None,
+    home: str | os.PathLike[str] | None = None,
+) -> Run:
+    """Open a run's store for reading.
+
+    Args:
+        name_or_path: a run name in the workspace, or a store path; None for
+            the workspace's only run (see `specdyn.workspace.resolve_run`).
+        home: the workspace (``--home``; default ``$SPECDYN_HOME``, else
+            ``./specdyn-runs``).
+
+    Returns:
+        The open `Run` (close it, or use it as a context manager).
+
+    Raises:
+        RunNotFoundError: no such run.
+        StoreError: not an HDF5 file, not a specdyn store, a newer schema
+            (upgrade specdyn or re-run analyze), or damaged.
+    """
+    return Run(resolve_run(name_or_path, home))
