@@ -14,14 +14,15 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/specdyn analyze fixtures/mlp-wd --home $(HOME_DIR)
-	$(VENV)/bin/specdyn analyze fixtures/mlp-nowd --home $(HOME_DIR)
+	$(VENV)/bin/specdyn analyze fixtures --home $(HOME_DIR)
 	$(VENV)/bin/specdyn runs --home $(HOME_DIR)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+	$(VENV)/bin/ruff check specdyn tests fixtures benchmarks
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check specdyn tests fixtures benchmarks
+	$(VENV)/bin/ruff format --check specdyn
 
 .PHONY: install demo test lint

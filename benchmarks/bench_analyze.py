@@ -43,7 +43,7 @@ def make_checkpoints(folder: Path, n: int) -> list[Path]:
         g = torch.Generator().manual_seed(k)
         sd: dict[str, torch.Tensor] = {}
 
-        def rand(*shape):
+        def rand(*shape, g=g):
             return (torch.randn(*shape, generator=g) * 0.02).half()
 
         sd["gpt_neox.embed_in.weight"] = rand(VOCAB, HIDDEN)
@@ -53,9 +53,9 @@ def make_checkpoints(folder: Path, n: int) -> list[Path]:
             sd[p + "input_layernorm.bias"] = torch.zeros(HIDDEN).half()
             sd[p + "post_attention_layernorm.weight"] = torch.ones(HIDDEN).half()
             sd[p + "post_attention_layernorm.bias"] = torch.zeros(HIDDEN).half()
-            sd[p + "attention.bias"] = torch.tril(torch.ones(CONTEXT, CONTEXT, dtype=torch.bool)).view(
-                1, 1, CONTEXT, CONTEXT
-            )
+            sd[p + "attention.bias"] = torch.tril(
+                torch.ones(CONTEXT, CONTEXT, dtype=torch.bool)
+            ).view(1, 1, CONTEXT, CONTEXT)
             sd[p + "attention.masked_bias"] = torch.tensor(-1e9)
             sd[p + "attention.rotary_emb.inv_freq"] = 1.0 / (
                 10000 ** (torch.arange(0, 16, 2).float() / 16)
@@ -93,7 +93,17 @@ def make_checkpoints(folder: Path, n: int) -> list[Path]:
 
 
 def _peak_rss_mb() -> float:
-    """Peak resident set of this process, MB."""
+    """Peak resident set of this process, MB.
+
+    VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across
+    fork/exec, so a child would report the benchmark driver's own peak.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -106,7 +116,11 @@ def run_specdyn(folder: Path) -> dict:
     result = specdyn.analyze(folder, home=home, compute=specdyn.ComputeOptions(device="cpu"))
     seconds = time.perf_counter() - start
     run = result.runs[0]
-    return {"seconds": seconds, "matrices": run.n_matrices * len(run.steps_computed), "methods": run.methods}
+    return {
+        "seconds": seconds,
+        "matrices": run.n_matrices * len(run.steps_computed),
+        "methods": run.methods,
+    }
 
 
 def _views_in_memory(step_dir: Path):
@@ -151,7 +165,7 @@ def run_paper_loop(folder: Path) -> dict:
     count = 0
     for step_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
         sd = torch.load(step_dir / "pytorch_model.bin", map_location="cpu", weights_only=True)
-        for name, w in sd.items():
+        for _name, w in sd.items():
             if w.ndim == 2 and w.is_floating_point():
                 torch.linalg.svd(w.float(), full_matrices=False)
                 count += 1
@@ -209,8 +223,10 @@ def _run_child(method: str, folder: Path) -> dict | None:
 
 def _baseline_rss() -> float:
     """Peak RSS of a process that only imports torch and specdyn (MB)."""
-    code = "import resource, torch, specdyn; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
-    return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout)
+    code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import specdyn, bench_analyze; print(bench_analyze._peak_rss_mb())"
+    return float(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
+    )
 
 
 def main() -> None:
@@ -226,11 +242,16 @@ def main() -> None:
         return
     folder = args.dir or Path(tempfile.mkdtemp(prefix="bench-160m-"))
     if not any(folder.glob("step*/pytorch_model.bin")):
-        print(f"writing {args.checkpoints} Pythia-160m-shaped checkpoints to {folder} …", file=sys.stderr)
+        print(
+            f"writing {args.checkpoints} Pythia-160m-shaped checkpoints to {folder} …",
+            file=sys.stderr,
+        )
         make_checkpoints(folder, args.checkpoints)
     size = sum(f.stat().st_size for f in folder.glob("step*/pytorch_model.bin")) / 1e6
-    print(f"checkpoints: {args.checkpoints} × Pythia-160m shape, {size:.0f} MB fp16 on disk; "
-          f"cores: {os.cpu_count()}, torch threads: default")
+    print(
+        f"checkpoints: {args.checkpoints} × Pythia-160m shape, {size:.0f} MB fp16 on disk; "
+        f"cores: {os.cpu_count()}, torch threads: default"
+    )
     print(f"baseline RSS (import torch + specdyn): {_baseline_rss():.0f} MB")
     results = {}
     for method in args.methods.split(","):

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from specdyn import _linalg
-from specdyn.engine import SpectrumEngine
+from specdyn.engine import SpectrumEngine, _gram_chunk
 
 PYTHIA_160M = [  # (shape, matrices of that shape in one checkpoint)
     ((768, 768), 48),
@@ -105,7 +105,13 @@ def speed_row(engine: SpectrumEngine, shape: tuple[int, int], repeat: int) -> di
         repeat,
     )
     err = float(np.max(np.abs(spec.sigma - ref)) / ref[0])
-    return {"floor": floor, "engine": t_engine, "lapack": t_lapack, "method": spec.method, "err": err}
+    return {
+        "floor": floor,
+        "engine": t_engine,
+        "lapack": t_lapack,
+        "method": spec.method,
+        "err": err,
+    }
 
 
 def section_speed(repeat: int) -> None:
@@ -140,12 +146,13 @@ def methods_row(shape: tuple[int, int], repeat: int) -> list[str]:
     w32 = w.float()
     tall = [_linalg.oriented(w)]
     qr_chunk = max(1024, 2 * min(shape))
+    gram_chunk = _gram_chunk(max(shape), cpu)
     reps = 1 if shape[0] * shape[1] > 10_000_000 else repeat
     ref = lapack(w)
     methods = [
         # the floor: fp32 svdvals in the stored orientation, input already float32
         lambda: torch.linalg.svdvals(w32),
-        lambda: _linalg.gram_eigvalsh(tall, cpu, 256)[0][0],
+        lambda: _linalg.gram_eigvalsh(tall, cpu, gram_chunk)[0][0],
         lambda: _linalg.svdvals(tall, cpu, torch.float64)[0],
         lambda: _linalg.tsqr_svdvals(tall, cpu, torch.float64, qr_chunk)[0],
     ]
@@ -202,7 +209,8 @@ def section_accuracy() -> None:
     for k, (name, m, n, sigma) in enumerate(cases):
         w = constructed(m, n, sigma, seed=k)
         ref = lapack(w)
-        sig, bound, _ = _linalg.gram_eigvalsh([_linalg.oriented(w)], cpu, 256)
+        chunk = _gram_chunk(max(m, n), cpu)
+        sig, bound, _ = _linalg.gram_eigvalsh([_linalg.oriented(w)], cpu, chunk)
         gram_err = float(np.max(np.abs(sig[0].numpy() - ref)) / ref[0])
         spec = engine.singular_values([w])[0]
         err = float(np.max(np.abs(spec.sigma - ref)) / ref[0])
@@ -215,7 +223,9 @@ def section_accuracy() -> None:
 def main() -> None:
     """Parse arguments and run the sections asked for."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--section", choices=["speed", "methods", "accuracy", "all"], default="speed")
+    parser.add_argument(
+        "--section", choices=["speed", "methods", "accuracy", "all"], default="speed"
+    )
     parser.add_argument("--repeat", type=int, default=5, help="runs per timing (best kept)")
     args = parser.parse_args()
     print(

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._version import __version__
 from ._types import Note
+from ._version import __version__
 from .engine import SpectrumEngine
 from .errors import ShapeChangedError, SpecdynError
 from .metrics import spectral_metrics
@@ -286,9 +286,7 @@ def _analyze_run(
             for matrix, (sigma, method) in spectra.items():
                 methods[method] += 1
                 metrics[matrix] = {k: float(v) for k, v in spectral_metrics(sigma).items()}
-            writer.write_step(
-                ckpt.step, spectra, metrics, notes=[n.message for n in step_notes]
-            )
+            writer.write_step(ckpt.step, spectra, metrics, notes=[n.message for n in step_notes])
             notes.extend(step_notes)
             computed.append(ckpt.step)
     notes.extend(engine.notes)
@@ -352,7 +350,7 @@ def _analyze_checkpoint(
             if not group:
                 return
             results = engine.singular_values([m for _, m in group])
-            for (view, _), spectrum in zip(group, results):
+            for (view, _), spectrum in zip(group, results, strict=False):
                 spectra[view.name] = (spectrum.sigma, spectrum.method)
                 if spectrum.method == "nonfinite":
                     notes.append(

@@ -10,9 +10,10 @@ their accuracy and gives measured times):
 - ``gram-eigvalsh-f64``: the default. For W (m, n) with s = min(m, n), the s×s
   Gram matrix (WᵀW or WWᵀ) is accumulated in float64 over row blocks of the
   long side (each block converted on the fly, never the whole matrix), then
-  ``eigvalsh`` gives σ = sqrt(λ). Each result carries a rigorous a-posteriori
-  bound on |Δσ_i|; a matrix whose bound exceeds the tolerance (ill-conditioned
-  or rank-deficient with a flat top) is recomputed with ``svdvals-f64``.
+  ``eigvalsh`` gives σ = sqrt(λ). Each result is checked against an a-posteriori
+  bound on every |Δσ_i| (rounding analysis in docs/methods.md); a matrix whose
+  bound exceeds the tolerance (ill-conditioned with a flat top, or rank-deficient
+  with a large Frobenius norm) is recomputed with ``svdvals-f64``.
 - ``svdvals-f64``: float64 LAPACK (cuSOLVER on a GPU) on the whole matrix, in
   its tall orientation. Used for ``exact=True`` and as the Gram route's fallback.
 - ``svdvals-f32``: float32 solver, for ``precision="float32"`` on a GPU (where
@@ -55,10 +56,11 @@ METHODS = (
 
 _TOLERANCE = {"float64": 1e-6, "float32": 1e-4}
 
-# Rows per block of the Gram accumulation. Speed on CPU is flat from 256 to 4096
-# rows (docs/methods.md), while a short block tightens the rounding bound
-# (block + number of blocks additions per entry); a GPU wants fewer, larger blocks.
-_GRAM_CHUNK = {"cpu": 256, "cuda": 1024}
+# Rows per block of the Gram accumulation: about √L for L rows, which minimises the
+# rounding bound (block + number of blocks additions per entry, docs/methods.md), kept
+# within a range where speed is flat (CPU: 32–256 rows measured within 10 %); a GPU
+# wants fewer, larger blocks.
+_GRAM_CHUNK_RANGE = {"cpu": (32, 256), "cuda": (256, 2048)}
 
 # Matrices per batch on a CPU: stacking same-shape matrices into one bmm/eigvalsh call
 # was measured slower there than one at a time (docs/methods.md), so a CPU batch is 1.
@@ -130,6 +132,13 @@ def _resolve_device(device: str) -> torch.device:
             )
         return torch.device("cuda", index)
     raise EngineError(f"device {device!r} is not valid; use auto, cpu, cuda or cuda:N")
+
+
+def _gram_chunk(length: int, device: torch.device) -> int:
+    """Rows per Gram block for L rows: the power of two nearest √L, clamped per device."""
+    low, high = _GRAM_CHUNK_RANGE.get(device.type, _GRAM_CHUNK_RANGE["cpu"])
+    chunk = 2 ** round(math.log2(max(math.sqrt(length), 1.0)))
+    return int(min(max(chunk, low), high, length))
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -271,7 +280,10 @@ class SpectrumEngine:
         for (method, _, _, _), items in groups.items():
             for item, sigma, used in self._run_group(method, items):
                 results[item.index] = Spectrum(sigma, used)
-        return [r for r in results if r is not None]
+        missing = [i + 1 for i, r in enumerate(results) if r is None]
+        if missing:
+            raise RuntimeError(f"internal error: the engine produced no spectrum for {missing}")
+        return results  # type: ignore[return-value]
 
     def _admit(
         self, index: int, count: int, w: object, results: list[Spectrum | None]
@@ -308,7 +320,8 @@ class SpectrumEngine:
         magnitude = max(abs(top), abs(bottom))
         exponent = math.frexp(magnitude)[1]
         if abs(exponent) > _SAFE_MAX_EXPONENT:
-            scale = math.ldexp(1.0, -exponent)
+            # clamped so that the scale itself stays finite for subnormal matrices
+            scale = math.ldexp(1.0, max(-1000, min(1000, -exponent)))
         return _Item(index, _linalg.oriented(w), scale)
 
     def _budget(self, device: torch.device) -> tuple[int | None, bool]:
@@ -335,7 +348,7 @@ class SpectrumEngine:
                 return self._plan("tsqr-" + method, item, count, device)
             return _Plan(method, length, per, self._batch(budget, per, count, device))
         if method == "gram-eigvalsh-f64":
-            chunk = min(_GRAM_CHUNK.get(device.type, 256), length)
+            chunk = _gram_chunk(length, device)
 
             def need(c: int) -> int:
                 return _linalg.gram_bytes(1, length, s, c, src)
@@ -396,7 +409,9 @@ class SpectrumEngine:
         falling back from a GPU to the CPU with a Note."""
         try:
             sigmas, certified = self._compute(method, items, chunk, device)
-            return [(it, sig, ok, method) for it, sig, ok in zip(items, sigmas, certified, strict=True)]
+            return [
+                (it, sig, ok, method) for it, sig, ok in zip(items, sigmas, certified, strict=True)
+            ]
         except Exception as exc:  # only allocation failures are handled here
             if not _is_out_of_memory(exc):
                 raise
@@ -418,8 +433,9 @@ class SpectrumEngine:
             self.notes.append(
                 Note(
                     "fallback",
-                    f"{device} ran out of memory on a {shape} matrix ({method}); "
-                    "computed on the CPU instead (lower --max-memory to split work on the GPU)",
+                    f"{device} ran out of memory on a {shape} matrix ({method}) even alone "
+                    "and one row at a time; computed on the CPU instead (free GPU memory "
+                    "to keep such matrices on the GPU)",
                 )
             )
             plan = self._plan(method, items[0], 1, cpu)

@@ -87,9 +87,7 @@ def test_steps_selection_and_changed_options(tmp_path):
     run = specdyn.analyze(tmp_path / "run", home=home, steps="0:100").runs[0]
     assert run.steps_computed == [0, 10, 100]
     with pytest.raises(StoreMismatchError):
-        specdyn.analyze(
-            tmp_path / "run", home=home, compute=specdyn.ComputeOptions(exact=True)
-        )
+        specdyn.analyze(tmp_path / "run", home=home, compute=specdyn.ComputeOptions(exact=True))
     run = specdyn.analyze(
         tmp_path / "run", home=home, compute=specdyn.ComputeOptions(exact=True), overwrite=True
     ).runs[0]
@@ -169,3 +167,54 @@ def test_analyze_a_store_of_another_run_is_refused(tmp_path):
     run = specdyn.analyze(tmp_path / "b" / "run", home=tmp_path / "ws", name="run-b").runs[0]
     assert run.name == "run-b"
     assert os.path.exists(run.store_path)
+
+
+def _sigma_table(store_path) -> dict[str, np.ndarray]:
+    """Every stored sigma and metric, read with plain h5py."""
+    with h5py.File(store_path, "r") as f:
+        out = {f"steps/{k}": f["steps"][k][()] for k in ("step", "done")}
+        f["sigma"].visititems(lambda n, d: out.__setitem__(f"sigma/{n}", d[()]))
+        f["metrics"].visititems(lambda n, d: out.__setitem__(f"metrics/{n}", d[()]))
+    return out
+
+
+def test_kill_9_inside_a_store_write_then_resume_equals_uninterrupted(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    fixture = Path(__file__).resolve().parent.parent / "fixtures" / "mlp-wd"
+    clean = specdyn.analyze(fixture, home=tmp_path / "clean").runs[0]
+
+    home = tmp_path / "ws"
+    specdyn.analyze(fixture, home=home, steps="0:50")  # a partial store first
+    marker = tmp_path / "held"
+    env = dict(os.environ, SPECDYN_TEST_HOLD_WRITE=str(marker))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "specdyn", "analyze", str(fixture), "--home", str(home), "--quiet"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None, "the writer exited before reaching the hold point"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    store_path = home / "mlp-wd.h5"
+    with h5py.File(store_path, "r") as f:  # opens with plain h5py after the kill
+        done = dict(zip(f["steps/step"][()].tolist(), f["steps/done"][()].tolist()))
+    assert done[0] == 1 and done[50] == 1 and done[100] == 0 and done[4000] == 0
+    resumed = specdyn.analyze(fixture, home=home).runs[0]
+    assert resumed.steps_already_done == [0, 10, 20, 50]
+    assert resumed.steps_computed == [100, 200, 500, 1000, 2000, 4000]
+    got, want = _sigma_table(store_path), _sigma_table(clean.store_path)
+    assert got.keys() == want.keys()
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)

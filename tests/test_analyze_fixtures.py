@@ -27,7 +27,9 @@ def home(tmp_path_factory):
 @pytest.fixture(scope="module")
 def mlp_runs(home):
     """Both MLP fixture runs analysed."""
-    return {name: specdyn.analyze(FIXTURES / name, home=home).runs[0] for name in ("mlp-wd", "mlp-nowd")}
+    return {
+        name: specdyn.analyze(FIXTURES / name, home=home).runs[0] for name in ("mlp-wd", "mlp-nowd")
+    }
 
 
 def test_mlp_ranks_match_the_fixture_script(mlp_runs, home):
@@ -41,7 +43,10 @@ def test_mlp_ranks_match_the_fixture_script(mlp_runs, home):
 
 
 def test_weight_decay_lowers_final_hidden_rank(mlp_runs, home):
-    with specdyn.open_run("mlp-wd", home=home) as wd, specdyn.open_run("mlp-nowd", home=home) as nowd:
+    with (
+        specdyn.open_run("mlp-wd", home=home) as wd,
+        specdyn.open_run("mlp-nowd", home=home) as nowd,
+    ):
         for matrix in MANIFEST["mlp-wd"]["hidden_matrices"]:
             r_wd = wd.metric("normalized_effective_rank", matrix)
             r_nowd = nowd.metric("normalized_effective_rank", matrix)
@@ -72,7 +77,12 @@ def test_trainer_fixture_with_final_model_beside_checkpoints(home):
     with specdyn.open_run("neox-trainer", home=home) as store:
         names = store.matrices
         qkv = "gpt_neox.layers.0.attention.query_key_value.weight"
-        assert [n for n in names if n.startswith(qkv)] == [qkv, qkv + "[q]", qkv + "[k]", qkv + "[v]"]
+        assert [n for n in names if n.startswith(qkv)] == [
+            qkv,
+            qkv + "[q]",
+            qkv + "[k]",
+            qkv + "[v]",
+        ]
         assert names[0] == "gpt_neox.embed_in.weight"
         assert names[-1] == "embed_out.weight"
         assert tuple(store.matrix_info(names[0])["shape"]) == (hidden, vocab)
@@ -122,18 +132,26 @@ def _write_formats(root: Path, sd: dict[str, torch.Tensor]) -> dict[str, Path]:
     d.mkdir(parents=True)
     save_file({k: sd[k] for k in keys[:half]}, str(d / "model-00001-of-00002.safetensors"))
     save_file({k: sd[k] for k in keys[half:]}, str(d / "model-00002-of-00002.safetensors"))
-    weight_map = {k: ("model-00001-of-00002.safetensors" if i < half else "model-00002-of-00002.safetensors")
-                  for i, k in enumerate(keys)}
-    (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    weight_map = {
+        k: ("model-00001-of-00002.safetensors" if i < half else "model-00002-of-00002.safetensors")
+        for i, k in enumerate(keys)
+    }
+    (d / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map})
+    )
     out["sharded-safetensors"] = d.parent
 
     d = root / "sharded-bin" / "checkpoint-100"
     d.mkdir(parents=True)
     torch.save({k: sd[k] for k in keys[:half]}, d / "pytorch_model-00001-of-00002.bin")
     torch.save({k: sd[k] for k in keys[half:]}, d / "pytorch_model-00002-of-00002.bin")
-    weight_map = {k: ("pytorch_model-00001-of-00002.bin" if i < half else "pytorch_model-00002-of-00002.bin")
-                  for i, k in enumerate(keys)}
-    (d / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    weight_map = {
+        k: ("pytorch_model-00001-of-00002.bin" if i < half else "pytorch_model-00002-of-00002.bin")
+        for i, k in enumerate(keys)
+    }
+    (d / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map})
+    )
     out["sharded-bin"] = d.parent
 
     d = root / "hf-folder" / "step_100"
@@ -156,7 +174,9 @@ def test_every_format_gives_the_same_singular_values(tmp_path):
     sd = _final_mlp_state()
     formats = _write_formats(tmp_path / "formats", sd)
     home = tmp_path / "ws"
-    reference = {k: np.linalg.svd(v.double().numpy(), compute_uv=False) for k, v in sd.items() if v.ndim == 2}
+    reference = {
+        k: np.linalg.svd(v.double().numpy(), compute_uv=False) for k, v in sd.items() if v.ndim == 2
+    }
     for name, path in formats.items():
         got = _sigmas(path, home, name)
         assert set(got) == set(reference), name

@@ -17,7 +17,10 @@ def _write_run(folder, steps=(0, 5)):
     folder.mkdir(parents=True)
     g = torch.Generator().manual_seed(0)
     for step in steps:
-        sd = {"a.weight": torch.randn(6, 4, generator=g), "b.weight": torch.randn(2, 6, generator=g)}
+        sd = {
+            "a.weight": torch.randn(6, 4, generator=g),
+            "b.weight": torch.randn(2, 6, generator=g),
+        }
         torch.save({"state_dict": sd, "global_step": step}, folder / f"step_{step}.pt")
 
 
@@ -55,7 +58,15 @@ def test_analyze_prints_a_summary_table(tmp_path, capsys):
 def test_errors_are_one_line_with_nonzero_exit(tmp_path):
     env = dict(os.environ, SPECDYN_DEBUG="")
     proc = subprocess.run(
-        [sys.executable, "-m", "specdyn", "analyze", str(tmp_path / "missing"), "--home", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "specdyn",
+            "analyze",
+            str(tmp_path / "missing"),
+            "--home",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         env=env,
@@ -70,7 +81,15 @@ def test_errors_are_one_line_with_nonzero_exit(tmp_path):
 def test_debug_env_shows_the_traceback(tmp_path):
     env = dict(os.environ, SPECDYN_DEBUG="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "specdyn", "analyze", str(tmp_path / "missing"), "--home", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "specdyn",
+            "analyze",
+            str(tmp_path / "missing"),
+            "--home",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         env=env,
@@ -81,9 +100,13 @@ def test_debug_env_shows_the_traceback(tmp_path):
 
 def test_bad_option_value_is_a_usage_error(tmp_path, capsys):
     _write_run(tmp_path / "r")
-    code = main(["analyze", str(tmp_path / "r"), "--home", str(tmp_path / "ws"), "--precision", "float16"])
+    code = main(
+        ["analyze", str(tmp_path / "r"), "--home", str(tmp_path / "ws"), "--precision", "float16"]
+    )
     assert code == 2
-    code = main(["analyze", str(tmp_path / "r"), "--home", str(tmp_path / "ws"), "--max-memory", "lots"])
+    code = main(
+        ["analyze", str(tmp_path / "r"), "--home", str(tmp_path / "ws"), "--max-memory", "lots"]
+    )
     assert code == 2
 
 

@@ -228,6 +228,7 @@ def test_copies_in_a_subfolder_are_not_a_second_run(tmp_path):
     write_torch(tmp_path / "best" / "step_2.pt", _sd(2))
     found = discover(tmp_path)
     assert [(r.name, _steps(r)) for r in found.runs] == [(tmp_path.name, [1, 2, 3])]
+    assert found.runs[0].checkpoints[1].path == tmp_path / "ckpts" / "step_2.pt"  # not best/
     assert _kinds(found) == ["duplicate"]
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 HomeOption = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option(
         "--home",
         help="Workspace folder holding the stores (default: $SPECDYN_HOME, else ./specdyn-runs).",
@@ -31,7 +31,9 @@ def parse_size(text: str | None, option: str = "--max-memory") -> int | None:
         return None
     m = _SIZE.match(text)
     if not m:
-        raise typer.BadParameter(f"{text!r} is not a size; write e.g. 8GB, 512MiB or 1000000", param_hint=option)
+        raise typer.BadParameter(
+            f"{text!r} is not a size; write e.g. 8GB, 512MiB or 1000000", param_hint=option
+        )
     value, unit = float(m.group(1)), (m.group(2) or "").lower()
     binary = "i" in unit
     letter = unit[:1] if unit[:1] in "kmgt" else ""

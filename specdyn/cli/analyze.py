@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -15,33 +15,44 @@ _DEVICE_HELP = "auto (a GPU when there is one), cpu, cuda or cuda:N."
 
 
 def analyze_command(
-    path: Annotated[Path, typer.Argument(help="A directory of checkpoints (searched recursively) or one checkpoint.")],
+    path: Annotated[
+        Path,
+        typer.Argument(help="A directory of checkpoints (searched recursively) or one checkpoint."),
+    ],
     home: HomeOption = None,
-    name: Annotated[Optional[str], typer.Option(help="Store name (default: the run folder's name).")] = None,
-    run: Annotated[Optional[str], typer.Option(help="When PATH holds several runs, analyse only this one.")] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Store name (default: the run folder's name).")
+    ] = None,
+    run: Annotated[
+        str | None, typer.Option(help="When PATH holds several runs, analyse only this one.")
+    ] = None,
     steps: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(help="Training steps to analyse: 0,1000,5000 | A:B | A:B:S | lin:N | log:N."),
     ] = None,
     include: Annotated[
-        Optional[list[str]], typer.Option(help="Regex on matrix names to keep (repeatable).")
+        list[str] | None, typer.Option(help="Regex on matrix names to keep (repeatable).")
     ] = None,
     exclude: Annotated[
-        Optional[list[str]], typer.Option(help="Regex on matrix names to drop (repeatable).")
+        list[str] | None, typer.Option(help="Regex on matrix names to drop (repeatable).")
     ] = None,
     transposed: Annotated[
-        Optional[str], typer.Option(help="Regex of parameters that are ConvTranspose weights.")
+        str | None, typer.Option(help="Regex of parameters that are ConvTranspose weights.")
     ] = None,
     device: Annotated[str, typer.Option(help=_DEVICE_HELP)] = "auto",
     precision: Annotated[
         str, typer.Option(help="float64 (σ within 1e-6·σ1) or float32 (1e-4·σ1, faster on GPUs).")
     ] = "float64",
-    exact: Annotated[bool, typer.Option("--exact", help="Force float64 LAPACK for every matrix.")] = False,
+    exact: Annotated[
+        bool, typer.Option("--exact", help="Force float64 LAPACK for every matrix.")
+    ] = False,
     max_memory: Annotated[
-        Optional[str], typer.Option(help="Bound on what the engine holds on the device at once, e.g. 8GB.")
+        str | None,
+        typer.Option(help="Bound on what the engine holds on the device at once, e.g. 8GB."),
     ] = None,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Recompute a store made with other options or matrices.")
+        bool,
+        typer.Option("--overwrite", help="Recompute a store made with other options or matrices."),
     ] = False,
     json_out: JsonOption = False,
     quiet: QuietOption = False,
@@ -87,7 +98,9 @@ def _render_tables(result: AnalyzeResult, out: Output) -> None:
     if len(result.runs) > 1:
         out.err.print(f"{len(result.runs)} runs found: {', '.join(r.name for r in result.runs)}")
     for run in result.runs:
-        duplicates = [n for n in result.notes if n.kind == "duplicate"]
+        duplicates = [
+            n for n in result.notes if n.kind == "duplicate" and _under(n.path, run.source_root)
+        ]
         warnings = [n for n in run.notes if n.kind not in ("duplicate",)]
         skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(run.skipped.items())) or "none"
         unit = run.step_unit + ("s" if not run.step_unit.endswith("s") else "")
@@ -96,8 +109,11 @@ def _render_tables(result: AnalyzeResult, out: Output) -> None:
         out.fields(
             f"run {run.name}",
             [
-                (unit, f"{len(selected)} ({span}): {len(run.steps_computed)} analysed now, "
-                 f"{len(run.steps_already_done)} already in the store"),
+                (
+                    unit,
+                    f"{len(selected)} ({span}): {len(run.steps_computed)} analysed now, "
+                    f"{len(run.steps_already_done)} already in the store",
+                ),
                 ("matrices", run.n_matrices),
                 ("skipped parameters", skipped),
                 ("tied weights", ", ".join(f"{a} → {b}" for a, b in run.aliases.items()) or "none"),
@@ -109,3 +125,10 @@ def _render_tables(result: AnalyzeResult, out: Output) -> None:
                 ("store", run.store_path),
             ],
         )
+
+
+def _under(path: str | None, root: str) -> bool:
+    """Whether `path` lies in the folder `root`."""
+    if path is None:
+        return False
+    return Path(path).resolve().is_relative_to(Path(root))

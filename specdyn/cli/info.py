@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -13,7 +13,7 @@ from ._output import Output
 
 def info_command(
     run: Annotated[
-        Optional[str],
+        str | None,
         typer.Argument(help="Run name in the workspace, or a store path (default: the only run)."),
     ] = None,
     home: HomeOption = None,
@@ -43,8 +43,13 @@ def info_command(
             "matrices (forward order)",
             ("name", "kind", "shape", "dtype", "method"),
             (
-                (m.get("name"), m.get("kind"), "×".join(map(str, m.get("shape", ()))),
-                 m.get("source_dtype"), m.get("method", ""))
+                (
+                    m.get("name"),
+                    m.get("kind"),
+                    "×".join(map(str, m.get("shape", ()))),
+                    m.get("source_dtype"),
+                    m.get("method", ""),
+                )
                 for m in rows
             ),
         )

@@ -21,10 +21,7 @@ def runs_command(home: HomeOption = None, json_out: JsonOption = False) -> None:
     out.table(
         f"runs in {folder}",
         ("name", "steps", "matrices", "status", "modified", "path"),
-        (
-            (r.name, _steps(r), r.matrices, r.status, r.modified, r.path)
-            for r in runs
-        ),
+        ((r.name, _steps(r), r.matrices, r.status, r.modified, r.path) for r in runs),
     )
 
 

@@ -98,7 +98,9 @@ class Checkpoint:
 
     def open(self) -> TensorReader:
         """A reader over the weight tensors (context manager); see `TensorReader`."""
-        reader, _meta = open_weights(self._index, index=True) if self._index else open_weights(self.files[0])
+        reader, _meta = (
+            open_weights(self._index, index=True) if self._index else open_weights(self.files[0])
+        )
         return reader
 
     def fingerprint(self) -> Fingerprint:
@@ -115,7 +117,9 @@ class Checkpoint:
                         while n := fh.readinto(view):
                             digest.update(view[:n])
                 except OSError as exc:
-                    raise checkpoint_error("unreadable", f"{f}: cannot be read ({exc.strerror or exc})") from None
+                    raise checkpoint_error(
+                        "unreadable", f"{f}: cannot be read ({exc.strerror or exc})"
+                    ) from None
                 size += stat.st_size
                 mtime = max(mtime, stat.st_mtime)
             self._fingerprint = Fingerprint(size, mtime, digest.hexdigest())
@@ -130,7 +134,9 @@ class Checkpoint:
                 for key in sorted(reader.keys()):
                     tensor = reader.get(key)
                     raw = tensor.reshape(-1).view(torch.uint8).numpy()
-                    digest.update(f"{key}\0{tensor.dtype}\0{tuple(tensor.shape)}\0{raw.nbytes}\0".encode())
+                    digest.update(
+                        f"{key}\0{tensor.dtype}\0{tuple(tensor.shape)}\0{raw.nbytes}\0".encode()
+                    )
                     digest.update(raw)
             self._digest = digest.hexdigest()
         return self._digest
@@ -198,8 +204,14 @@ def probe(path: Path, kind: str) -> tuple[Checkpoint, list[Note]]:
             scalars.setdefault(key, float(value))
     from_name = steps_from_name(name)
     ckpt = Checkpoint(
-        path=path, files=files, format=meta.format, config=config, scalars=scalars,
-        _index=weights if is_index else None, _name_step=from_name.step, _signature=signature,
+        path=path,
+        files=files,
+        format=meta.format,
+        config=config,
+        scalars=scalars,
+        _index=weights if is_index else None,
+        _name_step=from_name.step,
+        _signature=signature,
     )
     _assign_step(ckpt, state, from_name, notes)
     if ckpt.step is None and ckpt.epoch is None and kind == "file":
@@ -217,7 +229,11 @@ def _assign_step(ckpt: Checkpoint, trainer_state: dict, from_name, notes: list[N
     step, origin = None, ""
     if trainer_state:
         raw = trainer_state.get("global_step")
-        step = _integral(float(raw)) if isinstance(raw, (int, float)) and not isinstance(raw, bool) else None
+        step = (
+            _integral(float(raw))
+            if isinstance(raw, (int, float)) and not isinstance(raw, bool)
+            else None
+        )
         origin = "trainer_state.json" if step is not None else ""
     for key in ("global_step", "step"):
         if step is None and key in ckpt.scalars:
@@ -226,12 +242,14 @@ def _assign_step(ckpt: Checkpoint, trainer_state: dict, from_name, notes: list[N
     if step is None and from_name.step is not None:
         step, origin = from_name.step, "name"
     elif step is not None and from_name.step is not None and from_name.step != step:
-        notes.append(Note(
-            "step-mismatch",
-            f"{ckpt.path}: its name says step {from_name.step} but its metadata says {step}; "
-            "using the metadata",
-            str(ckpt.path),
-        ))
+        notes.append(
+            Note(
+                "step-mismatch",
+                f"{ckpt.path}: its name says step {from_name.step} but its metadata says {step}; "
+                "using the metadata",
+                str(ckpt.path),
+            )
+        )
     epoch = _integral(ckpt.scalars.get("epoch"))
     epoch_origin = "metadata:epoch" if epoch is not None else ""
     if epoch is None and from_name.epoch is not None:
@@ -259,6 +277,7 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     try:
         ckpt, _notes = probe(p, kind)
     except OSError as exc:
-        raise checkpoint_error("unreadable", f"{p}: cannot be read ({exc.strerror or exc})") from None
+        raise checkpoint_error(
+            "unreadable", f"{p}: cannot be read ({exc.strerror or exc})"
+        ) from None
     return ckpt
-

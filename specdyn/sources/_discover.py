@@ -78,7 +78,9 @@ def discover(path: str | Path) -> Discovery:
     """
     root = Path(path)
     if not root.exists():
-        raise DiscoveryError(f"{root}: does not exist; give a checkpoint file or a folder of checkpoints")
+        raise DiscoveryError(
+            f"{root}: does not exist; give a checkpoint file or a folder of checkpoints"
+        )
     notes: list[Note] = []
     if root.is_dir():
         candidates = _walk(root, notes)
@@ -101,16 +103,20 @@ def discover(path: str | Path) -> Discovery:
         found.append(ckpt)
     if not found:
         problems = "; ".join(n.message for n in notes[:3])
-        raise DiscoveryError(f"{root}: no readable checkpoint ({len(candidates)} tried): {problems}")
+        raise DiscoveryError(
+            f"{root}: no readable checkpoint ({len(candidates)} tried): {problems}"
+        )
 
     groups = _split_runs(root, found, notes)
     names = _run_names(root, [g for g, _ in groups])
     if len(groups) > 1:
-        notes.append(Note(
-            "several-runs",
-            f"{root} holds {len(groups)} runs ({', '.join(names)}); each is analysed as its own run",
-            str(root),
-        ))
+        notes.append(
+            Note(
+                "several-runs",
+                f"{root} holds {len(groups)} runs ({', '.join(names)}); each is analysed as its own run",
+                str(root),
+            )
+        )
     runs = []
     for (run_root, members), name in zip(groups, names, strict=True):
         run = _order_run(name, run_root, members, notes)
@@ -146,11 +152,13 @@ def _walk(root: Path, notes: list[Note]) -> list[_Candidate]:
             for name in sorted(files):
                 if name in used or is_trainer_extra(name) or not _is_weight_name(name):
                     continue
-                notes.append(Note(
-                    "ignored",
-                    f"{folder / name}: ignored, {folder} is a model folder whose weights are {chosen}",
-                    str(folder / name),
-                ))
+                notes.append(
+                    Note(
+                        "ignored",
+                        f"{folder / name}: ignored, {folder} is a model folder whose weights are {chosen}",
+                        str(folder / name),
+                    )
+                )
             subdirs = [d for d in subdirs if not _DEEPSPEED_STATE.match(d.name)]
         else:
             used: set[str] = set()
@@ -178,7 +186,9 @@ def _list(folder: Path, notes: list[Note]) -> tuple[set[str], list[Path]]:
     try:
         entries = list(os.scandir(folder))
     except OSError as exc:
-        notes.append(Note("unreadable", f"{folder}: cannot be listed ({exc.strerror or exc})", str(folder)))
+        notes.append(
+            Note("unreadable", f"{folder}: cannot be listed ({exc.strerror or exc})", str(folder))
+        )
         return files, subdirs
     for entry in entries:
         if entry.name.startswith(".") or entry.name == "__pycache__":
@@ -189,10 +199,22 @@ def _list(folder: Path, notes: list[Note]) -> tuple[set[str], list[Path]]:
             elif entry.is_file():
                 files.add(entry.name)
             elif _is_weight_name(entry.name):
-                notes.append(Note("unreadable", f"{entry.path}: a broken link or not a regular file; skipped", entry.path))
+                notes.append(
+                    Note(
+                        "unreadable",
+                        f"{entry.path}: a broken link or not a regular file; skipped",
+                        entry.path,
+                    )
+                )
         except OSError as exc:
             if _is_weight_name(entry.name):
-                notes.append(Note("unreadable", f"{entry.path}: cannot be read ({exc.strerror or exc})", entry.path))
+                notes.append(
+                    Note(
+                        "unreadable",
+                        f"{entry.path}: cannot be read ({exc.strerror or exc})",
+                        entry.path,
+                    )
+                )
     return files, subdirs
 
 
@@ -203,7 +225,9 @@ def _shard_names(index: Path) -> set[str]:
     except CheckpointError:
         try:
             doc = json.loads(index.read_text(encoding="utf-8"))
-            return {v for v in doc.get("weight_map", {}).values() if isinstance(v, str) and "/" not in v}
+            return {
+                v for v in doc.get("weight_map", {}).values() if isinstance(v, str) and "/" not in v
+            }
         except (OSError, ValueError, AttributeError):
             return set()
 
@@ -237,7 +261,9 @@ def _claimed(ckpt: Checkpoint) -> tuple[str, int] | None:
     return None
 
 
-def _split_runs(base: Path, items: list[Checkpoint], notes: list[Note]) -> list[tuple[Path, list[Checkpoint]]]:
+def _split_runs(
+    base: Path, items: list[Checkpoint], notes: list[Note]
+) -> list[tuple[Path, list[Checkpoint]]]:
     """Group checkpoints into runs: one per subfolder when subfolders hold separate trajectories."""
     hosts = _hosts(items)
     if not base.is_dir() or any(_container(c, base, hosts) == base for c in items):
@@ -246,7 +272,7 @@ def _split_runs(base: Path, items: list[Checkpoint], notes: list[Note]) -> list[
     for c in items:
         groups[_container(c, base, hosts).relative_to(base).parts[0]].append(c)
     if len(groups) == 1:
-        (child, members), = groups.items()
+        ((child, members),) = groups.items()
         sub = _split_runs(base / child, members, notes)
         return sub if len(sub) > 1 else [(base, items)]
     trajectories = {k: v for k, v in groups.items() if any(_claimed(c) for c in v)}
@@ -257,12 +283,14 @@ def _split_runs(base: Path, items: list[Checkpoint], notes: list[Note]) -> list[
         members = groups[child]
         if child not in trajectories:
             for c in members:
-                notes.append(Note(
-                    "no-step",
-                    f"{c.path}: skipped: no step in its metadata or name, and {base} holds several "
-                    "runs; analyse it on its own or rename it (e.g. step_1000.pt)",
-                    str(c.path),
-                ))
+                notes.append(
+                    Note(
+                        "no-step",
+                        f"{c.path}: skipped: no step in its metadata or name, and {base} holds several "
+                        "runs; analyse it on its own or rename it (e.g. step_1000.pt)",
+                        str(c.path),
+                    )
+                )
             continue
         out.extend(_split_runs(base / child, members, notes))
     return out
@@ -282,12 +310,14 @@ def _separate(groups: dict[str, list[Checkpoint]]) -> bool:
     for claim in sorted(collisions, key=lambda k: -k[1]):
         first, *others = collisions[claim]
         for other in others:
-            if _group_of(other, groups) != _group_of(first, groups) and not _same_weights(first, other):
+            if _group_of(other, groups) != _group_of(first, groups) and not _same_weights(
+                first, other
+            ):
                 return True
     if collisions:
         return False
     signatures = [{c._signature for c in members} for members in groups.values()]
-    return all(a.isdisjoint(b) for i, a in enumerate(signatures) for b in signatures[i + 1:])
+    return all(a.isdisjoint(b) for i, a in enumerate(signatures) for b in signatures[i + 1 :])
 
 
 def _group_of(ckpt: Checkpoint, groups: dict[str, list[Checkpoint]]) -> str:
@@ -317,9 +347,12 @@ def _run_names(root: Path, run_roots: list[Path]) -> list[str]:
 
 def _preference(ckpt: Checkpoint) -> tuple:
     """Sort key: which of several files holding one step's weights to keep (smallest first):
-    a step written in the name, not a role name (last/best/final), shallowest, then path."""
-    name = checkpoint_name(ckpt.path.name)
-    return (ckpt._name_step is None, is_generic_name(name), len(ckpt.path.parts), str(ckpt.path))
+    a step written in the name, not a role name (last/best/final, in the name or its
+    folder's), shallowest, then path."""
+    generic = is_generic_name(checkpoint_name(ckpt.path.name)) or is_generic_name(
+        ckpt.path.parent.name
+    )
+    return (ckpt._name_step is None, generic, len(ckpt.path.parts), str(ckpt.path))
 
 
 def _same_weights(a: Checkpoint, b: Checkpoint) -> bool:
@@ -343,11 +376,13 @@ def _order_run(name: str, root: Path, members: list[Checkpoint], notes: list[Not
         if len(members) == 1:
             only = members[0]
             only.step, only.step_origin = 0, "default"
-            notes.append(Note(
-                "no-step",
-                f"{only.path}: no step in its metadata or name; analysed as step 0 of run {name}",
-                str(only.path),
-            ))
+            notes.append(
+                Note(
+                    "no-step",
+                    f"{only.path}: no step in its metadata or name; analysed as step 0 of run {name}",
+                    str(only.path),
+                )
+            )
             return RunSource(name, root, [only], unit)
         unstepped = members
     by_step: dict[int, list[Checkpoint]] = defaultdict(list)
@@ -363,26 +398,32 @@ def _order_run(name: str, root: Path, members: list[Checkpoint], notes: list[Not
                     f"{unit} {step} is claimed by {keep.path} and {other.path}, which hold different "
                     "weights; move one of them out of the folder or analyse them as separate runs"
                 )
-            notes.append(Note(
-                "duplicate",
-                f"{other.path} holds the same weights as {keep.path} ({unit} {step}); analysed once",
-                str(other.path),
-            ))
+            notes.append(
+                Note(
+                    "duplicate",
+                    f"{other.path} holds the same weights as {keep.path} ({unit} {step}); analysed once",
+                    str(other.path),
+                )
+            )
         kept[step] = keep
     for c in sorted(unstepped, key=lambda c: str(c.path)):
         match = next((s for s in sorted(kept, reverse=True) if _same_weights(kept[s], c)), None)
         if match is not None:
-            notes.append(Note(
-                "duplicate",
-                f"{c.path} has no {unit} of its own and holds the same weights as {unit} {match} "
-                f"({kept[match].path}); analysed once",
-                str(c.path),
-            ))
+            notes.append(
+                Note(
+                    "duplicate",
+                    f"{c.path} has no {unit} of its own and holds the same weights as {unit} {match} "
+                    f"({kept[match].path}); analysed once",
+                    str(c.path),
+                )
+            )
         else:
-            notes.append(Note(
-                "no-step",
-                f"{c.path}: skipped: no {unit} in its metadata or name and its weights match no "
-                f"other checkpoint; rename it (e.g. step_1000.pt) to analyse it",
-                str(c.path),
-            ))
+            notes.append(
+                Note(
+                    "no-step",
+                    f"{c.path}: skipped: no {unit} in its metadata or name and its weights match no "
+                    f"other checkpoint; rename it (e.g. step_1000.pt) to analyse it",
+                    str(c.path),
+                )
+            )
     return RunSource(name, root, [kept[s] for s in sorted(kept)], unit)

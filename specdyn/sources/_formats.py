@@ -50,14 +50,28 @@ _LEGACY_PROTOCOL = 1001
 _MAX_HEADER = 100 * 2**20  # a safetensors header larger than this is not a real header
 
 _SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-    "U8": torch.uint8, "BOOL": torch.bool, "C64": torch.complex64,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "C64": torch.complex64,
 }
-for _code, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2"),
-                     ("F8_E4M3FNUZ", "float8_e4m3fnuz"), ("F8_E5M2FNUZ", "float8_e5m2fnuz"),
-                     ("F8_E8M0", "float8_e8m0fnu"), ("U16", "uint16"), ("U32", "uint32"),
-                     ("U64", "uint64")):
+for _code, _attr in (
+    ("F8_E4M3", "float8_e4m3fn"),
+    ("F8_E5M2", "float8_e5m2"),
+    ("F8_E4M3FNUZ", "float8_e4m3fnuz"),
+    ("F8_E5M2FNUZ", "float8_e5m2fnuz"),
+    ("F8_E8M0", "float8_e8m0fnu"),
+    ("U16", "uint16"),
+    ("U32", "uint32"),
+    ("U64", "uint64"),
+):
     if hasattr(torch, _attr):
         _SAFETENSORS_DTYPES[_code] = getattr(torch, _attr)
 
@@ -172,7 +186,7 @@ class _Entry:
         buf = torch.empty(self.span_len, dtype=torch.uint8)
         offset, inline = self.locate(self.key)
         if inline is not None:
-            chunk = inline[self.span_start:self.span_start + self.span_len]
+            chunk = inline[self.span_start : self.span_start + self.span_len]
             got = len(chunk)
             buf.numpy()[:got] = np.frombuffer(chunk, dtype=np.uint8)
         else:
@@ -281,9 +295,14 @@ class WeightsMeta:
 # ----------------------------------------------------------------- PyTorch files
 
 
-def _torch_entries(path: Path, file: _RandomAccessFile, tensors: dict[str, LazyTensor],
-                   locate_storage: Callable[[StorageRef, str], tuple[int | None, bytes | None]],
-                   byteswap: bool, id_prefix: tuple) -> dict[str, _Entry]:
+def _torch_entries(
+    path: Path,
+    file: _RandomAccessFile,
+    tensors: dict[str, LazyTensor],
+    locate_storage: Callable[[StorageRef, str], tuple[int | None, bytes | None]],
+    byteswap: bool,
+    id_prefix: tuple,
+) -> dict[str, _Entry]:
     """Entries for the lazily described tensors of one PyTorch file."""
     entries = {}
     for key, lt in tensors.items():
@@ -298,10 +317,18 @@ def _torch_entries(path: Path, file: _RandomAccessFile, tensors: dict[str, LazyT
         # element offset in the root storage, shape, stride) say so without reading data.
         element_offset = lt.offset + storage.byte_base // lt.dtype.itemsize
         entries[key] = _Entry(
-            key=key, file=file, locate=lambda k, s=storage: locate_storage(s, k),
-            span_start=start, span_len=length, dtype=lt.dtype, shape=lt.shape, stride=lt.stride,
-            storage_id=id_prefix + (storage.root_key or storage.key, element_offset, lt.shape, lt.stride),
-            byteswap=byteswap and lt.dtype.itemsize > 1, negative=lt.negative,
+            key=key,
+            file=file,
+            locate=lambda k, s=storage: locate_storage(s, k),
+            span_start=start,
+            span_len=length,
+            dtype=lt.dtype,
+            shape=lt.shape,
+            stride=lt.stride,
+            storage_id=id_prefix
+            + (storage.root_key or storage.key, element_offset, lt.shape, lt.stride),
+            byteswap=byteswap and lt.dtype.itemsize > 1,
+            negative=lt.negative,
             conjugate=lt.conjugate,
         )
     return entries
@@ -323,7 +350,9 @@ class _ZipLocator:
                 with zipfile.ZipFile(self._path) as zf:
                     return None, zf.read(info)
             except (OSError, zipfile.BadZipFile, EOFError) as exc:
-                raise checkpoint_error("corrupt", f"{self._path}: cannot read {info.filename} ({exc})") from None
+                raise checkpoint_error(
+                    "corrupt", f"{self._path}: cannot read {info.filename} ({exc})"
+                ) from None
         if info.filename not in self._offsets:
             header = self._file.read(30, info.header_offset)
             if len(header) < 30:
@@ -334,7 +363,8 @@ class _ZipLocator:
                 )
             if header[:4] != b"PK\x03\x04":
                 raise checkpoint_error(
-                    "corrupt", f"{self._path}: bad zip entry header for {info.filename}; the file is corrupt"
+                    "corrupt",
+                    f"{self._path}: bad zip entry header for {info.filename}; the file is corrupt",
                 )
             name_len, extra_len = struct.unpack("<HH", header[26:30])
             self._offsets[info.filename] = info.header_offset + 30 + name_len + extra_len
@@ -350,11 +380,25 @@ def _parse_pickle(data_file: Any, path: Path, persistent: Callable[[Any], Any]) 
     except CheckpointError:
         raise
     except RecursionError:
-        raise checkpoint_error("corrupt", f"{path}: its pickle nests too deeply; the file is corrupt") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
-            AttributeError, UnicodeDecodeError, OverflowError, MemoryError, struct.error) as exc:
         raise checkpoint_error(
-            "corrupt", f"{path}: cannot be unpickled ({type(exc).__name__}: {exc}); the file is corrupt or truncated"
+            "corrupt", f"{path}: its pickle nests too deeply; the file is corrupt"
+        ) from None
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        AttributeError,
+        UnicodeDecodeError,
+        OverflowError,
+        MemoryError,
+        struct.error,
+    ) as exc:
+        raise checkpoint_error(
+            "corrupt",
+            f"{path}: cannot be unpickled ({type(exc).__name__}: {exc}); the file is corrupt or truncated",
         ) from None
 
 
@@ -367,9 +411,12 @@ def _plain_number(value: Any) -> float | None:
     return None
 
 
-def _torch_meta(path: Path, top: Any, fmt: str,
-                entries_for: Callable[[dict[str, LazyTensor]], dict[str, _Entry]]
-                ) -> tuple[dict[str, _Entry], WeightsMeta]:
+def _torch_meta(
+    path: Path,
+    top: Any,
+    fmt: str,
+    entries_for: Callable[[dict[str, LazyTensor]], dict[str, _Entry]],
+) -> tuple[dict[str, _Entry], WeightsMeta]:
     """Find the state dict in an unpickled checkpoint and its top-level numeric scalars."""
     found = find_state_dict(top)
     if found is None:
@@ -398,7 +445,9 @@ def _torch_meta(path: Path, top: Any, fmt: str,
     return entries, WeightsMeta(format=fmt, scalars=scalars, state_path=state_path)
 
 
-def _open_torch_zip(path: Path, file: _RandomAccessFile, id_prefix: tuple) -> tuple[dict[str, _Entry], WeightsMeta]:
+def _open_torch_zip(
+    path: Path, file: _RandomAccessFile, id_prefix: tuple
+) -> tuple[dict[str, _Entry], WeightsMeta]:
     """Parse a torch.save zip archive (metadata only)."""
     try:
         with zipfile.ZipFile(path) as zf:
@@ -407,7 +456,8 @@ def _open_torch_zip(path: Path, file: _RandomAccessFile, id_prefix: tuple) -> tu
             candidates = [n for n in names if n.endswith("data.pkl") and n.count("/") <= 1]
             if not candidates:
                 raise checkpoint_error(
-                    "not-a-checkpoint", f"{path}: a zip archive without data.pkl; not a PyTorch checkpoint"
+                    "not-a-checkpoint",
+                    f"{path}: a zip archive without data.pkl; not a PyTorch checkpoint",
                 )
             pkl = min(candidates, key=len)
             prefix = pkl[: -len("data.pkl")]
@@ -417,7 +467,11 @@ def _open_torch_zip(path: Path, file: _RandomAccessFile, id_prefix: tuple) -> tu
                     f"{path}: a TorchScript archive, not a checkpoint; save model.state_dict() with torch.save",
                 )
             data = zf.read(pkl)
-            byteorder = zf.read(prefix + "byteorder").decode("ascii", "replace") if prefix + "byteorder" in names else "little"
+            byteorder = (
+                zf.read(prefix + "byteorder").decode("ascii", "replace")
+                if prefix + "byteorder" in names
+                else "little"
+            )
     except CheckpointError:
         raise
     except OSError as exc:
@@ -428,8 +482,11 @@ def _open_torch_zip(path: Path, file: _RandomAccessFile, id_prefix: tuple) -> tu
         ) from None
     if byteorder not in ("little", "big"):
         raise checkpoint_error("corrupt", f"{path}: unknown byte order {byteorder!r}")
-    by_key = {i.filename[len(prefix) + len("data/"):]: i for i in infos
-              if i.filename.startswith(prefix + "data/")}
+    by_key = {
+        i.filename[len(prefix) + len("data/") :]: i
+        for i in infos
+        if i.filename.startswith(prefix + "data/")
+    }
     storages: dict[str, StorageRef] = {}
 
     def persistent(pid: Any) -> StorageRef:
@@ -443,26 +500,37 @@ def _open_torch_zip(path: Path, file: _RandomAccessFile, id_prefix: tuple) -> tu
             raise pickle.UnpicklingError(f"unexpected persistent id {pid!r}")
         dtype, _untyped = storage_type_dtype(storage_type)
         if key not in storages:
-            storages[key] = StorageRef(key=key, dtype=dtype, nbytes=numel * dtype.itemsize,
-                                       location=str(location))
+            storages[key] = StorageRef(
+                key=key, dtype=dtype, nbytes=numel * dtype.itemsize, location=str(location)
+            )
         return storages[key]
 
     top = _parse_pickle(io.BytesIO(data), path, persistent)
     for key, ref in storages.items():
         info = by_key.get(key)
         if info is None:
-            raise checkpoint_error("corrupt", f"{path}: storage data/{key} is missing from the archive; the file is corrupt")
+            raise checkpoint_error(
+                "corrupt",
+                f"{path}: storage data/{key} is missing from the archive; the file is corrupt",
+            )
         if info.file_size != ref.nbytes:
             raise checkpoint_error(
-                "corrupt", f"{path}: storage data/{key} holds {info.file_size} bytes, expected {ref.nbytes}; the file is corrupt"
+                "corrupt",
+                f"{path}: storage data/{key} holds {info.file_size} bytes, expected {ref.nbytes}; the file is corrupt",
             )
     locator = _ZipLocator(path, file, by_key)
     swap = byteorder != sys.byteorder
-    return _torch_meta(path, top, "torch",
-                       lambda tensors: _torch_entries(path, file, tensors, locator, swap, id_prefix))
+    return _torch_meta(
+        path,
+        top,
+        "torch",
+        lambda tensors: _torch_entries(path, file, tensors, locator, swap, id_prefix),
+    )
 
 
-def _open_torch_legacy(path: Path, file: _RandomAccessFile, id_prefix: tuple) -> tuple[dict[str, _Entry], WeightsMeta]:
+def _open_torch_legacy(
+    path: Path, file: _RandomAccessFile, id_prefix: tuple
+) -> tuple[dict[str, _Entry], WeightsMeta]:
     """Parse a pre-1.6 (non-zip) torch.save file: pickles then raw storages, read lazily."""
     storages: dict[str, StorageRef] = {}
 
@@ -479,12 +547,20 @@ def _open_torch_legacy(path: Path, file: _RandomAccessFile, id_prefix: tuple) ->
         dtype, _untyped = storage_type_dtype(storage_type)
         if not isinstance(root_key, str) or not isinstance(numel, int):
             raise pickle.UnpicklingError(f"unexpected persistent id {pid!r}")
-        root = storages.setdefault(root_key, StorageRef(root_key, dtype, numel * dtype.itemsize, str(location)))
+        root = storages.setdefault(
+            root_key, StorageRef(root_key, dtype, numel * dtype.itemsize, str(location))
+        )
         if view is None:
             return root
         view_key, offset, size = view
-        return StorageRef(view_key, dtype, size * dtype.itemsize, str(location),
-                          byte_base=offset * dtype.itemsize, root_key=root_key)
+        return StorageRef(
+            view_key,
+            dtype,
+            size * dtype.itemsize,
+            str(location),
+            byte_base=offset * dtype.itemsize,
+            root_key=root_key,
+        )
 
     try:
         with open(path, "rb") as fh:
@@ -497,9 +573,13 @@ def _open_torch_legacy(path: Path, file: _RandomAccessFile, id_prefix: tuple) ->
                 )
             protocol = _parse_pickle(fh, path, None)
             if protocol != _LEGACY_PROTOCOL:
-                raise checkpoint_error("corrupt", f"{path}: unknown torch.save protocol {protocol!r}")
+                raise checkpoint_error(
+                    "corrupt", f"{path}: unknown torch.save protocol {protocol!r}"
+                )
             sys_info = _parse_pickle(fh, path, None)
-            little = bool(sys_info.get("little_endian", True)) if isinstance(sys_info, dict) else True
+            little = (
+                bool(sys_info.get("little_endian", True)) if isinstance(sys_info, dict) else True
+            )
             top = _parse_pickle(fh, path, persistent)
             keys = _parse_pickle(fh, path, None)
             position = fh.tell()
@@ -511,31 +591,48 @@ def _open_torch_legacy(path: Path, file: _RandomAccessFile, id_prefix: tuple) ->
     for key in keys:
         ref = storages.get(key) if isinstance(key, str) else None
         if ref is None:
-            raise checkpoint_error("corrupt", f"{path}: storage {key!r} is listed but never used; the file is corrupt")
+            raise checkpoint_error(
+                "corrupt", f"{path}: storage {key!r} is listed but never used; the file is corrupt"
+            )
         head = file.read(8, position)
         if len(head) < 8:
-            raise checkpoint_error("corrupt", f"{path}: truncated before storage {key}; the file is incomplete")
+            raise checkpoint_error(
+                "corrupt", f"{path}: truncated before storage {key}; the file is incomplete"
+            )
         (numel,) = struct.unpack(order + "q", head)
         if numel * ref.dtype.itemsize != ref.nbytes:
-            raise checkpoint_error("corrupt", f"{path}: storage {key} size mismatch; the file is corrupt")
+            raise checkpoint_error(
+                "corrupt", f"{path}: storage {key} size mismatch; the file is corrupt"
+            )
         ref.data_offset = position + 8
         position += 8 + ref.nbytes
     if position > file.size:
-        raise checkpoint_error("corrupt", f"{path}: truncated ({file.size} of {position} bytes); the file is incomplete")
+        raise checkpoint_error(
+            "corrupt",
+            f"{path}: truncated ({file.size} of {position} bytes); the file is incomplete",
+        )
     missing = [k for k in storages if storages[k].data_offset is None]
     if missing:
-        raise checkpoint_error("corrupt", f"{path}: storage {missing[0]} has no data; the file is corrupt")
+        raise checkpoint_error(
+            "corrupt", f"{path}: storage {missing[0]} has no data; the file is corrupt"
+        )
 
     def locate(storage: StorageRef, key: str) -> tuple[int | None, bytes | None]:
         """Data offsets were fixed while parsing."""
         return storages[storage.root_key or storage.key].data_offset, None
 
     swap = little != (sys.byteorder == "little")
-    return _torch_meta(path, top, "torch-legacy",
-                       lambda tensors: _torch_entries(path, file, tensors, locate, swap, id_prefix))
+    return _torch_meta(
+        path,
+        top,
+        "torch-legacy",
+        lambda tensors: _torch_entries(path, file, tensors, locate, swap, id_prefix),
+    )
 
 
-def _open_torch(path: Path, file: _RandomAccessFile, id_prefix: tuple) -> tuple[dict[str, _Entry], WeightsMeta]:
+def _open_torch(
+    path: Path, file: _RandomAccessFile, id_prefix: tuple
+) -> tuple[dict[str, _Entry], WeightsMeta]:
     """Parse a PyTorch file of either serialization format."""
     head = file.read(4, 0)
     if head.startswith(b"PK"):
@@ -547,7 +644,8 @@ def _open_torch(path: Path, file: _RandomAccessFile, id_prefix: tuple) -> tuple[
     except CheckpointError as exc:
         if error_kind(exc) == "corrupt" and _looks_like_tar(file):
             raise checkpoint_error(
-                "corrupt", f"{path}: the tar format of PyTorch < 0.4 is not supported; re-save it with a recent torch"
+                "corrupt",
+                f"{path}: the tar format of PyTorch < 0.4 is not supported; re-save it with a recent torch",
             ) from None
         raise
 
@@ -563,16 +661,21 @@ def _looks_like_tar(file: _RandomAccessFile) -> bool:
 def _open_safetensors(path: Path, file: _RandomAccessFile) -> tuple[dict[str, _Entry], WeightsMeta]:
     """Parse a safetensors header (8-byte little-endian length, then JSON)."""
     if file.size < 8:
-        raise checkpoint_error("corrupt", f"{path}: too short for a safetensors file ({file.size} bytes)")
+        raise checkpoint_error(
+            "corrupt", f"{path}: too short for a safetensors file ({file.size} bytes)"
+        )
     (n,) = struct.unpack("<Q", file.read(8, 0))
     if n > min(_MAX_HEADER, file.size - 8):
         raise checkpoint_error(
-            "corrupt", f"{path}: safetensors header length {n} exceeds the file; the file is corrupt or truncated"
+            "corrupt",
+            f"{path}: safetensors header length {n} exceeds the file; the file is corrupt or truncated",
         )
     try:
         header = json.loads(file.read(n, 8))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise checkpoint_error("corrupt", f"{path}: unreadable safetensors header ({exc})") from None
+        raise checkpoint_error(
+            "corrupt", f"{path}: unreadable safetensors header ({exc})"
+        ) from None
     if not isinstance(header, dict):
         raise checkpoint_error("corrupt", f"{path}: safetensors header is not a JSON object")
     data_start = 8 + n
@@ -584,24 +687,40 @@ def _open_safetensors(path: Path, file: _RandomAccessFile) -> tuple[dict[str, _E
             shape = tuple(int(d) for d in shape)
             begin, end = int(begin), int(end)
         except (TypeError, KeyError, ValueError):
-            raise checkpoint_error("corrupt", f"{path}: malformed safetensors entry {key!r}") from None
+            raise checkpoint_error(
+                "corrupt", f"{path}: malformed safetensors entry {key!r}"
+            ) from None
         dtype = _SAFETENSORS_DTYPES.get(dtype_code)
         if dtype is None:
             raise checkpoint_error(
-                "corrupt", f"{path}: tensor {key!r} has dtype {dtype_code}, which this torch cannot represent"
+                "corrupt",
+                f"{path}: tensor {key!r} has dtype {dtype_code}, which this torch cannot represent",
             )
-        if min(shape, default=0) < 0 or end - begin != math.prod(shape) * dtype.itemsize or begin < 0:
-            raise checkpoint_error("corrupt", f"{path}: tensor {key!r} has inconsistent offsets; the file is corrupt")
+        if (
+            min(shape, default=0) < 0
+            or end - begin != math.prod(shape) * dtype.itemsize
+            or begin < 0
+        ):
+            raise checkpoint_error(
+                "corrupt", f"{path}: tensor {key!r} has inconsistent offsets; the file is corrupt"
+            )
         if data_start + end > file.size:
             raise checkpoint_error(
                 "corrupt",
                 f"{path}: truncated: tensor {key!r} ends at byte {data_start + end} but the file has "
                 f"{file.size}; re-download or re-save it",
             )
-        stride = tuple(math.prod(shape[i + 1:]) for i in range(len(shape)))
+        stride = tuple(math.prod(shape[i + 1 :]) for i in range(len(shape)))
         entries[key] = _Entry(
-            key=key, file=file, locate=lambda k, s=data_start: (s, None), span_start=begin,
-            span_len=end - begin, dtype=dtype, shape=shape, stride=stride, storage_id=None,
+            key=key,
+            file=file,
+            locate=lambda k, s=data_start: (s, None),
+            span_start=begin,
+            span_len=end - begin,
+            dtype=dtype,
+            shape=shape,
+            stride=stride,
+            storage_id=None,
         )
     scalars = {}
     if isinstance(meta, dict):
@@ -647,19 +766,25 @@ def read_index(index: Path) -> tuple[list[Path], dict[str, Path], dict[str, floa
         raise checkpoint_error("corrupt", f"{index}: not valid JSON ({exc})") from None
     weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
-        raise checkpoint_error("not-a-checkpoint", f"{index}: has no weight_map; not a sharded checkpoint index")
+        raise checkpoint_error(
+            "not-a-checkpoint", f"{index}: has no weight_map; not a sharded checkpoint index"
+        )
     folder = index.parent
     real_folder = folder.resolve()
     shards: dict[str, Path] = {}
     key_to_shard: dict[str, Path] = {}
     for key, name in weight_map.items():
         if not isinstance(name, str) or not name:
-            raise checkpoint_error("corrupt", f"{index}: weight_map entry for {key!r} is not a file name")
+            raise checkpoint_error(
+                "corrupt", f"{index}: weight_map entry for {key!r} is not a file name"
+            )
         if name not in shards:
             relative = Path(name)
             target = folder / relative
-            if relative.is_absolute() or ".." in relative.parts or (
-                target.exists() and not _stays_inside(target, real_folder, folder)
+            if (
+                relative.is_absolute()
+                or ".." in relative.parts
+                or (target.exists() and not _stays_inside(target, real_folder, folder))
             ):
                 raise checkpoint_error(
                     "unsafe-index",
@@ -693,7 +818,10 @@ def _open_sharded(index: Path) -> tuple[dict[str, _Entry], WeightsMeta, list[_Ra
     try:
         for shard in shard_paths:
             if not shard.exists():
-                raise checkpoint_error("corrupt", f"{index}: shard {shard.name} is missing; download it or remove the index")
+                raise checkpoint_error(
+                    "corrupt",
+                    f"{index}: shard {shard.name} is missing; download it or remove the index",
+                )
             sub_entries, sub_meta, sub_files = _open_single(shard, id_prefix=(shard.name,))
             files.extend(sub_files)
             formats.add(sub_meta.format)
@@ -717,7 +845,9 @@ def _open_sharded(index: Path) -> tuple[dict[str, _Entry], WeightsMeta, list[_Ra
 # ----------------------------------------------------------------- entry point
 
 
-def _open_single(path: Path, id_prefix: tuple = ()) -> tuple[dict[str, _Entry], WeightsMeta, list[_RandomAccessFile]]:
+def _open_single(
+    path: Path, id_prefix: tuple = ()
+) -> tuple[dict[str, _Entry], WeightsMeta, list[_RandomAccessFile]]:
     """Open one weight file (torch or safetensors, by suffix)."""
     file = _RandomAccessFile(path)
     try:

@@ -93,7 +93,9 @@ class LazyTensor:
         item = _itemsize(self.dtype)
         if self.numel == 0:
             return self.offset * item, 0
-        last = self.offset + sum((s - 1) * st for s, st in zip(self.shape, self.stride, strict=True))
+        last = self.offset + sum(
+            (s - 1) * st for s, st in zip(self.shape, self.stride, strict=True)
+        )
         return self.offset * item, (last - self.offset + 1) * item
 
 
@@ -140,7 +142,9 @@ class Stub:
 def _stub_class(module: str, name: str) -> type[Stub]:
     """The inert stub class standing for global `module.name`."""
     return type(
-        str(name), (Stub,), {"__slots__": (), "stub_global": f"{module}.{name}", "__module__": __name__}
+        str(name),
+        (Stub,),
+        {"__slots__": (), "stub_global": f"{module}.{name}", "__module__": __name__},
     )
 
 
@@ -209,7 +213,9 @@ def _ints(value: Any, what: str) -> tuple[int, ...]:
     return tuple(int(v) for v in value)
 
 
-def _lazy(storage: Any, offset: Any, size: Any, stride: Any, dtype: Any, metadata: Any) -> LazyTensor:
+def _lazy(
+    storage: Any, offset: Any, size: Any, stride: Any, dtype: Any, metadata: Any
+) -> LazyTensor:
     """Validate a tensor record and make its placeholder."""
     if isinstance(storage, Stub) and storage.stub_global == "torch.storage._load_from_bytes":
         raise _BadTensor("tensors pickled with pickle.dump instead of torch.save are not supported")
@@ -224,8 +230,13 @@ def _lazy(storage: Any, offset: Any, size: Any, stride: Any, dtype: Any, metadat
         raise _BadTensor(f"shape {shape} and stride {strides} differ in length")
     meta = metadata if isinstance(metadata, dict) else {}
     return LazyTensor(
-        storage, int(offset), shape, strides, dtype,
-        negative=bool(meta.get("neg", False)), conjugate=bool(meta.get("conj", False)),
+        storage,
+        int(offset),
+        shape,
+        strides,
+        dtype,
+        negative=bool(meta.get("neg", False)),
+        conjugate=bool(meta.get("conj", False)),
     )
 
 
@@ -234,14 +245,16 @@ def _rebuild_tensor(storage, storage_offset, size, stride):
     return _lazy(storage, storage_offset, size, stride, getattr(storage, "dtype", None), None)
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
-                       backward_hooks=None, metadata=None):
+def _rebuild_tensor_v2(
+    storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None
+):
     """torch._utils._rebuild_tensor_v2, without data."""
     return _lazy(storage, storage_offset, size, stride, getattr(storage, "dtype", None), metadata)
 
 
-def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks,
-                       dtype, metadata=None):
+def _rebuild_tensor_v3(
+    storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype, metadata=None
+):
     """torch._utils._rebuild_tensor_v3 (explicit dtype over an untyped storage), without data."""
     return _lazy(storage, storage_offset, size, stride, dtype, metadata)
 
@@ -256,8 +269,13 @@ def _rebuild_device_tensor_from_cpu_tensor(data, dtype=None, device=None, requir
     return data
 
 
-_REBUILDERS = (_rebuild_tensor, _rebuild_tensor_v2, _rebuild_tensor_v3, _rebuild_parameter,
-               _rebuild_device_tensor_from_cpu_tensor)
+_REBUILDERS = (
+    _rebuild_tensor,
+    _rebuild_tensor_v2,
+    _rebuild_tensor_v3,
+    _rebuild_parameter,
+    _rebuild_device_tensor_from_cpu_tensor,
+)
 
 
 def _rebuild_from_type_v2(func, new_type, args, state):
@@ -326,9 +344,21 @@ def _safe_np_reconstruct(subtype, shape=(0,), typecode=b"b"):
 
 
 _SAFE_BUILTINS = {
-    "set": set, "frozenset": frozenset, "slice": slice, "complex": complex, "range": range,
-    "object": object, "dict": dict, "list": list, "tuple": tuple, "int": int, "float": float,
-    "str": str, "bool": bool, "bytes": _safe_bytes_like(bytes), "Ellipsis": Ellipsis,
+    "set": set,
+    "frozenset": frozenset,
+    "slice": slice,
+    "complex": complex,
+    "range": range,
+    "object": object,
+    "dict": dict,
+    "list": list,
+    "tuple": tuple,
+    "int": int,
+    "float": float,
+    "str": str,
+    "bool": bool,
+    "bytes": _safe_bytes_like(bytes),
+    "Ellipsis": Ellipsis,
     "NotImplemented": NotImplemented,
     "bytearray": _safe_bytes_like(bytearray),
 }
@@ -348,7 +378,10 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_device_tensor_from_cpu_tensor"): _rebuild_device_tensor_from_cpu_tensor,
+    (
+        "torch._utils",
+        "_rebuild_device_tensor_from_cpu_tensor",
+    ): _rebuild_device_tensor_from_cpu_tensor,
     ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
     ("numpy", "dtype"): _safe_np_dtype,
     ("numpy", "ndarray"): _NDArrayMarker,
@@ -365,24 +398,85 @@ for _name, _value in _SAFE_BUILTINS.items():
 # any of them is refused outright (they could be stubbed, but a checkpoint never needs them
 # and the user should know the file tried).
 _DANGEROUS_MODULES = (
-    "os", "posix", "nt", "subprocess", "_posixsubprocess", "sys", "shutil", "socket",
-    "importlib", "imp", "zipimport", "pkgutil", "runpy", "site", "pickle", "_pickle",
-    "cPickle", "dill", "cloudpickle", "joblib", "marshal", "ctypes", "_ctypes", "cffi",
-    "code", "codeop", "pty", "webbrowser", "multiprocessing", "signal", "platform",
-    "tempfile", "pdb", "bdb", "timeit", "cProfile", "profile", "inspect", "threading",
-    "_thread", "asyncio", "commands", "popen2", "torch.hub", "torch.jit", "torch.package",
-    "torch.utils.cpp_extension", "torch.ops", "torch._ops", "torch.serialization",
+    "os",
+    "posix",
+    "nt",
+    "subprocess",
+    "_posixsubprocess",
+    "sys",
+    "shutil",
+    "socket",
+    "importlib",
+    "imp",
+    "zipimport",
+    "pkgutil",
+    "runpy",
+    "site",
+    "pickle",
+    "_pickle",
+    "cPickle",
+    "dill",
+    "cloudpickle",
+    "joblib",
+    "marshal",
+    "ctypes",
+    "_ctypes",
+    "cffi",
+    "code",
+    "codeop",
+    "pty",
+    "webbrowser",
+    "multiprocessing",
+    "signal",
+    "platform",
+    "tempfile",
+    "pdb",
+    "bdb",
+    "timeit",
+    "cProfile",
+    "profile",
+    "inspect",
+    "threading",
+    "_thread",
+    "asyncio",
+    "commands",
+    "popen2",
+    "torch.hub",
+    "torch.jit",
+    "torch.package",
+    "torch.utils.cpp_extension",
+    "torch.ops",
+    "torch._ops",
+    "torch.serialization",
 )
 _DANGEROUS_NAMES = {
-    ("torch", "load"), ("torch", "save"), ("torch", "compile"), ("torch", "from_file"),
-    ("numpy", "load"), ("numpy", "save"),
-    ("numpy", "fromfile"), ("numpy", "loadtxt"), ("numpy", "genfromtxt"),
-    ("numpy.lib.npyio", "load"), ("codecs", "open"), ("_codecs", "lookup"),
-    ("io", "open"), ("io", "FileIO"), ("_io", "open"), ("_io", "FileIO"),
-    ("types", "FunctionType"), ("types", "LambdaType"), ("types", "CodeType"),
-    ("types", "MethodType"), ("types", "ModuleType"), ("operator", "attrgetter"),
-    ("operator", "methodcaller"), ("_operator", "attrgetter"), ("_operator", "methodcaller"),
-    ("functools", "reduce"), ("_functools", "reduce"),
+    ("torch", "load"),
+    ("torch", "save"),
+    ("torch", "compile"),
+    ("torch", "from_file"),
+    ("numpy", "load"),
+    ("numpy", "save"),
+    ("numpy", "fromfile"),
+    ("numpy", "loadtxt"),
+    ("numpy", "genfromtxt"),
+    ("numpy.lib.npyio", "load"),
+    ("codecs", "open"),
+    ("_codecs", "lookup"),
+    ("io", "open"),
+    ("io", "FileIO"),
+    ("_io", "open"),
+    ("_io", "FileIO"),
+    ("types", "FunctionType"),
+    ("types", "LambdaType"),
+    ("types", "CodeType"),
+    ("types", "MethodType"),
+    ("types", "ModuleType"),
+    ("operator", "attrgetter"),
+    ("operator", "methodcaller"),
+    ("_operator", "attrgetter"),
+    ("_operator", "methodcaller"),
+    ("functools", "reduce"),
+    ("_functools", "reduce"),
 }
 
 
@@ -446,8 +540,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return self._persistent(pid)
 
 
-def restricted_load(file: IO[bytes], source: str,
-                    persistent: Callable[[Any], Any] | None = None) -> Any:
+def restricted_load(
+    file: IO[bytes], source: str, persistent: Callable[[Any], Any] | None = None
+) -> Any:
     """Unpickle one object from `file` with the restricted unpickler.
 
     `source` names the file in error messages; `persistent` receives persistent ids.
@@ -466,8 +561,7 @@ def storage_type_dtype(storage_type: Any) -> tuple[torch.dtype, bool]:
 # ----------------------------------------------------------------- finding the weights
 
 # Keys under which training scripts nest the model's state dict, most specific first.
-_NEST_KEYS = ("state_dict", "model_state_dict", "model_state", "model", "module", "net",
-              "network")
+_NEST_KEYS = ("state_dict", "model_state_dict", "model_state", "model", "module", "net", "network")
 
 
 def as_mapping(obj: Any) -> dict | None:
@@ -524,7 +618,9 @@ def _module_weights(stub: Stub, prefix: str, seen: set[int]) -> dict[str, LazyTe
     buffers = as_mapping(state.get("_buffers")) or {}
     transient = state.get("_non_persistent_buffers_set")
     transient = transient if isinstance(transient, (set, frozenset)) else set()
-    for name, value in list(params.items()) + [(n, b) for n, b in buffers.items() if n not in transient]:
+    for name, value in list(params.items()) + [
+        (n, b) for n, b in buffers.items() if n not in transient
+    ]:
         if isinstance(name, str) and isinstance(value, LazyTensor):
             out[prefix + name] = value
     for name, child in (as_mapping(state.get("_modules")) or {}).items():
