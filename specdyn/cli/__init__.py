@@ -11,7 +11,6 @@ import os
 import sys
 import traceback
 
-import click
 import typer
 import typer.main
 
@@ -21,6 +20,10 @@ from . import info as _info_cmd
 from . import runs as _runs_cmd
 
 __all__ = ["app", "main"]
+
+# Usage errors are click's ClickException; recent typer vendors click, older
+# typer uses the click package: take the class from typer's own hierarchy.
+_UsageProblem = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 app = typer.Typer(
     name="specdyn",
@@ -45,10 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = command.main(args=argv, prog_name="specdyn", standalone_mode=False)
         code = code if isinstance(code, int) else 0
-    except click.ClickException as exc:
+    except _UsageProblem as exc:
         exc.show()
         code = exc.exit_code
-    except click.Abort:
+    except typer.Abort:
         print("specdyn: interrupted; run the same command again to resume", file=sys.stderr)
         code = 130
     except SpecdynError as exc:
