@@ -115,7 +115,7 @@ def _byte_end(reader, key: str) -> int:
 
 
 def test_peak_memory_follows_the_largest_tensor_not_the_checkpoint(tmp_path):
-    n_tensors, elements = 6, 6_000_000  # 24 MB each, 144 MB in all
+    n_tensors, elements = 12, 6_000_000  # 24 MB each, 288 MB in all
     path = tmp_path / "many.pt"
     torch.save({f"layer{i}.weight": torch.full((elements,), float(i)) for i in range(n_tensors)}, path)
     script = textwrap.dedent(f"""
@@ -154,4 +154,6 @@ def test_peak_memory_follows_the_largest_tensor_not_the_checkpoint(tmp_path):
     tensor_bytes = elements * 4
     # the measurement does see a full load (less what the heap kept from the lazy pass)
     assert full_peak >= n_tensors * tensor_bytes * 0.7, (full_peak, lazy_peak)
-    assert lazy_peak <= 2.2 * tensor_bytes, (lazy_peak, tensor_bytes)
+    # a read buffer, the tensor and allocator slack: a few tensors' worth, never the file
+    assert lazy_peak <= 3.5 * tensor_bytes, (lazy_peak, tensor_bytes)
+    assert lazy_peak <= 0.3 * full_peak, (lazy_peak, full_peak)
