@@ -209,7 +209,7 @@ def test_kill_9_inside_a_store_write_then_resume_equals_uninterrupted(tmp_path):
         proc.wait()
     store_path = home / "mlp-wd.h5"
     with h5py.File(store_path, "r") as f:  # opens with plain h5py after the kill
-        done = dict(zip(f["steps/step"][()].tolist(), f["steps/done"][()].tolist()))
+        done = dict(zip(f["steps/step"][()].tolist(), f["steps/done"][()].tolist(), strict=True))
     assert done[0] == 1 and done[50] == 1 and done[100] == 0 and done[4000] == 0
     resumed = specdyn.analyze(fixture, home=home).runs[0]
     assert resumed.steps_already_done == [0, 10, 20, 50]
