@@ -55,22 +55,18 @@ def test_analyze_prints_a_summary_table(tmp_path, capsys):
         assert word in out
 
 
-def test_errors_are_one_line_with_nonzero_exit(tmp_path):
-    env = dict(os.environ, SPECDYN_DEBUG="")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "specdyn",
-            "analyze",
-            str(tmp_path / "missing"),
-            "--home",
-            str(tmp_path),
-        ],
+def _analyze_missing(tmp_path, debug: str) -> subprocess.CompletedProcess:
+    """`python -m specdyn analyze` on a path that does not exist, in a fresh process."""
+    return subprocess.run(
+        [sys.executable, "-m", "specdyn", "analyze", str(tmp_path / "missing"), "--home", str(tmp_path)],
         capture_output=True,
         text=True,
-        env=env,
+        env=dict(os.environ, SPECDYN_DEBUG=debug),
     )
+
+
+def test_errors_are_one_line_with_nonzero_exit(tmp_path):
+    proc = _analyze_missing(tmp_path, debug="")
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
@@ -79,21 +75,7 @@ def test_errors_are_one_line_with_nonzero_exit(tmp_path):
 
 
 def test_debug_env_shows_the_traceback(tmp_path):
-    env = dict(os.environ, SPECDYN_DEBUG="1")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "specdyn",
-            "analyze",
-            str(tmp_path / "missing"),
-            "--home",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    proc = _analyze_missing(tmp_path, debug="1")
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr
 
