@@ -75,7 +75,11 @@ class MatrixSelection:
 
 @dataclass(frozen=True)
 class Progress:
-    """One progress event: `matrices_done` of `n_matrices` at step `step_index` of `n_steps`."""
+    """One progress event: `matrices_done` of `n_matrices` at step `step_index` of `n_steps`.
+
+    phase: "hashing" while checkpoint fingerprints are computed (before any
+    SVD; `matrices_done` is then 0), "analysing" while steps are computed.
+    """
 
     run: str
     step: int
@@ -83,6 +87,7 @@ class Progress:
     n_steps: int
     matrices_done: int
     n_matrices: int
+    phase: str = "analysing"
 
 
 @dataclass
@@ -234,7 +239,13 @@ def _analyze_run(
             f"({_skip_summary(plan)}); check --include/--exclude"
         )
 
-    step_records = _step_records(checkpoints, store_path)
+    def hashed(index: int, step: int) -> None:
+        if on_progress is not None:
+            on_progress(
+                Progress(run_name, step, index, len(checkpoints), 0, len(plan.matrices), "hashing")
+            )
+
+    step_records = _step_records(checkpoints, store_path, on_hashed=hashed)
     options = {
         "precision": compute.precision,
         "exact": compute.exact,
@@ -389,7 +400,11 @@ def _analyze_checkpoint(
     return spectra, notes
 
 
-def _step_records(checkpoints: Sequence[Checkpoint], store_path: Path) -> list[StepRecord]:
+def _step_records(
+    checkpoints: Sequence[Checkpoint],
+    store_path: Path,
+    on_hashed: Callable[[int, int], None] | None = None,
+) -> list[StepRecord]:
     """Source records of every step; a stored sha256 is reused when size and mtime match."""
     known: dict[int, dict] = {}
     if store_path.exists():
@@ -413,6 +428,8 @@ def _step_records(checkpoints: Sequence[Checkpoint], store_path: Path) -> list[S
         else:
             fp = ckpt.fingerprint()
             size, mtime, sha = fp.size, fp.mtime, fp.sha256
+            if on_hashed is not None:
+                on_hashed(len(records), int(ckpt.step))
         records.append(
             StepRecord(
                 step=int(ckpt.step),

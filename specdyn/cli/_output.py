@@ -59,6 +59,19 @@ class Output:
         tasks: dict[str, int] = {}
 
         def update(event: ProgressEvent) -> None:
+            if event.phase == "hashing":
+                key = f"{event.run} (hashing)"
+                if key not in tasks:
+                    tasks[key] = progress.add_task(
+                        f"{escape(event.run)} hashing", total=event.n_steps, step="", step_pos=""
+                    )
+                progress.update(
+                    tasks[key],
+                    completed=event.step_index + 1,
+                    step=event.step,
+                    step_pos=f"{event.step_index + 1}/{event.n_steps}",
+                )
+                return
             total = event.n_steps * event.n_matrices
             if event.run not in tasks:
                 tasks[event.run] = progress.add_task(
