@@ -218,3 +218,16 @@ def test_kill_9_inside_a_store_write_then_resume_equals_uninterrupted(tmp_path):
     assert got.keys() == want.keys()
     for key in want:
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def test_progress_events_cover_hashing_and_every_matrix(tmp_path):
+    _write_run(tmp_path / "run", steps=(0, 10, 100))
+    events: list[specdyn.Progress] = []
+    specdyn.analyze(tmp_path / "run", home=tmp_path / "ws", on_progress=events.append)
+    hashing = [e for e in events if e.phase == "hashing"]
+    assert [e.step for e in hashing] == [0, 10, 100]
+    analysing = [e for e in events if e.phase == "analysing"]
+    last_per_step = {e.step: e for e in analysing}
+    assert sorted(last_per_step) == [0, 10, 100]
+    assert all(e.matrices_done == e.n_matrices == 3 for e in last_per_step.values())
+    assert [e.step_index for e in last_per_step.values()] == [0, 1, 2]
