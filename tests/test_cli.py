@@ -102,3 +102,30 @@ def test_info_of_unknown_run_fails_cleanly(tmp_path, capsys):
     assert code != 0
     err = capsys.readouterr().err
     assert "nope" in err and "Traceback" not in err
+
+
+class _RunsCode:
+    """A pickle payload that would create a file if it were ever unpickled by pickle.load."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_unsafe_and_truncated_files_are_reported_and_skipped(tmp_path, capsys):
+    import pickle
+
+    _write_run(tmp_path / "r")
+    marker = tmp_path / "ran"
+    with open(tmp_path / "r" / "step_9.pt", "wb") as fh:
+        pickle.dump({"state_dict": _RunsCode(str(marker))}, fh)
+    good = (tmp_path / "r" / "step_5.pt").read_bytes()
+    (tmp_path / "r" / "step_7.pt").write_bytes(good[: len(good) // 3])
+    assert main(["analyze", str(tmp_path / "r"), "--home", str(tmp_path / "ws")]) == 0
+    captured = capsys.readouterr()
+    assert not marker.exists()
+    assert "unsafe-pickle" in captured.err and "step_9.pt" in captured.err
+    assert "step_7.pt" in captured.err
+    assert "warnings" in captured.out and "│ 2 " in captured.out.split("warnings", 1)[1][:40]

@@ -98,10 +98,9 @@ def _render_tables(result: AnalyzeResult, out: Output) -> None:
     if len(result.runs) > 1:
         out.err.print(f"{len(result.runs)} runs found: {', '.join(r.name for r in result.runs)}")
     for run in result.runs:
-        duplicates = [
-            n for n in result.notes if n.kind == "duplicate" and _under(n.path, run.source_root)
-        ]
-        warnings = [n for n in run.notes if n.kind not in ("duplicate",)]
+        found = [n for n in result.notes if _under(n.path, run.source_root)]
+        duplicates = [n for n in found if n.kind == "duplicate"]
+        warnings = [n for n in found + run.notes if n.kind not in ("duplicate", "several-runs")]
         skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(run.skipped.items())) or "none"
         unit = run.step_unit + ("s" if not run.step_unit.endswith("s") else "")
         selected = run.steps_selected
