@@ -17,6 +17,7 @@ import typer.main
 from ..errors import SpecdynError
 from . import analyze as _analyze_cmd
 from . import info as _info_cmd
+from . import pairs as _pairs_cmd
 from . import runs as _runs_cmd
 
 __all__ = ["app", "main"]
@@ -35,6 +36,7 @@ app = typer.Typer(
 app.command("analyze")(_analyze_cmd.analyze_command)
 app.command("runs")(_runs_cmd.runs_command)
 app.command("info")(_info_cmd.info_command)
+app.command("pairs")(_pairs_cmd.pairs_command)
 
 
 def _debug() -> bool:

@@ -1,0 +1,85 @@
+"""`specdyn pairs PATH`: the pairs whose singular vectors specdyn compares, and why."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ..pairs import Operand, pairs_for
+from ._options import JsonOption
+from ._output import Output
+
+_GATES = ("i", "f", "g", "o", "r", "z", "n")
+
+
+def pairs_command(
+    path: Annotated[Path, typer.Argument(help="A checkpoint file or a folder of checkpoints.")],
+    pairs_file: Annotated[
+        Path | None,
+        typer.Option("--pairs", help="TOML file adding, removing or replacing pairs."),
+    ] = None,
+    gate: Annotated[
+        str, typer.Option("--gate", help="RNN gate block to pair: LSTM i f g o, GRU r z n.")
+    ] = "g",
+    json_out: JsonOption = False,
+) -> None:
+    """Show the matrix pairs used for alignment, the rule behind each and the skipped ones."""
+    if gate not in _GATES:
+        raise typer.BadParameter(f"{gate!r}: use one of {' '.join(_GATES)}", param_hint="--gate")
+    if pairs_file is not None and not pairs_file.is_file():
+        raise typer.BadParameter(f"{pairs_file}: no such file", param_hint="--pairs")
+    out = Output(json_mode=json_out)
+    result = pairs_for(path, pairs_file=pairs_file, gate=gate)
+    if out.json_mode:
+        out.json(
+            {
+                "preset": result.preset,
+                "pairs": result.pairs,
+                "skipped": [{"pair": d, "reason": r} for d, r in result.skipped],
+                "notes": result.notes,
+            }
+        )
+        return
+    _folded_table(
+        out,
+        f"pairs (preset: {result.preset})",
+        ("pair", "first", "second", "rule", "options"),
+        [
+            (p.name, _operand(p.first), _operand(p.second), p.rule, _options(p.options))
+            for p in result.pairs
+        ],
+    )
+    if result.skipped:
+        _folded_table(out, "skipped pairs", ("pair", "reason"), result.skipped)
+    for note in result.notes:
+        out.out.print(f"note: {note}", markup=False)
+
+
+def _folded_table(out: Output, title: str, columns, rows) -> None:
+    """A table whose long names fold onto more lines instead of being cut with an ellipsis."""
+    table = Table(title=title, title_justify="left")
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*(escape(str(c)) for c in row))
+    out.out.print(table)
+
+
+def _operand(op: Operand) -> str:
+    """``name u`` plus the slice, e.g. ``conv2.weight v cols[4:72:9]`` or ``… u ×4 heads``."""
+    parts = [op.matrix, op.side]
+    for step in op.ops:
+        if step[0] in ("rows", "cols"):
+            parts.append(f"{step[0]}[{step[1]}:{step[2]}:{step[3]}]")
+        else:
+            parts.append(f"{step[1]} heads")
+    return " ".join(parts)
+
+
+def _options(options: dict) -> str:
+    """``heads=4 kv_heads=2`` or ``-``."""
+    return " ".join(f"{k}={v}" for k, v in options.items()) or "-"
