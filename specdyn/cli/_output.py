@@ -113,7 +113,7 @@ class Output:
             return
         table = Table(title=title, title_justify="left", show_header=header)
         for col in columns:
-            table.add_column(col)
+            table.add_column(col, overflow="fold")
         for row in rows:
             table.add_row(*(escape(str(c)) for c in row))
         self.out.print(table)
