@@ -27,7 +27,7 @@ from .metrics import spectral_metrics
 from .sources import Checkpoint, RunSource, discover
 from .steps import select_steps
 from .store import MatrixRecord, StepRecord, StoreWriter, open_run
-from .views import MatrixView, ViewPlan, plan_views
+from .views import MatrixView, Skipped, ViewPlan, plan_views
 from .workspace import resolve_home, store_path_for
 
 __all__ = [
@@ -225,6 +225,7 @@ def _analyze_run(
     with checkpoints[0].open() as reader:
         keys = reader.keys()
         infos = {k: reader.info(k) for k in keys}
+        unsupported = dict(getattr(reader, "unsupported", {}))
     plan = plan_views(
         infos,
         config=checkpoints[0].config,
@@ -233,6 +234,11 @@ def _analyze_run(
         transposed=matrices.transposed,
         source_order=keys,
     )
+    for key, built_by in unsupported.items():
+        # quantised / sparse / subclass tensors are never read: count them, never drop silently
+        plan.skipped.append(
+            Skipped(key, key, f"unsupported tensor type (built by {built_by}); not read")
+        )
     if not plan.matrices:
         raise SpecdynError(
             f"{checkpoints[0].path}: no weight matrix to analyse "

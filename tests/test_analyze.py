@@ -231,3 +231,18 @@ def test_progress_events_cover_hashing_and_every_matrix(tmp_path):
     assert sorted(last_per_step) == [0, 10, 100]
     assert all(e.matrices_done == e.n_matrices == 3 for e in last_per_step.values())
     assert [e.step_index for e in last_per_step.values()] == [0, 1, 2]
+
+
+@pytest.mark.filterwarnings("ignore:.*quantized tensor creation.*:UserWarning")
+def test_quantised_tensors_are_counted_as_skipped_not_dropped(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    sd = _mlp_state(0)
+    sd["q.weight"] = torch.quantize_per_tensor(torch.randn(5, 5), 0.1, 0, torch.qint8)
+    torch.save({"model_state_dict": sd, "step": 0}, folder / "step_0.pt")
+    run = specdyn.analyze(folder, home=tmp_path / "ws").runs[0]
+    assert run.n_matrices == 3
+    reasons = [r for r in run.skipped if "unsupported tensor type" in r]
+    assert reasons and run.skipped[reasons[0]] == 1
+    with specdyn.open_run("run", home=tmp_path / "ws") as store:
+        assert ("q.weight", reasons[0]) in [tuple(x) for x in store.skipped]

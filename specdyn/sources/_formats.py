@@ -33,6 +33,7 @@ from ._unpickle import (
     find_state_dict,
     restricted_load,
     storage_type_dtype,
+    unsupported_entries,
 )
 
 __all__ = [
@@ -239,10 +240,18 @@ class TensorReader:
     or call ``close()``.
     """
 
-    def __init__(self, label: str, entries: dict[str, _Entry], files: Iterable[_RandomAccessFile]):
+    def __init__(
+        self,
+        label: str,
+        entries: dict[str, _Entry],
+        files: Iterable[_RandomAccessFile],
+        unsupported: dict[str, str] | None = None,
+    ):
         self._label = label
         self._entries = entries
         self._files = list(files)
+        self.unsupported: dict[str, str] = dict(unsupported or {})
+        """Entries that are not plain tensors (key → global that built them); not read."""
 
     def keys(self) -> list[str]:
         """Raw state-dict keys of the weight tensors, in source order."""
@@ -284,12 +293,15 @@ class WeightsMeta:
 
     format: "torch", "torch-legacy", "safetensors", "torch-sharded", "safetensors-sharded";
     scalars: numeric top-level metadata (checkpoint dict entries, safetensors or index
-    metadata); state_path: dict keys leading to the state dict (e.g. ("state_dict",)).
+    metadata); state_path: dict keys leading to the state dict (e.g. ("state_dict",));
+    unsupported: state-dict entries that are not plain tensors (quantised, sparse,
+    tensor subclasses), key → the pickle global that built them; they are not read.
     """
 
     format: str
     scalars: dict[str, float] = field(default_factory=dict)
     state_path: tuple[str, ...] = ()
+    unsupported: dict[str, str] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------- PyTorch files
@@ -442,7 +454,10 @@ def _torch_meta(
             number = _plain_number(value)
         if number is not None:
             scalars[key] = number
-    return entries, WeightsMeta(format=fmt, scalars=scalars, state_path=state_path)
+    unsupported = unsupported_entries(top, state_path)
+    return entries, WeightsMeta(
+        format=fmt, scalars=scalars, state_path=state_path, unsupported=unsupported
+    )
 
 
 def _open_torch_zip(
@@ -815,6 +830,7 @@ def _open_sharded(index: Path) -> tuple[dict[str, _Entry], WeightsMeta, list[_Ra
     files: list[_RandomAccessFile] = []
     entries: dict[str, _Entry] = {}
     formats = set()
+    unsupported: dict[str, str] = {}
     try:
         for shard in shard_paths:
             if not shard.exists():
@@ -825,6 +841,7 @@ def _open_sharded(index: Path) -> tuple[dict[str, _Entry], WeightsMeta, list[_Ra
             sub_entries, sub_meta, sub_files = _open_single(shard, id_prefix=(shard.name,))
             files.extend(sub_files)
             formats.add(sub_meta.format)
+            unsupported.update(sub_meta.unsupported)
             wanted = [k for k, s in key_to_shard.items() if s == shard]
             for key in wanted:
                 if key not in sub_entries:
@@ -839,7 +856,7 @@ def _open_sharded(index: Path) -> tuple[dict[str, _Entry], WeightsMeta, list[_Ra
             f.close()
         raise
     kind = "safetensors-sharded" if formats == {"safetensors"} else "torch-sharded"
-    return entries, WeightsMeta(format=kind, scalars=scalars), files
+    return entries, WeightsMeta(format=kind, scalars=scalars, unsupported=unsupported), files
 
 
 # ----------------------------------------------------------------- entry point
@@ -871,4 +888,4 @@ def open_weights(path: Path, index: bool = False) -> tuple[TensorReader, Weights
         entries, meta, files = _open_sharded(path)
     else:
         entries, meta, files = _open_single(path)
-    return TensorReader(str(path), entries, files), meta
+    return TensorReader(str(path), entries, files, meta.unsupported), meta

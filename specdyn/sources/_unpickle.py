@@ -40,6 +40,7 @@ __all__ = [
     "Stub",
     "restricted_load",
     "find_state_dict",
+    "unsupported_entries",
     "as_mapping",
 ]
 
@@ -582,6 +583,22 @@ def find_state_dict(top: Any) -> tuple[dict[str, LazyTensor], tuple[str, ...]] |
     when there are no tensors (e.g. a pickled list, or a dict of hyper-parameters).
     """
     return _find(top, (), 0)
+
+
+def unsupported_entries(top: Any, state_path: tuple[str, ...]) -> dict[str, str]:
+    """Entries of the state dict at `state_path` that are not plain tensors (quantised,
+    sparse or subclass tensors rebuilt as inert stubs), mapped to the global that built them.
+
+    They are not read, and must be reported as skipped rather than silently dropped.
+    """
+    mapping = as_mapping(top)
+    for key in state_path:
+        mapping = as_mapping(mapping.get(key)) if mapping is not None else None
+    if mapping is None:
+        return {}
+    return {
+        k: v.stub_global for k, v in mapping.items() if isinstance(k, str) and isinstance(v, Stub)
+    }
 
 
 def _find(obj: Any, path: tuple[str, ...], depth: int):
