@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from ..workspace import list_runs, resolve_home
 from ._options import HomeOption, JsonOption
 from ._output import Output
@@ -23,6 +25,15 @@ def runs_command(home: HomeOption = None, json_out: JsonOption = False) -> None:
         ("name", "steps", "matrices", "status", "modified", "path"),
         ((r.name, _steps(r), r.matrices, r.status, r.modified, r.path) for r in runs),
     )
+
+
+def _short_path(path) -> str:
+    """The path relative to the current folder when that is shorter."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:  # another drive (Windows)
+        return str(path)
+    return rel if len(rel) < len(str(path)) else str(path)
 
 
 def _steps(r) -> str:
