@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _ckpt_factory import write_sharded
 from safetensors.torch import save_file
 
 import specdyn
@@ -109,8 +110,6 @@ def _final_mlp_state() -> dict[str, torch.Tensor]:
 def _write_formats(root: Path, sd: dict[str, torch.Tensor]) -> dict[str, Path]:
     """The same weights as: plain .pt, nested dicts, safetensors, sharded (both), HF folder."""
     out = {}
-    keys = sorted(sd)
-    half = len(keys) // 2
 
     d = root / "plain"
     d.mkdir(parents=True)
@@ -128,31 +127,10 @@ def _write_formats(root: Path, sd: dict[str, torch.Tensor]) -> dict[str, Path]:
     save_file(sd, str(d / "step_100.safetensors"))
     out["safetensors"] = d
 
-    d = root / "sharded-st" / "checkpoint-100"
-    d.mkdir(parents=True)
-    save_file({k: sd[k] for k in keys[:half]}, str(d / "model-00001-of-00002.safetensors"))
-    save_file({k: sd[k] for k in keys[half:]}, str(d / "model-00002-of-00002.safetensors"))
-    weight_map = {
-        k: ("model-00001-of-00002.safetensors" if i < half else "model-00002-of-00002.safetensors")
-        for i, k in enumerate(keys)
-    }
-    (d / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {}, "weight_map": weight_map})
-    )
-    out["sharded-safetensors"] = d.parent
-
-    d = root / "sharded-bin" / "checkpoint-100"
-    d.mkdir(parents=True)
-    torch.save({k: sd[k] for k in keys[:half]}, d / "pytorch_model-00001-of-00002.bin")
-    torch.save({k: sd[k] for k in keys[half:]}, d / "pytorch_model-00002-of-00002.bin")
-    weight_map = {
-        k: ("pytorch_model-00001-of-00002.bin" if i < half else "pytorch_model-00002-of-00002.bin")
-        for i, k in enumerate(keys)
-    }
-    (d / "pytorch_model.bin.index.json").write_text(
-        json.dumps({"metadata": {}, "weight_map": weight_map})
-    )
-    out["sharded-bin"] = d.parent
+    for fmt in ("safetensors", "bin"):
+        d = root / f"sharded-{fmt}" / "checkpoint-100"
+        write_sharded(d, sd, fmt, n_shards=2)
+        out[f"sharded-{fmt}"] = d.parent
 
     d = root / "hf-folder" / "step_100"
     d.mkdir(parents=True)
