@@ -13,6 +13,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -295,17 +296,28 @@ def _analyze_run(
         pending = set(writer.pending_steps)
         done_before = sorted(set(selected) - pending)
         todo = [c for c in checkpoints if c.step in pending]
-        for index, ckpt in enumerate(todo):
-            spectra, step_notes = _analyze_checkpoint(
-                ckpt, plan, engine, infos, run_name, index, len(todo), on_progress
-            )
-            metrics = {}
-            for matrix, (sigma, method) in spectra.items():
-                methods[method] += 1
-                metrics[matrix] = {k: float(v) for k, v in spectral_metrics(sigma).items()}
-            writer.write_step(ckpt.step, spectra, metrics, notes=[n.message for n in step_notes])
-            notes.extend(step_notes)
-            computed.append(ckpt.step)
+        unhashed = {r.step for r in step_records if not r.sha256}
+        # A checkpoint is hashed in a second thread while its SVDs run (hashlib and
+        # file reads release the GIL; both threads read the same pages once).
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="specdyn-hash") as hasher:
+            for index, ckpt in enumerate(todo):
+                hashing = hasher.submit(ckpt.fingerprint) if ckpt.step in unhashed else None
+                spectra, step_notes = _analyze_checkpoint(
+                    ckpt, plan, engine, infos, run_name, index, len(todo), on_progress
+                )
+                metrics = {}
+                for matrix, (sigma, method) in spectra.items():
+                    methods[method] += 1
+                    metrics[matrix] = {k: float(v) for k, v in spectral_metrics(sigma).items()}
+                writer.write_step(
+                    ckpt.step,
+                    spectra,
+                    metrics,
+                    notes=[n.message for n in step_notes],
+                    sha256=hashing.result().sha256 if hashing is not None else None,
+                )
+                notes.extend(step_notes)
+                computed.append(ckpt.step)
     notes.extend(engine.notes)
     engine.notes.clear()
     return RunAnalysis(
@@ -411,7 +423,13 @@ def _step_records(
     store_path: Path,
     on_hashed: Callable[[int, int], None] | None = None,
 ) -> list[StepRecord]:
-    """Source records of every step; a stored sha256 is reused when size and mtime match."""
+    """Source records of every step.
+
+    A step already done in the store keeps its stored sha256 when its files'
+    size and mtime are unchanged, and is hashed now otherwise (so that a changed
+    checkpoint is reported). A step still to compute gets sha256 "" here: it is
+    hashed while it is analysed and the hash is written with its data.
+    """
     known: dict[int, dict] = {}
     if store_path.exists():
         try:
@@ -423,9 +441,10 @@ def _step_records(
     for ckpt in checkpoints:
         size, mtime = _size_mtime(ckpt)
         old = known.get(ckpt.step)
-        if (
-            old is not None
-            and old.get("source") == str(ckpt.path)
+        if old is None or not old.get("done"):
+            sha = ""
+        elif (
+            old.get("source") == str(ckpt.path)
             and int(old.get("size", -1)) == size
             and float(old.get("mtime", -1.0)) == mtime
             and old.get("sha256")

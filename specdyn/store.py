@@ -299,6 +299,7 @@ class StoreWriter:
         spectra: Mapping[str, tuple[np.ndarray, str]],
         metrics: Mapping[str, Mapping[str, float]],
         notes: Sequence[str] = (),
+        sha256: str | None = None,
     ) -> None:
         """Write one step's results, then mark it done (only once its data is on disk).
 
@@ -310,6 +311,9 @@ class StoreWriter:
                 `metric_names` given to `open`.
             notes: one-line notes about this step (kept in ``/steps/notes``; if
                 they exceed its 4 KiB slot the rest is counted in a last note).
+            sha256: the source's content hash when it was not known at `open`
+                (the pipeline hashes a checkpoint while analysing it); written
+                with the step's data, before the done flag.
 
         Raises:
             ValueError: an unknown or already done step, a missing or extra
@@ -361,6 +365,8 @@ class StoreWriter:
         self._method[i] = methods
         self._notes[i] = note_data
         self._invocation[i] = self._slot
+        if sha256 is not None:
+            self._f["steps/sha256"][i] = layout.fixed_bytes(sha256, layout.SHA256_BYTES)
         layout.fsync_file(self._f)
         self._done_ds[i] = 1
         layout.fsync_file(self._f)

@@ -220,17 +220,49 @@ def test_kill_9_inside_a_store_write_then_resume_equals_uninterrupted(tmp_path):
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 
 
-def test_progress_events_cover_hashing_and_every_matrix(tmp_path):
+def test_progress_events_cover_every_matrix_and_rehashing(tmp_path):
     _write_run(tmp_path / "run", steps=(0, 10, 100))
     events: list[specdyn.Progress] = []
     specdyn.analyze(tmp_path / "run", home=tmp_path / "ws", on_progress=events.append)
-    hashing = [e for e in events if e.phase == "hashing"]
-    assert [e.step for e in hashing] == [0, 10, 100]
-    analysing = [e for e in events if e.phase == "analysing"]
-    last_per_step = {e.step: e for e in analysing}
+    assert not [e for e in events if e.phase == "hashing"]  # hashed while analysed
+    last_per_step = {e.step: e for e in events if e.phase == "analysing"}
     assert sorted(last_per_step) == [0, 10, 100]
     assert all(e.matrices_done == e.n_matrices == 3 for e in last_per_step.values())
     assert [e.step_index for e in last_per_step.values()] == [0, 1, 2]
+    # a done step whose file looks touched is hashed again before anything else
+    os.utime(tmp_path / "run" / "step_10.pt", (1e9, 1e9))
+    events.clear()
+    specdyn.analyze(tmp_path / "run", home=tmp_path / "ws", on_progress=events.append)
+    assert [e.step for e in events if e.phase == "hashing"] == [10]
+
+
+def test_every_step_records_its_source_and_sha256(tmp_path):
+    import hashlib
+
+    _write_run(tmp_path / "run", steps=(0, 10))
+    specdyn.analyze(tmp_path / "run", home=tmp_path / "ws")
+    with specdyn.open_run("run", home=tmp_path / "ws") as store:
+        sources = {int(s["step"]): s for s in store.step_sources}
+    for step in (0, 10):
+        path = tmp_path / "run" / f"step_{step}.pt"
+        assert sources[step]["source"] == str(path)
+        assert sources[step]["size"] == path.stat().st_size
+        assert sources[step]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_changed_checkpoint_is_reported_not_mixed_in(tmp_path):
+    _write_run(tmp_path / "run", steps=(0, 10))
+    home = tmp_path / "ws"
+    specdyn.analyze(tmp_path / "run", home=home)
+    with specdyn.open_run("run", home=home) as store:
+        before = store.sigma("fc1.weight").copy()
+    torch.save({"model_state_dict": _mlp_state(42), "step": 10}, tmp_path / "run" / "step_10.pt")
+    run = specdyn.analyze(tmp_path / "run", home=home).runs[0]
+    assert run.steps_computed == []
+    changed = [n for n in run.notes if n.kind == "changed-source"]
+    assert len(changed) == 1 and "step 10" in changed[0].message
+    with specdyn.open_run("run", home=home) as store:
+        np.testing.assert_array_equal(store.sigma("fc1.weight"), before)
 
 
 @pytest.mark.filterwarnings("ignore:.*quantized tensor creation.*:UserWarning")
