@@ -357,6 +357,17 @@ def _analyze_checkpoint(
     n_matrices = len(plan.matrices)
     with ckpt.open() as reader:
         available = set(reader.keys())
+        extra = sorted(available - set(first_infos))
+        if extra:
+            shown = ", ".join(extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
+            notes.append(
+                Note(
+                    "new-parameter",
+                    f"step {ckpt.step} has parameters the first analysed step lacks ({shown}); "
+                    "they are not analysed (analyse those steps as a run of their own)",
+                    path=str(ckpt.path),
+                )
+            )
         for key, views in by_key.items():
             if key not in available:
                 raise ShapeChangedError(

@@ -278,3 +278,24 @@ def test_quantised_tensors_are_counted_as_skipped_not_dropped(tmp_path):
     assert reasons and run.skipped[reasons[0]] == 1
     with specdyn.open_run("run", home=tmp_path / "ws") as store:
         assert ("q.weight", reasons[0]) in [tuple(x) for x in store.skipped]
+
+
+def test_a_parameter_added_later_is_reported(tmp_path):
+    _write_run(tmp_path / "run", steps=(0,))
+    sd = _mlp_state(1)
+    sd["extra.weight"] = torch.randn(4, 4)
+    torch.save({"model_state_dict": sd, "step": 10}, tmp_path / "run" / "step_10.pt")
+    run = specdyn.analyze(tmp_path / "run", home=tmp_path / "ws").runs[0]
+    assert run.steps_computed == [0, 10]
+    (note,) = [n for n in run.notes if n.kind == "new-parameter"]
+    assert "extra.weight" in note.message and "step 10" in note.message
+
+
+def test_a_parameter_missing_later_is_an_error_naming_the_file(tmp_path):
+    _write_run(tmp_path / "run", steps=(0,))
+    sd = _mlp_state(1)
+    del sd["fc2.weight"]
+    torch.save({"model_state_dict": sd, "step": 10}, tmp_path / "run" / "step_10.pt")
+    with pytest.raises(ShapeChangedError) as err:
+        specdyn.analyze(tmp_path / "run", home=tmp_path / "ws")
+    assert "step_10.pt" in str(err.value) and "fc2.weight" in str(err.value)
