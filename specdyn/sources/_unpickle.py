@@ -23,6 +23,7 @@ from __future__ import annotations
 import _compat_pickle
 import codecs
 import collections
+import math
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -84,10 +85,7 @@ class LazyTensor:
     @property
     def numel(self) -> int:
         """Number of elements."""
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
     def byte_span(self) -> tuple[int, int]:
         """(first byte, byte length) of the storage region this tensor touches."""
