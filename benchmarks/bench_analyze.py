@@ -1,4 +1,4 @@
-"""Benchmark: values-only analysis of Pythia-160m-shaped checkpoints.
+"""Benchmark: analysis of Pythia-160m-shaped checkpoints, values only and with vectors.
 
 Makes N checkpoints with Pythia-160m's layout and shapes (fp16
 `pytorch_model.bin`, GPT-NeoX names and buffers, random weights: SVD cost does
@@ -6,10 +6,17 @@ not depend on training), then runs each method in its own process and prints
 wall time and peak RSS, with ratios against the floor measured in the same run:
 
 - specdyn: `specdyn.analyze` values-only, loading and store writing included;
+- vectors: `specdyn.analyze` with its defaults (top-100 vectors: alignment of
+  every pair, per head where the preset says so, agreement with the last step,
+  vectors of the first and last step kept);
 - floor: bare fp32 `torch.linalg.svdvals` over the same matrices (the views
   specdyn analyses) already in memory, loading excluded;
 - paper loop: full `torch.load` of each checkpoint, full `torch.linalg.svd`
   (vectors included) per weight matrix, as the paper's scripts do;
+- paper-vectors: the paper-style loop for alignment and agreement: full
+  `torch.load`, full float32 `torch.linalg.svd` of every matrix view, the
+  reference (last) step decomposed once up front, and every pair's operands
+  (heads, slices) decomposed again for the pair, as per-pair scripts do;
 - weightwatcher: `WeightWatcher(model).analyze()` on a GPT-NeoX model built
   from the checkpoint, when `weightwatcher` and `transformers` are installed.
 
@@ -108,13 +115,15 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_specdyn(folder: Path) -> dict:
-    """specdyn values-only, loading and store included."""
+def run_specdyn(folder: Path, vectors=None) -> dict:
+    """specdyn values-only (or with `vectors` options), loading and store included."""
     import specdyn
 
     home = Path(tempfile.mkdtemp(prefix="bench-ws-"))
     start = time.perf_counter()
-    result = specdyn.analyze(folder, home=home, compute=specdyn.ComputeOptions(device="cpu"))
+    result = specdyn.analyze(
+        folder, home=home, compute=specdyn.ComputeOptions(device="cpu"), vectors=vectors
+    )
     seconds = time.perf_counter() - start
     run = result.runs[0]
     return {
@@ -122,6 +131,60 @@ def run_specdyn(folder: Path) -> dict:
         "matrices": run.n_matrices * len(run.steps_computed),
         "methods": run.methods,
     }
+
+
+def run_specdyn_vectors(folder: Path) -> dict:
+    """specdyn with its default vector options (k = 100)."""
+    import specdyn
+
+    return run_specdyn(folder, vectors=specdyn.VectorOptions())
+
+
+def run_paper_vectors(folder: Path) -> dict:
+    """Full loads, full SVDs of every view and of every pair operand, per step."""
+    import torch
+
+    from specdyn.pairs import head_pairs, plan_pairs
+    from specdyn.sources import open_checkpoint
+    from specdyn.vectors import agreement_diagonal, alignment_diagonal
+    from specdyn.views import plan_views
+
+    k = 100
+    steps = sorted(p for p in folder.iterdir() if p.is_dir())
+    ckpt = open_checkpoint(steps[0])
+    with ckpt.open() as reader:
+        keys = reader.keys()
+        infos = {key: reader.info(key) for key in keys}
+    plan = plan_views(infos, config=ckpt.config, source_order=keys)
+    pairs = plan_pairs(plan, infos, config=ckpt.config).pairs
+
+    def svd(m):
+        u, _, vh = torch.linalg.svd(m.float(), full_matrices=False)
+        return u[:, :k].double().numpy(), vh[:k].T.double().numpy()
+
+    def load(step_dir):
+        sd = torch.load(step_dir / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        return {v.name: v.extract(sd[v.key]) for v in plan.matrices}
+
+    start = time.perf_counter()
+    reference = {name: svd(m) for name, m in load(steps[-1]).items()}
+    count = 0
+    for step_dir in steps:
+        mats = load(step_dir)
+        for name, m in mats.items():
+            u, v = svd(m)
+            agreement_diagonal(u, v, *reference[name], k)
+            count += 1
+        for pair in pairs:
+            first = [svd(x) for x in pair.first.apply(mats[pair.first.matrix])]
+            second = [svd(x) for x in pair.second.apply(mats[pair.second.matrix])]
+            for i, j in head_pairs(len(first), len(second)):
+                a = first[i][0 if pair.first.side == "u" else 1]
+                b = second[j][0 if pair.second.side == "u" else 1]
+                alignment_diagonal(a, b, k)
+                count += 2
+        del mats
+    return {"seconds": time.perf_counter() - start, "matrices": count}
 
 
 def _views_in_memory(step_dir: Path):
@@ -194,8 +257,10 @@ def run_weightwatcher(folder: Path) -> dict:
 
 METHODS = {
     "specdyn": run_specdyn,
+    "vectors": run_specdyn_vectors,
     "floor": run_floor,
     "paper": run_paper_loop,
+    "paper-vectors": run_paper_vectors,
     "weightwatcher": run_weightwatcher,
 }
 
@@ -288,8 +353,14 @@ def main() -> None:
             ratio = "—"
         rss = max(x["peak_rss_mb"] for x in runs[method])
         print(f"{method:<15}{r['seconds']:>8.2f} ({med:>5.2f}){ratio:>16}{rss:>13.0f}")
-    if results.get("specdyn"):
-        print(f"specdyn methods: {results['specdyn'].get('methods')}")
+    for name in ("specdyn", "vectors"):
+        if results.get(name):
+            print(f"{name} methods: {results[name].get('methods')}")
+    pairs = [("vectors", "specdyn"), ("paper-vectors", "vectors")]
+    for slow, fast in pairs:
+        if results.get(slow) and results.get(fast):
+            ratio = results[slow]["seconds"] / results[fast]["seconds"]
+            print(f"{slow} / {fast}: {ratio:.2f}×")
 
 
 if __name__ == "__main__":

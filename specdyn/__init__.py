@@ -11,7 +11,15 @@ training checkpoint, stored in HDF5 and drawn from there.
 
 from ._types import Note, TensorInfo
 from ._version import __version__
-from .analyze import AnalyzeResult, ComputeOptions, MatrixSelection, Progress, RunAnalysis, analyze
+from .analyze import (
+    AnalyzeResult,
+    ComputeOptions,
+    MatrixSelection,
+    Progress,
+    RunAnalysis,
+    VectorOptions,
+    analyze,
+)
 from .errors import SpecdynError
 from .metrics import METRIC_NAMES, spectral_metrics
 from .sources import discover
@@ -26,6 +34,7 @@ __all__ = [
     "RunAnalysis",
     "ComputeOptions",
     "MatrixSelection",
+    "VectorOptions",
     "Progress",
     "open_run",
     "Run",

@@ -1,10 +1,13 @@
-"""Batched singular-value kernels and their memory and error models (private to the engine).
+"""Batched singular-value and singular-vector kernels and their memory and error models
+(private to the engine).
 
 Every kernel takes a list of same-shape matrices already *oriented* tall,
 (L, s) with L ≥ s (a wide matrix is passed as its transposed view: σ(W) = σ(Wᵀ)),
 reads them in row blocks, converts each block on the target device and returns
-singular values [B, s] on that device. The error model of the Gram route is
-derived in docs/methods.md.
+singular values [B, s] on that device; the vector kernels also return the top-k'
+short-side vectors [B, s, k'] and write the long-side ones, block by block, into a
+host tensor [B, L, k'] (so that device memory never holds L·k' of them). The error
+models are derived in docs/methods.md.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 # unit roundoff of IEEE float64 (round to nearest)
@@ -19,6 +23,11 @@ UNIT_ROUNDOFF_F64 = 2.0**-53
 
 # working space of the eigen/QR solvers, in elements per row (an over-estimate)
 _EIG_WORK_DOUBLES = 64
+
+# working space of the solvers with vectors, in s×s squares: syevd with vectors needs
+# 1 + 6s + 2s² doubles, gesdd (thin) about 3s² + 4s + max(L, …) (LAPACK's LWORK formulas)
+_EIGH_WORK_SQUARES = 2
+_SVD_WORK_SQUARES = 4
 
 
 def oriented(w: torch.Tensor) -> torch.Tensor:
@@ -116,6 +125,32 @@ def gram_error_bound(
     return bound, sigma1_lower
 
 
+def _gram_eigen(
+    mats: Sequence[torch.Tensor],
+    device: torch.device,
+    chunk: int,
+    scales: torch.Tensor | None,
+    vectors: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+    """(λ [B, s] ascending or None if the eigensolver failed, eigenvectors [B, s, s] or None,
+    trace(Ĝ) [B]) of the float64 Gram matrices."""
+    g = gram_upper(mats, device, chunk, scales)
+    trace = g.diagonal(dim1=-2, dim2=-1).sum(-1)
+    try:
+        if vectors:
+            lam, vecs = torch.linalg.eigh(g, UPLO="U")
+        else:
+            lam, vecs = torch.linalg.eigvalsh(g, UPLO="U"), None
+    except torch.linalg.LinAlgError:
+        return None, None, trace
+    return lam, vecs, trace
+
+
+def _nan(device: torch.device, *shape: int) -> torch.Tensor:
+    """A float64 NaN tensor: the result rows of a failed eigensolver."""
+    return torch.full(shape, math.nan, dtype=torch.float64, device=device)
+
+
 def gram_eigvalsh(
     mats: Sequence[torch.Tensor],
     device: torch.device,
@@ -128,17 +163,101 @@ def gram_eigvalsh(
     sigma1_lower [B]) in float64 on `device`; NaN rows where the eigensolver failed.
     """
     length, s = mats[0].shape
-    g = gram_upper(mats, device, chunk, scales)
-    trace = g.diagonal(dim1=-2, dim2=-1).sum(-1)
-    try:
-        lam = torch.linalg.eigvalsh(g, UPLO="U")
-    except torch.linalg.LinAlgError:
-        nan = torch.full((len(mats), s), math.nan, dtype=torch.float64, device=device)
-        return nan, nan.clone(), nan[:, 0].clone()
-    del g
+    lam, _, trace = _gram_eigen(mats, device, chunk, scales, vectors=False)
+    if lam is None:
+        return _nan(device, len(mats), s), _nan(device, len(mats), s), _nan(device, len(mats))
     bound, sigma1_lower = gram_error_bound(lam, trace, length, chunk, s)
     sigma = lam.clamp(min=0).sqrt().flip(-1)
     return sigma, bound.flip(-1), sigma1_lower
+
+
+def gram_eigh(
+    mats: Sequence[torch.Tensor],
+    device: torch.device,
+    chunk: int,
+    k: int,
+    scales: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Singular values and top-k short-side vectors by float64 Gram + eigh.
+
+    Returns (sigma [B, s] descending, bound [B, s] on each |σ̂_i − σ_i|,
+    sigma1_lower [B], trace(Ĝ) [B], short [B, s, k] the eigenvectors of the k
+    largest eigenvalues, descending), float64 on `device`; NaN rows where the
+    eigensolver failed. The other s − k eigenvectors are dropped at once.
+    """
+    length, s = mats[0].shape
+    lam, vecs, trace = _gram_eigen(mats, device, chunk, scales, vectors=True)
+    if lam is None or vecs is None:
+        nan = _nan(device, len(mats), s)
+        return nan, nan.clone(), nan[:, 0].clone(), trace, _nan(device, len(mats), s, k)
+    short = vecs[..., s - k :].flip(-1).contiguous()
+    del vecs
+    bound, sigma1_lower = gram_error_bound(lam, trace, length, chunk, s)
+    return lam.clamp(min=0).sqrt().flip(-1), bound.flip(-1), sigma1_lower, trace, short
+
+
+def long_side(
+    mats: Sequence[torch.Tensor],
+    short: torch.Tensor,
+    device: torch.device,
+    chunk: int,
+    out: torch.Tensor,
+    scales: torch.Tensor | None = None,
+    residual: bool = False,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Y = A·V of (L, s) matrices and short-side vectors V [B, s, k] (on `device`), written
+    row block by row block into `out` [B, L, k] (float64, any device: the host keeps
+    device memory at O(chunk·k)). With `residual`, also returns Z = AᵀY [B, s, k] and
+    YᵀY [B, k, k] accumulated in the same pass (float64, on `device`), else (None, None)."""
+    length, s = mats[0].shape
+    k = short.shape[-1]
+    z = yty = None
+    if residual:
+        z = torch.zeros(len(mats), s, k, dtype=torch.float64, device=device)
+        yty = torch.zeros(len(mats), k, k, dtype=torch.float64, device=device)
+    for r0 in range(0, length, chunk):
+        r1 = min(r0 + chunk, length)
+        c = _scaled(load_block(mats, r0, r1, device, torch.float64), scales)
+        y = torch.bmm(c, short)
+        if z is not None and yty is not None:
+            z.baddbmm_(c.mT, y)
+            yty.baddbmm_(y.mT, y)
+        out[:, r0:r1].copy_(y)
+        del c, y
+    return z, yty
+
+
+def triplet_check(
+    sigma: torch.Tensor,
+    short: torch.Tensor,
+    z: torch.Tensor,
+    yty: torch.Tensor,
+    trace: torch.Tensor,
+    length: int,
+    chunk: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A-posteriori check of the Gram route's top-k triplets (σ̂_i, û_i = y_i/‖y_i‖, v̂_i).
+
+    sigma: [B, k] σ̂ of the returned vectors; short: [B, s, k] v̂; z, yty: from
+    ``long_side``; trace: [B] trace(Ĝ). Returns (residual [B, k]: √(‖Av̂ − σ̂û‖² +
+    ‖Aᵀû − σ̂v̂‖²) plus the rounding of computing it, max |ÛᵀÛ − I| [B], ‖y_i‖ [B, k]);
+    NaN where some ‖y_i‖ = 0. Av̂ − σ̂û = (‖y‖ − σ̂)·û and Aᵀû − σ̂v̂ = z/‖y‖ − σ̂v̂; the
+    check's own rounding (Y = AV̂: ≤ γ_s‖A‖_F per column; Z = AᵀY, block-accumulated:
+    ≤ γ_k‖A‖_F‖y‖ + γ_s‖A‖_F², divided by ‖y‖ for û) is added (docs/methods.md).
+    """
+    s = short.shape[-2]
+    norms = yty.diagonal(dim1=-2, dim2=-1).clamp(min=0).sqrt()
+    safe = torch.where(norms > 0, norms, math.nan)
+    r_long = (norms - sigma).abs()
+    r_short = torch.linalg.vector_norm(z / safe[:, None, :] - short * sigma[:, None, :], dim=-2)
+    u = UNIT_ROUNDOFF_F64
+    fro2 = (trace.clamp(min=0) * (1 + 2 * (length + s) * u))[:, None]
+    k_acc = accumulation_length(length, chunk)
+    check = 1.01 * u * (k_acc * fro2.sqrt() + s * fro2.sqrt() + s * fro2 / safe)
+    residual = torch.sqrt(r_long**2 + r_short**2) + check
+    gram_u = yty / (safe[:, :, None] * safe[:, None, :])
+    gram_u.diagonal(dim1=-2, dim2=-1).sub_(1.0)
+    return residual, gram_u.abs().amax(dim=(-2, -1)), norms
 
 
 def svdvals(
@@ -153,6 +272,28 @@ def svdvals(
     return torch.linalg.svdvals(x)
 
 
+def tsqr_r(
+    mats: Sequence[torch.Tensor],
+    device: torch.device,
+    dtype: torch.dtype,
+    chunk: int,
+    scales: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The R factor [B, s, s] of (L, s) matrices by a chunked QR (R of [R; next block],
+    repeatedly): backward stable like a QR of the whole matrix, in bounded memory."""
+    length = mats[0].shape[0]
+    first = _scaled(load_block(mats, 0, min(chunk, length), device, dtype), scales)
+    r = torch.linalg.qr(first, mode="r").R
+    del first
+    for r0 in range(chunk, length, chunk):
+        c = _scaled(load_block(mats, r0, min(r0 + chunk, length), device, dtype), scales)
+        x = torch.cat([r, c], dim=-2)
+        del c
+        r = torch.linalg.qr(x, mode="r").R
+        del x
+    return r
+
+
 def tsqr_svdvals(
     mats: Sequence[torch.Tensor],
     device: torch.device,
@@ -160,16 +301,94 @@ def tsqr_svdvals(
     chunk: int,
     scales: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Singular values [B, s] via a chunked QR (R of [R; next block], repeatedly), then
-    svdvals(R): backward stable like LAPACK on the whole matrix, in bounded memory."""
+    """Singular values [B, s] via a chunked QR (``tsqr_r``), then svdvals(R): backward
+    stable like LAPACK on the whole matrix, in bounded memory."""
+    return torch.linalg.svdvals(tsqr_r(mats, device, dtype, chunk, scales))
+
+
+def svd_chain(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin float64 SVD (U [B, L, s], σ [B, s], Vᴴ [B, s, s]) of x [B, L, s], robust to
+    non-convergence.
+
+    MKL's divide-and-conquer (gesdd) can fail to converge on large clusters of tiny
+    repeated values in one orientation and not the other (measured: 1024×512 with 256
+    values at 1e-8), so a failed batch is retried matrix by matrix: as is (if the batch
+    held several), transposed, then with numpy's LAPACK. Results are on x's device, or
+    on the CPU after a retry. Raises ``torch.linalg.LinAlgError`` naming both failures
+    when numpy fails too.
+    """
+    try:
+        left, sigma, right_h = torch.linalg.svd(x, full_matrices=False)
+        return left, sigma, right_h
+    except torch.linalg.LinAlgError as exc:
+        failure = str(exc).splitlines()[0][:120]
+    parts = [_svd_retry(a, failure, retry_as_is=len(x) > 1) for a in x]
+    left, sigma, right_h = (torch.stack(p) for p in zip(*parts, strict=True))
+    return left, sigma, right_h
+
+
+def _svd_retry(
+    a: torch.Tensor, failure: str, retry_as_is: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD of one matrix after a failure: torch (as is, then transposed), then numpy."""
+    if retry_as_is:
+        try:
+            left, sigma, right_h = torch.linalg.svd(a, full_matrices=False)
+            return left.cpu(), sigma.cpu(), right_h.cpu()
+        except torch.linalg.LinAlgError:
+            pass
+    try:
+        left_t, sigma, right_th = torch.linalg.svd(a.mT, full_matrices=False)
+        return right_th.mT.cpu(), sigma.cpu(), left_t.mT.cpu()
+    except torch.linalg.LinAlgError:
+        pass
+    try:
+        left_np, sigma_np, right_h_np = np.linalg.svd(a.cpu().numpy(), full_matrices=False)
+    except np.linalg.LinAlgError as exc:
+        raise torch.linalg.LinAlgError(
+            f"torch: {failure}; numpy: {str(exc).splitlines()[0][:120]}"
+        ) from exc
+    return torch.from_numpy(left_np), torch.from_numpy(sigma_np), torch.from_numpy(right_h_np)
+
+
+def svd_vectors(
+    mats: Sequence[torch.Tensor],
+    device: torch.device,
+    k: int,
+    out: torch.Tensor,
+    scales: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Singular values and top-k vectors by float64 LAPACK (cuSOLVER) thin SVD of whole
+    (L, s) matrices (``svd_chain``). Returns (sigma [B, s] descending, short [B, s, k]);
+    writes the long-side vectors into `out` [B, L, k]."""
     length = mats[0].shape[0]
-    r = None
-    for r0 in range(0, length, chunk):
-        c = _scaled(load_block(mats, r0, min(r0 + chunk, length), device, dtype), scales)
-        x = c if r is None else torch.cat([r, c], dim=-2)
-        r = torch.linalg.qr(x, mode="r").R
-        del x, c
-    return torch.linalg.svdvals(r)
+    x = _scaled(load_block(mats, 0, length, device, torch.float64), scales)
+    left, sigma, right_h = svd_chain(x)
+    del x
+    out.copy_(left[..., :k])
+    return sigma, right_h[..., :k, :].mT
+
+
+def tsqr_svd_vectors(
+    mats: Sequence[torch.Tensor],
+    device: torch.device,
+    chunk: int,
+    k: int,
+    out: torch.Tensor,
+    scales: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Singular values and top-k vectors in bounded memory: R by a chunked QR, the SVD of
+    R (σ and the short-side vectors v_i, backward stable), then the long-side vectors
+    A·v_i/‖A·v_i‖ over row blocks into `out` [B, L, k]. Returns (sigma [B, s], short
+    [B, s, k]). A long-side vector's error grows like u·σ1/σ_i (docs/methods.md); one
+    with A·v_i = 0 exactly is NaN."""
+    r = tsqr_r(mats, device, torch.float64, chunk, scales)
+    _, sigma, right_h = svd_chain(r)
+    del r
+    short = right_h[..., :k, :].mT.to(device).contiguous()
+    long_side(mats, short, device, chunk, out, scales)
+    out.div_(torch.linalg.vector_norm(out, dim=-2, keepdim=True))
+    return sigma, short
 
 
 def gram_bytes(batch: int, length: int, s: int, chunk: int, src_size: int) -> int:
@@ -195,5 +414,45 @@ def tsqr_bytes(batch: int, length: int, s: int, chunk: int, src_size: int, elem:
         + 2 * rows * s * elem  # [R; block] and the QR's working copy
         + 2 * s * s * elem  # R and svdvals' copy of it
         + _EIG_WORK_DOUBLES * (s + rows) * elem
+    )
+    return batch * per
+
+
+def gram_eigh_bytes(batch: int, length: int, s: int, chunk: int, src_size: int, k: int) -> int:
+    """Device bytes of ``gram_eigh`` + ``long_side`` on `batch` (L, s) matrices read in
+    `chunk`-row blocks, keeping k vectors: independent of L beyond one block."""
+    chunk = min(chunk, length)
+    k = min(k, s)
+    per = (
+        chunk * s * (src_size + 8)  # the block as read and converted
+        + (2 + _EIGH_WORK_SQUARES) * s * s * 8  # Ĝ, its eigenvectors, eigh's workspace
+        + _EIG_WORK_DOUBLES * s * 8
+        + (2 * s * k + k * k + chunk * k) * 8  # top-k eigenvectors, Z = AᵀY, YᵀY, a block of Y
+    )
+    return batch * per
+
+
+def svd_bytes(batch: int, length: int, s: int, src_size: int, k: int) -> int:
+    """Device bytes of ``svd_vectors`` on `batch` (L, s) matrices (source copy, float64
+    copy, the solver's working copy and U, the top k of U on their way to the host,
+    Vᴴ and the solver's workspace)."""
+    k = min(k, s)
+    per = (
+        length * s * (src_size + 3 * 8)
+        + length * k * 8
+        + (1 + _SVD_WORK_SQUARES) * s * s * 8
+        + 8 * (length + s) * 8
+    )
+    return batch * per
+
+
+def tsqr_svd_bytes(batch: int, length: int, s: int, chunk: int, src_size: int, k: int) -> int:
+    """Device bytes of ``tsqr_svd_vectors`` on `batch` (L, s) matrices read in `chunk`-row
+    blocks: the chunked QR, the SVD of R (U, Vᴴ, workspace) and the long-side pass."""
+    chunk = min(chunk, length)
+    k = min(k, s)
+    per = (
+        tsqr_bytes(1, length, s, chunk, src_size, 8)
+        + ((2 + _SVD_WORK_SQUARES) * s * s + s * k + chunk * k) * 8
     )
     return batch * per

@@ -16,7 +16,7 @@ from ._version import __version__
 from .errors import StoreError
 
 FORMAT = "specdyn-store"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Fixed-size per-step fields: a step's write must never change HDF5 metadata
 # (variable-length strings would allocate in the global heap), so every value
@@ -140,6 +140,34 @@ def write_blocks(ds: h5py.Dataset, make_rows, max_bytes: int = 64 << 20) -> None
     for start in range(0, rows, step):
         stop = min(rows, start + step)
         ds[start:stop] = make_rows(start, stop)
+
+
+def copy_rows(
+    dst: h5py.Dataset,
+    src: h5py.Dataset | None,
+    pairs: np.ndarray,
+    fill: Any,
+    col_src: np.ndarray | None,
+) -> None:
+    """Fill `dst` with `fill`, copying rows `pairs[:, 1]` of `src` to rows `pairs[:, 0]`
+    (columns reordered by `col_src` when given), in bounded blocks of rows."""
+    tail = dst.shape[1:]
+
+    def rows(start: int, stop: int) -> np.ndarray:
+        block = np.full((stop - start, *tail), fill, dtype=dst.dtype)
+        if src is None:
+            return block
+        sel = pairs[(pairs[:, 0] >= start) & (pairs[:, 0] < stop)]
+        if len(sel):
+            lo, hi = int(sel[:, 1].min()), int(sel[:, 1].max()) + 1
+            chunk = src[lo:hi]
+            if col_src is not None:
+                chunk = chunk[:, col_src]
+            block[sel[:, 0] - start] = chunk[sel[:, 1] - lo]
+        return block
+
+    if dst.shape[0]:
+        write_blocks(dst, rows)
 
 
 def vlen_strings(group: h5py.Group, name: str, values: list[str]) -> h5py.Dataset:

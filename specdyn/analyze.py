@@ -20,20 +20,32 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import _pair_presets
+from ._store_vectors import SAVE_MODES
 from ._types import Note
+from ._vector_step import (
+    VectorOptions,
+    layout_for,
+    operand_key,
+    sliced_operands,
+    step_vectors,
+)
 from ._version import __version__
 from .engine import SpectrumEngine
-from .errors import ShapeChangedError, SpecdynError
+from .errors import ShapeChangedError, SpecdynError, StepSpecError
 from .metrics import spectral_metrics
+from .pairs import Operand, PairPlan, plan_pairs
 from .sources import Checkpoint, RunSource, discover
 from .steps import select_steps
-from .store import MatrixRecord, StepRecord, StoreWriter, open_run
+from .store import MatrixRecord, StepRecord, StoreWriter, VectorLayout, open_run
+from .vectors import TopK
 from .views import MatrixView, Skipped, ViewPlan, plan_views
 from .workspace import resolve_home, store_path_for
 
 __all__ = [
     "ComputeOptions",
     "MatrixSelection",
+    "VectorOptions",
     "Progress",
     "RunAnalysis",
     "AnalyzeResult",
@@ -79,7 +91,9 @@ class Progress:
     """One progress event: `matrices_done` of `n_matrices` at step `step_index` of `n_steps`.
 
     phase: "hashing" while checkpoint fingerprints are computed (before any
-    SVD; `matrices_done` is then 0), "analysing" while steps are computed.
+    SVD; `matrices_done` is then 0), "reference" while the agreement's
+    reference checkpoint is decomposed (before the other steps), "analysing"
+    while steps are computed.
     """
 
     run: str
@@ -109,6 +123,11 @@ class RunAnalysis:
     device: str
     seconds: float
     notes: list[Note] = field(default_factory=list)
+    k: int | None = None
+    reference: int | None = None
+    pairs: int = 0
+    pairs_preset: str = ""
+    steps_with_vectors: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """JSON-serialisable form (for `--json`)."""
@@ -138,6 +157,7 @@ def analyze(
     steps: str | None = None,
     matrices: MatrixSelection | None = None,
     compute: ComputeOptions | None = None,
+    vectors: VectorOptions | None = VectorOptions(),
     overwrite: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> AnalyzeResult:
@@ -152,6 +172,12 @@ def analyze(
         steps: the SPEC §7 `--steps` grammar (training steps, not indices).
         matrices: which matrices to analyse (regexes on canonical names).
         compute: device, precision, exactness and memory bound of the engine.
+        vectors: singular-vector analysis (alignment of every pair, agreement
+            of every matrix with the reference step, kept vectors); None for
+            values only (``--values-only``). Re-running adds what is missing: a
+            values-only store gets its vectors without recomputing values; a
+            changed reference (or new checkpoints moving the last step)
+            recomputes the agreement only.
         overwrite: rebuild stores whose options or matrices differ.
         on_progress: called after every group of matrices with a `Progress`.
 
@@ -169,6 +195,8 @@ def analyze(
     """
     matrices = matrices or MatrixSelection()
     compute = compute or ComputeOptions()
+    if vectors is not None:
+        _check_vector_options(vectors)
     discovery = discover(path)
     sources = discovery.runs
     if run is not None:
@@ -196,12 +224,63 @@ def analyze(
                 steps=steps,
                 matrices=matrices,
                 compute=compute,
+                vectors=vectors,
                 engine=engine,
                 overwrite=overwrite,
                 on_progress=on_progress,
             )
         )
     return AnalyzeResult(runs=results, notes=list(discovery.notes))
+
+
+def _check_vector_options(vectors: VectorOptions) -> None:
+    """SpecdynError (one line, naming the option) for unusable vector options."""
+
+    def positive(value: object) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+    if not positive(vectors.k):
+        raise SpecdynError(f"--vectors {vectors.k!r}: give a positive number of singular vectors")
+    if not positive(vectors.score_top):
+        raise SpecdynError(f"--score-top {vectors.score_top!r}: give a positive number")
+    if vectors.save_vectors not in SAVE_MODES:
+        raise SpecdynError(
+            f"--save-vectors {vectors.save_vectors!r}: use one of {', '.join(SAVE_MODES)}"
+        )
+    if vectors.gate not in _pair_presets.GATE_LETTERS:
+        raise SpecdynError(
+            f"--gate {vectors.gate!r}: not a gate block; use one of "
+            f"{', '.join(_pair_presets.GATE_LETTERS)} (LSTM i f g o, GRU r z n)"
+        )
+    if vectors.reference is not None and (
+        isinstance(vectors.reference, bool) or not isinstance(vectors.reference, int)
+    ):
+        raise SpecdynError(f"--reference {vectors.reference!r}: give a training step")
+
+
+def _reference_step(given: int | None, available: Sequence[int], source: RunSource) -> int:
+    """The agreement's reference step: `given`, checked to be a checkpoint, else the last."""
+    if given is None:
+        return int(available[-1])
+    if given in available:
+        return int(given)
+    below = [s for s in available if s < given]
+    above = [s for s in available if s > given]
+    nearest = ", ".join(str(s) for s in (below[-1:] + above[:1]))
+    raise StepSpecError(
+        f"--reference {given}: {source.root} has no checkpoint at {source.step_unit} {given} "
+        f"(nearest: {nearest}); give one of its steps"
+    )
+
+
+@dataclass
+class _StepResult:
+    """What one checkpoint gave: values, top-k vectors per matrix and per operand slice."""
+
+    spectra: dict[str, tuple[np.ndarray, str]]
+    tops: dict[str, TopK] | None
+    slices: dict[tuple, list[TopK]] | None
+    notes: list[Note]
 
 
 def _analyze_run(
@@ -212,6 +291,7 @@ def _analyze_run(
     steps: str | None,
     matrices: MatrixSelection,
     compute: ComputeOptions,
+    vectors: VectorOptions | None,
     engine: SpectrumEngine,
     overwrite: bool,
     on_progress: Callable[[Progress], None] | None,
@@ -219,9 +299,23 @@ def _analyze_run(
     """Analyse one run into `store_path`."""
     started = time.perf_counter()
     by_step = {c.step: c for c in source.checkpoints}
-    selected = select_steps(sorted(by_step), steps)
-    checkpoints = [by_step[s] for s in selected]
+    available = sorted(by_step)
+    selected = select_steps(available, steps)
     notes: list[Note] = []
+    reference = None
+    if vectors is not None:
+        reference = _reference_step(vectors.reference, available, source)
+        if reference not in selected:
+            # the agreement needs it anyway; stored, its row is the S_ii = 1 check
+            selected = sorted([*selected, reference])
+            notes.append(
+                Note(
+                    "reference",
+                    f"{source.step_unit} {reference}, the agreement's reference, is analysed "
+                    "too (--steps left it out)",
+                )
+            )
+    checkpoints = [by_step[s] for s in selected]
 
     with checkpoints[0].open() as reader:
         keys = reader.keys()
@@ -245,6 +339,24 @@ def _analyze_run(
             f"{checkpoints[0].path}: no weight matrix to analyse "
             f"({_skip_summary(plan)}); check --include/--exclude"
         )
+    pair_plan: PairPlan | None = None
+    vector_layout: VectorLayout | None = None
+    if vectors is not None and reference is not None:
+        pair_plan = plan_pairs(
+            plan,
+            infos,
+            config=checkpoints[0].config,
+            pairs_file=vectors.pairs_file,
+            gate=vectors.gate,
+        )
+        vector_layout = layout_for(
+            pair_plan,
+            plan.matrices,
+            vectors,
+            reference,
+            "last" if vectors.reference is None else "given",
+        )
+        notes.extend(Note("pairs", n) for n in pair_plan.notes)
 
     def hashed(index: int, step: int) -> None:
         if on_progress is not None:
@@ -264,6 +376,7 @@ def _analyze_run(
         "specdyn_version": __version__,
         "argv": list(sys.argv),
         "options": options,
+        "vectors": None if vector_layout is None else vector_layout.config(),
         "device": engine.device_name,
         "torch": torch.__version__,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -271,6 +384,7 @@ def _analyze_run(
     }
     methods: Counter[str] = Counter()
     computed: list[int] = []
+    with_vectors: list[int] = []
     with StoreWriter.open(
         store_path,
         run_name=run_name,
@@ -283,6 +397,7 @@ def _analyze_run(
         options=options,
         provenance=provenance,
         overwrite=overwrite,
+        vectors=vector_layout,
     ) as writer:
         for step, old_source, what in writer.changed_steps:
             notes.append(
@@ -293,31 +408,96 @@ def _analyze_run(
                     path=str(old_source),
                 )
             )
+        notes.extend(Note("vectors", line) for line in writer.vector_changes)
         pending = set(writer.pending_steps)
         done_before = sorted(set(selected) - pending)
-        todo = [c for c in checkpoints if c.step in pending]
-        unhashed = {r.step for r in step_records if not r.sha256}
-        # A checkpoint is hashed in a second thread while its SVDs run (hashlib and
-        # file reads release the GIL; both threads read the same pages once).
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="specdyn-hash") as hasher:
-            for index, ckpt in enumerate(todo):
-                hashing = hasher.submit(ckpt.fingerprint) if ckpt.step in unhashed else None
-                spectra, step_notes = _analyze_checkpoint(
-                    ckpt, plan, engine, infos, run_name, index, len(todo), on_progress
+        sections = {c.step: ({"values"} if c.step in pending else set()) for c in checkpoints}
+        if vector_layout is not None:
+            for section in ("alignment", "agreement", "vectors"):
+                for step in writer.pending(section):
+                    sections[step].add(section)
+        elif writer.vector_layout is not None and pending:
+            notes.append(
+                Note(
+                    "vectors-pending",
+                    f"{len(pending)} step(s) analysed without singular vectors (--values-only) "
+                    "in a store that has them; re-run without --values-only to add them",
                 )
+            )
+        work = [c for c in checkpoints if sections[c.step]]
+        unhashed = {r.step for r in step_records if not r.sha256}
+        ranks = {m.name: int(min(m.shape)) for m in plan.matrices}
+        sliced = sliced_operands(pair_plan.pairs) if pair_plan is not None else {}
+        k = vectors.k if vectors is not None else 0
+
+        def run_step(
+            ckpt: Checkpoint, index: int, n: int, phase: str, wanted: set[str], hasher
+        ) -> _StepResult:
+            hashing = (
+                hasher.submit(ckpt.fingerprint)
+                if ckpt.step in unhashed and "values" in wanted
+                else None
+            )
+            result = _analyze_checkpoint(
+                ckpt,
+                plan,
+                engine,
+                infos,
+                run_name,
+                index,
+                n,
+                on_progress,
+                k=k if wanted - {"values"} else 0,  # "tops": the reference's vectors only
+                sliced=sliced,
+                phase=phase,
+            )
+            spectra = result.spectra if "values" in wanted else None
+            metrics = None
+            if spectra is not None:
                 metrics = {}
                 for matrix, (sigma, method) in spectra.items():
                     methods[method] += 1
                     metrics[matrix] = {k: float(v) for k, v in spectral_metrics(sigma).items()}
+            vector_sections = wanted & {"alignment", "agreement", "vectors"}
+            step_vec = None
+            if vector_sections and vector_layout is not None and pair_plan is not None:
+                step_vec = step_vectors(
+                    pairs=pair_plan.pairs,
+                    layout=vector_layout,
+                    tops=result.tops or {},
+                    slices=result.slices or {},
+                    reference=ref_tops if ref_tops is not None else result.tops,
+                    sections=vector_sections,
+                    ranks=ranks,
+                )
+            if spectra is not None or step_vec is not None:
                 writer.write_step(
                     ckpt.step,
                     spectra,
                     metrics,
-                    notes=[n.message for n in step_notes],
+                    notes=[n.message for n in result.notes] if spectra is not None else (),
                     sha256=hashing.result().sha256 if hashing is not None else None,
+                    vectors=step_vec,
                 )
-                notes.extend(step_notes)
+            if spectra is not None:
+                notes.extend(result.notes)
                 computed.append(ckpt.step)
+            if step_vec is not None:
+                with_vectors.append(ckpt.step)
+            return result
+
+        ref_tops: dict[str, TopK] | None = None
+        # A checkpoint is hashed in a second thread while its SVDs run (hashlib and
+        # file reads release the GIL; both threads read the same pages once).
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="specdyn-hash") as hasher:
+            if reference is not None and any("agreement" in sections[c.step] for c in work):
+                # the reference first: only its top-k vectors are held while the rest streams
+                ref_ckpt = by_step[reference]
+                wanted = set(sections.get(reference, set())) | {"tops"}
+                ref_tops = run_step(ref_ckpt, 0, len(work), "reference", wanted, hasher).tops
+                work = [c for c in work if c.step != reference]
+            for index, ckpt in enumerate(work):
+                run_step(ckpt, index, len(work), "analysing", sections[ckpt.step], hasher)
     notes.extend(engine.notes)
     engine.notes.clear()
     return RunAnalysis(
@@ -326,7 +506,7 @@ def _analyze_run(
         store_path=str(store_path),
         step_unit=source.step_unit,
         steps_selected=list(selected),
-        steps_computed=computed,
+        steps_computed=sorted(computed),
         steps_already_done=done_before,
         n_matrices=len(plan.matrices),
         skipped=_skip_counts(plan),
@@ -335,6 +515,11 @@ def _analyze_run(
         device=engine.device_name,
         seconds=time.perf_counter() - started,
         notes=notes,
+        k=None if vector_layout is None else vector_layout.k,
+        reference=reference,
+        pairs=0 if pair_plan is None else len(pair_plan.pairs),
+        pairs_preset="" if pair_plan is None else pair_plan.preset,
+        steps_with_vectors=sorted(with_vectors),
     )
 
 
@@ -347,41 +532,24 @@ def _analyze_checkpoint(
     step_index: int,
     n_steps: int,
     on_progress: Callable[[Progress], None] | None,
-) -> tuple[dict[str, tuple[np.ndarray, str]], list[Note]]:
-    """Singular values of every planned matrix of one checkpoint, reading one tensor at a time."""
+    *,
+    k: int = 0,
+    sliced: dict[str, list[Operand]] | None = None,
+    phase: str = "analysing",
+) -> _StepResult:
+    """Singular values (and with k ≥ 1 the top-k vectors of every matrix and of every
+    pair-operand slice in `sliced`) of one checkpoint, reading one tensor at a time."""
     by_key: dict[str, list[MatrixView]] = {}
     for view in plan.matrices:
         by_key.setdefault(view.key, []).append(view)
+    sliced = sliced or {}
     spectra: dict[str, tuple[np.ndarray, str]] = {}
+    tops: dict[str, TopK] | None = {} if k else None
+    slices: dict[tuple, list[TopK]] | None = {} if k else None
     notes: list[Note] = []
     n_matrices = len(plan.matrices)
     with ckpt.open() as reader:
-        available = set(reader.keys())
-        extra = sorted(available - set(first_infos))
-        if extra:
-            shown = ", ".join(extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
-            notes.append(
-                Note(
-                    "new-parameter",
-                    f"step {ckpt.step} has parameters the first analysed step lacks ({shown}); "
-                    "they are not analysed (analyse those steps as a run of their own)",
-                    path=str(ckpt.path),
-                )
-            )
-        for key, views in by_key.items():
-            if key not in available:
-                raise ShapeChangedError(
-                    f"{ckpt.path}: parameter {views[0].param!r} (step {ckpt.step}) is missing, "
-                    "but the first analysed step has it; analyse the runs separately or "
-                    "select matching steps with --steps"
-                )
-            info = reader.info(key)
-            if tuple(info.shape) != tuple(views[0].source_shape):
-                raise ShapeChangedError(
-                    f"{ckpt.path}: parameter {views[0].param!r} has shape {tuple(info.shape)} at "
-                    f"step {ckpt.step} but {tuple(views[0].source_shape)} at the first analysed "
-                    "step; a run must keep its shapes (exclude it with --exclude)"
-                )
+        _check_same_parameters(ckpt, reader, by_key, first_infos, notes)
         group: list[tuple[MatrixView, torch.Tensor]] = []
         group_bytes = 0
 
@@ -389,32 +557,27 @@ def _analyze_checkpoint(
             nonlocal group, group_bytes
             if not group:
                 return
-            results = engine.singular_values([m for _, m in group])
-            for (view, _), spectrum in zip(group, results, strict=False):
-                spectra[view.name] = (spectrum.sigma, spectrum.method)
-                if spectrum.method == "nonfinite":
-                    notes.append(
-                        Note(
-                            "nonfinite",
-                            f"{view.name} at step {ckpt.step} has NaN/Inf weights; "
-                            "its metrics are NaN",
-                            path=str(ckpt.path),
-                        )
-                    )
-                elif spectrum.method == "zero":
-                    notes.append(
-                        Note(
-                            "zero-matrix",
-                            f"{view.name} at step {ckpt.step} is all zeros; "
-                            "its normalised spectrum (entropy, ranks) is NaN",
-                            path=str(ckpt.path),
-                        )
-                    )
+            mats = [m for _, m in group]
+            if k:
+                results = [(t.sigma, t.method, t) for t in engine.top_vectors(mats, k)]
+            else:
+                results = [(r.sigma, r.method, None) for r in engine.singular_values(mats)]
+            for (view, matrix), (sigma, method, top) in zip(group, results, strict=True):
+                spectra[view.name] = (sigma, method)
+                if top is not None and tops is not None and slices is not None:
+                    tops[view.name] = top
+                    for op in sliced.get(view.name, []):
+                        slices[operand_key(op)] = engine.top_vectors(op.apply(matrix), k)
+                note = _degenerate_note(view, method, ckpt)
+                if note is not None:
+                    notes.append(note)
             group = []
             group_bytes = 0
             if on_progress is not None:
                 on_progress(
-                    Progress(run_name, ckpt.step, step_index, n_steps, len(spectra), n_matrices)
+                    Progress(
+                        run_name, ckpt.step, step_index, n_steps, len(spectra), n_matrices, phase
+                    )
                 )
 
         for key, views in by_key.items():
@@ -426,7 +589,62 @@ def _analyze_checkpoint(
             if group_bytes >= _GROUP_BYTES:
                 flush()
         flush()
-    return spectra, notes
+    return _StepResult(spectra, tops, slices, notes)
+
+
+def _check_same_parameters(
+    ckpt: Checkpoint,
+    reader,
+    by_key: dict[str, list[MatrixView]],
+    first_infos: dict,
+    notes: list[Note],
+) -> None:
+    """ShapeChangedError for a planned parameter that is missing or reshaped at this
+    step; a Note for parameters the first analysed step did not have."""
+    available = set(reader.keys())
+    extra = sorted(available - set(first_infos))
+    if extra:
+        shown = ", ".join(extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
+        notes.append(
+            Note(
+                "new-parameter",
+                f"step {ckpt.step} has parameters the first analysed step lacks ({shown}); "
+                "they are not analysed (analyse those steps as a run of their own)",
+                path=str(ckpt.path),
+            )
+        )
+    for key, views in by_key.items():
+        if key not in available:
+            raise ShapeChangedError(
+                f"{ckpt.path}: parameter {views[0].param!r} (step {ckpt.step}) is missing, "
+                "but the first analysed step has it; analyse the runs separately or "
+                "select matching steps with --steps"
+            )
+        info = reader.info(key)
+        if tuple(info.shape) != tuple(views[0].source_shape):
+            raise ShapeChangedError(
+                f"{ckpt.path}: parameter {views[0].param!r} has shape {tuple(info.shape)} at "
+                f"step {ckpt.step} but {tuple(views[0].source_shape)} at the first analysed "
+                "step; a run must keep its shapes (exclude it with --exclude)"
+            )
+
+
+def _degenerate_note(view: MatrixView, method: str, ckpt: Checkpoint) -> Note | None:
+    """The warning for a matrix with NaN/Inf weights or all zeros, else None."""
+    if method == "nonfinite":
+        return Note(
+            "nonfinite",
+            f"{view.name} at step {ckpt.step} has NaN/Inf weights; its metrics are NaN",
+            path=str(ckpt.path),
+        )
+    if method == "zero":
+        return Note(
+            "zero-matrix",
+            f"{view.name} at step {ckpt.step} is all zeros; "
+            "its normalised spectrum (entropy, ranks) is NaN",
+            path=str(ckpt.path),
+        )
+    return None
 
 
 def _step_records(

@@ -1,11 +1,13 @@
-"""The singular-value engine: all singular values of many matrices, batched, on a device.
+"""The spectrum engine: all singular values (and, where asked, the top-k singular vectors)
+of many matrices, batched by shape, on a device.
 
     engine = SpectrumEngine()                       # device="auto", float64 accuracy
     spectra = engine.singular_values([w1, w2, w3])  # list[Spectrum], same order
     spectra[0].sigma, spectra[0].method             # float64 [R] descending, "gram-eigvalsh-f64"
+    tops = engine.top_vectors([w1, w2], k=100)      # list[TopK]: sigma [R], u [m, k'], v [n, k']
 
-Methods (recorded per matrix as ``Spectrum.method``; docs/methods.md derives
-their accuracy and gives measured times):
+Methods of ``singular_values`` (recorded per matrix as ``Spectrum.method``;
+docs/methods.md derives their accuracy and gives measured times):
 
 - ``gram-eigvalsh-f64``: the default. For W (m, n) with s = min(m, n), the s×s
   Gram matrix (WᵀW or WWᵀ) is accumulated in float64 over row blocks of the
@@ -23,6 +25,20 @@ their accuracy and gives measured times):
   (float32) copy of the matrix does not fit ``max_memory``.
 - ``nonfinite`` (NaN/Inf in the matrix: σ all NaN, nothing computed) and
   ``zero`` (all-zero matrix: σ all 0).
+
+Methods of ``top_vectors`` (``TopK.method``, one of ``VECTOR_METHODS``; always
+float64, whatever the precision):
+
+- ``gram-eigh-f64``: the same float64 Gram matrix, batched ``eigh``; only the top-k
+  eigenvectors are kept (short side); the long side's are A·v_i, formed over row
+  blocks and sent to the host block by block. Kept only when an a-posteriori check
+  passes (σ bound, measured triplet residuals, orthonormality), else ``svd-f64``.
+- ``svd-f64``: float64 LAPACK thin SVD of the whole matrix (``exact=True``, and
+  the Gram route's fallback).
+- ``tsqr-svd-f64``: ``svd-f64`` in bounded memory, when a whole float64 copy does
+  not fit ``max_memory``: R of a QR over row blocks, SVD of R, long-side vectors
+  A·v_i/‖A·v_i‖ over row blocks (their error grows like u·σ1/σ_i).
+- ``nonfinite`` and ``zero``: as above, with NaN vectors (none is defined).
 
 Accuracy contract (SPEC §7), against ``numpy.linalg.svd`` of the same weights
 converted to float64: |Δσ_i| ≤ 1e-6·σ1 by default, ≤ 1e-4·σ1 with
@@ -42,7 +58,7 @@ from . import _linalg
 from ._types import Note
 from .errors import EngineError
 
-__all__ = ["Spectrum", "SpectrumEngine", "singular_values", "METHODS"]
+__all__ = ["Spectrum", "TopK", "SpectrumEngine", "singular_values", "METHODS", "VECTOR_METHODS"]
 
 METHODS = (
     "gram-eigvalsh-f64",
@@ -54,7 +70,19 @@ METHODS = (
     "zero",
 )
 
+VECTOR_METHODS = ("gram-eigh-f64", "svd-f64", "tsqr-svd-f64", "nonfinite", "zero")
+
 _TOLERANCE = {"float64": 1e-6, "float32": 1e-4}
+
+# Vectors are always computed in float64 and held to the float64 contract: σ and every
+# returned triplet's residual within 1e-6·σ1, whatever ``precision`` says.
+_VECTOR_TOLERANCE = _TOLERANCE["float64"]
+
+# Whole-matrix solvers; each has a chunked QR form "tsqr-" + name in bounded memory.
+_WHOLE_MATRIX = ("svdvals-f64", "svdvals-f32", "svd-f64")
+
+# Where a Gram result that its a-posteriori check rejects is recomputed.
+_GRAM_FALLBACK = {"gram-eigvalsh-f64": "svdvals-f64", "gram-eigh-f64": "svd-f64"}
 
 # Rows per block of the Gram accumulation: about √L for L rows, which minimises the
 # rounding bound (block + number of blocks additions per entry, docs/methods.md), kept
@@ -86,13 +114,32 @@ class Spectrum:
     method: str
 
 
+@dataclass(frozen=True, eq=False)
+class TopK:
+    """All singular values and the top-k singular vectors of one matrix W (m, n).
+
+    sigma: float64 [R], R = min(m, n), descending (NaN for a nonfinite matrix, 0 for a
+    zero one); u: float64 [m, k'] left singular vectors (columns), v: float64 [n, k']
+    right singular vectors, k' = min(k, R), so that W ≈ Σ_i sigma[i]·u[:, i]·v[:, i]ᵀ;
+    signs arbitrary; NaN for "nonfinite" and "zero". method: one of ``VECTOR_METHODS``.
+    """
+
+    sigma: np.ndarray
+    u: np.ndarray
+    v: np.ndarray
+    method: str
+
+
 @dataclass
 class _Item:
-    """One matrix on its way through the engine: input position, tall view, exact scale."""
+    """One matrix on its way through the engine: input position, tall view, exact scale,
+    whether the input was wide, and how many vectors it wants (0: values only)."""
 
     index: int
     tall: torch.Tensor
     scale: float
+    wide: bool = False
+    k: int = 0
 
 
 @dataclass(frozen=True)
@@ -165,16 +212,64 @@ def _mib(n: int) -> str:
     return f"{n} bytes ({n / 2**20:.1f} MiB)"
 
 
+def _elem(method: str) -> int:
+    """Bytes per element a method computes in."""
+    return 4 if method.endswith("f32") else 8
+
+
+def _whole_bytes(method: str, length: int, s: int, src: int, k: int) -> int:
+    """Device bytes of a whole-matrix solver on one (L, s) matrix."""
+    if method == "svd-f64":
+        return _linalg.svd_bytes(1, length, s, src, k)
+    return _linalg.svdvals_bytes(1, length, s, src, _elem(method))
+
+
+def _chunked_bytes(method: str, length: int, s: int, src: int, k: int, chunk: int) -> int:
+    """Device bytes of a row-block method on one (L, s) matrix read `chunk` rows at a time."""
+    if method == "gram-eigvalsh-f64":
+        return _linalg.gram_bytes(1, length, s, chunk, src)
+    if method == "gram-eigh-f64":
+        return _linalg.gram_eigh_bytes(1, length, s, chunk, src, k)
+    if method == "tsqr-svd-f64":
+        return _linalg.tsqr_svd_bytes(1, length, s, chunk, src, k)
+    return _linalg.tsqr_bytes(1, length, s, chunk, src, _elem(method))
+
+
+def _scales(items: list[_Item]) -> torch.Tensor | None:
+    """The items' power-of-two scales as a float64 [B] tensor, or None when all are 1."""
+    if all(it.scale == 1.0 for it in items):
+        return None
+    return torch.tensor([it.scale for it in items], dtype=torch.float64)
+
+
+def _unscaled(sigma: np.ndarray, scale: float) -> np.ndarray:
+    """Computed singular values of a scaled matrix back at the matrix's own scale, ≥ 0."""
+    return np.ascontiguousarray(np.maximum(sigma, 0.0) / scale)
+
+
+def _top_k(
+    item: _Item, sigma: np.ndarray, long: np.ndarray, short: np.ndarray, method: str
+) -> TopK:
+    """A TopK from tall-orientation results: long side = rows of the tall matrix."""
+    # tall A = W: long side = rows (u), short = columns (v); wide A = Wᵀ: the reverse
+    u, v = (short, long) if item.wide else (long, short)
+    return TopK(
+        _unscaled(sigma, item.scale), np.ascontiguousarray(u), np.ascontiguousarray(v), method
+    )
+
+
 class SpectrumEngine:
-    """Computes all singular values of many matrices, batched by shape, on one device.
+    """Computes all singular values (and top-k vectors) of many matrices, batched by shape,
+    on one device.
 
     device: "auto" (CUDA when available, else CPU) | "cpu" | "cuda" | "cuda:N";
     precision: "float64" (σ within 1e-6·σ1 of float64 LAPACK) or "float32"
-    (within 1e-4·σ1; selects float32 solvers on a GPU, where float64 is slow);
-    exact: always float64 LAPACK (``svdvals-f64``); max_memory: bytes the engine
-    may hold on the device at once (None: plan against what is free): batches are
-    split, and one matrix larger than the bound is read in row blocks where the
-    method allows (Gram, QR), else ``EngineError`` names the smallest bound that works.
+    (within 1e-4·σ1; selects float32 solvers on a GPU, where float64 is slow;
+    vectors stay float64); exact: always float64 LAPACK (``svdvals-f64``,
+    ``svd-f64``); max_memory: bytes the engine may hold on the device at once
+    (None: plan against what is free): batches are split, and one matrix larger
+    than the bound is read in row blocks where the method allows (Gram, QR), else
+    ``EngineError`` names the smallest bound that works.
 
     ``notes`` collects ``Note`` records the caller must show (kind "fallback":
     a GPU allocation failure retried on the CPU); the caller may clear it.
@@ -242,14 +337,13 @@ class SpectrumEngine:
             # 1e-6·σ1 unless the matrix is badly conditioned (checked per matrix).
             method = "gram-eigvalsh-f64"
         src_size = torch.empty(0, dtype=source_dtype).element_size()
-        return self._memory_fit(method, max(m, n), min(m, n), src_size)
+        return self._memory_fit(method, max(m, n), min(m, n), src_size, 0)
 
-    def _memory_fit(self, method: str, length: int, s: int, src_size: int) -> str:
+    def _memory_fit(self, method: str, length: int, s: int, src_size: int, k: int) -> str:
         """Swap a whole-matrix solver for its chunked QR form when it cannot fit max_memory."""
-        if self.max_memory is None or not method.startswith("svdvals-"):
+        if self.max_memory is None or method not in _WHOLE_MATRIX:
             return method
-        elem = 8 if method.endswith("f64") else 4
-        if _linalg.svdvals_bytes(1, length, s, src_size, elem) > self.max_memory:
+        if _whole_bytes(method, length, s, src_size, k) > self.max_memory:
             return "tsqr-" + method
         return method
 
@@ -267,27 +361,82 @@ class SpectrumEngine:
         Returns list[Spectrum] of the same length. Raises ``EngineError`` for a
         non-2-D or non-floating tensor, or a memory bound too small for a matrix.
         """
-        results: list[Spectrum | None] = [None] * len(matrices)
+        return self._solve(matrices, 0)  # type: ignore[return-value]
+
+    def top_vectors(self, matrices: Sequence[torch.Tensor], k: int) -> list[TopK]:
+        """All singular values and the top-k singular vectors of each matrix, in input order.
+
+        matrices: 2-D tensors (m, n) as for ``singular_values`` (any floating dtype,
+        any strides, wide or tall; computed from the values converted exactly to
+        float64). k: vectors wanted per matrix (≥ 1; capped at R = min(m, n)).
+        Returns list[TopK] of the same length: sigma float64 [R] descending, u [m, k'],
+        v [n, k'], k' = min(k, R), numpy float64 on the CPU, signs arbitrary; NaN
+        vectors (and σ NaN, resp. 0) for a "nonfinite" (resp. "zero" or empty) matrix,
+        settled without computing.
+
+        Same-shape matrices are batched on the device like ``singular_values``
+        (Gram accumulated over row blocks, batched ``eigh``); only the top-k'
+        eigenvectors are kept, and the long-side vectors A·v_i are formed over row
+        blocks and moved to the host block by block, so that device memory per matrix
+        is O(block·s + s² + s·k'), whatever k (``_linalg.gram_eigh_bytes``); the
+        returned vectors themselves, (m + n)·k' doubles, live on the host.
+
+        Accuracy (methods in ``VECTOR_METHODS``): always float64, and
+        ``precision="float32"`` does not change it: σ within 1e-6·σ1 of float64 LAPACK;
+        a "gram-eigh-f64" result is kept only if every σ is certified within 1e-6·σ1,
+        every returned triplet's measured residual ‖Wv_i − σ_iu_i‖² +
+        ‖Wᵀu_i − σ_iv_i‖² is ≤ (1e-6·σ1)² and the long-side vectors are orthonormal
+        within 1e-6, else the matrix is recomputed by "svd-f64" (float64 LAPACK thin
+        SVD; ``exact=True`` uses it directly), or "tsqr-svd-f64" when a whole float64
+        copy does not fit ``max_memory`` (QR over row blocks, SVD of R, long-side
+        vectors A·v_i/‖A·v_i‖ over row blocks: σ and short-side vectors as LAPACK's,
+        long-side vectors with an extra error growing like u·σ1/σ_i, hence noise for
+        σ_i below about s·u·σ1, and NaN where A·v_i = 0). By Wedin's theorem each
+        vector is within angle ≈ 1e-6·σ1/gap_i of the exact one (gap_i: distance from
+        σ_i to the other singular values, and to 0 for the long side).
+
+        Raises ``EngineError`` (one line) for a non-2-D or non-floating tensor, k < 1,
+        a memory bound too small for one row block, or an SVD that converges in
+        neither torch nor numpy. A GPU allocation failure is retried in smaller
+        batches and blocks, then on the CPU with a Note in ``notes``.
+        """
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise EngineError(f"k={k!r} is not a positive number of singular vectors")
+        return self._solve(matrices, int(k))  # type: ignore[return-value]
+
+    def _solve(self, matrices: Sequence[torch.Tensor], k: int) -> list[Spectrum | TopK]:
+        """Values (k = 0) or values and top-k vectors of each matrix, grouped and batched."""
+        results: list[Spectrum | TopK | None] = [None] * len(matrices)
         groups: dict[tuple, list[_Item]] = {}
         for index, w in enumerate(matrices):
-            item = self._admit(index, len(matrices), w, results)
-            if item is None:
+            admitted = self._admit(index, len(matrices), w, k)
+            if not isinstance(admitted, _Item):
+                results[index] = admitted
                 continue
-            method = self.choose_method(tuple(w.shape), w.dtype)
-            transposed = item.tall.stride(0) < item.tall.stride(1)
-            key = (method, tuple(item.tall.shape), item.tall.dtype, transposed)
-            groups.setdefault(key, []).append(item)
+            length, s = admitted.tall.shape
+            key = (
+                self._method_for(length, s, admitted),
+                (length, s),
+                admitted.tall.dtype,
+                admitted.tall.stride(0) < admitted.tall.stride(1),
+            )
+            groups.setdefault(key, []).append(admitted)
         for (method, _, _, _), items in groups.items():
-            for item, sigma, used in self._run_group(method, items):
-                results[item.index] = Spectrum(sigma, used)
+            for item, result in self._run_group(method, items):
+                results[item.index] = result
         missing = [i + 1 for i, r in enumerate(results) if r is None]
         if missing:
-            raise RuntimeError(f"internal error: the engine produced no spectrum for {missing}")
+            raise RuntimeError(f"internal error: the engine produced no result for {missing}")
         return results  # type: ignore[return-value]
 
-    def _admit(
-        self, index: int, count: int, w: object, results: list[Spectrum | None]
-    ) -> _Item | None:
+    def _method_for(self, length: int, s: int, item: _Item) -> str:
+        """The planned method of an admitted item: values per ``choose_method``, vectors float64."""
+        if not item.k:
+            return self.choose_method((length, s), item.tall.dtype)
+        method = "svd-f64" if self.exact else "gram-eigh-f64"
+        return self._memory_fit(method, length, s, item.tall.element_size(), item.k)
+
+    def _admit(self, index: int, count: int, w: object, k: int) -> _Item | Spectrum | TopK:
         """Validate one input; settle empty/non-finite/zero matrices at once, else an _Item."""
         if not isinstance(w, torch.Tensor):
             raise EngineError(
@@ -303,26 +452,31 @@ class SpectrumEngine:
                 f"matrix {index + 1} of {count} has dtype {w.dtype}; "
                 "singular values need a real floating dtype"
             )
-        rank = min(w.shape)
+        m, n = (int(d) for d in w.shape)
+        rank = min(m, n)
+        settled = None
         if w.numel() == 0:
-            results[index] = Spectrum(np.zeros(rank), "zero")
-            return None
-        # one reduction each; amax/amin propagate NaN, and ±Inf shows in one of them
-        top = float(torch.amax(w))
-        bottom = float(torch.amin(w))
-        if not (math.isfinite(top) and math.isfinite(bottom)):
-            results[index] = Spectrum(np.full(rank, np.nan), "nonfinite")
-            return None
-        if top == 0.0 and bottom == 0.0:
-            results[index] = Spectrum(np.zeros(rank), "zero")
-            return None
+            settled = (np.zeros(rank), "zero")
+        else:
+            # one reduction each; amax/amin propagate NaN, and ±Inf shows in one of them
+            top = float(torch.amax(w))
+            bottom = float(torch.amin(w))
+            if not (math.isfinite(top) and math.isfinite(bottom)):
+                settled = (np.full(rank, np.nan), "nonfinite")
+            elif top == 0.0 and bottom == 0.0:
+                settled = (np.zeros(rank), "zero")
+        if settled is not None:
+            sigma, method = settled
+            if not k:
+                return Spectrum(sigma, method)
+            kk = min(k, rank)
+            return TopK(sigma, np.full((m, kk), np.nan), np.full((n, kk), np.nan), method)
         scale = 1.0
-        magnitude = max(abs(top), abs(bottom))
-        exponent = math.frexp(magnitude)[1]
+        exponent = math.frexp(max(abs(top), abs(bottom)))[1]
         if abs(exponent) > _SAFE_MAX_EXPONENT:
             # clamped so that the scale itself stays finite for subnormal matrices
             scale = math.ldexp(1.0, max(-1000, min(1000, -exponent)))
-        return _Item(index, _linalg.oriented(w), scale)
+        return _Item(index, _linalg.oriented(w), scale, m < n, min(k, rank))
 
     def _budget(self, device: torch.device) -> tuple[int | None, bool]:
         """(bytes available for one batch or None, whether that is a hard user bound)."""
@@ -341,24 +495,18 @@ class SpectrumEngine:
         length, s = item.tall.shape
         src = item.tall.element_size()
         budget, hard = self._budget(device)
-        if method.startswith("svdvals-"):
-            elem = 8 if method.endswith("f64") else 4
-            per = _linalg.svdvals_bytes(1, length, s, src, elem)
+        if method in _WHOLE_MATRIX:
+            per = _whole_bytes(method, length, s, src, item.k)
             if hard and per > budget:
                 return self._plan("tsqr-" + method, item, count, device)
             return _Plan(method, length, per, self._batch(budget, per, count, device))
-        if method == "gram-eigvalsh-f64":
+        if method.startswith("gram-"):
             chunk = _gram_chunk(length, device)
-
-            def need(c: int) -> int:
-                return _linalg.gram_bytes(1, length, s, c, src)
-
         else:
-            elem = 8 if method.endswith("f64") else 4
             chunk = min(max(1024, 2 * s), length)
 
-            def need(c: int) -> int:
-                return _linalg.tsqr_bytes(1, length, s, c, src, elem)
+        def need(c: int) -> int:
+            return _chunked_bytes(method, length, s, src, item.k, c)
 
         if budget is not None and need(chunk) > budget and (hard or device.type == "cuda"):
             per_row = need(2) - need(1)
@@ -384,34 +532,30 @@ class SpectrumEngine:
             return count
         return int(max(1, min(count, budget // max(per, 1))))
 
-    def _run_group(self, method: str, items: list[_Item]) -> list[tuple[_Item, np.ndarray, str]]:
-        """Singular values of same-shape items: planned batches, Gram bound checked."""
+    def _run_group(self, method: str, items: list[_Item]) -> list[tuple[_Item, Spectrum | TopK]]:
+        """Results of same-shape items: planned batches, Gram results checked, the
+        uncertified recomputed by the Gram route's fallback."""
         plan = self._plan(method, items[0], len(items), self._device)
-        out: list[tuple[_Item, np.ndarray, str]] = []
+        out: list[tuple[_Item, Spectrum | TopK]] = []
         redo: list[_Item] = []
         for start in range(0, len(items), plan.batch):
             batch = items[start : start + plan.batch]
-            for item, sigma, certified, used in self._run(
-                plan.method, batch, plan.chunk, self._device
-            ):
-                if certified:
-                    out.append((item, sigma, used))
-                else:
+            for item, result in self._run(plan.method, batch, plan.chunk, self._device):
+                if result is None:
                     redo.append(item)
+                else:
+                    out.append((item, result))
         if redo:
-            out.extend(self._run_group("svdvals-f64", redo))
+            out.extend(self._run_group(_GRAM_FALLBACK[plan.method], redo))
         return out
 
     def _run(
         self, method: str, items: list[_Item], chunk: int, device: torch.device
-    ) -> list[tuple[_Item, np.ndarray, bool, str]]:
+    ) -> list[tuple[_Item, Spectrum | TopK | None]]:
         """Run one batch, splitting it (then its blocks) on allocation failure and finally
         falling back from a GPU to the CPU with a Note."""
         try:
-            sigmas, certified = self._compute(method, items, chunk, device)
-            return [
-                (it, sig, ok, method) for it, sig, ok in zip(items, sigmas, certified, strict=True)
-            ]
+            return list(zip(items, self._compute(method, items, chunk, device), strict=True))
         except Exception as exc:  # only allocation failures are handled here
             if not _is_out_of_memory(exc):
                 raise
@@ -422,7 +566,7 @@ class SpectrumEngine:
             return self._run(method, items[:half], chunk, device) + self._run(
                 method, items[half:], chunk, device
             )
-        if method.startswith("svdvals-"):
+        if method in _WHOLE_MATRIX:
             plan = self._plan("tsqr-" + method, items[0], 1, device)
             return self._run(plan.method, items, plan.chunk, device)
         if chunk > 1:
@@ -441,19 +585,20 @@ class SpectrumEngine:
             plan = self._plan(method, items[0], 1, cpu)
             return self._run(plan.method, items, plan.chunk, cpu)
         raise EngineError(
-            f"out of memory computing the singular values of a {shape} matrix on the CPU "
-            f"even in blocks of one row ({method}: {str(failure).splitlines()[0][:120]}); "
-            "free memory or use a machine with more"
+            f"out of memory on the CPU computing {method} of a {shape} matrix even in blocks "
+            f"of one row ({str(failure).splitlines()[0][:120]}); free memory or use a "
+            "machine with more"
         )
 
     def _compute(
         self, method: str, items: list[_Item], chunk: int, device: torch.device
-    ) -> tuple[list[np.ndarray], list[bool]]:
-        """σ [s] per item (descending, float64, CPU) and whether each meets the tolerance."""
+    ) -> list[Spectrum | TopK | None]:
+        """One batch's results (Spectrum, or TopK for a vector method), None for each that
+        does not meet the tolerance (only a Gram route's can fail it)."""
+        if method in VECTOR_METHODS:
+            return self._compute_vectors(method, items, chunk, device)
         mats = [it.tall for it in items]
-        scales = None
-        if any(it.scale != 1.0 for it in items):
-            scales = torch.tensor([it.scale for it in items], dtype=torch.float64)
+        scales = _scales(items)
         if method == "gram-eigvalsh-f64":
             sigma, bound, sigma1_lower = _linalg.gram_eigvalsh(mats, device, chunk, scales)
             certified = (bound.amax(dim=-1) <= self.tolerance * sigma1_lower) & torch.isfinite(
@@ -476,10 +621,83 @@ class SpectrumEngine:
                 ) from exc
             certified = [True] * len(items)
         values = sigma.to(device="cpu", dtype=torch.float64).numpy()
-        out = []
-        for row, it in zip(values, items, strict=True):
-            out.append(np.ascontiguousarray(np.maximum(row, 0.0) / it.scale))
-        return out, certified
+        return [
+            Spectrum(_unscaled(row, it.scale), method) if ok else None
+            for row, it, ok in zip(values, items, certified, strict=True)
+        ]
+
+    def _compute_vectors(
+        self, method: str, items: list[_Item], chunk: int, device: torch.device
+    ) -> list[Spectrum | TopK | None]:
+        """One batch's TopK by a vector method (None where the Gram route's check fails)."""
+        mats = [it.tall for it in items]
+        scales = _scales(items)
+        length, s = items[0].tall.shape
+        k = items[0].k
+        if method == "gram-eigh-f64":
+            return self._gram_vectors(items, mats, scales, chunk, device)
+        # the long-side vectors go to the host: device memory does not grow with L·k
+        long = torch.empty(len(items), length, k, dtype=torch.float64)
+        try:
+            if method == "svd-f64":
+                sigma, short = _linalg.svd_vectors(mats, device, k, long, scales)
+            else:
+                sigma, short = _linalg.tsqr_svd_vectors(mats, device, chunk, k, long, scales)
+        except torch.linalg.LinAlgError as exc:
+            raise EngineError(
+                f"float64 SVD of a {length}×{s} matrix did not converge in torch nor numpy "
+                f"({method}, batch from matrix {items[0].index + 1}: "
+                f"{str(exc).splitlines()[0][:200]}); the matrix is pathological, check it"
+            ) from exc
+        sigma_np = sigma.to(device="cpu", dtype=torch.float64).numpy()
+        short_np = short.to(device="cpu", dtype=torch.float64).numpy()
+        long_np = long.numpy()
+        return [
+            _top_k(it, sigma_np[b], long_np[b], short_np[b], method) for b, it in enumerate(items)
+        ]
+
+    @staticmethod
+    def _gram_vectors(
+        items: list[_Item],
+        mats: list[torch.Tensor],
+        scales: torch.Tensor | None,
+        chunk: int,
+        device: torch.device,
+    ) -> list[Spectrum | TopK | None]:
+        """The Gram route's TopK per item, certified per matrix (None where not)."""
+        length, _ = mats[0].shape
+        k = items[0].k
+        tol = _VECTOR_TOLERANCE
+        sigma, bound, sigma1_lower, trace, short = _linalg.gram_eigh(mats, device, chunk, k, scales)
+        values_ok = (bound.amax(dim=-1) <= tol * sigma1_lower) & torch.isfinite(sigma).all(-1)
+        results: list[Spectrum | TopK | None] = [None] * len(items)
+        keep = [b for b, ok in enumerate(values_ok.cpu().tolist()) if ok]
+        if keep:
+            # vectors only for the matrices whose values are certified: the rest is redone
+            sel = torch.tensor(keep, device=sigma.device)
+            sub_scales = None if scales is None else scales[keep]
+            long = torch.empty(len(keep), length, k, dtype=torch.float64)
+            z, yty = _linalg.long_side(
+                [mats[b] for b in keep], short[sel], device, chunk, long, sub_scales, True
+            )
+            residual, ortho, norms = _linalg.triplet_check(
+                sigma[sel, :k], short[sel], z, yty, trace[sel], length, chunk
+            )
+            passed = (
+                (residual.amax(dim=-1) <= tol * sigma1_lower[sel])
+                & (ortho <= tol)
+                & (norms > 0).all(dim=-1)
+            )
+            long.div_(norms.cpu()[:, None, :])
+            sigma_np = sigma[sel].cpu().numpy()
+            short_np = short[sel].cpu().numpy()
+            long_np = long.numpy()
+            for j, (b, ok) in enumerate(zip(keep, passed.cpu().tolist(), strict=True)):
+                if ok:
+                    results[b] = _top_k(
+                        items[b], sigma_np[j], long_np[j], short_np[j], "gram-eigh-f64"
+                    )
+        return results
 
 
 def singular_values(w: torch.Tensor, **engine_kwargs) -> Spectrum:

@@ -34,7 +34,15 @@ import h5py
 import numpy as np
 
 from . import _store_layout as layout
+from . import _store_vectors as vecstore
 from ._store_lock import WriterLock
+from ._store_vectors import (
+    MatrixAgreement,
+    PairAlignment,
+    PairRecord,
+    StepVectors,
+    VectorLayout,
+)
 from ._version import __version__
 from .errors import StoreError, StoreMismatchError
 from .metrics import METRIC_NAMES
@@ -47,6 +55,11 @@ __all__ = [
     "StoreWriter",
     "Run",
     "open_run",
+    "VectorLayout",
+    "PairRecord",
+    "StepVectors",
+    "PairAlignment",
+    "MatrixAgreement",
 ]
 
 SCHEMA_VERSION = layout.SCHEMA_VERSION
@@ -117,6 +130,7 @@ class _Plan:
     skipped: list[tuple[str, str]]
     aliases: dict[str, str]
     provenance_slots: int
+    vectors: VectorLayout | None = None
 
 
 @dataclass
@@ -124,6 +138,7 @@ class _Stored:
     """What an existing store holds, read once when a writer opens it."""
 
     plan: _Plan
+    schema: int
     done: dict[int, bool]
     provenance_used: int
 
@@ -168,6 +183,16 @@ class StoreWriter:
         self._invocation = f["steps/invocation"]
         self._done_ds = f["steps/done"]
         self._slot = layout.INVOCATION_NONE
+        self.vector_changes: list[str] = []
+        self._records = _read_matrix_records(f)
+        self._vl = vecstore.read_layout(f)
+        self._section_done: dict[str, np.ndarray] = {}
+        self._slot_index: dict[int, int] = {}
+        if self._vl is not None:
+            for section in ("alignment", "agreement", "vectors"):
+                self._section_done[section] = np.asarray(f[f"{section}/done"][()], dtype=bool)
+            slots = np.asarray(f["vectors/step"][()], dtype=np.int64)
+            self._slot_index = {int(s): i for i, s in enumerate(slots)}
 
     @classmethod
     def open(
@@ -185,6 +210,7 @@ class StoreWriter:
         provenance: Mapping[str, object],
         overwrite: bool = False,
         metric_names: Sequence[str] = METRIC_NAMES,
+        vectors: VectorLayout | None = None,
     ) -> StoreWriter:
         """Open (create, resume or grow) the store at `path` for writing.
 
@@ -207,6 +233,13 @@ class StoreWriter:
             overwrite: rebuild the store from scratch (new file, then an
                 atomic rename over the old one), whatever it holds.
             metric_names: the scalar metrics given to `write_step` per matrix.
+            vectors: the singular-vector sections wanted (k, reference, pairs,
+                full matrices, saved vectors); None keeps what the store has
+                (nothing for a values-only store). A layout that differs from
+                the stored one rebuilds the store keeping every section that
+                stays valid (values always; alignment when k, full matrices
+                and pairs are unchanged; agreement when k, full matrices and
+                the reference are); `vector_changes` says what changed.
 
         Returns:
             The writer, holding the store's lock until `close`.
@@ -235,7 +268,10 @@ class StoreWriter:
             skipped=[(str(p), str(r)) for p, r in skipped],
             aliases={str(k): str(v) for k, v in aliases.items()},
             provenance_slots=layout.PROVENANCE_SLOTS,
+            vectors=vectors,
         )
+        if vectors is not None:
+            _check_vector_layout(vectors, mats)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -246,6 +282,7 @@ class StoreWriter:
         try:
             _remove_partial_builds(path)
             changed: list[tuple[int, str, str]] = []
+            vector_changes: list[str] = []
             if overwrite or not path.exists():
                 if path.exists():
                     _refuse_foreign(path)
@@ -255,11 +292,20 @@ class StoreWriter:
                     stored = _read_stored(old, path)
                     _check_compatible(path, stored.plan, fresh)
                     merged, changed, grow = _merge_steps(stored, records)
-                    if grow or stored.provenance_used >= stored.plan.provenance_slots:
+                    wanted = stored.plan.vectors if vectors is None else vectors
+                    if vectors is not None:
+                        vector_changes = vecstore.changes(stored.plan.vectors, vectors)
+                    if (
+                        grow
+                        or wanted != stored.plan.vectors
+                        or stored.schema < layout.SCHEMA_VERSION
+                        or stored.provenance_used >= stored.plan.provenance_slots
+                    ):
                         plan = replace(
                             fresh,
                             created=stored.plan.created,
                             steps=merged,
+                            vectors=wanted,
                             provenance_slots=max(
                                 layout.PROVENANCE_SLOTS, 2 * stored.provenance_used
                             ),
@@ -274,6 +320,7 @@ class StoreWriter:
                 ) from None
             try:
                 writer = cls(path, lock, f, [r.step for r in records], changed)
+                writer.vector_changes = vector_changes
                 writer._append_provenance(dict(provenance))
             except BaseException:
                 f.close()
@@ -289,6 +336,33 @@ class StoreWriter:
         return [s for s in self._requested if not self._done[self._index[s]]]
 
     @property
+    def vector_layout(self) -> VectorLayout | None:
+        """The store's singular-vector layout (None for a values-only store)."""
+        return self._vl
+
+    def pending(self, section: str) -> list[int]:
+        """Requested steps whose `section` is not done yet, ascending.
+
+        section: "values" (`pending_steps`), "alignment", "agreement" or
+        "vectors" (only steps whose vectors are kept, `VectorLayout.slots`).
+        Empty for a vector section of a values-only store.
+        """
+        if section == "values":
+            return self.pending_steps
+        if section not in ("alignment", "agreement", "vectors"):
+            raise ValueError(f"unknown store section {section!r}")
+        if self._vl is None:
+            return []
+        done = self._section_done[section]
+        if section == "vectors":
+            return [
+                s
+                for s in self._requested
+                if s in self._slot_index and not done[self._slot_index[s]]
+            ]
+        return [s for s in self._requested if not done[self._index[s]]]
+
+    @property
     def done_steps(self) -> set[int]:
         """Every step of the store whose data is complete (requested or not)."""
         return {s for s, i in self._index.items() if self._done[i]}
@@ -296,28 +370,40 @@ class StoreWriter:
     def write_step(
         self,
         step: int,
-        spectra: Mapping[str, tuple[np.ndarray, str]],
-        metrics: Mapping[str, Mapping[str, float]],
+        spectra: Mapping[str, tuple[np.ndarray, str]] | None = None,
+        metrics: Mapping[str, Mapping[str, float]] | None = None,
         notes: Sequence[str] = (),
         sha256: str | None = None,
+        *,
+        vectors: StepVectors | None = None,
     ) -> None:
-        """Write one step's results, then mark it done (only once its data is on disk).
+        """Write one step's results, then mark them done (only once the data is on disk).
 
         Args:
-            step: a step of the store that is not done yet.
+            step: a step of the store.
             spectra: for every matrix of the store, (sigma float64 [R], method);
-                the method name is at most 64 bytes of UTF-8.
+                the method name is at most 64 bytes of UTF-8. None when the
+                step's values are done already and only vector sections are
+                written now.
             metrics: for every matrix, metric name → value, for every name of
-                `metric_names` given to `open`.
+                `metric_names` given to `open` (given exactly when `spectra` is).
             notes: one-line notes about this step (kept in ``/steps/notes``; if
-                they exceed its 4 KiB slot the rest is counted in a last note).
+                they exceed its 4 KiB slot the rest is counted in a last note);
+                written with the values.
             sha256: the source's content hash when it was not known at `open`
                 (the pipeline hashes a checkpoint while analysing it); written
-                with the step's data, before the done flag.
+                with the step's values, before the done flag.
+            vectors: the step's alignment / agreement / kept vectors
+                (`StepVectors`; each section not None must cover every pair or
+                matrix, and must not be done yet). Scores are computed here
+                from the diagonals.
 
         Raises:
-            ValueError: an unknown or already done step, a missing or extra
-                matrix or metric, a sigma of the wrong length, a too long method.
+            ValueError: an unknown step, values or a section already done,
+                values missing for a step whose values are not done, a missing
+                or extra matrix, pair or metric, a wrongly shaped array, a too
+                long method, vectors for a values-only store or for a step
+                whose vectors are not kept.
             StoreError: the writer is closed.
         """
         if self._f is None:
@@ -326,8 +412,53 @@ class StoreWriter:
         if step not in self._index:
             raise ValueError(f"step {step} is not a step of the store {self.path}")
         i = self._index[step]
-        if self._done[i]:
+        if (spectra is None) != (metrics is None):
+            raise ValueError("spectra and metrics are written together: give both or neither")
+        if spectra is None and not self._done[i]:
+            raise ValueError(f"step {step}: its values are not done; write spectra and metrics")
+        if spectra is not None and self._done[i]:
             raise ValueError(f"step {step} is already done in the store {self.path}")
+        if spectra is None and vectors is None:
+            raise ValueError(f"step {step}: nothing to write")
+        value_rows = None if spectra is None else self._value_rows(step, spectra, metrics)
+        vector_rows, sections = self._vector_rows(step, i, vectors)
+        note_data = np.array(layout.notes_bytes([str(n) for n in notes]), dtype=layout.NOTES_DTYPE)
+
+        if value_rows is not None:
+            sigmas, rows, methods = value_rows
+            hold = os.environ.get(HOLD_WRITE_ENV)
+            for j, ds in enumerate(self._sigma):
+                ds[i] = sigmas[j]
+                if hold and j == 0:
+                    self._f.flush()
+                    _hold_here(hold)
+            for k, ds in enumerate(self._metrics):
+                ds[i] = rows[k]
+            self._method[i] = methods
+            self._notes[i] = note_data
+            self._invocation[i] = self._slot
+            if sha256 is not None:
+                self._f["steps/sha256"][i] = layout.fixed_bytes(sha256, layout.SHA256_BYTES)
+        for path, row, value in vector_rows:
+            self._f[path][row] = value
+        layout.fsync_file(self._f)
+        if value_rows is not None:
+            self._done_ds[i] = 1
+        for section, row in sections:
+            self._f[f"{section}/done"][row] = 1
+        layout.fsync_file(self._f)
+        if value_rows is not None:
+            self._done[i] = True
+        for section, row in sections:
+            self._section_done[section][row] = True
+
+    def _value_rows(
+        self,
+        step: int,
+        spectra: Mapping[str, tuple[np.ndarray, str]],
+        metrics: Mapping[str, Mapping[str, float]],
+    ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+        """Validated (sigmas, metric rows [metrics, M], methods [M]) of one step."""
         _check_names("spectra", spectra.keys(), self._matrices)
         _check_names("metrics", metrics.keys(), self._matrices)
         sigmas = []
@@ -352,25 +483,36 @@ class StoreWriter:
             _check_names(f"metrics of {name}", values.keys(), self._metric_names)
             for k, metric in enumerate(self._metric_names):
                 rows[k, j] = float(values[metric])
-        note_data = np.array(layout.notes_bytes([str(n) for n in notes]), dtype=layout.NOTES_DTYPE)
+        return sigmas, rows, methods
 
-        hold = os.environ.get(HOLD_WRITE_ENV)
-        for j, ds in enumerate(self._sigma):
-            ds[i] = sigmas[j]
-            if hold and j == 0:
-                self._f.flush()
-                _hold_here(hold)
-        for k, ds in enumerate(self._metrics):
-            ds[i] = rows[k]
-        self._method[i] = methods
-        self._notes[i] = note_data
-        self._invocation[i] = self._slot
-        if sha256 is not None:
-            self._f["steps/sha256"][i] = layout.fixed_bytes(sha256, layout.SHA256_BYTES)
-        layout.fsync_file(self._f)
-        self._done_ds[i] = 1
-        layout.fsync_file(self._f)
-        self._done[i] = True
+    def _vector_rows(
+        self, step: int, i: int, vectors: StepVectors | None
+    ) -> tuple[list[tuple[str, int, np.ndarray]], list[tuple[str, int]]]:
+        """Validated (dataset path, row, value) writes and (section, row) flags of a step."""
+        if vectors is None:
+            return [], []
+        if self._vl is None:
+            raise ValueError(
+                f"{self.path} is a values-only store; open it with a vector layout to add vectors"
+            )
+        sections = []
+        for section in ("alignment", "agreement", "vectors"):
+            if getattr(vectors, section) is None:
+                continue
+            if section == "vectors":
+                if step not in self._slot_index:
+                    raise ValueError(f"step {step}: its vectors are not kept in {self.path}")
+                row = self._slot_index[step]
+            else:
+                row = i
+            if self._section_done[section][row]:
+                raise ValueError(f"step {step}: {section} is already done in {self.path}")
+            sections.append((section, row))
+        rows = dict(sections)
+        writes = []
+        for path, value in vecstore.checked_rows(vectors, self._vl, self._records, step):
+            writes.append((path, rows[path.split("/", 1)[0]], value))
+        return writes, sections
 
     def close(self) -> None:
         """Close the file and release the writer lock (idempotent)."""
@@ -398,6 +540,31 @@ class StoreWriter:
         self._f["provenance/used"][slot] = 1
         layout.fsync_file(self._f)
         self._slot = slot
+
+
+def _check_vector_layout(vl: VectorLayout, matrices: Sequence[MatrixRecord]) -> None:
+    """ValueError unless a vector layout is usable with these matrices."""
+    if isinstance(vl.k, bool) or not isinstance(vl.k, int) or vl.k < 1:
+        raise ValueError(f"vectors k={vl.k!r} must be a positive integer")
+    if isinstance(vl.score_top, bool) or not isinstance(vl.score_top, int) or vl.score_top < 1:
+        raise ValueError(f"score_top={vl.score_top!r} must be a positive integer")
+    if vl.save_vectors not in vecstore.SAVE_MODES:
+        raise ValueError(f"save_vectors {vl.save_vectors!r}: use one of {vecstore.SAVE_MODES}")
+    if vl.reference_rule not in vecstore.REFERENCE_RULES:
+        raise ValueError(
+            f"reference_rule {vl.reference_rule!r}: use one of {vecstore.REFERENCE_RULES}"
+        )
+    names = {m.name for m in matrices}
+    seen = set()
+    for p in vl.pairs:
+        if p.name in seen or not p.name or "/" in p.name:
+            raise ValueError(f"pair name {p.name!r} is empty, repeated or contains '/'")
+        seen.add(p.name)
+        for side_matrix in (p.first, p.second):
+            if side_matrix not in names:
+                raise ValueError(f"pair {p.name}: {side_matrix!r} is not a matrix of the store")
+        if p.k < 0 or p.blocks < 1:
+            raise ValueError(f"pair {p.name}: k={p.k}, blocks={p.blocks} are not valid")
 
 
 def _hold_here(flag: str) -> None:
@@ -532,12 +699,15 @@ def _read_stored(f: h5py.File, path: Path) -> _Stored:
                 )
             ),
             provenance_slots=int(f["provenance/used"].shape[0]),
+            vectors=vecstore.read_layout(f),
         )
         used = np.asarray(f["provenance/used"][()], dtype=bool)
+        schema = int(f.attrs["schema_version"])
     except (KeyError, OSError, ValueError, TypeError) as exc:
         raise layout.damaged(path, exc) from None
     return _Stored(
         plan=plan,
+        schema=schema,
         done={r.step: bool(d) for r, d in zip(steps, done, strict=True)},
         provenance_used=int(used.sum()),
     )
@@ -766,7 +936,7 @@ def _build(target: Path, plan: _Plan, old: h5py.File | None) -> None:
         """A new dataset [n_steps, *shape_tail] with `fill`, done rows copied from `old`."""
         ds = layout.new_dataset(f, name, (n_steps, *shape_tail), dtype)
         src = old[name] if old is not None and len(pairs) else None
-        _copy_rows(ds, src, pairs, fill, col_src if cols else None)
+        layout.copy_rows(ds, src, pairs, fill, col_src if cols else None)
         return ds
 
     with layout.open_h5(target, "w") as f:
@@ -847,36 +1017,10 @@ def _build(target: Path, plan: _Plan, old: h5py.File | None) -> None:
         # but keeping the order everywhere makes the invariant easy to check
         done = np.zeros(n_steps, dtype=np.uint8)
         done[pairs[:, 0]] = 1
+        if plan.vectors is not None:
+            vecstore.build(f, plan.vectors, plan.matrices, step_values, old, done.astype(bool))
         layout.new_dataset(f["steps"], "done", (n_steps,), np.uint8)[...] = done
         f.flush()
-
-
-def _copy_rows(
-    dst: h5py.Dataset,
-    src: h5py.Dataset | None,
-    pairs: np.ndarray,
-    fill: Any,
-    col_src: np.ndarray | None,
-) -> None:
-    """Fill `dst` with `fill`, copying rows `pairs[:, 1]` of `src` to rows `pairs[:, 0]`
-    (columns reordered by `col_src` when given), in bounded blocks of rows."""
-    tail = dst.shape[1:]
-
-    def rows(start: int, stop: int) -> np.ndarray:
-        block = np.full((stop - start, *tail), fill, dtype=dst.dtype)
-        if src is None:
-            return block
-        sel = pairs[(pairs[:, 0] >= start) & (pairs[:, 0] < stop)]
-        if len(sel):
-            lo, hi = int(sel[:, 1].min()), int(sel[:, 1].max()) + 1
-            chunk = src[lo:hi]
-            if col_src is not None:
-                chunk = chunk[:, col_src]
-            block[sel[:, 0] - start] = chunk[sel[:, 1] - lo]
-        return block
-
-    if dst.shape[0]:
-        layout.write_blocks(dst, rows)
 
 
 # ----------------------------------------------------------------------------- reader
@@ -918,6 +1062,8 @@ class Run:
         self._matrices = [m.name for m in self._records]
         self._col = {n: j for j, n in enumerate(self._matrices)}
         self._metric_names = list(json.loads(layout.attr_str(f, "metric_names", "[]")))
+        self._vl = vecstore.read_layout(f)
+        self._pair_col = {p.name: j for j, p in enumerate(self._vl.pairs)} if self._vl else {}
 
     @property
     def _file(self) -> h5py.File:
@@ -1144,7 +1290,233 @@ class Run:
             "size_bytes": size,
             "notes": sum(len(v) for v in self.notes.values()),
             "provenance": self.provenance,
+            "vectors": self.vectors_config,
+            "pairs": len(self._pair_col),
+            "alignment_steps": int(self.section_steps("alignment").size) if self._vl else 0,
+            "agreement_steps": int(self.section_steps("agreement").size) if self._vl else 0,
+            "vector_steps": self.section_steps("vectors").tolist() if self._vl else [],
         }
+
+    # ------------------------------------------------------------- singular vectors
+
+    @property
+    def vectors_config(self) -> dict[str, Any] | None:
+        """The singular-vector settings of the store, None when it holds values only.
+
+        Keys: k, score_top, reference (step), reference_rule ("last"|"given"),
+        full_matrices, save_vectors ("all"|"ends"|"none"), pairs_preset.
+        """
+        return None if self._vl is None else self._vl.config()
+
+    @property
+    def reference(self) -> int | None:
+        """The step the agreement compares against (None for a values-only store)."""
+        return None if self._vl is None else self._vl.reference
+
+    @property
+    def pairs(self) -> list[dict[str, Any]]:
+        """One dict per pair, in forward order: name, first, second, first_side,
+        second_side, rule, options, blocks (head couples averaged), k (diagonal
+        length), dim (vector length). Empty for a values-only store."""
+        if self._vl is None:
+            return []
+        return [
+            {
+                "name": p.name,
+                "first": p.first,
+                "second": p.second,
+                "first_side": p.first_side,
+                "second_side": p.second_side,
+                "rule": p.rule,
+                "options": dict(p.options),
+                "blocks": p.blocks,
+                "k": p.k,
+                "dim": p.dim,
+            }
+            for p in self._vl.pairs
+        ]
+
+    @property
+    def skipped_pairs(self) -> list[tuple[str, str]]:
+        """(pair, reason) of every pair a rule wanted but could not make."""
+        return [] if self._vl is None else list(self._vl.skipped_pairs)
+
+    def find_pair(self, pattern: str) -> str:
+        """The pair named `pattern`, else the only one containing it as a substring.
+
+        Raises:
+            StoreError: the store has no pairs, or `pattern` matches none or several.
+        """
+        self._need_vectors("alignment")
+        if pattern in self._pair_col:
+            return pattern
+        names = list(self._pair_col)
+        hits = [n for n in names if pattern in n]
+        if len(hits) == 1:
+            return hits[0]
+        if hits:
+            raise StoreError(
+                f"{self.path}: {pattern!r} matches {len(hits)} pairs ({_few(hits, 8)}); "
+                "give the exact name or a longer part of it"
+            )
+        listing = f"pairs include {_few(names, 5)}" if names else "the store has no pairs"
+        raise StoreError(
+            f"{self.path}: no pair matches {pattern!r} ({listing}); "
+            "list them with specdyn info RUN --pairs"
+        )
+
+    def section_steps(self, section: str) -> np.ndarray:
+        """Steps whose `section` ("alignment", "agreement" or "vectors") is done: int64."""
+        self._need_vectors(section)
+        done = np.asarray(self._file[f"{section}/done"][()], dtype=bool)
+        if section == "vectors":
+            return np.asarray(self._file["vectors/step"][()], dtype=np.int64)[done]
+        values_done = np.zeros_like(done)
+        values_done[self._done_rows] = True
+        return self._all_steps[done & values_done].copy()
+
+    def alignment(self, pair: str) -> np.ndarray:
+        """The alignment diagonal A_ii of one pair (averaged over its head couples).
+
+        Args:
+            pair: exact pair name or unique substring (see `find_pair`).
+
+        Returns:
+            float64 [T_done, k_p] aligned with `steps`; rows of steps whose
+            alignment is not computed yet are NaN (`section_steps`).
+        """
+        name = self.find_pair(pair)
+        return self._section_rows("alignment", f"alignment/diagonal/{name}")
+
+    def alignment_heads(self, pair: str) -> np.ndarray:
+        """A_ii per head couple of a per-head pair: float64 [T_done, H, k_p]
+        (H = 1: the diagonal itself)."""
+        name = self.find_pair(pair)
+        path = f"alignment/heads/{name}"
+        if path not in self._file:
+            return self.alignment(name)[:, None, :]
+        return self._section_rows("alignment", path)
+
+    def alignment_matrix(self, pair: str) -> np.ndarray:
+        """The whole alignment matrix of one pair: float64 [T_done, k_p, k_p].
+
+        Raises:
+            StoreError: the store was analysed without --full-matrices.
+        """
+        name = self.find_pair(pair)
+        return self._section_rows("alignment", self._full_path("alignment", name))
+
+    def alignment_score(self, pair: str | None = None, top: int | None = None) -> np.ndarray:
+        """The alignment score a(t): the mean of the first `top` diagonal entries.
+
+        Args:
+            pair: exact name or unique substring; None for every pair.
+            top: entries averaged (None: the store's `score_top`, default 10).
+
+        Returns:
+            float64 [T_done] for one pair, [P, T_done] for all (forward order).
+        """
+        self._need_vectors("alignment")
+        if top is None:
+            data = self._section_rows("alignment", "alignment/score")  # [T_done, P]
+            if pair is None:
+                return np.ascontiguousarray(data.T)
+            return data[:, self._pair_col[self.find_pair(pair)]].copy()
+        names = list(self._pair_col) if pair is None else [self.find_pair(pair)]
+        rows = [vecstore.head_mean(self.alignment(n), top) for n in names]
+        return rows[0] if pair is not None else np.array(rows).reshape(len(names), -1)
+
+    def agreement(self, matrix: str) -> np.ndarray:
+        """The agreement diagonal S_ii of one matrix with the reference step.
+
+        Args:
+            matrix: exact name or unique substring.
+
+        Returns:
+            float64 [T_done, min(k, R)] aligned with `steps` (NaN rows where not
+            computed yet).
+        """
+        self._need_vectors("agreement")
+        name = self.find_matrix(matrix)
+        return self._section_rows("agreement", f"agreement/diagonal/{name}")
+
+    def agreement_matrix(self, matrix: str) -> np.ndarray:
+        """The whole agreement matrix S_ik: float64 [T_done, k_m, k_m].
+
+        Raises:
+            StoreError: the store was analysed without --full-matrices.
+        """
+        self._need_vectors("agreement")
+        name = self.find_matrix(matrix)
+        return self._section_rows("agreement", self._full_path("agreement", name))
+
+    def agreement_score(self, matrix: str | None = None, top: int | None = None) -> np.ndarray:
+        """The agreement score s(t), like `alignment_score`: float64 [T_done] for one
+        matrix, [M, T_done] for all."""
+        self._need_vectors("agreement")
+        if top is None:
+            data = self._section_rows("agreement", "agreement/score")
+            if matrix is None:
+                return np.ascontiguousarray(data.T)
+            return data[:, self._col[self.find_matrix(matrix)]].copy()
+        names = self._matrices if matrix is None else [self.find_matrix(matrix)]
+        rows = [vecstore.head_mean(self.agreement(n), top) for n in names]
+        return rows[0] if matrix is not None else np.array(rows).reshape(len(names), -1)
+
+    def vectors(self, matrix: str, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """The kept top-k singular vectors of one matrix at one step.
+
+        Returns:
+            (u float32 [out, k_m], v float32 [in, k_m]), columns in descending
+            order of σ, signs arbitrary.
+
+        Raises:
+            StoreError: no vectors kept for that step (the steps kept are
+                listed; `--save-vectors all` keeps every step).
+        """
+        self._need_vectors("vectors")
+        name = self.find_matrix(matrix)
+        kept = self.section_steps("vectors")
+        slots = np.asarray(self._file["vectors/step"][()], dtype=np.int64)
+        if int(step) not in set(kept.tolist()):
+            listing = ", ".join(str(s) for s in kept[:10]) or "none"
+            raise StoreError(
+                f"{self.path}: no singular vectors kept for step {step} (kept: {listing}); "
+                "re-run specdyn analyze with --save-vectors all to keep every step"
+            )
+        row = int(np.flatnonzero(slots == int(step))[0])
+        return (
+            self._file[f"vectors/u/{name}"][row],
+            self._file[f"vectors/v/{name}"][row],
+        )
+
+    def _need_vectors(self, what: str) -> None:
+        """StoreError when the store has no singular-vector sections."""
+        if self._vl is None:
+            raise StoreError(
+                f"{self.path}: the store has no {what} (analysed with --values-only, or by "
+                "an older specdyn); re-run specdyn analyze on its checkpoints without "
+                "--values-only to add it (values are kept)"
+            )
+
+    def _full_path(self, section: str, name: str) -> str:
+        """The path of a whole k×k matrix, or StoreError when not stored."""
+        path = f"{section}/matrix/{name}"
+        if path not in self._file:
+            raise StoreError(
+                f"{self.path}: whole {section} matrices are not stored; re-run specdyn "
+                "analyze with --full-matrices"
+            )
+        return path
+
+    def _section_rows(self, section: str, path: str) -> np.ndarray:
+        """Rows of a per-step dataset for the done steps, NaN where `section` is not done."""
+        done = np.asarray(self._file[f"{section}/done"][()], dtype=bool)[self._done_rows]
+        data = self._file[path][()][self._done_rows]
+        if not done.all():
+            data = data.astype(np.float64, copy=True)
+            data[~done] = np.nan
+        return data
 
     def close(self) -> None:
         """Close the file (idempotent)."""

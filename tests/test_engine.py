@@ -232,9 +232,9 @@ def test_chunked_gram_equals_unchunked():
     assert torch.allclose(torch.triu(whole), torch.triu(w64.T @ w64), rtol=1e-13, atol=1e-13)
 
 
-def test_max_memory_reads_in_blocks_with_same_values(monkeypatch):
-    w = randn(60, 2000, seed=16, dtype=torch.float16)  # wide: blocks are column slices
-    blocks = []
+def spy_blocks(monkeypatch) -> list[tuple[int, int]]:
+    """Record the row ranges (r0, r1) the kernels read, in order."""
+    blocks: list[tuple[int, int]] = []
     real = _linalg.load_block
 
     def spy(mats, r0, r1, device, dtype):
@@ -242,6 +242,12 @@ def test_max_memory_reads_in_blocks_with_same_values(monkeypatch):
         return real(mats, r0, r1, device, dtype)
 
     monkeypatch.setattr(_linalg, "load_block", spy)
+    return blocks
+
+
+def test_max_memory_reads_in_blocks_with_same_values(monkeypatch):
+    w = randn(60, 2000, seed=16, dtype=torch.float16)  # wide: blocks are column slices
+    blocks = spy_blocks(monkeypatch)
     free = SpectrumEngine("cpu").singular_values([w])[0]
     n_free = len(blocks)
     bound = _linalg.gram_bytes(1, 2000, 60, 8, 2)

@@ -249,7 +249,7 @@ def test_plain_h5py_sees_the_documented_layout(tmp_path):
     with _open(path, [0, 10, 20]) as w:
         _write(w, [10])
     with h5py.File(path, "r") as f:
-        assert f.attrs["format"] == "specdyn-store" and f.attrs["schema_version"] == 1
+        assert f.attrs["format"] == "specdyn-store" and f.attrs["schema_version"] == SCHEMA_VERSION
         for key in ("run_name", "source_root", "step_unit", "created", "options", "metric_names"):
             assert key in f.attrs
         assert f["steps/step"].dtype == np.int64 and list(f["steps/step"][()]) == [0, 10, 20]
@@ -716,7 +716,7 @@ def test_a_newer_schema_asks_to_upgrade(tmp_path):
         f.attrs["schema_version"] = SCHEMA_VERSION + 1
     with pytest.raises(
         StoreError,
-        match="schema 2, newer than specdyn .* upgrade specdyn or re-run specdyn analyze",
+        match="schema 3, newer than specdyn .* upgrade specdyn or re-run specdyn analyze",
     ):
         open_run(path)
     with pytest.raises(StoreError, match="upgrade specdyn"):

@@ -6,12 +6,16 @@ implementation."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from test_engine import FakeCuda, spy_blocks
 
+from specdyn import _linalg
+from specdyn.engine import SpectrumEngine
 from specdyn.errors import EngineError
 from specdyn.sources import open_checkpoint
 from specdyn.vectors import (
@@ -73,7 +77,8 @@ def _check_against_lapack(w: torch.Tensor, k: int, top) -> None:
         ("v", top.v, vh_ref[:kk].T, n > m),
     ):
         gap = _gaps(s_ref, long_side)[:kk]
-        allowed = np.minimum(1.0, 2.0 * TOL * s_ref[0] / gap + 1e-12)
+        with np.errstate(divide="ignore"):  # a zero gap (repeated values) allows anything
+            allowed = np.minimum(1.0, 2.0 * TOL * s_ref[0] / gap + 1e-12)
         sin = _sin_angles(mine, ref)
         assert (sin <= allowed).all(), (side, (sin / allowed).max())
     # orthonormal columns
@@ -462,3 +467,223 @@ def test_lapack_fallback_chain_when_torch_svd_does_not_converge(monkeypatch):
     monkeypatch.setattr(np.linalg, "svd", failing_numpy_svd)
     with pytest.raises(EngineError, match="40×25 matrix did not converge"):
         top_singular_vectors(w, 10, exact=True)
+
+
+# ------------------------------------------------------------ the engine's batched route
+
+
+def _same_top(a, b, atol: float = 1e-12) -> None:
+    """Two TopK of one matrix agree: σ, and every vector up to its sign."""
+    assert a.method == b.method and a.u.shape == b.u.shape and a.v.shape == b.v.shape
+    np.testing.assert_allclose(a.sigma, b.sigma, rtol=0, atol=atol * max(b.sigma[0], 1e-300))
+    for x, y in ((a.u, b.u), (a.v, b.v)):
+        np.testing.assert_allclose(np.abs(np.sum(x * y, axis=0)), 1.0, atol=1e-9)
+
+
+def _mixed_batch() -> list[torch.Tensor]:
+    """Tall, wide, square, strided; fp16/bf16/fp32/fp64; a NaN, a zero and an empty one;
+    several matrices sharing a shape and dtype; one that the Gram check must reject."""
+    rng = np.random.default_rng(12)
+
+    def gauss(m: int, n: int, dtype: torch.dtype) -> torch.Tensor:
+        return torch.from_numpy(rng.standard_normal((m, n)) * 0.02).to(dtype)
+
+    nan = gauss(12, 7, torch.float32)
+    nan[2, 3] = math.nan
+    rank_deficient = torch.from_numpy(_built(rng, 90, 60, np.linspace(3.0, 1.0, 10)))
+    return [
+        gauss(90, 60, torch.float32),
+        gauss(60, 90, torch.float16),
+        gauss(70, 70, torch.bfloat16),
+        gauss(90, 60, torch.float64),
+        nan,
+        gauss(90, 60, torch.float32),
+        torch.zeros(6, 9, dtype=torch.bfloat16),
+        rank_deficient,  # rank 10 < k: the long-side vectors fail the residual check
+        gauss(60, 90, torch.float32).T,  # tall, transposed view
+        torch.zeros(0, 5),
+        gauss(15, 10, torch.float64),  # k > R: capped
+        gauss(90, 60, torch.float32),
+    ]
+
+
+def _check_batch(ws: list[torch.Tensor], tops: list, k: int) -> None:
+    """Each result against LAPACK (Wedin) and against the matrix computed alone."""
+    assert len(tops) == len(ws)
+    for i, (w, top) in enumerate(zip(ws, tops, strict=True)):
+        m, n = w.shape
+        kk = min(k, m, n)
+        assert top.u.shape == (m, kk) and top.v.shape == (n, kk), i
+        if w.numel() == 0 or not torch.any(w != 0):
+            assert top.method == "zero" and (top.sigma == 0).all()
+            assert np.isnan(top.u).all() and np.isnan(top.v).all()
+        elif torch.isnan(w).any():
+            assert top.method == "nonfinite" and np.isnan(top.sigma).all()
+        else:
+            assert top.method == ("svd-f64" if i == 7 else "gram-eigh-f64"), i
+            _check_against_lapack(w, k, top)
+            _same_top(top, top_singular_vectors(w, k))
+
+
+def test_engine_top_vectors_mixed_batch_matches_one_at_a_time_and_lapack():
+    ws = _mixed_batch()
+    tops = SpectrumEngine("cpu", precision="float32").top_vectors(ws, 20)
+    _check_batch(ws, tops, 20)  # float32 precision changes nothing for vectors
+
+
+def test_engine_top_vectors_validates_k_and_inputs():
+    engine = SpectrumEngine("cpu")
+    for bad in (0, -3, True, 2.5, "10"):
+        with pytest.raises(EngineError, match="k="):
+            engine.top_vectors([torch.randn(4, 3)], bad)
+    with pytest.raises(EngineError, match="matrix 2 of 2") as info:
+        engine.top_vectors([torch.randn(4, 3), torch.zeros(3, dtype=torch.int32)], 2)
+    assert "\n" not in str(info.value)
+    assert engine.top_vectors([torch.randn(4, 3)], np.int64(2))[0].u.shape == (4, 2)
+
+
+def test_memory_model_of_vectors_does_not_grow_with_length_or_k_beyond_s():
+    # the long side only ever appears as one block: L enters through the block, k ≤ s
+    small = _linalg.gram_eigh_bytes(1, 1000, 200, 64, 2, 200)
+    assert _linalg.gram_eigh_bytes(1, 10**7, 200, 64, 2, 200) == small
+    assert _linalg.gram_eigh_bytes(1, 1000, 200, 64, 2, 10**6) == small
+    assert _linalg.gram_eigh_bytes(3, 1000, 200, 64, 2, 200) == 3 * small
+    assert _linalg.tsqr_svd_bytes(1, 10**7, 200, 64, 2, 200) == _linalg.tsqr_svd_bytes(
+        1, 1000, 200, 64, 2, 200
+    )
+    assert _linalg.svd_bytes(1, 10**4, 200, 2, 10) > 10**4 * 200 * 26
+
+
+def test_small_max_memory_reads_small_blocks_with_same_vectors(monkeypatch):
+    rng = np.random.default_rng(13)
+    w = torch.from_numpy(rng.standard_normal((2000, 120)) * 0.02).half()
+    free = SpectrumEngine("cpu").top_vectors([w], 30)[0]
+    blocks = spy_blocks(monkeypatch)
+    bound = _linalg.gram_eigh_bytes(1, 2000, 120, 8, 2, 30)
+    tight = SpectrumEngine("cpu", max_memory=bound).top_vectors([w], 30)[0]
+    assert {r1 - r0 for r0, r1 in blocks} == {8}  # Gram and long-side passes alike
+    assert len(blocks) == 2 * 2000 // 8
+    assert tight.method == free.method == "gram-eigh-f64"
+    _same_top(tight, free)
+    _check_against_lapack(w, 30, tight)
+
+
+def test_uncertified_gram_under_tight_bound_uses_chunked_qr_vectors(monkeypatch):
+    # 150 values in [0.9, 1] over 50 zeros: ‖W‖_F² ≈ 135·σ1², so the σ bound at the zeros
+    # (≈ √(k_acc·135·u)·σ1) exceeds 1e-6·σ1; a whole float64 copy does not fit the bound
+    sigma = np.r_[np.linspace(1.0, 0.9, 150), np.zeros(50)]
+    w = torch.from_numpy(_built(np.random.default_rng(14), 4000, 200, sigma))
+    bound = _linalg.tsqr_svd_bytes(1, 4000, 200, 64, 8, 10)
+    assert bound < _linalg.svd_bytes(1, 4000, 200, 8, 10)
+    blocks = spy_blocks(monkeypatch)
+    top = SpectrumEngine("cpu", max_memory=bound).top_vectors([w], 10)[0]
+    assert top.method == "tsqr-svd-f64"
+    assert max(r1 - r0 for r0, r1 in blocks) <= 64
+    _check_against_lapack(w, 10, top)  # well-separated top values: within Wedin's bound
+    # and its long-side vectors are as good as LAPACK's for σ_i ≈ σ1: error ≈ u·σ1/σ_i
+    u_ref = np.linalg.svd(w.numpy(), full_matrices=False)[0][:, :10]
+    signs = np.sign(np.sum(top.u * u_ref, axis=0))
+    assert np.linalg.norm(top.u * signs - u_ref, axis=0).max() <= 1e-9
+    exact = SpectrumEngine("cpu", exact=True, max_memory=bound).top_vectors([w], 10)[0]
+    assert exact.method == "tsqr-svd-f64"
+    _same_top(exact, top, atol=1e-13)
+
+
+def test_max_memory_too_small_for_one_row_names_the_smallest_that_works():
+    w = torch.from_numpy(np.random.default_rng(15).standard_normal((300, 200)))
+    with pytest.raises(EngineError) as info:
+        SpectrumEngine("cpu", max_memory=1000).top_vectors([w], 5)
+    message = str(info.value)
+    assert "\n" not in message and "--max-memory" in message and "gram-eigh-f64" in message
+    smallest = int(re.search(r"at least (\d+)\s*$", message).group(1))
+    assert smallest == _linalg.gram_eigh_bytes(1, 300, 200, 1, 8, 5)
+    top = SpectrumEngine("cpu", max_memory=smallest).top_vectors([w], 5)[0]
+    assert top.method == "gram-eigh-f64"
+    _check_against_lapack(w, 5, top)
+    with pytest.raises(EngineError):
+        SpectrumEngine("cpu", max_memory=smallest - 1).top_vectors([w], 5)
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    return FakeCuda(monkeypatch)
+
+
+def test_gpu_batches_vectors_under_max_memory(fake_cuda):
+    ws = _mixed_batch()
+    per = _linalg.gram_eigh_bytes(1, 90, 60, 256, 4, 20)
+    engine = SpectrumEngine("cuda", max_memory=int(2.5 * per))
+    tops = engine.top_vectors(ws, 20)
+    # three 90×60 float32 matrices in batches of 2 + 1; the float64 pair is one batch of 2
+    # in which the rank-deficient matrix fails its check and alone is recomputed
+    sizes = [n for method, n, _, dev in fake_cuda.calls if method == "gram-eigh-f64"]
+    assert sorted(sizes) == [1, 1, 1, 1, 1, 2, 2] and all(
+        dev == "cuda" for *_, dev in fake_cuda.calls
+    )
+    assert [c[:2] for c in fake_cuda.calls if c[0] != "gram-eigh-f64"] == [("svd-f64", 1)]
+    _check_batch(ws, tops, 20)
+    assert engine.notes == []
+
+
+def test_gpu_vectors_oom_splits_then_shrinks_then_falls_back_to_cpu(fake_cuda):
+    rng = np.random.default_rng(16)
+    ws = [torch.from_numpy(rng.standard_normal((300, 40))).float() for _ in range(3)]
+    fake_cuda.fail = lambda method, n, chunk, dev: n > 1
+    engine = SpectrumEngine("cuda")
+    split = engine.top_vectors(ws, 8)
+    sizes = [n for _, n, _, _ in fake_cuda.calls]
+    assert sizes[0] == 3 and sizes.count(1) == 3 and engine.notes == []
+    fake_cuda.calls.clear()
+    fake_cuda.fail = lambda method, n, chunk, dev: dev == "cuda"
+    moved = engine.top_vectors(ws[:1], 8)
+    cuda_chunks = [chunk for _, _, chunk, dev in fake_cuda.calls if dev == "cuda"]
+    assert cuda_chunks == [256, 128, 64, 32, 16, 8, 4, 2, 1]
+    assert fake_cuda.calls[-1][0] == "gram-eigh-f64" and fake_cuda.calls[-1][3] == "cpu"
+    assert len(engine.notes) == 1 and engine.notes[0].kind == "fallback"
+    assert "gram-eigh-f64" in engine.notes[0].message
+    for w, top in zip(ws, split, strict=True):
+        assert top.method == "gram-eigh-f64"
+        _check_against_lapack(w, 8, top)
+    _same_top(moved[0], split[0])
+
+
+def test_gpu_oom_in_whole_matrix_svd_switches_to_chunked_qr_vectors(fake_cuda):
+    fake_cuda.fail = lambda method, n, chunk, dev: method == "svd-f64"
+    w = torch.from_numpy(np.random.default_rng(17).standard_normal((200, 30)))
+    engine = SpectrumEngine("cuda", exact=True)
+    top = engine.top_vectors([w], 12)[0]
+    assert [c[0] for c in fake_cuda.calls] == ["svd-f64", "tsqr-svd-f64"]
+    assert top.method == "tsqr-svd-f64" and engine.notes == []
+    _check_against_lapack(w, 12, top)
+
+
+def test_triplet_check_measures_the_residual_and_orthogonality():
+    # perturbed vectors V̂ = V + E: the check must report ρ_i = √(‖Av̂ − σ̂û‖² + ‖Aᵀû − σ̂v̂‖²)
+    # with û = Av̂/‖Av̂‖, and max |ÛᵀÛ − I|, as computed here directly in numpy
+    rng = np.random.default_rng(18)
+    a = _built(rng, 300, 40, np.linspace(2.0, 1.0, 40))
+    _, s_ref, vh = np.linalg.svd(a, full_matrices=False)
+    k = 6
+    v_hat = vh[:k].T + 1e-4 * rng.standard_normal((40, k))
+    sigma = s_ref[:k] * (1 + 1e-5)
+    y = a @ v_hat
+    u_hat = y / np.linalg.norm(y, axis=0)
+    expected = np.sqrt(
+        np.linalg.norm(a @ v_hat - sigma * u_hat, axis=0) ** 2
+        + np.linalg.norm(a.T @ u_hat - sigma * v_hat, axis=0) ** 2
+    )
+    cpu = torch.device("cpu")
+    tall = [torch.from_numpy(a)]
+    out = torch.empty(1, 300, k, dtype=torch.float64)
+    short = torch.from_numpy(v_hat)[None]
+    z, yty = _linalg.long_side(tall, short, cpu, 32, out, residual=True)
+    residual, ortho, norms = _linalg.triplet_check(
+        torch.from_numpy(sigma)[None], short, z, yty, torch.tensor([np.sum(a * a)]), 300, 32
+    )
+    np.testing.assert_allclose(out[0].numpy(), y, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(norms[0].numpy(), np.linalg.norm(y, axis=0), rtol=1e-13)
+    assert (residual[0].numpy() >= expected).all()  # the rounding allowance is added
+    np.testing.assert_allclose(residual[0].numpy(), expected, rtol=1e-6, atol=1e-11)
+    assert expected.min() > 1e-5  # the perturbation is visible
+    off = np.abs(u_hat.T @ u_hat - np.eye(k)).max()
+    assert ortho.item() == pytest.approx(off, rel=1e-6, abs=1e-14) and off > 1e-6

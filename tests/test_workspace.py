@@ -112,7 +112,7 @@ def test_list_runs_reports_each_store_and_never_raises(tmp_path):
     done = runs["done"]
     assert isinstance(done, RunSummary)
     assert (done.steps_done, done.steps_total, done.matrices) == (2, 2, len(worker.SMALL))
-    assert done.status == "complete" and done.schema_version == 1
+    assert done.status == "complete" and done.schema_version == 2
     assert done.path == str(home / "done.h5") and len(done.modified) == 19
     half = runs["half"]
     assert (half.steps_done, half.steps_total, half.status) == (1, 3, "partial")

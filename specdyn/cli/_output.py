@@ -29,6 +29,9 @@ from ..analyze import Progress as ProgressEvent
 # Notes the user must act on are shown in red, the rest in yellow.
 _SERIOUS = {"unsafe-pickle", "corrupt", "unreadable", "changed-source", "nonfinite"}
 
+# Kinds that inform rather than warn (what was decided and why): shown as "note".
+_INFO = {"pairs", "reference", "vectors"}
+
 
 class Output:
     """Renders results for humans (rich) or machines (`--json`)."""
@@ -72,6 +75,19 @@ class Output:
                     step_pos=f"{event.step_index + 1}/{event.n_steps}",
                 )
                 return
+            if event.phase == "reference":
+                key = f"{event.run} (reference)"
+                if key not in tasks:
+                    tasks[key] = progress.add_task(
+                        f"{escape(event.run)} reference",
+                        total=event.n_matrices,
+                        step="",
+                        step_pos="",
+                    )
+                progress.update(
+                    tasks[key], completed=event.matrices_done, step=event.step, step_pos="first"
+                )
+                return
             total = event.n_steps * event.n_matrices
             if event.run not in tasks:
                 tasks[event.run] = progress.add_task(
@@ -93,6 +109,9 @@ class Output:
         if self.quiet and not self.json_mode:
             notes = [n for n in notes if n.kind in _SERIOUS]
         for note in notes:
+            if note.kind in _INFO:
+                self.err.print(f"[cyan]note[/] [dim]({note.kind})[/] {escape(note.message)}")
+                continue
             colour = "red" if note.kind in _SERIOUS else "yellow"
             self.err.print(f"[{colour}]warning[/] [dim]({note.kind})[/] {escape(note.message)}")
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..analyze import AnalyzeResult, ComputeOptions, MatrixSelection, analyze
+from ..analyze import AnalyzeResult, ComputeOptions, MatrixSelection, VectorOptions, analyze
 from ._options import HomeOption, JsonOption, QuietOption, parse_size
 from ._output import Output
 
@@ -50,6 +50,38 @@ def analyze_command(
         str | None,
         typer.Option(help="Bound on what the engine holds on the device at once, e.g. 8GB."),
     ] = None,
+    values_only: Annotated[
+        bool,
+        typer.Option("--values-only", help="Singular values only: no alignment or agreement."),
+    ] = False,
+    vectors: Annotated[
+        int,
+        typer.Option(
+            "--vectors", min=1, help="Top singular vectors per matrix for alignment and agreement."
+        ),
+    ] = 100,
+    reference: Annotated[
+        int | None,
+        typer.Option(help="Step the agreement compares against (default: the last checkpoint)."),
+    ] = None,
+    full_matrices: Annotated[
+        bool,
+        typer.Option("--full-matrices", help="Also store whole k×k alignment/agreement matrices."),
+    ] = False,
+    save_vectors: Annotated[
+        str,
+        typer.Option(help="Steps whose top-k vectors are kept: all, ends (first and last), none."),
+    ] = "ends",
+    score_top: Annotated[
+        int, typer.Option(min=1, help="Alignment/agreement scores average the top N entries.")
+    ] = 10,
+    pairs: Annotated[
+        Path | None,
+        typer.Option("--pairs", help="TOML pairs file that adds, removes or replaces pairs."),
+    ] = None,
+    gate: Annotated[
+        str, typer.Option(help="RNN gate block paired (LSTM i f g o, GRU r z n).")
+    ] = "g",
     overwrite: Annotated[
         bool,
         typer.Option("--overwrite", help="Recompute a store made with other options or matrices."),
@@ -63,6 +95,19 @@ def analyze_command(
     compute = ComputeOptions(
         device=device, precision=precision, exact=exact, max_memory=parse_size(max_memory)
     )
+    if save_vectors not in ("all", "ends", "none"):
+        raise typer.BadParameter("choose all, ends or none", param_hint="--save-vectors")
+    vector_options = None
+    if not values_only:
+        vector_options = VectorOptions(
+            k=vectors,
+            reference=reference,
+            full_matrices=full_matrices,
+            save_vectors=save_vectors,
+            score_top=score_top,
+            pairs_file=str(pairs) if pairs is not None else None,
+            gate=gate,
+        )
     selection = MatrixSelection(
         include=tuple(include or ()), exclude=tuple(exclude or ()), transposed=transposed
     )
@@ -76,6 +121,7 @@ def analyze_command(
             steps=steps,
             matrices=selection,
             compute=compute,
+            vectors=vector_options,
             overwrite=overwrite,
             on_progress=on_progress,
         )
@@ -114,6 +160,7 @@ def _render_tables(result: AnalyzeResult, out: Output) -> None:
                     f"{len(run.steps_already_done)} already in the store",
                 ),
                 ("matrices", run.n_matrices),
+                ("singular vectors", _vector_summary(run)),
                 ("skipped parameters", skipped),
                 ("tied weights", ", ".join(f"{a} → {b}" for a, b in run.aliases.items()) or "none"),
                 ("duplicates", len(duplicates)),
@@ -124,6 +171,16 @@ def _render_tables(result: AnalyzeResult, out: Output) -> None:
                 ("store", run.store_path),
             ],
         )
+
+
+def _vector_summary(run) -> str:
+    """One line on the vector analysis of a run."""
+    if run.k is None:
+        return "not computed (--values-only)"
+    return (
+        f"top {run.k}; {run.pairs} pairs ({run.pairs_preset}); agreement against "
+        f"{run.step_unit} {run.reference}; {len(run.steps_with_vectors)} steps computed now"
+    )
 
 
 def _under(path: str | None, root: str) -> bool:

@@ -19,8 +19,11 @@ def info_command(
     home: HomeOption = None,
     json_out: JsonOption = False,
     matrices: Annotated[bool, typer.Option("--matrices", help="Also list every matrix.")] = False,
+    pairs: Annotated[
+        bool, typer.Option("--pairs", help="Also list every pair with its rule and final score.")
+    ] = False,
 ) -> None:
-    """Show what a store holds: steps, matrices, skipped parameters, provenance."""
+    """Show what a store holds: steps, matrices, pairs, skipped parameters, provenance."""
     out = Output(json_mode=json_out)
     with open_run(run, home=home) as store:
         summary = store.info()
@@ -29,9 +32,16 @@ def info_command(
             for name in store.matrices:
                 meta = store.matrix_info(name)
                 rows.append(meta)
+        pair_rows = store.pairs if pairs else []
+        if pair_rows and store.steps.size:
+            last = store.alignment_score()[:, -1]
+            for row, score in zip(pair_rows, last, strict=True):
+                row["last_score"] = None if score != score else float(score)
     if out.json_mode:
         if matrices:
             summary = dict(summary, matrices_detail=rows)
+        if pairs:
+            summary = dict(summary, pairs_detail=pair_rows)
         out.json(summary)
         return
     out.fields(
@@ -51,6 +61,24 @@ def info_command(
                     m.get("method", ""),
                 )
                 for m in rows
+            ),
+        )
+    if pairs:
+        if summary.get("vectors") is None:
+            out.err.print("no pairs: the store holds values only (analysed with --values-only)")
+            return
+        out.table(
+            "pairs (forward order)",
+            ("pair", "rule", "heads", "k", "a(t) at the last step"),
+            (
+                (
+                    p["name"],
+                    p["rule"],
+                    p["blocks"],
+                    p["k"],
+                    "-" if p.get("last_score") is None else f"{p['last_score']:.3f}",
+                )
+                for p in pair_rows
             ),
         )
 

@@ -1,0 +1,178 @@
+"""Per-step singular-vector work of `analyze`: the store's vector layout from a pair plan,
+the operand slices each pair needs, and a step's alignment, agreement and kept vectors
+from the top-k vectors of its matrices (SPEC §2 Eq. 3–5, §4)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .pairs import Operand, Pair, PairPlan, head_pairs
+from .store import MatrixAgreement, PairAlignment, PairRecord, StepVectors, VectorLayout
+from .vectors import (
+    TopK,
+    agreement_diagonal,
+    agreement_matrix,
+    alignment_diagonal,
+    alignment_matrix,
+)
+from .views import MatrixView
+
+
+@dataclass(frozen=True)
+class VectorOptions:
+    """How singular vectors are analysed (SPEC §2, §7).
+
+    k: top singular vectors per matrix (diagonals are min(k, R) long);
+    reference: the step agreement compares against (None: the run's last
+    checkpoint); full_matrices: also store whole k×k alignment and agreement
+    matrices; save_vectors: "all" | "ends" | "none", the steps whose top-k
+    vectors are kept in the store; score_top: scores average the first
+    `score_top` diagonal entries; pairs_file: a TOML pairs file
+    (docs/pairs.md); gate: RNN gate block the LSTM preset pairs.
+    """
+
+    k: int = 100
+    reference: int | None = None
+    full_matrices: bool = False
+    save_vectors: str = "ends"
+    score_top: int = 10
+    pairs_file: str | None = None
+    gate: str = "g"
+
+
+def operand_key(op: Operand) -> tuple:
+    """Operands with equal keys cut the same slices from the same matrix."""
+    return (op.matrix, op.ops)
+
+
+def layout_for(
+    pair_plan: PairPlan,
+    views: Sequence[MatrixView],
+    options: VectorOptions,
+    reference: int,
+    reference_rule: str,
+) -> VectorLayout:
+    """The store's `VectorLayout` for a run's pairs and options."""
+    records = []
+    for p in pair_plan.pairs:
+        k = min(options.k, min(p.first.shape), min(p.second.shape))
+        records.append(
+            PairRecord(
+                name=p.name,
+                first=p.first.matrix,
+                second=p.second.matrix,
+                first_side=p.first.side,
+                second_side=p.second.side,
+                rule=p.rule,
+                options=dict(p.options),
+                blocks=max(p.first.blocks, p.second.blocks),
+                k=int(k),
+                dim=int(p.first.dim),
+            )
+        )
+    return VectorLayout(
+        k=int(options.k),
+        score_top=int(options.score_top),
+        reference=int(reference),
+        reference_rule=reference_rule,
+        full_matrices=bool(options.full_matrices),
+        save_vectors=options.save_vectors,
+        pairs=tuple(records),
+        pairs_preset=pair_plan.preset,
+        skipped_pairs=tuple((str(a), str(b)) for a, b in pair_plan.skipped),
+    )
+
+
+def sliced_operands(pairs: Sequence[Pair]) -> dict[str, list[Operand]]:
+    """Per matrix name, the distinct operands that need slices of it decomposed
+    (whole-matrix operands reuse the matrix's own top-k vectors)."""
+    out: dict[str, list[Operand]] = {}
+    seen: set[tuple] = set()
+    for p in pairs:
+        for op in (p.first, p.second):
+            if op.ops and operand_key(op) not in seen:
+                seen.add(operand_key(op))
+                out.setdefault(op.matrix, []).append(op)
+    return out
+
+
+def _side(top: TopK, side: str) -> np.ndarray:
+    """The u or v vectors of a TopK."""
+    return top.u if side == "u" else top.v
+
+
+def pair_alignment(
+    pair: Pair,
+    k: int,
+    tops: Mapping[str, TopK],
+    slices: Mapping[tuple, list[TopK]],
+    full_matrices: bool,
+) -> PairAlignment:
+    """A pair's alignment at one step from its operands' top-k vectors.
+
+    tops: matrix name → TopK of the whole view; slices: `operand_key` → TopK
+    per slice (heads in order). Per-head pairs average the diagonals (and
+    matrices) over their head couples (`head_pairs`).
+    """
+    first = slices[operand_key(pair.first)] if pair.first.ops else [tops[pair.first.matrix]]
+    second = slices[operand_key(pair.second)] if pair.second.ops else [tops[pair.second.matrix]]
+    couples = head_pairs(len(first), len(second))
+    heads = np.empty((len(couples), k))
+    matrix = np.zeros((k, k)) if full_matrices else None
+    for row, (i, j) in enumerate(couples):
+        a = _side(first[i], pair.first.side)[:, :k]
+        b = _side(second[j], pair.second.side)[:, :k]
+        heads[row] = alignment_diagonal(a, b, k)
+        if matrix is not None:
+            matrix += alignment_matrix(a, b)
+    if matrix is not None:
+        matrix /= len(couples)
+    return PairAlignment(
+        diagonal=heads.mean(axis=0),
+        heads=heads if len(couples) > 1 else None,
+        matrix=matrix,
+    )
+
+
+def matrix_agreement(top: TopK, ref: TopK, k: int, full_matrices: bool) -> MatrixAgreement:
+    """One matrix's agreement S with its reference-step vectors (k = min(k, R))."""
+    diag = agreement_diagonal(top.u, top.v, ref.u, ref.v, k)
+    matrix = None
+    if full_matrices:
+        matrix = agreement_matrix(top.u[:, :k], top.v[:, :k], ref.u[:, :k], ref.v[:, :k])
+    return MatrixAgreement(diagonal=diag, matrix=matrix)
+
+
+def step_vectors(
+    *,
+    pairs: Sequence[Pair],
+    layout: VectorLayout,
+    tops: Mapping[str, TopK],
+    slices: Mapping[tuple, list[TopK]],
+    reference: Mapping[str, TopK] | None,
+    sections: set[str],
+    ranks: Mapping[str, int],
+) -> StepVectors:
+    """The `StepVectors` of one step for the sections asked ("alignment",
+    "agreement", "vectors")."""
+    alignment = agreement = kept = None
+    if "alignment" in sections:
+        ks = {p.name: p.k for p in layout.pairs}
+        alignment = {
+            p.name: pair_alignment(p, ks[p.name], tops, slices, layout.full_matrices) for p in pairs
+        }
+    if "agreement" in sections:
+        if reference is None:
+            raise RuntimeError("internal error: agreement asked without reference vectors")
+        agreement = {
+            name: matrix_agreement(
+                top, reference[name], min(layout.k, ranks[name]), layout.full_matrices
+            )
+            for name, top in tops.items()
+        }
+    if "vectors" in sections:
+        kept = {name: (top.u, top.v) for name, top in tops.items()}
+    return StepVectors(alignment=alignment, agreement=agreement, vectors=kept)
