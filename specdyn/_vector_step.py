@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .pairs import Operand, Pair, PairPlan, head_pairs
-from .store import MatrixAgreement, PairAlignment, PairRecord, StepVectors, VectorLayout
+from .store import MatrixAgreement, PairAlignment, PairRecord, VectorLayout
 from .vectors import (
     TopK,
     agreement_diagonal,
@@ -146,33 +146,25 @@ def matrix_agreement(top: TopK, ref: TopK, k: int, full_matrices: bool) -> Matri
     return MatrixAgreement(diagonal=diag, matrix=matrix)
 
 
-def step_vectors(
-    *,
+def held_sides(top: TopK, sides: set[str]) -> TopK:
+    """`top` with only the vector sides in `sides` kept (the other an empty array)."""
+    empty = np.empty((0, 0))
+    return TopK(
+        top.sigma,
+        top.u if "u" in sides else empty,
+        top.v if "v" in sides else empty,
+        top.method,
+    )
+
+
+def pair_alignments(
     pairs: Sequence[Pair],
     layout: VectorLayout,
     tops: Mapping[str, TopK],
     slices: Mapping[tuple, list[TopK]],
-    reference: Mapping[str, TopK] | None,
-    sections: set[str],
-    ranks: Mapping[str, int],
-) -> StepVectors:
-    """The `StepVectors` of one step for the sections asked ("alignment",
-    "agreement", "vectors")."""
-    alignment = agreement = kept = None
-    if "alignment" in sections:
-        ks = {p.name: p.k for p in layout.pairs}
-        alignment = {
-            p.name: pair_alignment(p, ks[p.name], tops, slices, layout.full_matrices) for p in pairs
-        }
-    if "agreement" in sections:
-        if reference is None:
-            raise RuntimeError("internal error: agreement asked without reference vectors")
-        agreement = {
-            name: matrix_agreement(
-                top, reference[name], min(layout.k, ranks[name]), layout.full_matrices
-            )
-            for name, top in tops.items()
-        }
-    if "vectors" in sections:
-        kept = {name: (top.u, top.v) for name, top in tops.items()}
-    return StepVectors(alignment=alignment, agreement=agreement, vectors=kept)
+) -> dict[str, PairAlignment]:
+    """Every pair's alignment at one step (diagonal length from the store layout)."""
+    ks = {p.name: p.k for p in layout.pairs}
+    return {
+        p.name: pair_alignment(p, ks[p.name], tops, slices, layout.full_matrices) for p in pairs
+    }

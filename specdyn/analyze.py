@@ -25,10 +25,12 @@ from ._store_vectors import SAVE_MODES
 from ._types import Note
 from ._vector_step import (
     VectorOptions,
+    held_sides,
     layout_for,
+    matrix_agreement,
     operand_key,
+    pair_alignments,
     sliced_operands,
-    step_vectors,
 )
 from ._version import __version__
 from .engine import SpectrumEngine
@@ -37,7 +39,15 @@ from .metrics import spectral_metrics
 from .pairs import Operand, PairPlan, plan_pairs
 from .sources import Checkpoint, RunSource, discover
 from .steps import select_steps
-from .store import MatrixRecord, StepRecord, StoreWriter, VectorLayout, open_run
+from .store import (
+    MatrixAgreement,
+    MatrixRecord,
+    StepRecord,
+    StepVectors,
+    StoreWriter,
+    VectorLayout,
+    open_run,
+)
 from .vectors import TopK
 from .views import MatrixView, Skipped, ViewPlan, plan_views
 from .workspace import resolve_home, store_path_for
@@ -275,10 +285,9 @@ def _reference_step(given: int | None, available: Sequence[int], source: RunSour
 
 @dataclass
 class _StepResult:
-    """What one checkpoint gave: values, top-k vectors per matrix and per operand slice."""
+    """What one checkpoint gave: values, and the top-k vectors of pair-operand slices."""
 
     spectra: dict[str, tuple[np.ndarray, str]]
-    tops: dict[str, TopK] | None
     slices: dict[tuple, list[TopK]] | None
     notes: list[Note]
 
@@ -430,14 +439,43 @@ def _analyze_run(
         sliced = sliced_operands(pair_plan.pairs) if pair_plan is not None else {}
         k = vectors.k if vectors is not None else 0
 
+        # the sides of whole matrices that pairs compare: only those are held per step
+        pair_sides: dict[str, set[str]] = {}
+        for pair in pair_plan.pairs if pair_plan is not None else ():
+            for operand in (pair.first, pair.second):
+                if not operand.ops:
+                    pair_sides.setdefault(operand.matrix, set()).add(operand.side)
+
         def run_step(
             ckpt: Checkpoint, index: int, n: int, phase: str, wanted: set[str], hasher
-        ) -> _StepResult:
+        ) -> dict[str, TopK]:
+            """Analyse one checkpoint, write what `wanted` asks; returns its full top-k
+            vectors when `wanted` holds "tops" (the reference pass), else {}."""
             hashing = (
                 hasher.submit(ckpt.fingerprint)
                 if ckpt.step in unhashed and "values" in wanted
                 else None
             )
+            full: dict[str, TopK] = {}
+            held: dict[str, TopK] = {}
+            agreement: dict[str, MatrixAgreement] = {}
+            kept: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+            def consume(name: str, top: TopK) -> None:
+                # each matrix's vectors are used as soon as they exist, then dropped
+                # (only what pairs compare is held until the step's end)
+                if "tops" in wanted:
+                    full[name] = top
+                if "agreement" in wanted and vector_layout is not None:
+                    ref = ref_tops[name] if ref_tops is not None else top
+                    agreement[name] = matrix_agreement(
+                        top, ref, min(vector_layout.k, ranks[name]), vector_layout.full_matrices
+                    )
+                if "vectors" in wanted:
+                    kept[name] = (top.u.astype(np.float32), top.v.astype(np.float32))
+                if "alignment" in wanted and name in pair_sides:
+                    held[name] = held_sides(top, pair_sides[name])
+
             result = _analyze_checkpoint(
                 ckpt,
                 plan,
@@ -448,7 +486,8 @@ def _analyze_run(
                 n,
                 on_progress,
                 k=k if wanted - {"values"} else 0,  # "tops": the reference's vectors only
-                sliced=sliced,
+                sliced=sliced if "alignment" in wanted else {},
+                consume=consume,
                 phase=phase,
             )
             spectra = result.spectra if "values" in wanted else None
@@ -458,17 +497,17 @@ def _analyze_run(
                 for matrix, (sigma, method) in spectra.items():
                     methods[method] += 1
                     metrics[matrix] = {k: float(v) for k, v in spectral_metrics(sigma).items()}
-            vector_sections = wanted & {"alignment", "agreement", "vectors"}
             step_vec = None
-            if vector_sections and vector_layout is not None and pair_plan is not None:
-                step_vec = step_vectors(
-                    pairs=pair_plan.pairs,
-                    layout=vector_layout,
-                    tops=result.tops or {},
-                    slices=result.slices or {},
-                    reference=ref_tops if ref_tops is not None else result.tops,
-                    sections=vector_sections,
-                    ranks=ranks,
+            if wanted & {"alignment", "agreement", "vectors"} and vector_layout is not None:
+                alignment = None
+                if "alignment" in wanted and pair_plan is not None:
+                    alignment = pair_alignments(
+                        pair_plan.pairs, vector_layout, held, result.slices or {}
+                    )
+                step_vec = StepVectors(
+                    alignment=alignment,
+                    agreement=agreement if "agreement" in wanted else None,
+                    vectors=kept if "vectors" in wanted else None,
                 )
             if spectra is not None or step_vec is not None:
                 writer.write_step(
@@ -484,7 +523,7 @@ def _analyze_run(
                 computed.append(ckpt.step)
             if step_vec is not None:
                 with_vectors.append(ckpt.step)
-            return result
+            return full
 
         ref_tops: dict[str, TopK] | None = None
         # A checkpoint is hashed in a second thread while its SVDs run (hashlib and
@@ -494,7 +533,7 @@ def _analyze_run(
                 # the reference first: only its top-k vectors are held while the rest streams
                 ref_ckpt = by_step[reference]
                 wanted = set(sections.get(reference, set())) | {"tops"}
-                ref_tops = run_step(ref_ckpt, 0, len(work), "reference", wanted, hasher).tops
+                ref_tops = run_step(ref_ckpt, 0, len(work), "reference", wanted, hasher)
                 work = [c for c in work if c.step != reference]
             for index, ckpt in enumerate(work):
                 run_step(ckpt, index, len(work), "analysing", sections[ckpt.step], hasher)
@@ -535,16 +574,17 @@ def _analyze_checkpoint(
     *,
     k: int = 0,
     sliced: dict[str, list[Operand]] | None = None,
+    consume: Callable[[str, TopK], None] | None = None,
     phase: str = "analysing",
 ) -> _StepResult:
-    """Singular values (and with k ≥ 1 the top-k vectors of every matrix and of every
-    pair-operand slice in `sliced`) of one checkpoint, reading one tensor at a time."""
+    """Singular values of one checkpoint, reading one tensor at a time; with k ≥ 1 the
+    top-k vectors of every matrix (handed to `consume(name, top)` as they are computed)
+    and of every pair-operand slice in `sliced` (returned)."""
     by_key: dict[str, list[MatrixView]] = {}
     for view in plan.matrices:
         by_key.setdefault(view.key, []).append(view)
     sliced = sliced or {}
     spectra: dict[str, tuple[np.ndarray, str]] = {}
-    tops: dict[str, TopK] | None = {} if k else None
     slices: dict[tuple, list[TopK]] | None = {} if k else None
     notes: list[Note] = []
     n_matrices = len(plan.matrices)
@@ -564,8 +604,9 @@ def _analyze_checkpoint(
                 results = [(r.sigma, r.method, None) for r in engine.singular_values(mats)]
             for (view, matrix), (sigma, method, top) in zip(group, results, strict=True):
                 spectra[view.name] = (sigma, method)
-                if top is not None and tops is not None and slices is not None:
-                    tops[view.name] = top
+                if top is not None and slices is not None:
+                    if consume is not None:
+                        consume(view.name, top)
                     for op in sliced.get(view.name, []):
                         slices[operand_key(op)] = engine.top_vectors(op.apply(matrix), k)
                 note = _degenerate_note(view, method, ckpt)
@@ -589,7 +630,7 @@ def _analyze_checkpoint(
             if group_bytes >= _GROUP_BYTES:
                 flush()
         flush()
-    return _StepResult(spectra, tops, slices, notes)
+    return _StepResult(spectra, slices, notes)
 
 
 def _check_same_parameters(

@@ -273,3 +273,94 @@ def test_cli_vector_options(tmp_path, capsys):
     assert main(["analyze", str(folder), "--home", home, "--reference", "5"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no checkpoint at step 5" in err[0]
+
+
+def _preset_models():
+    """Tiny random-initialised models built with the real code, one per preset."""
+    import transformers
+    from torch import nn
+
+    torch.manual_seed(5)
+
+    class Rnn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = nn.LSTM(6, 5, num_layers=3, bidirectional=True)
+
+    vgg = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 16, 3), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10), nn.ReLU(), nn.Linear(10, 4),
+    )  # fmt: skip
+    gpt2 = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=40, n_positions=16)
+    )
+    llama = transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=48,
+            vocab_size=40,
+            max_position_embeddings=16,
+        )  # fmt: skip
+    )
+    neox = transformers.GPTNeoXForCausalLM(
+        transformers.GPTNeoXConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            vocab_size=40,
+            max_position_embeddings=16,
+        )  # fmt: skip
+    )
+    return {"vgg": vgg, "lstm": Rnn(), "gpt2": gpt2, "llama": llama, "neox": neox}
+
+
+@pytest.mark.parametrize("kind", ["vgg", "lstm", "gpt2", "llama", "neox"])
+def test_every_preset_model_is_analysed_with_its_pairs(tmp_path, kind):
+    from specdyn.pairs import pairs_for
+
+    model = _preset_models()[kind]
+    folder = tmp_path / kind
+    for step in (0, 1):
+        if step:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(0.01 * torch.randn_like(p))
+        if hasattr(model, "save_pretrained"):
+            model.save_pretrained(folder / f"checkpoint-{step}")
+        else:
+            folder.mkdir(exist_ok=True)
+            torch.save(model.state_dict(), folder / f"step_{step}.pt")
+    expected = pairs_for(folder)
+    assert expected.pairs
+    specdyn.analyze(folder, home=tmp_path / "ws", vectors=VectorOptions(k=8))
+    with specdyn.open_run(kind, home=tmp_path / "ws") as run:
+        assert [(p["name"], p["rule"]) for p in run.pairs] == [
+            (p.name, p.rule) for p in expected.pairs
+        ]
+        scores = run.alignment_score()
+        assert scores.shape == (len(expected.pairs), 2)
+        assert np.isfinite(scores).all() and (scores >= 0).all() and (scores <= 1 + 1e-9).all()
+        assert np.abs(run.agreement_score()[:, -1] - 1).max() < 1e-9
+        if kind == "llama":
+            # grouped-query attention: query head h meets key head h // 2
+            q = model.model.layers[0].self_attn.q_proj.weight.detach().double().numpy()
+            k = model.model.layers[0].self_attn.k_proj.weight.detach().double().numpy()
+            pair = run.find_pair("layers.0.self_attn.q_proj.weight~")
+            heads = run.alignment_heads(pair)[-1]  # last step: the model as it is now
+            assert heads.shape == (4, 8)
+            for h in range(4):
+                uq = np.linalg.svd(q[8 * h : 8 * h + 8])[0]
+                uk = np.linalg.svd(k[8 * (h // 2) : 8 * (h // 2) + 8])[0]
+                want = np.abs(np.sum(uq * uk, axis=0))
+                # compare entries whose vectors are well determined (gap ≥ 1e-3 both sides)
+                ok = np.ones(8, dtype=bool)
+                for block in (q[8 * h : 8 * h + 8], k[8 * (h // 2) : 8 * (h // 2) + 8]):
+                    sig = np.linalg.svd(block, compute_uv=False)
+                    gap = np.abs(sig[:, None] - sig[None, :]) + np.eye(8)
+                    ok &= gap.min(axis=1) > 1e-3
+                assert ok.sum() >= 6
+                assert np.allclose(heads[h][ok], want[ok], atol=1e-5)
