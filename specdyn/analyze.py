@@ -534,6 +534,17 @@ def _analyze_run(
                 ref_ckpt = by_step[reference]
                 wanted = set(sections.get(reference, set())) | {"tops"}
                 ref_tops = run_step(ref_ckpt, 0, len(work), "reference", wanted, hasher)
+                undefined = [n for n, t in ref_tops.items() if t.method in ("nonfinite", "zero")]
+                if undefined:
+                    notes.append(
+                        Note(
+                            "reference-undefined",
+                            f"at the reference {source.step_unit} {reference}, "
+                            f"{_few(undefined)} hold NaN/Inf or only zeros: their agreement is "
+                            "NaN at every step; choose another --reference",
+                            path=str(ref_ckpt.path),
+                        )
+                    )
                 work = [c for c in work if c.step != reference]
             for index, ckpt in enumerate(work):
                 run_step(ckpt, index, len(work), "analysing", sections[ckpt.step], hasher)
@@ -770,3 +781,9 @@ def _skip_summary(plan: ViewPlan) -> str:
     if not counts:
         return "no parameters"
     return "; ".join(f"{n} {reason}" for reason, n in counts.items())
+
+
+def _few(names: Sequence[str], limit: int = 3) -> str:
+    """The first few names, comma-separated, with how many more."""
+    text = ", ".join(names[:limit])
+    return text + (f" and {len(names) - limit} more" if len(names) > limit else "")

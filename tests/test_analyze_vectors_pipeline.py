@@ -364,3 +364,26 @@ def test_every_preset_model_is_analysed_with_its_pairs(tmp_path, kind):
                     ok &= gap.min(axis=1) > 1e-3
                 assert ok.sum() >= 6
                 assert np.allclose(heads[h][ok], want[ok], atol=1e-5)
+
+
+def test_nan_and_zero_matrices_give_nan_vectors_metrics_and_a_warning(tmp_path):
+    folder = tmp_path / "bad"
+    rng = np.random.default_rng(4)
+    for step in range(3):
+        a, b = rng.standard_normal((6, 4)), rng.standard_normal((3, 6))
+        if step == 1:
+            a[0, 0] = np.nan
+        if step == 2:
+            b[:] = 0.0  # all zeros at the reference step
+        _save(folder, step, {"a.weight": a, "b.weight": b})
+    result = specdyn.analyze(folder, home=tmp_path / "ws").runs[0]
+    kinds = {n.kind for n in result.notes}
+    assert {"nonfinite", "zero-matrix", "reference-undefined"} <= kinds
+    (note,) = [n for n in result.notes if n.kind == "reference-undefined"]
+    assert "b.weight" in note.message and "--reference" in note.message
+    with specdyn.open_run("bad", home=tmp_path / "ws") as run:
+        align = run.alignment_score()[0]
+        assert np.isfinite(align[0]) and np.isnan(align[1:]).all()
+        assert np.isnan(run.agreement("b.weight")).all()
+        agree_a = run.agreement_score("a.weight")
+        assert np.isfinite(agree_a[[0, 2]]).all() and np.isnan(agree_a[1])
