@@ -8,6 +8,7 @@ file; with neither, the workspace's only run (SPEC §7).
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from datetime import datetime
@@ -44,7 +45,9 @@ class RunSummary:
     modified: the file's last modification, local time ``YYYY-MM-DD HH:MM:SS``;
     status: ``"complete"``, ``"partial"`` (steps still pending, e.g. after an
     interrupted analyze), ``"being written"`` (a specdyn process holds its
-    writer lock now) or ``"unreadable: <why>"``.
+    writer lock now) or ``"unreadable: <why>"``; vectors: ``"values only"``,
+    ``"top K"`` (alignment and agreement done for every done step) or ``"top K,
+    partial"`` (some done steps still lack them; re-run analyze), "" when unreadable.
     """
 
     name: str
@@ -55,6 +58,7 @@ class RunSummary:
     schema_version: int | None
     modified: str
     status: str
+    vectors: str = ""
 
 
 def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
@@ -204,6 +208,7 @@ def _summarize(path: Path) -> RunSummary:
                 version = int(f.attrs["schema_version"])
                 done = np.asarray(f["steps/done"][()], dtype=bool)
                 n_matrices = int(f["matrices/name"].shape[0])
+                vectors = _vectors_state(f, done)
             except (KeyError, OSError, ValueError, TypeError) as exc:
                 raise layout.damaged(path, exc) from None
     except Exception as exc:  # StoreError, or anything else: list_runs lists every file
@@ -221,4 +226,18 @@ def _summarize(path: Path) -> RunSummary:
         schema_version=version,
         modified=modified,
         status=status,
+        vectors=vectors,
     )
+
+
+def _vectors_state(f, done: np.ndarray) -> str:
+    """ "values only", "top K" or "top K, partial" for an open store."""
+    raw = layout.attr_str(f, "vectors", "null")
+    config = json.loads(raw) if raw else None
+    if not config:
+        return "values only"
+    complete = all(
+        bool(np.asarray(f[f"{section}/done"][()], dtype=bool)[done].all())
+        for section in ("alignment", "agreement")
+    )
+    return f"top {int(config['k'])}" + ("" if complete else ", partial")

@@ -387,3 +387,18 @@ def test_nan_and_zero_matrices_give_nan_vectors_metrics_and_a_warning(tmp_path):
         assert np.isnan(run.agreement("b.weight")).all()
         agree_a = run.agreement_score("a.weight")
         assert np.isfinite(agree_a[[0, 2]]).all() and np.isnan(agree_a[1])
+
+
+def test_runs_say_whether_a_store_has_its_vectors(tmp_path):
+    folder = tmp_path / "state"
+    _balanced_run(folder, steps=(0, 10))
+    home = tmp_path / "ws"
+    specdyn.analyze(folder, home=home, vectors=None)
+    assert [r.vectors for r in specdyn.list_runs(home)] == ["values only"]
+    specdyn.analyze(folder, home=home, vectors=VectorOptions(k=4))
+    assert [r.vectors for r in specdyn.list_runs(home)] == ["top 4"]
+    _balanced_run(tmp_path / "more", steps=(0, 10, 20))
+    (tmp_path / "more" / "step_0020.pt").rename(folder / "step_0020.pt")
+    result = specdyn.analyze(folder, home=home, vectors=None).runs[0]
+    assert any(n.kind == "vectors-pending" for n in result.notes)
+    assert [r.vectors for r in specdyn.list_runs(home)] == ["top 4, partial"]

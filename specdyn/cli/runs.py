@@ -22,8 +22,8 @@ def runs_command(home: HomeOption = None, json_out: JsonOption = False) -> None:
         return
     out.table(
         f"runs in {folder}",
-        ("name", "steps", "matrices", "status", "modified", "path"),
-        ((r.name, _steps(r), r.matrices, r.status, r.modified, r.path) for r in runs),
+        ("name", "steps", "matrices", "vectors", "status", "modified", "path"),
+        ((r.name, _steps(r), r.matrices, r.vectors, r.status, r.modified, r.path) for r in runs),
     )
 
 
