@@ -24,6 +24,7 @@ SCHEMA_VERSION = 2
 METHOD_BYTES = 64
 SHA256_BYTES = 64
 NOTES_BYTES = 4096
+FLAG_BYTES = 256
 PROVENANCE_BYTES = 8192
 PROVENANCE_SLOTS = 16
 
@@ -39,6 +40,7 @@ VLEN_STR = h5py.string_dtype("utf-8")
 METHOD_DTYPE = h5py.string_dtype("utf-8", METHOD_BYTES)
 SHA256_DTYPE = h5py.string_dtype("utf-8", SHA256_BYTES)
 NOTES_DTYPE = h5py.string_dtype("utf-8", NOTES_BYTES)
+FLAG_DTYPE = h5py.string_dtype("utf-8", FLAG_BYTES)
 PROVENANCE_DTYPE = h5py.string_dtype("utf-8", PROVENANCE_BYTES)
 
 

@@ -514,6 +514,24 @@ class StoreWriter:
             writes.append((path, rows[path.split("/", 1)[0]], value))
         return writes, sections
 
+    def flag_step(self, step: int, flag: str) -> None:
+        """Mark a step (done or not) with a one-line flag, e.g. "duplicate of step 0" or
+        "failed: truncated download"; "" clears it. Plots mark flagged steps.
+
+        Raises:
+            ValueError: an unknown step or a flag longer than 256 bytes of UTF-8.
+            StoreError: the writer is closed.
+        """
+        if self._f is None:
+            raise StoreError(f"{self.path}: the store writer is closed; open it again to write")
+        if int(step) not in self._index:
+            raise ValueError(f"step {step} is not a step of the store {self.path}")
+        data = layout.clean_text(str(flag)).encode("utf-8")
+        if len(data) > layout.FLAG_BYTES:
+            raise ValueError(f"flag {flag!r} is longer than {layout.FLAG_BYTES} bytes")
+        self._f["steps/flag"][self._index[int(step)]] = data
+        layout.fsync_file(self._f)
+
     def close(self) -> None:
         """Close the file and release the writer lock (idempotent)."""
         f, self._f = self._f, None
@@ -967,6 +985,15 @@ def _build(target: Path, plan: _Plan, old: h5py.File | None) -> None:
             dtype=layout.SHA256_DTYPE,
         )
         copy("steps/notes", layout.NOTES_DTYPE, b"")
+        # flags describe a step whether or not it is done (a failed download): all kept
+        flags = np.zeros(n_steps, dtype=layout.FLAG_DTYPE)
+        if old is not None and "steps/flag" in old:
+            old_flags = dict(
+                zip(old["steps/step"][()].tolist(), old["steps/flag"][()].tolist(), strict=True)
+            )
+            for i, step in enumerate(step_values.tolist()):
+                flags[i] = old_flags.get(step, b"")
+        layout.new_dataset(g, "flag", (n_steps,), layout.FLAG_DTYPE)[...] = flags
         copy("steps/invocation", np.int32, layout.INVOCATION_NONE)
 
         g = f.create_group("matrices")
@@ -1236,6 +1263,15 @@ class Run:
                 if items:
                     out[int(self._all_steps[i])] = [str(n) for n in items]
         return out
+
+    @property
+    def step_flags(self) -> dict[int, str]:
+        """Flagged steps (done or not) → their flag ("duplicate of …", "failed: …")."""
+        f = self._file
+        if "steps/flag" not in f:
+            return {}
+        flags = layout.read_strings(f["steps/flag"])
+        return {int(s): flag for s, flag in zip(self._all_steps, flags, strict=True) if flag}
 
     @property
     def provenance(self) -> list[dict[str, Any]]:

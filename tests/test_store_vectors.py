@@ -293,3 +293,23 @@ def test_bad_vector_writes_are_refused_before_writing(tmp_path):
             STEPS,
             vectors=_layout(pairs=(replace(PAIRS[0], second="nope"),)),
         )
+
+
+def test_step_flags_survive_growth_and_mark_pending_steps(tmp_path):
+    path = tmp_path / "run.h5"
+    with _open(path, STEPS) as w:
+        _write(w, [0, 10])
+        w.flag_step(10, "duplicate of step 0")
+        w.flag_step(20, "failed: truncated download")
+        with pytest.raises(ValueError, match="not a step"):
+            w.flag_step(5, "x")
+        with pytest.raises(ValueError, match="longer than 256 bytes"):
+            w.flag_step(0, "x" * 300)
+    with _open(path, [*STEPS, 30]):  # growth rebuilds the file
+        pass
+    with open_run(path) as run:
+        assert run.step_flags == {10: "duplicate of step 0", 20: "failed: truncated download"}
+    with _open(path, STEPS) as w:
+        w.flag_step(20, "")
+    with open_run(path) as run:
+        assert run.step_flags == {10: "duplicate of step 0"}
