@@ -7,6 +7,7 @@ training checkpoint, stored in HDF5 and drawn from there.
     result = specdyn.analyze("ckpts/")            # writes ./specdyn-runs/<run>.h5
     with specdyn.open_run("ckpts") as run:
         run.metric("normalized_effective_rank")   # [matrices, steps]
+    specdyn.plot_rank("ckpts").figure.savefig("rank.png")
 """
 
 from ._types import Note, TensorInfo
@@ -47,4 +48,39 @@ __all__ = [
     "Note",
     "TensorInfo",
     "SpecdynError",
+    "PlotError",
+    "draw",
+    "plot_rank",
+    "plot_metric",
+    "plot_sv",
+    "plot_alignment",
+    "plot_alignment_score",
+    "plot_agreement",
+    "plot_agreement_score",
+    "plot_alignment_matrix",
+    "plot_all",
 ]
+
+# The figures need matplotlib (≈0.45 s to import): loaded on first use, so that
+# `specdyn analyze` and `import specdyn` do not pay for it.
+_PLOT_NAMES = {
+    "PlotError",
+    "draw",
+    "plot_rank",
+    "plot_metric",
+    "plot_sv",
+    "plot_alignment",
+    "plot_alignment_score",
+    "plot_agreement",
+    "plot_agreement_score",
+    "plot_alignment_matrix",
+    "plot_all",
+}
+
+
+def __getattr__(name: str):
+    if name in _PLOT_NAMES:
+        from . import plots
+
+        return getattr(plots, name)
+    raise AttributeError(f"module 'specdyn' has no attribute {name!r}")

@@ -18,6 +18,7 @@ from ..errors import SpecdynError
 from . import analyze as _analyze_cmd
 from . import info as _info_cmd
 from . import pairs as _pairs_cmd
+from . import plot as _plot_cmd
 from . import runs as _runs_cmd
 
 __all__ = ["app", "main"]
@@ -28,7 +29,7 @@ _UsageProblem = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "Cli
 
 app = typer.Typer(
     name="specdyn",
-    help="Spectral dynamics of weights: singular values of every weight matrix over training.",
+    help="Spectral dynamics of weights: singular values and vectors of every weight matrix over training.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -37,6 +38,7 @@ app.command("analyze")(_analyze_cmd.analyze_command)
 app.command("runs")(_runs_cmd.runs_command)
 app.command("info")(_info_cmd.info_command)
 app.command("pairs")(_pairs_cmd.pairs_command)
+app.command("plot")(_plot_cmd.plot_command)
 
 
 def _debug() -> bool:

@@ -1,0 +1,116 @@
+"""`specdyn plot KIND [RUN]`: figures from a store."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._options import HomeOption, JsonOption
+from ._output import Output
+
+_KINDS_HELP = (
+    "rank | sv | alignment | agreement | alignment-matrix | metric NAME | all. "
+    "Then the run (name or store path; default: the workspace's only run)."
+)
+
+
+def plot_command(
+    kind: Annotated[str, typer.Argument(help=_KINDS_HELP, show_default=False)],
+    args: Annotated[
+        list[str] | None,
+        typer.Argument(help="[NAME] [RUN]: the metric name (metric only), then the run."),
+    ] = None,
+    home: HomeOption = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Figure file (.png, .pdf, .svg) or, for 'all', a folder "
+            "(default: <home>/figures/<run>/)."
+        ),
+    ] = None,
+    matrix: Annotated[
+        str | None, typer.Option(help="Matrix name or unique substring (sv, agreement).")
+    ] = None,
+    pair: Annotated[
+        str | None,
+        typer.Option(help="Pair name or unique substring (alignment, alignment-matrix)."),
+    ] = None,
+    steps: Annotated[
+        str | None, typer.Option(help="Steps shown: 0,1000,5000 | A:B | A:B:S | lin:N | log:N.")
+    ] = None,
+    matrices: Annotated[
+        str | None, typer.Option(help="Regex on the heatmap's row names (matrices or pairs).")
+    ] = None,
+    top: Annotated[
+        int | None,
+        typer.Option(min=1, help="Only the N largest singular values / first N indices."),
+    ] = None,
+    log_x: Annotated[
+        bool, typer.Option("--log-x", help="Logarithmic step axis (step 0 kept).")
+    ] = False,
+    cmap: Annotated[str | None, typer.Option(help="Matplotlib colour map.")] = None,
+    size: Annotated[
+        str | None, typer.Option(help="Figure size in inches, WIDTHxHEIGHT, e.g. 8x5.")
+    ] = None,
+    dpi: Annotated[int, typer.Option(min=10, max=2400, help="Resolution of raster files.")] = 150,
+    title: Annotated[str | None, typer.Option(help="Title instead of the default.")] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Draw a figure of a run's spectral dynamics from its store (never from checkpoints)."""
+    from ..plots import FIGURE_KINDS, draw  # matplotlib only for this command
+
+    if kind not in FIGURE_KINDS:
+        raise typer.BadParameter(f"choose one of {', '.join(FIGURE_KINDS)}", param_hint="KIND")
+    args = list(args or [])
+    metric = None
+    if kind == "metric":
+        if not args:
+            raise typer.BadParameter("give the metric name, e.g. stable_rank", param_hint="NAME")
+        metric = args.pop(0)
+    if len(args) > 1:
+        raise typer.BadParameter(f"one run at a time, got {' '.join(args)}", param_hint="RUN")
+    if cmap is not None:
+        import matplotlib
+
+        if cmap not in matplotlib.colormaps:
+            raise typer.BadParameter(
+                f"{cmap!r} is not a matplotlib colour map", param_hint="--cmap"
+            )
+    files = draw(
+        kind,
+        args[0] if args else None,
+        home=home,
+        out=out,
+        metric=metric,
+        matrix=matrix,
+        pair=pair,
+        steps=steps,
+        matrices=matrices,
+        top=top,
+        log_x=log_x,
+        cmap=cmap,
+        size=_parse_size(size),
+        dpi=dpi,
+        title=title,
+    )
+    output = Output(json_mode=json_out)
+    if output.json_mode:
+        output.json({"files": [str(f) for f in files]})
+        return
+    for f in files:
+        output.out.print(str(f), highlight=False, soft_wrap=True)
+
+
+def _parse_size(text: str | None) -> tuple[float, float] | None:
+    """(width, height) in inches from 'WxH'."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*[x×]\s*(\d+(?:\.\d+)?)\s*", text)
+    if not m or float(m.group(1)) <= 0 or float(m.group(2)) <= 0:
+        raise typer.BadParameter(
+            f"{text!r}: write WIDTHxHEIGHT in inches, e.g. 8x5", param_hint="--size"
+        )
+    return float(m.group(1)), float(m.group(2))
