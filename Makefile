@@ -16,6 +16,7 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/specdyn analyze fixtures --home $(HOME_DIR)
 	$(VENV)/bin/specdyn runs --home $(HOME_DIR)
+	$(VENV)/bin/specdyn plot all mlp-wd --home $(HOME_DIR)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
