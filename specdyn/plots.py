@@ -67,6 +67,8 @@ _METRIC_LABELS = {
 
 _DEFAULT_SIZE = (7.0, 4.5)
 
+_SINGULAR = {"matrices": "matrix", "pairs": "pair"}
+
 
 class PlotError(SpecdynError):
     """A figure cannot be drawn from this store (say which analyze option adds what is missing)."""
@@ -273,7 +275,8 @@ def _filtered(names: Sequence[str], pattern: str | None, what: str, run: Run) ->
     hits = [i for i, n in enumerate(names) if rx.search(n)]
     if not hits:
         raise PlotError(
-            f"{run.path}: no {what} matches {pattern!r} (e.g. {', '.join(list(names)[:3])})"
+            f"{run.path}: no {_SINGULAR.get(what, what)} matches {pattern!r} "
+            f"(e.g. {', '.join(list(names)[:3])})"
         )
     return hits
 
@@ -381,6 +384,7 @@ def plot_sv(
     Returns:
         The Axes, with exactly min(top, R) lines (σ_1 first) and a colour bar of the index i.
     """
+    import matplotlib
     from matplotlib import cm, colors
 
     with _opened(run, home) as r:
@@ -391,9 +395,12 @@ def plot_sv(
         x = r.steps[cols]
         ax = _axes(ax, size)
         _set_x_scale(ax, x, log_x)
-        # darker = larger: index 1 at the low (dark) end of the map
+        # darker = larger: index 1 at the darker end of the map, whichever end that is
         norm = colors.Normalize(vmin=1, vmax=max(count, 2))
-        mapper = cm.ScalarMappable(norm=norm, cmap=cmap)
+        colour_map = matplotlib.colormaps[cmap]
+        if _luminance(colour_map(0.0)) > _luminance(colour_map(1.0)):
+            colour_map = colour_map.reversed()
+        mapper = cm.ScalarMappable(norm=norm, cmap=colour_map)
         for i in range(count):
             ax.plot(x, sigma[:, i], color=mapper.to_rgba(i + 1), linewidth=0.9)
         if log_y:
@@ -405,6 +412,11 @@ def plot_sv(
         ax.set_title(title if title is not None else f"{r.name}: {shown}")
         _mark_flags(ax, r, x)
         return ax
+
+
+def _luminance(rgba: Sequence[float]) -> float:
+    """Relative luminance of an RGBA colour (Rec. 709 weights)."""
+    return 0.2126 * rgba[0] + 0.7152 * rgba[1] + 0.0722 * rgba[2]
 
 
 def plot_alignment(
@@ -723,6 +735,7 @@ def draw(
     size: tuple[float, float] | None = None,
     dpi: int = 150,
     title: str | None = None,
+    fmt: str = "png",
 ) -> list[Path]:
     """Draw one kind of figure of a run and save it; what ``specdyn plot`` does.
 
@@ -736,6 +749,8 @@ def draw(
         run: a `Run`, or a run name / store path (None: the workspace's only run).
         out: the file (format from its extension: png, pdf, svg) or, for "all",
             the folder; default `default_output`.
+        fmt: the format of the files "all" writes (png, pdf, svg); "all" takes
+            `steps`, `log_x` and `dpi` only (each figure picks its own subject).
         Other options as the ``plot_*`` functions (`matrices`: regex on row names
         of heatmaps; `top`: singular values / diagonal entries shown).
 
@@ -750,8 +765,19 @@ def draw(
         raise PlotError(f"unknown figure {kind!r}; choose one of {', '.join(FIGURE_KINDS)}")
     with _opened(run, home) as r:
         if kind == "all":
+            unused = [
+                f"--{n}"
+                for n, v in (("matrix", matrix), ("pair", pair), ("matrices", matrices),
+                             ("top", top), ("cmap", cmap), ("size", size), ("title", title))
+                if v is not None
+            ]  # fmt: skip
+            if unused:
+                raise PlotError(
+                    f"{', '.join(unused)}: not used by 'all', which picks each figure's "
+                    "subject; draw that figure on its own"
+                )
             folder = Path(out) if out is not None else default_output(r, "all")
-            return plot_all(r, folder, dpi=dpi, steps=steps, log_x=log_x)
+            return plot_all(r, folder, fmt=fmt, dpi=dpi, steps=steps, log_x=log_x)
         subject = {"metric": metric, "sv": matrix, "alignment-matrix": pair}.get(kind)
         subject = subject or {"alignment": pair, "agreement": matrix}.get(kind)
         path = Path(out) if out is not None else default_output(r, kind, subject)

@@ -57,6 +57,9 @@ def plot_command(
     ] = None,
     dpi: Annotated[int, typer.Option(min=10, max=2400, help="Resolution of raster files.")] = 150,
     title: Annotated[str | None, typer.Option(help="Title instead of the default.")] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", help="File format of 'all': png, pdf or svg.")
+    ] = "png",
     json_out: JsonOption = False,
 ) -> None:
     """Draw a figure of a run's spectral dynamics from its store (never from checkpoints)."""
@@ -95,6 +98,7 @@ def plot_command(
         size=_parse_size(size),
         dpi=dpi,
         title=title,
+        fmt=fmt,
     )
     output = Output(json_mode=json_out)
     if output.json_mode:
