@@ -128,8 +128,16 @@ def _set_x_scale(ax: Axes, x: np.ndarray, log_x: bool) -> None:
     """Linear, or symmetric-log (linear below the first positive step, so 0 shows)."""
     if not log_x:
         return
+    from matplotlib.ticker import FixedLocator
+
     positive = np.asarray(x)[np.asarray(x) > 0]
-    ax.set_xscale("symlog", linthresh=float(positive.min()) if positive.size else 1.0)
+    linthresh = float(positive.min()) if positive.size else 1.0
+    ax.set_xscale("symlog", linthresh=linthresh)
+    # 0, then powers of ten from the linear threshold on (ticks inside the linear
+    # part would crowd step 0)
+    top = float(np.max(x)) if len(x) else 1.0
+    powers = [10.0**e for e in range(0, int(math.log10(max(top, 1.0))) + 2)]
+    ax.xaxis.set_major_locator(FixedLocator([0.0, *[p for p in powers if p >= linthresh]]))
 
 
 def _mark_flags(ax: Axes, run: Run, x: np.ndarray) -> None:
@@ -154,10 +162,12 @@ def _mark_flags(ax: Axes, run: Run, x: np.ndarray) -> None:
     )
     ax.annotate(
         f"▼ flagged: {len(marked)} step(s)",
-        xy=(1.0, 1.01),
+        xy=(1.0, -0.02),
         xycoords="axes fraction",
+        xytext=(0, -18),
+        textcoords="offset points",
         ha="right",
-        va="bottom",
+        va="top",
         fontsize=7,
         color="red",
     )
@@ -167,41 +177,62 @@ def short_names(names: Sequence[str], width: int = 48) -> list[str]:
     """Readable labels for long matrix or pair names.
 
     Drops ``.weight`` before a slice or at the end and, when there are several
-    names, the dotted prefix they all share (e.g. ``gpt_neox.``); a pair
-    ``A~B`` becomes ``A → B`` with B's prefix shared with A dropped. What is
-    still longer than `width` characters loses leading components (``…`` marks
-    the cut), keeping the end, which tells matrices apart. Labels stay distinct
-    when the names were (else the cleaned full names are returned).
+    names, the dotted prefix they all share (e.g. ``gpt_neox.``; never up to a
+    layer index, so ``layers.3`` stays whole); a pair ``A~B`` becomes ``A → B``
+    with B's prefix shared with A dropped. What is still longer than `width`
+    characters loses leading components (``…`` marks the cut), keeping the end,
+    which tells matrices apart. Labels stay distinct when the names were (else
+    the cleaned full names are returned).
     """
     names = list(names)
     if not names:
         return []
-    cleaned = [_clean_name(n) for n in names]
-    parts = [c.split(".") for c in cleaned]
+    halves = [[_clean_part(h).split(".") for h in n.split("~", 1)] for n in names]
     common = 0
-    if len(parts) > 1:
-        while all(len(p) > common + 2 and p[common] == parts[0][common] for p in parts):
+    if len(names) > 1:
+        every = [h for pair in halves for h in pair]
+        while all(len(h) > common + 1 and h[common] == every[0][common] for h in every):
             common += 1
-    out = [_fit(".".join(p[common:]), width) for p in parts]
-    if len(set(out)) < len(set(names)):
-        return cleaned
-    return out
+        if common and any(h[common].isdigit() for h in every):
+            common -= 1  # keep the container with its index: "layers.1…"
+    labels = []
+    for pair in halves:
+        first = ".".join(pair[0][common:])
+        if len(pair) == 1:
+            labels.append(first)
+        else:
+            labels.append(f"{first} → {_relative(pair[0][common:], pair[1][common:])}")
+    # cut at dots from the left first; if that merges names, elide the middle instead
+    for fit in (_fit, _elide):
+        out = [fit(label, width) for label in labels]
+        if len(set(out)) == len(set(names)):
+            return out
+    return [_clean_name(n) for n in names]
+
+
+def _clean_part(name: str) -> str:
+    """A matrix name without ``.weight`` before a slice or at the end."""
+    return re.sub(r"\.weight(?=$|\[)", "", name)
+
+
+def _relative(first: list[str], second: list[str]) -> str:
+    """The second name without the dotted prefix it shares with the first (never
+    cutting just before an index: "layers.1.attention…" keeps "layers")."""
+    shared = 0
+    while shared < min(len(first), len(second)) - 1 and first[shared] == second[shared]:
+        shared += 1
+    if 0 < shared < len(second) and second[shared].isdigit():
+        shared -= 1
+    return ".".join(second[shared:])
 
 
 def _clean_name(name: str) -> str:
     """``.weight`` dropped; a pair ``A~B`` as ``A → B`` (B without the prefix it shares with A)."""
     first, sep, second = name.partition("~")
-    first = re.sub(r"\.weight(?=$|\[)", "", first)
+    first = _clean_part(first)
     if not sep:
         return first
-    second = re.sub(r"\.weight(?=$|\[)", "", second)
-    a, b = first.split("."), second.split(".")
-    shared = 0
-    while shared < min(len(a), len(b)) - 1 and a[shared] == b[shared]:
-        shared += 1
-    if 0 < shared < len(b) and b[shared].isdigit():
-        shared -= 1  # keep the container with its index: "layers.1.attention…"
-    return f"{first} → {'.'.join(b[shared:])}"
+    return f"{first} → {_relative(first.split('.'), _clean_part(second).split('.'))}"
 
 
 def _fit(text: str, width: int) -> str:
@@ -218,6 +249,13 @@ def _fit(text: str, width: int) -> str:
     text2 = "…." + ".".join(comps) if len(comps) < len(text.split(".")) else text
     if len(text2) <= width:
         return text2
+    return _elide(text, width)
+
+
+def _elide(text: str, width: int) -> str:
+    """`text` with its middle replaced by "…" to fit `width` characters."""
+    if len(text) <= width:
+        return text
     keep = width - 1
     return text[: keep // 2] + "…" + text[-(keep - keep // 2) :]
 
@@ -407,9 +445,13 @@ def plot_sv(
             ax.set_yscale("log")
         ax.set_xlabel(_step_label(r))
         ax.set_ylabel("singular value σᵢ")
-        ax.figure.colorbar(mapper, ax=ax, label="index i (1 = largest)")
+        from matplotlib.ticker import MaxNLocator
+
+        bar = ax.figure.colorbar(mapper, ax=ax, label="index i (1 = largest)")
+        bar.locator = MaxNLocator(integer=True)
+        bar.update_ticks()
         shown = short_names([name], 70)[0]
-        ax.set_title(title if title is not None else f"{r.name}: {shown}")
+        ax.set_title(title if title is not None else f"{r.name}: {shown}", fontsize=10)
         _mark_flags(ax, r, x)
         return ax
 
@@ -731,6 +773,7 @@ def draw(
     matrices: str | None = None,
     top: int | None = None,
     log_x: bool = False,
+    log_y: bool = False,
     cmap: str | None = None,
     size: tuple[float, float] | None = None,
     dpi: int = 150,
@@ -752,7 +795,8 @@ def draw(
         fmt: the format of the files "all" writes (png, pdf, svg); "all" takes
             `steps`, `log_x` and `dpi` only (each figure picks its own subject).
         Other options as the ``plot_*`` functions (`matrices`: regex on row names
-        of heatmaps; `top`: singular values / diagonal entries shown).
+        of heatmaps; `top`: singular values / diagonal entries shown; `log_y`:
+        the sv figure's σ axis).
 
     Returns:
         The files written.
@@ -768,7 +812,8 @@ def draw(
             unused = [
                 f"--{n}"
                 for n, v in (("matrix", matrix), ("pair", pair), ("matrices", matrices),
-                             ("top", top), ("cmap", cmap), ("size", size), ("title", title))
+                             ("top", top), ("cmap", cmap), ("size", size), ("title", title),
+                             ("log-y", log_y or None))
                 if v is not None
             ]  # fmt: skip
             if unused:
@@ -800,7 +845,7 @@ def draw(
                 raise PlotError(
                     f"the sv figure needs --matrix NAME (e.g. {', '.join(r.matrices[:3])})"
                 )
-            fig = plot_sv(r, matrix, top=top, size=size, **common).figure
+            fig = plot_sv(r, matrix, top=top, log_y=log_y, size=size, **common).figure
         elif kind == "alignment-matrix":
             if not pair:
                 raise PlotError("the alignment-matrix figure needs --pair NAME (see info --pairs)")

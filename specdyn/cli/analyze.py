@@ -28,7 +28,9 @@ def analyze_command(
     ] = None,
     steps: Annotated[
         str | None,
-        typer.Option(help="Training steps to analyse: 0,1000,5000 | A:B | A:B:S | lin:N | log:N."),
+        typer.Option(
+            help="Training steps to analyse: 0,1000,5000 | start:stop | start:stop:stride | lin:N | log:N."
+        ),
     ] = None,
     include: Annotated[
         list[str] | None, typer.Option(help="Regex on matrix names to keep (repeatable).")

@@ -39,7 +39,10 @@ def plot_command(
         typer.Option(help="Pair name or unique substring (alignment, alignment-matrix)."),
     ] = None,
     steps: Annotated[
-        str | None, typer.Option(help="Steps shown: 0,1000,5000 | A:B | A:B:S | lin:N | log:N.")
+        str | None,
+        typer.Option(
+            help="Steps shown: 0,1000,5000 | start:stop | start:stop:stride | lin:N | log:N."
+        ),
     ] = None,
     matrices: Annotated[
         str | None, typer.Option(help="Regex on the heatmap's row names (matrices or pairs).")
@@ -51,6 +54,7 @@ def plot_command(
     log_x: Annotated[
         bool, typer.Option("--log-x", help="Logarithmic step axis (step 0 kept).")
     ] = False,
+    log_y: Annotated[bool, typer.Option("--log-y", help="Logarithmic σ axis (sv only).")] = False,
     cmap: Annotated[str | None, typer.Option(help="Matplotlib colour map.")] = None,
     size: Annotated[
         str | None, typer.Option(help="Figure size in inches, WIDTHxHEIGHT, e.g. 8x5.")
@@ -94,6 +98,7 @@ def plot_command(
         matrices=matrices,
         top=top,
         log_x=log_x,
+        log_y=log_y,
         cmap=cmap,
         size=_parse_size(size),
         dpi=dpi,
