@@ -20,10 +20,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
-	$(VENV)/bin/ruff check specdyn tests fixtures benchmarks
+	$(VENV)/bin/ruff check specdyn tests fixtures benchmarks docs
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check specdyn tests fixtures benchmarks
+	$(VENV)/bin/ruff check specdyn tests fixtures benchmarks docs
 	$(VENV)/bin/ruff format --check specdyn
 
 .PHONY: install demo test lint

@@ -531,3 +531,23 @@ def test_cli_plot_errors_exit_1_with_one_line(ws, capsys, args, needle):
     assert len(err.splitlines()) == 1, err
     assert err.startswith("specdyn: error:") and needle in err
     assert captured.out == ""
+
+
+def test_the_gallery_script_draws_every_figure_of_the_page(tmp_path):
+    # docs/gallery.md's images come from this script: it must keep working
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "gallery"
+    proc = subprocess.run(
+        [sys.executable, str(root / "docs" / "make_gallery.py"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    committed = sorted(p.name for p in (root / "docs" / "gallery").glob("*.png"))
+    assert sorted(p.name for p in out.glob("*.png")) == committed
+    page = (root / "docs" / "gallery.md").read_text()
+    assert all(f"gallery/{name}" in page for name in committed)
+    assert "warning" not in proc.stderr.lower()
