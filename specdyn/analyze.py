@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from . import _pair_presets
+from ._stepstream import LocalSteps, StepStream
 from ._store_vectors import SAVE_MODES
 from ._types import Note
 from ._vector_step import (
@@ -34,19 +35,17 @@ from ._vector_step import (
 )
 from ._version import __version__
 from .engine import SpectrumEngine
-from .errors import ShapeChangedError, SpecdynError, StepSpecError
+from .errors import CheckpointError, ShapeChangedError, SpecdynError, StepSpecError, ViewError
 from .metrics import spectral_metrics
 from .pairs import Operand, PairPlan, plan_pairs
-from .sources import Checkpoint, RunSource, discover
+from .sources import Checkpoint, discover
 from .steps import select_steps
 from .store import (
     MatrixAgreement,
     MatrixRecord,
-    StepRecord,
     StepVectors,
     StoreWriter,
     VectorLayout,
-    open_run,
 )
 from .vectors import TopK
 from .views import MatrixView, Skipped, ViewPlan, plan_views
@@ -138,6 +137,7 @@ class RunAnalysis:
     pairs: int = 0
     pairs_preset: str = ""
     steps_with_vectors: list[int] = field(default_factory=list)
+    steps_failed: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """JSON-serialisable form (for `--json`)."""
@@ -228,7 +228,7 @@ def analyze(
             store_name = name or source.name
         results.append(
             _analyze_run(
-                source,
+                LocalSteps(source),
                 store_path_for(store_name, resolve_home(home)),
                 run_name=store_name,
                 steps=steps,
@@ -268,7 +268,7 @@ def _check_vector_options(vectors: VectorOptions) -> None:
         raise SpecdynError(f"--reference {vectors.reference!r}: give a training step")
 
 
-def _reference_step(given: int | None, available: Sequence[int], source: RunSource) -> int:
+def _reference_step(given: int | None, available: Sequence[int], source: StepStream) -> int:
     """The agreement's reference step: `given`, checked to be a checkpoint, else the last."""
     if given is None:
         return int(available[-1])
@@ -293,7 +293,7 @@ class _StepResult:
 
 
 def _analyze_run(
-    source: RunSource,
+    source: StepStream,
     store_path: Path,
     *,
     run_name: str,
@@ -305,11 +305,14 @@ def _analyze_run(
     overwrite: bool,
     on_progress: Callable[[Progress], None] | None,
 ) -> RunAnalysis:
-    """Analyse one run into `store_path`."""
+    """Analyse one run into `store_path`; `steps` is a --steps value, or the exact list of
+    steps to analyse (a remote stream that already chose them)."""
     started = time.perf_counter()
-    by_step = {c.step: c for c in source.checkpoints}
-    available = sorted(by_step)
-    selected = select_steps(available, steps)
+    available = list(source.available)
+    if isinstance(steps, str) or steps is None:
+        selected = select_steps(available, steps)
+    else:
+        selected = sorted(int(s) for s in steps)
     notes: list[Note] = []
     reference = None
     if vectors is not None:
@@ -324,15 +327,17 @@ def _analyze_run(
                     "too (--steps left it out)",
                 )
             )
-    checkpoints = [by_step[s] for s in selected]
-
-    with checkpoints[0].open() as reader:
+    # the views are planned from one checkpoint: the first (or, when the steps are
+    # fetched, the reference, which is needed first anyway)
+    plan_step = reference if source.tolerate_failures and reference is not None else selected[0]
+    plan_ckpt = source.acquire(plan_step)
+    with plan_ckpt.open() as reader:
         keys = reader.keys()
         infos = {k: reader.info(k) for k in keys}
         unsupported = dict(getattr(reader, "unsupported", {}))
     plan = plan_views(
         infos,
-        config=checkpoints[0].config,
+        config=plan_ckpt.config,
         include=matrices.include,
         exclude=matrices.exclude,
         transposed=matrices.transposed,
@@ -345,7 +350,7 @@ def _analyze_run(
         )
     if not plan.matrices:
         raise SpecdynError(
-            f"{checkpoints[0].path}: no weight matrix to analyse "
+            f"{plan_ckpt.path}: no weight matrix to analyse "
             f"({_skip_summary(plan)}); check --include/--exclude"
         )
     pair_plan: PairPlan | None = None
@@ -354,7 +359,7 @@ def _analyze_run(
         pair_plan = plan_pairs(
             plan,
             infos,
-            config=checkpoints[0].config,
+            config=plan_ckpt.config,
             pairs_file=vectors.pairs_file,
             gate=vectors.gate,
         )
@@ -370,10 +375,10 @@ def _analyze_run(
     def hashed(index: int, step: int) -> None:
         if on_progress is not None:
             on_progress(
-                Progress(run_name, step, index, len(checkpoints), 0, len(plan.matrices), "hashing")
+                Progress(run_name, step, index, len(selected), 0, len(plan.matrices), "hashing")
             )
 
-    step_records = _step_records(checkpoints, store_path, on_hashed=hashed)
+    step_records = source.records(selected, store_path, on_hashed=hashed)
     options = {
         "precision": compute.precision,
         "exact": compute.exact,
@@ -397,7 +402,7 @@ def _analyze_run(
     with StoreWriter.open(
         store_path,
         run_name=run_name,
-        source_root=str(Path(source.root).resolve()),
+        source_root=source.root,
         step_unit=source.step_unit,
         steps=step_records,
         matrices=[_matrix_record(m) for m in plan.matrices],
@@ -420,7 +425,7 @@ def _analyze_run(
         notes.extend(Note("vectors", line) for line in writer.vector_changes)
         pending = set(writer.pending_steps)
         done_before = sorted(set(selected) - pending)
-        sections = {c.step: ({"values"} if c.step in pending else set()) for c in checkpoints}
+        sections = {s: ({"values"} if s in pending else set()) for s in selected}
         if vector_layout is not None:
             for section in ("alignment", "agreement", "vectors"):
                 for step in writer.pending(section):
@@ -433,7 +438,7 @@ def _analyze_run(
                     "in a store that has them; re-run without --values-only to add them",
                 )
             )
-        work = [c for c in checkpoints if sections[c.step]]
+        work = [s for s in selected if sections[s]]
         unhashed = {r.step for r in step_records if not r.sha256}
         ranks = {m.name: int(min(m.shape)) for m in plan.matrices}
         sliced = sliced_operands(pair_plan.pairs) if pair_plan is not None else {}
@@ -526,14 +531,41 @@ def _analyze_run(
             return full
 
         ref_tops: dict[str, TopK] | None = None
+        reference_first = reference is not None and any("agreement" in sections[s] for s in work)
+        order = ([reference] if reference_first else []) + [s for s in work if s != reference]
+        if not reference_first and plan_step not in order:
+            source.release(plan_step)
+        source.schedule(order)
+
+        def visit(step: int, index: int, n: int, phase: str, wanted: set[str], hasher):
+            """Acquire, analyse and release one step; a remote stream's unreadable
+            checkpoint is flagged in the store and skipped."""
+            try:
+                ckpt = source.acquire(step)
+                return run_step(ckpt, index, n, phase, wanted, hasher)
+            except (CheckpointError, ViewError, ShapeChangedError) as exc:
+                if not source.tolerate_failures:
+                    raise
+                writer.flag_step(step, f"failed: {str(exc)[:230]}")
+                failed.append(step)
+                notes.append(Note("failed", f"{source.step_unit} {step}: {exc}; skipped"))
+                return None
+            finally:
+                source.release(step)
+
+        failed: list[int] = []
         # A checkpoint is hashed in a second thread while its SVDs run (hashlib and
         # file reads release the GIL; both threads read the same pages once).
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="specdyn-hash") as hasher:
-            if reference is not None and any("agreement" in sections[c.step] for c in work):
+            if reference_first:
                 # the reference first: only its top-k vectors are held while the rest streams
-                ref_ckpt = by_step[reference]
                 wanted = set(sections.get(reference, set())) | {"tops"}
-                ref_tops = run_step(ref_ckpt, 0, len(work), "reference", wanted, hasher)
+                ref_tops = visit(reference, 0, len(work), "reference", wanted, hasher)
+                if ref_tops is None:
+                    raise SpecdynError(
+                        f"the agreement's reference ({source.step_unit} {reference}) could "
+                        "not be read; choose another --reference"
+                    )
                 undefined = [n for n, t in ref_tops.items() if t.method in ("nonfinite", "zero")]
                 if undefined:
                     notes.append(
@@ -542,17 +574,16 @@ def _analyze_run(
                             f"at the reference {source.step_unit} {reference}, "
                             f"{_few(undefined)} hold NaN/Inf or only zeros: their agreement is "
                             "NaN at every step; choose another --reference",
-                            path=str(ref_ckpt.path),
                         )
                     )
-                work = [c for c in work if c.step != reference]
-            for index, ckpt in enumerate(work):
-                run_step(ckpt, index, len(work), "analysing", sections[ckpt.step], hasher)
+                work = [s for s in work if s != reference]
+            for index, step in enumerate(work):
+                visit(step, index, len(work), "analysing", sections[step], hasher)
     notes.extend(engine.notes)
     engine.notes.clear()
     return RunAnalysis(
         name=run_name,
-        source_root=str(Path(source.root).resolve()),
+        source_root=source.root,
         store_path=str(store_path),
         step_unit=source.step_unit,
         steps_selected=list(selected),
@@ -570,6 +601,7 @@ def _analyze_run(
         pairs=0 if pair_plan is None else len(pair_plan.pairs),
         pairs_preset="" if pair_plan is None else pair_plan.preset,
         steps_with_vectors=sorted(with_vectors),
+        steps_failed=sorted(failed),
     )
 
 
@@ -697,63 +729,6 @@ def _degenerate_note(view: MatrixView, method: str, ckpt: Checkpoint) -> Note | 
             path=str(ckpt.path),
         )
     return None
-
-
-def _step_records(
-    checkpoints: Sequence[Checkpoint],
-    store_path: Path,
-    on_hashed: Callable[[int, int], None] | None = None,
-) -> list[StepRecord]:
-    """Source records of every step.
-
-    A step already done in the store keeps its stored sha256 when its files'
-    size and mtime are unchanged, and is hashed now otherwise (so that a changed
-    checkpoint is reported). A step still to compute gets sha256 "" here: it is
-    hashed while it is analysed and the hash is written with its data.
-    """
-    known: dict[int, dict] = {}
-    if store_path.exists():
-        try:
-            with open_run(store_path) as stored:
-                known = {int(s["step"]): s for s in stored.step_sources}
-        except SpecdynError:
-            known = {}
-    records = []
-    for ckpt in checkpoints:
-        size, mtime = _size_mtime(ckpt)
-        old = known.get(ckpt.step)
-        if old is None or not old.get("done"):
-            sha = ""
-        elif (
-            old.get("source") == str(ckpt.path)
-            and int(old.get("size", -1)) == size
-            and float(old.get("mtime", -1.0)) == mtime
-            and old.get("sha256")
-        ):
-            sha = str(old["sha256"])
-        else:
-            fp = ckpt.fingerprint()
-            size, mtime, sha = fp.size, fp.mtime, fp.sha256
-            if on_hashed is not None:
-                on_hashed(len(records), int(ckpt.step))
-        records.append(
-            StepRecord(
-                step=int(ckpt.step),
-                epoch=ckpt.epoch,
-                source=str(ckpt.path),
-                format=ckpt.format,
-                size=size,
-                mtime=mtime,
-                sha256=sha,
-            )
-        )
-    return records
-
-
-def _size_mtime(ckpt: Checkpoint) -> tuple[int, float]:
-    """Total size and newest mtime of a checkpoint's weight files (no hashing)."""
-    stats = [os.stat(f) for f in ckpt.files]
-    return sum(s.st_size for s in stats), max(s.st_mtime for s in stats)
 
 
 def _matrix_record(view: MatrixView) -> MatrixRecord:
