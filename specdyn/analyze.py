@@ -304,9 +304,11 @@ def _analyze_run(
     engine: SpectrumEngine,
     overwrite: bool,
     on_progress: Callable[[Progress], None] | None,
+    flags: dict[int, str] | None = None,
 ) -> RunAnalysis:
     """Analyse one run into `store_path`; `steps` is a --steps value, or the exact list of
-    steps to analyse (a remote stream that already chose them)."""
+    steps to analyse (a remote stream that already chose them); `flags` (step → text)
+    are written into the store for plots to mark."""
     started = time.perf_counter()
     available = list(source.available)
     if isinstance(steps, str) or steps is None:
@@ -423,6 +425,9 @@ def _analyze_run(
                 )
             )
         notes.extend(Note("vectors", line) for line in writer.vector_changes)
+        for step, flag in (flags or {}).items():
+            if step in selected:
+                writer.flag_step(step, flag)
         pending = set(writer.pending_steps)
         done_before = sorted(set(selected) - pending)
         sections = {s: ({"values"} if s in pending else set()) for s in selected}

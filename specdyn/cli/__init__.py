@@ -19,6 +19,7 @@ from . import analyze as _analyze_cmd
 from . import info as _info_cmd
 from . import pairs as _pairs_cmd
 from . import plot as _plot_cmd
+from . import pythia as _pythia_cmd
 from . import runs as _runs_cmd
 
 __all__ = ["app", "main"]
@@ -39,6 +40,7 @@ app.command("runs")(_runs_cmd.runs_command)
 app.command("info")(_info_cmd.info_command)
 app.command("pairs")(_pairs_cmd.pairs_command)
 app.command("plot")(_plot_cmd.plot_command)
+app.command("pythia")(_pythia_cmd.pythia_command)
 
 
 def _debug() -> bool:

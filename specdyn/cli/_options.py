@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from ..analyze import ComputeOptions, VectorOptions
+
 HomeOption = Annotated[
     Path | None,
     typer.Option(
@@ -42,3 +44,85 @@ def parse_size(text: str | None, option: str = "--max-memory") -> int | None:
     if size <= 0:
         raise typer.BadParameter("must be positive", param_hint=option)
     return size
+
+
+# ----------------------------------------------------------------------------- analysis options
+# shared by `analyze` and `pythia`
+
+DeviceOption = Annotated[
+    str, typer.Option(help="auto (a GPU when there is one), cpu, cuda or cuda:N.")
+]
+PrecisionOption = Annotated[
+    str, typer.Option(help="float64 (σ within 1e-6·σ1) or float32 (1e-4·σ1, faster on GPUs).")
+]
+ExactOption = Annotated[
+    bool, typer.Option("--exact", help="Force float64 LAPACK for every matrix.")
+]
+MaxMemoryOption = Annotated[
+    str | None,
+    typer.Option(help="Bound on what the engine holds on the device at once, e.g. 8GB."),
+]
+ValuesOnlyOption = Annotated[
+    bool, typer.Option("--values-only", help="Singular values only: no alignment or agreement.")
+]
+VectorsOption = Annotated[
+    int,
+    typer.Option(
+        "--vectors", min=1, help="Top singular vectors per matrix for alignment and agreement."
+    ),
+]
+ReferenceOption = Annotated[
+    int | None,
+    typer.Option(help="Step the agreement compares against (default: the last checkpoint)."),
+]
+FullMatricesOption = Annotated[
+    bool, typer.Option("--full-matrices", help="Also store whole k×k alignment/agreement matrices.")
+]
+SaveVectorsOption = Annotated[
+    str, typer.Option(help="Steps whose top-k vectors are kept: all, ends (first and last), none.")
+]
+ScoreTopOption = Annotated[
+    int, typer.Option(min=1, help="Alignment/agreement scores average the top N entries.")
+]
+PairsOption = Annotated[
+    Path | None,
+    typer.Option("--pairs", help="TOML pairs file that adds, removes or replaces pairs."),
+]
+GateOption = Annotated[str, typer.Option(help="RNN gate block paired (LSTM i f g o, GRU r z n).")]
+
+
+def compute_options(
+    device: str, precision: str, exact: bool, max_memory: str | None
+) -> ComputeOptions:
+    """`ComputeOptions` from the command line (usage errors for bad values)."""
+    if precision not in ("float64", "float32"):
+        raise typer.BadParameter("choose float64 or float32", param_hint="--precision")
+    return ComputeOptions(
+        device=device, precision=precision, exact=exact, max_memory=parse_size(max_memory)
+    )
+
+
+def vector_options_from(
+    values_only: bool,
+    k: int,
+    reference: int | None,
+    full_matrices: bool,
+    save_vectors: str,
+    score_top: int,
+    pairs: Path | None,
+    gate: str,
+) -> VectorOptions | None:
+    """`VectorOptions` from the command line, None with --values-only."""
+    if save_vectors not in ("all", "ends", "none"):
+        raise typer.BadParameter("choose all, ends or none", param_hint="--save-vectors")
+    if values_only:
+        return None
+    return VectorOptions(
+        k=k,
+        reference=reference,
+        full_matrices=full_matrices,
+        save_vectors=save_vectors,
+        score_top=score_top,
+        pairs_file=str(pairs) if pairs is not None else None,
+        gate=gate,
+    )

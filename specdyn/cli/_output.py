@@ -104,6 +104,21 @@ class Output:
         with progress:
             yield update
 
+    @contextmanager
+    def download_progress(self) -> Iterator[callable]:
+        """A callback for `pythia(on_fetch=...)`: one line per download start and end."""
+        if self.quiet or self.json_mode:
+            yield lambda step, event: None
+            return
+
+        def update(step: int, event: str) -> None:
+            if event == "start":
+                self.err.print(f"[dim]downloading step {step} …[/]")
+            else:
+                self.err.print(f"[dim]downloaded step {step}[/]")
+
+        yield update
+
     def notes(self, notes: Iterable[Note]) -> None:
         """Warnings, one line each, on stderr (also in JSON mode: they are not data)."""
         if self.quiet and not self.json_mode:

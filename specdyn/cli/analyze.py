@@ -7,11 +7,27 @@ from typing import Annotated
 
 import typer
 
-from ..analyze import AnalyzeResult, ComputeOptions, MatrixSelection, VectorOptions, analyze
-from ._options import HomeOption, JsonOption, QuietOption, parse_size
+from ..analyze import AnalyzeResult, MatrixSelection, analyze
+from ._options import (
+    DeviceOption,
+    ExactOption,
+    FullMatricesOption,
+    GateOption,
+    HomeOption,
+    JsonOption,
+    MaxMemoryOption,
+    PairsOption,
+    PrecisionOption,
+    QuietOption,
+    ReferenceOption,
+    SaveVectorsOption,
+    ScoreTopOption,
+    ValuesOnlyOption,
+    VectorsOption,
+    compute_options,
+    vector_options_from,
+)
 from ._output import Output
-
-_DEVICE_HELP = "auto (a GPU when there is one), cpu, cuda or cuda:N."
 
 
 def analyze_command(
@@ -41,49 +57,18 @@ def analyze_command(
     transposed: Annotated[
         str | None, typer.Option(help="Regex of parameters that are ConvTranspose weights.")
     ] = None,
-    device: Annotated[str, typer.Option(help=_DEVICE_HELP)] = "auto",
-    precision: Annotated[
-        str, typer.Option(help="float64 (σ within 1e-6·σ1) or float32 (1e-4·σ1, faster on GPUs).")
-    ] = "float64",
-    exact: Annotated[
-        bool, typer.Option("--exact", help="Force float64 LAPACK for every matrix.")
-    ] = False,
-    max_memory: Annotated[
-        str | None,
-        typer.Option(help="Bound on what the engine holds on the device at once, e.g. 8GB."),
-    ] = None,
-    values_only: Annotated[
-        bool,
-        typer.Option("--values-only", help="Singular values only: no alignment or agreement."),
-    ] = False,
-    vectors: Annotated[
-        int,
-        typer.Option(
-            "--vectors", min=1, help="Top singular vectors per matrix for alignment and agreement."
-        ),
-    ] = 100,
-    reference: Annotated[
-        int | None,
-        typer.Option(help="Step the agreement compares against (default: the last checkpoint)."),
-    ] = None,
-    full_matrices: Annotated[
-        bool,
-        typer.Option("--full-matrices", help="Also store whole k×k alignment/agreement matrices."),
-    ] = False,
-    save_vectors: Annotated[
-        str,
-        typer.Option(help="Steps whose top-k vectors are kept: all, ends (first and last), none."),
-    ] = "ends",
-    score_top: Annotated[
-        int, typer.Option(min=1, help="Alignment/agreement scores average the top N entries.")
-    ] = 10,
-    pairs: Annotated[
-        Path | None,
-        typer.Option("--pairs", help="TOML pairs file that adds, removes or replaces pairs."),
-    ] = None,
-    gate: Annotated[
-        str, typer.Option(help="RNN gate block paired (LSTM i f g o, GRU r z n).")
-    ] = "g",
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = "float64",
+    exact: ExactOption = False,
+    max_memory: MaxMemoryOption = None,
+    values_only: ValuesOnlyOption = False,
+    vectors: VectorsOption = 100,
+    reference: ReferenceOption = None,
+    full_matrices: FullMatricesOption = False,
+    save_vectors: SaveVectorsOption = "ends",
+    score_top: ScoreTopOption = 10,
+    pairs: PairsOption = None,
+    gate: GateOption = "g",
     overwrite: Annotated[
         bool,
         typer.Option("--overwrite", help="Recompute a store made with other options or matrices."),
@@ -92,24 +77,10 @@ def analyze_command(
     quiet: QuietOption = False,
 ) -> None:
     """Analyse a directory of checkpoints: singular values and spectral metrics of every matrix at every step."""
-    if precision not in ("float64", "float32"):
-        raise typer.BadParameter("choose float64 or float32", param_hint="--precision")
-    compute = ComputeOptions(
-        device=device, precision=precision, exact=exact, max_memory=parse_size(max_memory)
+    compute = compute_options(device, precision, exact, max_memory)
+    vector_options = vector_options_from(
+        values_only, vectors, reference, full_matrices, save_vectors, score_top, pairs, gate
     )
-    if save_vectors not in ("all", "ends", "none"):
-        raise typer.BadParameter("choose all, ends or none", param_hint="--save-vectors")
-    vector_options = None
-    if not values_only:
-        vector_options = VectorOptions(
-            k=vectors,
-            reference=reference,
-            full_matrices=full_matrices,
-            save_vectors=save_vectors,
-            score_top=score_top,
-            pairs_file=str(pairs) if pairs is not None else None,
-            gate=gate,
-        )
     selection = MatrixSelection(
         include=tuple(include or ()), exclude=tuple(exclude or ()), transposed=transposed
     )

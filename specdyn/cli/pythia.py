@@ -1,0 +1,155 @@
+"""`specdyn pythia --model SIZE`: the Pythia revisions, streamed from the hub into a store."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ..pythia import PythiaPlan, PythiaResult, plan_pythia, pythia
+from ._options import (
+    DeviceOption,
+    ExactOption,
+    FullMatricesOption,
+    HomeOption,
+    JsonOption,
+    MaxMemoryOption,
+    PrecisionOption,
+    QuietOption,
+    ReferenceOption,
+    SaveVectorsOption,
+    ScoreTopOption,
+    ValuesOnlyOption,
+    VectorsOption,
+    compute_options,
+    vector_options_from,
+)
+from ._output import Output
+
+
+def pythia_command(
+    model: Annotated[
+        str,
+        typer.Option(
+            help="Pythia size (70m … 12b, optionally -deduped) or a GPT-NeoX repo id "
+            "with step branches."
+        ),
+    ],
+    steps: Annotated[
+        str | None,
+        typer.Option(
+            help="Revisions by step: 0,1000,5000 | start:stop | start:stop:stride | lin:N | log:N."
+        ),
+    ] = None,
+    home: HomeOption = None,
+    name: Annotated[str | None, typer.Option(help="Store name (default: pythia-<size>).")] = None,
+    duplicates: Annotated[
+        str,
+        typer.Option(help="Byte-identical revisions: skip (analyse once) or analyze (all)."),
+    ] = "skip",
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Keep the downloaded files in the hub cache.")
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Print what would be fetched, sizes and disk; download nothing."
+        ),
+    ] = False,
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = "float64",
+    exact: ExactOption = False,
+    max_memory: MaxMemoryOption = None,
+    values_only: ValuesOnlyOption = False,
+    vectors: VectorsOption = 100,
+    reference: ReferenceOption = None,
+    full_matrices: FullMatricesOption = False,
+    save_vectors: SaveVectorsOption = "ends",
+    score_top: ScoreTopOption = 10,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Recompute a store made with other options.")
+    ] = False,
+    json_out: JsonOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Analyse a Pythia model's training revisions, one at a time, from the hub."""
+    if duplicates not in ("skip", "analyze"):
+        raise typer.BadParameter("choose skip or analyze", param_hint="--duplicates")
+    out = Output(json_mode=json_out, quiet=quiet)
+    if dry_run:
+        plan = plan_pythia(model, steps=steps, home=home, name=name, duplicates=duplicates)
+        _render_plan(plan, out)
+        return
+    compute = compute_options(device, precision, exact, max_memory)
+    options = vector_options_from(
+        values_only, vectors, reference, full_matrices, save_vectors, score_top, None, "g"
+    )
+    with out.analysis_progress() as on_progress, out.download_progress() as on_fetch:
+        result = pythia(
+            model,
+            steps=steps,
+            home=home,
+            name=name,
+            duplicates=duplicates,
+            keep=keep,
+            compute=compute,
+            vectors=options,
+            overwrite=overwrite,
+            on_progress=on_progress,
+            on_fetch=on_fetch,
+        )
+    _render_result(result, out)
+
+
+def _render_plan(plan: PythiaPlan, out: Output) -> None:
+    """The dry run: one row per revision, then totals."""
+    if out.json_mode:
+        out.json(plan.to_dict())
+        out.notes(plan.notes)
+        return
+    out.table(
+        f"{plan.repo}: {len(plan.revisions)} revisions"
+        + (" (offline: cache only)" if plan.offline else ""),
+        ("branch", "layout", "size GB", "to fetch GB", "action", "flag"),
+        (
+            (r.branch, r.layout, f"{r.size / 1e9:.3f}", f"{r.to_fetch / 1e9:.3f}", r.action, r.flag)
+            for r in plan.revisions
+        ),
+    )
+    out.fields(
+        "sweep",
+        [
+            ("store", plan.name),
+            ("to analyse", sum(r.action == "analyse" for r in plan.revisions)),
+            ("already in the store", sum(r.action == "done" for r in plan.revisions)),
+            ("duplicates skipped", sum(r.action == "skip-duplicate" for r in plan.revisions)),
+            ("download", f"{plan.bytes_to_fetch / 1e9:.2f} GB"),
+            ("peak disk", f"{plan.peak_disk / 1e9:.2f} GB (two revisions at most)"),
+            ("missing branches", ", ".join(map(str, plan.missing)) or "none"),
+        ],
+    )
+    out.notes(plan.notes)
+
+
+def _render_result(result: PythiaResult, out: Output) -> None:
+    """The sweep's summary (or JSON), then its notes."""
+    if out.json_mode:
+        out.json(result.to_dict())
+    else:
+        a = result.analysis
+        flagged = [r for r in result.plan.revisions if r.flag]
+        out.fields(
+            f"pythia {result.plan.repo}",
+            [
+                ("store", a.store_path if a else "nothing to do: every revision is in the store"),
+                ("revisions analysed now", len(a.steps_computed) if a else 0),
+                ("already in the store", len(a.steps_already_done) if a else 0),
+                ("failed", ", ".join(map(str, a.steps_failed)) if a and a.steps_failed else "none"),
+                ("flagged", "; ".join(f"step {r.step}: {r.flag}" for r in flagged[:8]) or "none"),
+                ("downloaded", f"{result.fetched_bytes / 1e9:.2f} GB"),
+                ("time", f"{a.seconds:.1f} s" if a else "-"),
+            ],
+        )
+    out.notes(result.notes)
+    if result.analysis is not None:
+        out.notes(result.analysis.notes)

@@ -1,0 +1,578 @@
+"""The Pythia training trajectories, streamed from the hub into a store (SPEC §6).
+
+    plan = specdyn.plan_pythia("70m", steps="log:20")     # what would be fetched (no download)
+    result = specdyn.pythia("160m", steps="0:143000:1000") # download, analyse, delete, repeat
+
+Per revision only the weight files of one format are fetched (`specdyn.hub`); the
+agreement's reference (the last revision) comes first, then the others in step
+order, the next one downloading in a background thread while the current one is
+analysed (one ahead at most, so the cache holds at most two revisions of this
+sweep); what specdyn downloaded is deleted once analysed unless ``keep``. Before
+anything is fetched, every weight file's LFS sha256 is compared across revisions:
+byte-identical revisions are flagged and (by default) analysed once, revisions
+sharing some shard with another are flagged as suspect; the flags go into the
+store (`Run.step_flags`), the result and every plot. A revision whose files turn
+out corrupt is flagged "failed" and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ._stepstream import StepStream
+from ._types import Note
+from .analyze import (
+    AnalyzeResult,
+    ComputeOptions,
+    MatrixSelection,
+    Progress,
+    RunAnalysis,
+    VectorOptions,
+    _analyze_run,
+    _check_vector_options,
+)
+from .engine import SpectrumEngine
+from .errors import SpecdynError
+from .hub import Branch, Hub, HubError, HubRevision, free_bytes
+from .sources import Checkpoint, open_checkpoint
+from .steps import select_steps
+from .store import StepRecord, open_run
+from .workspace import resolve_home, store_path_for
+
+__all__ = [
+    "PythiaModel",
+    "CATALOG",
+    "resolve_model",
+    "RevisionPlan",
+    "PythiaPlan",
+    "plan_pythia",
+    "pythia",
+    "DUPLICATE_MODES",
+]
+
+DUPLICATE_MODES = ("skip", "analyze")
+
+# Room kept free beyond what a revision needs (the store, temporary files).
+_DISK_MARGIN = 256 * 2**20
+
+
+@dataclass(frozen=True)
+class PythiaModel:
+    """One Pythia size (SPEC §6): hidden size, layers, heads, MLP width, GB per revision."""
+
+    size: str
+    hidden: int
+    layers: int
+    heads: int
+    intermediate: int
+    revision_gb: float
+
+
+_SIZES = (
+    PythiaModel("70m", 512, 6, 8, 2048, 0.17),
+    PythiaModel("160m", 768, 12, 12, 3072, 0.38),
+    PythiaModel("410m", 1024, 24, 16, 4096, 0.91),
+    PythiaModel("1b", 2048, 16, 8, 8192, 2.1),
+    PythiaModel("1.4b", 2048, 24, 16, 8192, 2.9),
+    PythiaModel("2.8b", 2560, 32, 32, 10240, 5.7),
+    PythiaModel("6.9b", 4096, 32, 32, 16384, 13.9),
+    PythiaModel("12b", 5120, 36, 40, 20480, 23.9),
+)
+
+# "70m", "70m-deduped", ... → the model (deduped variants share the architecture)
+CATALOG: dict[str, PythiaModel] = {
+    **{m.size: m for m in _SIZES},
+    **{f"{m.size}-deduped": m for m in _SIZES},
+}
+
+
+def resolve_model(spec: str) -> tuple[str, str, PythiaModel | None]:
+    """(repo id, run name, catalog entry or None) for ``--model``.
+
+    A catalog key ("2.8b", "410m-deduped", also with a "pythia-" prefix) names an
+    EleutherAI repo; anything with a "/" is taken as the repo id of another
+    GPT-NeoX repo with step branches. Raises SpecdynError for an unknown size.
+    """
+    text = spec.strip()
+    if "/" in text:
+        return text, text.rsplit("/", 1)[1], None
+    key = text.lower().removeprefix("pythia-")
+    if key not in CATALOG:
+        sizes = ", ".join(m.size for m in _SIZES)
+        raise SpecdynError(
+            f"--model {spec!r}: not a Pythia size; use one of {sizes} (optionally -deduped), "
+            "or a full repo id such as EleutherAI/pythia-70m"
+        )
+    return f"EleutherAI/pythia-{key}", f"pythia-{key}", CATALOG[key]
+
+
+@dataclass
+class RevisionPlan:
+    """What happens to one revision.
+
+    branch, step: the revision; size: bytes of its files; to_fetch: bytes not in the
+    cache; action: "analyse", "skip-duplicate" (same weights as `duplicate_of`,
+    analysed there), "done" (already in the store) or "failed" (no usable files);
+    flag: the note the store keeps for it ("" when none); layout: weight format.
+    """
+
+    branch: str
+    step: int
+    commit: str
+    layout: str
+    size: int
+    to_fetch: int
+    action: str
+    duplicate_of: int | None = None
+    flag: str = ""
+
+
+@dataclass
+class PythiaPlan:
+    """A sweep before it runs: the repo, the run name and every revision's plan.
+
+    missing: steps asked for explicitly that have no branch; notes: what was found
+    (duplicates, suspects, offline); bytes_to_fetch: total download; peak_disk:
+    the most the cache holds at once (two revisions: the one analysed and the next).
+    """
+
+    repo: str
+    name: str
+    offline: bool
+    revisions: list[RevisionPlan]
+    missing: list[int]
+    notes: list[Note] = field(default_factory=list)
+
+    @property
+    def bytes_to_fetch(self) -> int:
+        """Bytes to download for the revisions to analyse."""
+        return sum(r.to_fetch for r in self.revisions if r.action == "analyse")
+
+    @property
+    def peak_disk(self) -> int:
+        """Largest download held at once: two consecutive revisions in fetch order."""
+        sizes = [r.to_fetch for r in _fetch_order(self.revisions)]
+        if len(sizes) < 2:
+            return sum(sizes)
+        return max(a + b for a, b in zip(sizes, sizes[1:], strict=False))
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form (for ``--json``)."""
+        return {
+            "repo": self.repo,
+            "name": self.name,
+            "offline": self.offline,
+            "revisions": [asdict(r) for r in self.revisions],
+            "missing": self.missing,
+            "bytes_to_fetch": self.bytes_to_fetch,
+            "peak_disk": self.peak_disk,
+            "notes": [asdict(n) for n in self.notes],
+        }
+
+
+def _fetch_order(revisions: Sequence[RevisionPlan]) -> list[RevisionPlan]:
+    """The revisions to analyse in download order: the last (the reference) first."""
+    todo = [r for r in revisions if r.action == "analyse"]
+    return todo[-1:] + todo[:-1]
+
+
+def plan_pythia(
+    model: str,
+    *,
+    steps: str | None = None,
+    home: str | Path | None = None,
+    name: str | None = None,
+    duplicates: str = "skip",
+    offline: bool | None = None,
+    cache_dir: str | Path | None = None,
+) -> PythiaPlan:
+    """Plan a sweep without downloading weights: branches, files, duplicates, bytes.
+
+    Args:
+        model: a Pythia size ("2.8b", "410m-deduped") or a GPT-NeoX repo id.
+        steps: the SPEC §7 ``--steps`` grammar over the branches' steps.
+        home, name: the workspace and store name (default: "pythia-<size>"); steps
+            already done in that store are planned as "done".
+        duplicates: "skip" (analyse byte-identical revisions once) or "analyze".
+        offline: None reads ``HF_HUB_OFFLINE``; cache_dir: the hub cache.
+
+    Returns:
+        `PythiaPlan`.
+
+    Raises:
+        HubError: the hub is unreachable (say how to use the cache), the repo does
+            not exist, nothing is cached offline. SpecdynError: bad options.
+    """
+    if duplicates not in DUPLICATE_MODES:
+        raise SpecdynError(f"--duplicates {duplicates!r}: use skip or analyze")
+    repo, default_name, _ = resolve_model(model)
+    hub = Hub(repo, offline=offline, cache_dir=cache_dir)
+    return _plan(hub, name or default_name, steps, home, duplicates)
+
+
+def _plan(hub: Hub, name: str, steps: str | None, home, duplicates: str) -> PythiaPlan:
+    """The plan of a sweep (see `plan_pythia`)."""
+    branches = hub.branches()
+    notes: list[Note] = []
+    if not branches:
+        raise HubError(f"{hub.repo}: no step<N> branch found; is it a training-trajectory repo?")
+    by_step = {b.step: b for b in branches}
+    chosen = select_steps(sorted(by_step), steps)
+    missing = _missing_steps(steps, set(by_step))
+    for step in missing:
+        notes.append(Note("missing-branch", f"{hub.repo}: no branch step{step}; skipped"))
+    done = _done_steps(store_path_for(name, resolve_home(home)))
+    plans: list[RevisionPlan] = []
+    revisions: dict[int, HubRevision] = {}
+    for step in chosen:
+        branch = by_step[step]
+        try:
+            rev = hub.revision(branch)
+        except HubError as exc:
+            if "no weight file" not in str(exc):
+                raise
+            plans.append(RevisionPlan(branch.name, step, branch.commit, "", 0, 0, "failed",
+                                      flag=f"failed: {exc}"[:250]))  # fmt: skip
+            notes.append(Note("failed", str(exc)))
+            continue
+        revisions[step] = rev
+        plans.append(
+            RevisionPlan(
+                branch=branch.name,
+                step=step,
+                commit=branch.commit,
+                layout=rev.layout,
+                size=rev.size,
+                to_fetch=0 if step in done else hub.missing_bytes(rev),
+                action="done" if step in done else "analyse",
+            )
+        )
+    _flag_shared_content(plans, revisions, duplicates, notes, hub.repo)
+    return PythiaPlan(hub.repo, name, hub.offline, plans, missing, notes)
+
+
+def _missing_steps(steps: str | None, available: set[int]) -> list[int]:
+    """Steps named explicitly in a comma list that have no branch."""
+    if not steps or any(c in steps for c in ":"):
+        return []
+    out = []
+    for item in steps.split(","):
+        item = item.strip()
+        if item.isdigit() and int(item) not in available:
+            out.append(int(item))
+    return out
+
+
+def _done_steps(store_path: Path) -> set[int]:
+    """Steps whose values are done in an existing store (none if there is no store)."""
+    if not store_path.exists():
+        return set()
+    try:
+        with open_run(store_path) as run:
+            return {int(s) for s in run.steps}
+    except SpecdynError:
+        return set()
+
+
+def _flag_shared_content(
+    plans: list[RevisionPlan],
+    revisions: dict[int, HubRevision],
+    duplicates: str,
+    notes: list[Note],
+    repo: str,
+) -> None:
+    """Flag byte-identical revisions (analysed once unless duplicates="analyze") and
+    revisions that share some weight file with another (suspect)."""
+    by_plan = {p.step: p for p in plans}
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for step, rev in revisions.items():
+        groups.setdefault(rev.content, []).append(step)
+    identical = set()
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        members.sort()
+        first = members[0]
+        identical.update(members)
+        others = ", ".join(str(s) for s in members[1:])
+        by_plan[first].flag = f"same weights as step {others}"
+        for step in members[1:]:
+            plan = by_plan[step]
+            plan.flag = f"duplicate of step {first} (byte-identical weights)"
+            plan.duplicate_of = first
+            if duplicates == "skip" and plan.action == "analyse":
+                plan.action = "skip-duplicate"
+                plan.to_fetch = 0
+        notes.append(
+            Note(
+                "duplicate",
+                f"{repo}: steps {', '.join(str(s) for s in members)} hold byte-identical "
+                f"weights; "
+                + (
+                    "analysed once, at step " + str(first)
+                    if duplicates == "skip"
+                    else "all analysed"
+                ),
+            )
+        )
+    owner: dict[str, list[tuple[int, str]]] = {}
+    for step, rev in revisions.items():
+        for f in rev.weights:
+            if f.sha256:
+                owner.setdefault(f.sha256, []).append((step, f.name))
+    for step, rev in sorted(revisions.items()):
+        if step in identical:
+            continue
+        shared = []
+        for f in rev.weights:
+            others = [s for s, _ in owner.get(f.sha256, []) if s != step]
+            if f.sha256 and others:
+                shared.append(f"{f.name} = step {', '.join(str(s) for s in sorted(others))}")
+        if shared:
+            text = "suspect: shares " + "; ".join(shared)
+            by_plan[step].flag = text[:250]
+            notes.append(Note("suspect", f"{repo}: step {step} {text}"))
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+class HubSteps(StepStream):
+    """The planned revisions of a sweep as a `StepStream`: fetch on demand, one ahead
+    in a background thread, delete after analysis (unless `keep`)."""
+
+    tolerate_failures = True
+
+    def __init__(
+        self,
+        hub: Hub,
+        plan: PythiaPlan,
+        revisions: dict[int, HubRevision],
+        *,
+        keep: bool,
+        on_fetch: Callable[[int, str], None] | None = None,
+    ) -> None:
+        self.hub = hub
+        self.name = plan.name
+        self.root = f"hf://{hub.repo}"
+        self.step_unit = "step"
+        self.keep = keep
+        self._revisions = revisions
+        self.available = sorted(revisions)
+        self._order: list[int] = []
+        self._futures: dict[int, Future] = {}
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="specdyn-fetch")
+        self._lock = threading.Lock()
+        self._released: set[int] = set()
+        self._on_fetch = on_fetch
+        self.fetched_bytes = 0
+
+    def records(self, steps, store_path, on_hashed=None) -> list[StepRecord]:
+        """Records from the hub's metadata: source ``hf://repo@branch:commit``, size,
+        and the weights' LFS sha256 (for shards: sha256 of their "name sha" lines)."""
+        out = []
+        for step in steps:
+            rev = self._revisions[step]
+            if len(rev.weights) == 1:
+                sha = rev.weights[0].sha256
+            else:
+                lines = "".join(f"{f.name} {f.sha256}\n" for f in rev.weights)
+                sha = hashlib.sha256(lines.encode()).hexdigest()
+            out.append(
+                StepRecord(
+                    step=step,
+                    epoch=None,
+                    source=f"hf://{self.hub.repo}@{rev.branch.name}:{rev.branch.commit}",
+                    format=rev.layout,
+                    size=sum(f.size for f in rev.weights),
+                    mtime=0.0,
+                    sha256=sha,
+                )
+            )
+        return out
+
+    def schedule(self, order: Sequence[int]) -> None:
+        """Remember the visiting order and start fetching its first revision."""
+        self._order = list(order)
+        if self._order:
+            self._prefetch(self._order[0])
+
+    def acquire(self, step: int) -> Checkpoint:
+        """Wait for `step`'s files (fetching now if not scheduled), start the next one."""
+        future = self._prefetch(step)
+        if step in self._order:
+            i = self._order.index(step)
+            if i + 1 < len(self._order):
+                self._prefetch(self._order[i + 1])
+        entry = future.result()
+        ckpt = open_checkpoint(entry)
+        ckpt.step, ckpt.step_origin = step, "branch"
+        return ckpt
+
+    def release(self, step: int) -> None:
+        """Delete what was downloaded for `step` unless kept or needed later."""
+        with self._lock:
+            if step in self._released or self.keep or step not in self._revisions:
+                return
+            self._released.add(step)
+            later = [s for s in self._order if s not in self._released]
+            needed = {f.sha256 for s in later for f in self._revisions[s].weights}
+        future = self._futures.get(step)
+        if future is not None and future.done() and future.exception() is None:
+            self.hub.drop(self._revisions[step], keep=needed)
+
+    def close(self) -> None:
+        """Wait for a background download to finish, then stop the thread."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _prefetch(self, step: int) -> Future:
+        """The (started) download of `step`."""
+        with self._lock:
+            if step not in self._futures:
+                self._futures[step] = self._pool.submit(self._fetch, step)
+            return self._futures[step]
+
+    def _fetch(self, step: int) -> Path:
+        """Check free disk, then download one revision (resuming partial files)."""
+        rev = self._revisions[step]
+        need = self.hub.missing_bytes(rev)
+        if need:
+            where = self.hub.cache_dir or Path.home() / ".cache" / "huggingface" / "hub"
+            free = free_bytes(where)
+            if free < need + _DISK_MARGIN:
+                raise HubError(
+                    f"{self.hub.repo}@{rev.branch.name} needs {_gb(need)} GB in {where} "
+                    f"(+{_gb(_DISK_MARGIN)} GB margin) but {_gb(free)} GB are free; free "
+                    "space or point HF_HUB_CACHE elsewhere"
+                )
+        if self._on_fetch is not None:
+            self._on_fetch(step, "start")
+        path = self.hub.fetch(rev)
+        self.fetched_bytes += need
+        if self._on_fetch is not None:
+            self._on_fetch(step, "done")
+        return path
+
+
+def _complete(store: Path, vectors: VectorOptions | None, steps) -> bool:
+    """Whether the store has everything a re-run would compute (nothing to fetch)."""
+    try:
+        with open_run(store) as run:
+            if vectors is None:
+                return True
+            config = run.vectors_config
+            if config is None or config["k"] != vectors.k or config["reference"] != max(steps):
+                return False
+            return all(
+                set(steps) <= set(run.section_steps(s).tolist()) for s in ("alignment", "agreement")
+            )
+    except SpecdynError:
+        return False
+
+
+def _gb(n: int) -> str:
+    """Bytes as GB with two decimals."""
+    return f"{n / 1e9:.2f}"
+
+
+@dataclass
+class PythiaResult:
+    """What a sweep did: the plan, the analysis of the run and the bytes downloaded."""
+
+    plan: PythiaPlan
+    analysis: RunAnalysis | None
+    fetched_bytes: int
+    notes: list[Note]
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form (for ``--json``)."""
+        return {
+            "plan": self.plan.to_dict(),
+            "analysis": None if self.analysis is None else self.analysis.to_dict(),
+            "fetched_bytes": self.fetched_bytes,
+            "notes": [asdict(n) for n in self.notes],
+        }
+
+
+def pythia(
+    model: str,
+    *,
+    steps: str | None = None,
+    home: str | Path | None = None,
+    name: str | None = None,
+    duplicates: str = "skip",
+    keep: bool = False,
+    offline: bool | None = None,
+    cache_dir: str | Path | None = None,
+    compute: ComputeOptions | None = None,
+    vectors: VectorOptions | None = VectorOptions(),
+    overwrite: bool = False,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_fetch: Callable[[int, str], None] | None = None,
+) -> PythiaResult:
+    """Sweep a Pythia model's revisions into a store: plan, then fetch, analyse, delete.
+
+    Args:
+        model, steps, home, name, duplicates, offline, cache_dir: as `plan_pythia`.
+        keep: keep the downloaded files in the cache.
+        compute, vectors, overwrite, on_progress: as `specdyn.analyze`.
+        on_fetch: called with (step, "start" | "done") around each download (from
+            the download thread).
+
+    Returns:
+        `PythiaResult`: the plan (with flags), the `RunAnalysis` (None when nothing
+        was left to analyse) and the bytes downloaded.
+
+    Raises:
+        HubError (no network, unknown repo, too little disk for a revision, the
+        reference revision unreadable), SpecdynError subclasses as `analyze`.
+    """
+    compute = compute or ComputeOptions()
+    if vectors is not None:
+        _check_vector_options(vectors)
+    if duplicates not in DUPLICATE_MODES:
+        raise SpecdynError(f"--duplicates {duplicates!r}: use skip or analyze")
+    repo, default_name, _ = resolve_model(model)
+    hub = Hub(repo, offline=offline, cache_dir=cache_dir)
+    plan = _plan(hub, name or default_name, steps, home, duplicates)
+    notes = list(plan.notes)
+    analysed = [r for r in plan.revisions if r.action in ("analyse", "done")]
+    if not analysed:
+        return PythiaResult(plan, None, 0, notes)
+    by_branch = {b.step: b for b in (Branch(r.branch, r.step, r.commit) for r in analysed)}
+    revisions = {s: hub.revision(b) for s, b in by_branch.items()}
+    stream = HubSteps(hub, plan, revisions, keep=keep, on_fetch=on_fetch)
+    engine = SpectrumEngine(
+        device=compute.device,
+        precision=compute.precision,
+        exact=compute.exact,
+        max_memory=compute.max_memory,
+    )
+    store = store_path_for(plan.name, resolve_home(home))
+    if all(r.action == "done" for r in analysed) and _complete(store, vectors, revisions):
+        return PythiaResult(plan, None, 0, notes)
+    try:
+        analysis = _analyze_run(
+            stream,
+            store,
+            run_name=plan.name,
+            steps=sorted(revisions),
+            matrices=MatrixSelection(),
+            compute=compute,
+            vectors=vectors,
+            engine=engine,
+            overwrite=overwrite,
+            on_progress=on_progress,
+            flags={r.step: r.flag for r in plan.revisions if r.flag},
+        )
+    finally:
+        stream.close()
+    return PythiaResult(plan, analysis, stream.fetched_bytes, notes)
+
+
+__all__ += ["HubSteps", "PythiaResult", "AnalyzeResult"]
