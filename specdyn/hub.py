@@ -234,7 +234,22 @@ class Hub:
                 entry = Path(path)
         if entry is None:  # pragma: no cover - entry is always one of the files
             raise HubError(f"{self.repo}@{revision.branch.name}: {revision.entry} was not fetched")
+        self._remember_branch(revision.branch)
         return entry
+
+    def _remember_branch(self, branch: Branch) -> None:
+        """Write ``refs/<branch>`` in the cache (the client does not when it downloads by
+        commit), so that offline runs find the branch."""
+        folder = self._repo_cache()
+        if folder is None:
+            return
+        ref = folder / "refs" / branch.name
+        try:
+            if not ref.is_file() or ref.read_text().strip() != branch.commit:
+                ref.parent.mkdir(parents=True, exist_ok=True)
+                ref.write_text(branch.commit)
+        except OSError:
+            pass  # the ref only helps offline listing; downloads worked
 
     def drop(self, revision: HubRevision, keep: set[str] = frozenset()) -> int:
         """Delete the files this Hub downloaded for `revision` from the cache (the
@@ -252,14 +267,29 @@ class Hub:
             if link is None:
                 continue
             blob = link.resolve()
-            for path in (link, blob):
+            try:
+                link.unlink()
+            except FileNotFoundError:
+                continue
+            # identical files of different revisions share one blob: keep it while any
+            # other snapshot (the user's own, or a later revision's) still links to it
+            if not self._linked_elsewhere(blob):
                 try:
-                    size = path.stat().st_size if path == blob else 0
-                    path.unlink()
-                    freed += size
+                    freed += blob.stat().st_size
+                    blob.unlink()
                 except FileNotFoundError:
                     pass
         return freed
+
+    def _linked_elsewhere(self, blob: Path) -> bool:
+        """Whether a snapshot file of this repo still resolves to `blob`."""
+        folder = self._repo_cache()
+        if folder is None or not (folder / "snapshots").is_dir():
+            return False
+        for path in (folder / "snapshots").rglob("*"):
+            if path.is_symlink() and path.resolve() == blob:
+                return True
+        return False
 
     # ------------------------------------------------------------------ helpers
 

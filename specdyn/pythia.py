@@ -27,7 +27,6 @@ from pathlib import Path
 from ._stepstream import StepStream
 from ._types import Note
 from .analyze import (
-    AnalyzeResult,
     ComputeOptions,
     MatrixSelection,
     Progress,
@@ -52,6 +51,8 @@ __all__ = [
     "PythiaPlan",
     "plan_pythia",
     "pythia",
+    "PythiaResult",
+    "HubSteps",
     "DUPLICATE_MODES",
 ]
 
@@ -300,7 +301,8 @@ def _flag_shared_content(
         first = members[0]
         identical.update(members)
         others = ", ".join(str(s) for s in members[1:])
-        by_plan[first].flag = f"same weights as step {others}"
+        skipped = " (not analysed)" if duplicates == "skip" else ""
+        by_plan[first].flag = f"same weights as step {others}{skipped}"
         for step in members[1:]:
             plan = by_plan[step]
             plan.flag = f"duplicate of step {first} (byte-identical weights)"
@@ -573,6 +575,3 @@ def pythia(
     finally:
         stream.close()
     return PythiaResult(plan, analysis, stream.fetched_bytes, notes)
-
-
-__all__ += ["HubSteps", "PythiaResult", "AnalyzeResult"]

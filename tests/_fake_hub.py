@@ -62,7 +62,9 @@ def git_blob_sha1(data: bytes) -> str:
 
 def lfs_pointer(sha256: str, size: int) -> bytes:
     """The git-LFS pointer file git stores in place of an LFS file (about 130 bytes)."""
-    return f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
+    return (
+        f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
+    )
 
 
 @dataclass(frozen=True)
