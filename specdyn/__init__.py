@@ -23,7 +23,7 @@ from .analyze import (
 )
 from .errors import SpecdynError
 from .metrics import METRIC_NAMES, spectral_metrics
-from .pythia import plan_pythia, pythia
+from .pythia import plan_pythia
 from .sources import discover
 from .steps import select_steps
 from .store import Run, open_run
@@ -43,7 +43,6 @@ __all__ = [
     "list_runs",
     "resolve_home",
     "discover",
-    "pythia",
     "plan_pythia",
     "select_steps",
     "spectral_metrics",
