@@ -357,7 +357,7 @@ class HubSteps(StepStream):
         revisions: dict[int, HubRevision],
         *,
         keep: bool,
-        on_fetch: Callable[[int, str], None] | None = None,
+        on_fetch: Callable[[int, str, int], None] | None = None,
     ) -> None:
         self.hub = hub
         self.name = plan.name
@@ -453,11 +453,11 @@ class HubSteps(StepStream):
                     "space or point HF_HUB_CACHE elsewhere"
                 )
         if self._on_fetch is not None:
-            self._on_fetch(step, "start")
+            self._on_fetch(step, "start", need)
         path = self.hub.fetch(rev)
         self.fetched_bytes += need
         if self._on_fetch is not None:
-            self._on_fetch(step, "done")
+            self._on_fetch(step, "done", need)
         return path
 
 
@@ -515,7 +515,7 @@ def pythia(
     vectors: VectorOptions | None = VectorOptions(),
     overwrite: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
-    on_fetch: Callable[[int, str], None] | None = None,
+    on_fetch: Callable[[int, str, int], None] | None = None,
 ) -> PythiaResult:
     """Sweep a Pythia model's revisions into a store: plan, then fetch, analyse, delete.
 
@@ -523,8 +523,8 @@ def pythia(
         model, steps, home, name, duplicates, offline, cache_dir: as `plan_pythia`.
         keep: keep the downloaded files in the cache.
         compute, vectors, overwrite, on_progress: as `specdyn.analyze`.
-        on_fetch: called with (step, "start" | "done") around each download (from
-            the download thread).
+        on_fetch: called with (step, "start" | "done", bytes to download) around
+            each revision's download (from the download thread).
 
     Returns:
         `PythiaResult`: the plan (with flags), the `RunAnalysis` (None when nothing

@@ -7,6 +7,7 @@ Tables and JSON go to stdout; progress, warnings and errors to stderr, so that
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
@@ -15,7 +16,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
     TextColumn,
     TimeElapsedColumn,
@@ -45,14 +45,20 @@ class Output:
     @contextmanager
     def analysis_progress(self) -> Iterator[callable]:
         """A callback for `analyze(on_progress=...)` that drives one bar per run."""
+        with self.sweep_progress(None) as (on_progress, _):
+            yield on_progress
+
+    @contextmanager
+    def sweep_progress(self, download_bytes: int | None) -> Iterator[tuple[callable, callable]]:
+        """Callbacks (on_progress, on_fetch) for one live display: the analysis bars and,
+        when `download_bytes` is given, a download bar (bytes, rate) beside them."""
         if self.quiet or self.json_mode:
-            yield lambda event: None
+            yield (lambda event: None), (lambda step, event, nbytes: None)
             return
         progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("step {task.fields[step]} ({task.fields[step_pos]})"),
+            TextColumn("{task.fields[detail]}"),
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
@@ -60,64 +66,50 @@ class Output:
             transient=True,
         )
         tasks: dict[str, int] = {}
+        download = None
+        if download_bytes is not None:
+            download = progress.add_task("download", total=max(download_bytes, 1), detail="")
+        started = time.monotonic()
+
+        def fetched(step: int, event: str, nbytes: int) -> None:
+            if download is None:
+                return
+            if event == "done":
+                progress.advance(download, nbytes)
+            task = progress.tasks[download]
+            rate = task.completed / max(time.monotonic() - started, 1e-9)
+            progress.update(
+                download,
+                detail=f"{task.completed / 1e9:.2f}/{download_bytes / 1e9:.2f} GB, "
+                f"{rate / 1e6:.1f} MB/s, step {step}",
+            )
 
         def update(event: ProgressEvent) -> None:
-            if event.phase == "hashing":
-                key = f"{event.run} (hashing)"
+            where = f"step {event.step} ({event.step_index + 1}/{event.n_steps})"
+            if event.phase in ("hashing", "reference"):
+                key = f"{event.run} ({event.phase})"
+                total = event.n_steps if event.phase == "hashing" else event.n_matrices
                 if key not in tasks:
                     tasks[key] = progress.add_task(
-                        f"{escape(event.run)} hashing", total=event.n_steps, step="", step_pos=""
+                        f"{escape(event.run)} {event.phase}", total=total, detail=""
                     )
-                progress.update(
-                    tasks[key],
-                    completed=event.step_index + 1,
-                    step=event.step,
-                    step_pos=f"{event.step_index + 1}/{event.n_steps}",
-                )
-                return
-            if event.phase == "reference":
-                key = f"{event.run} (reference)"
-                if key not in tasks:
-                    tasks[key] = progress.add_task(
-                        f"{escape(event.run)} reference",
-                        total=event.n_matrices,
-                        step="",
-                        step_pos="",
-                    )
-                progress.update(
-                    tasks[key], completed=event.matrices_done, step=event.step, step_pos="first"
-                )
+                done = event.step_index + 1 if event.phase == "hashing" else event.matrices_done
+                detail = where if event.phase == "hashing" else f"step {event.step} first"
+                progress.update(tasks[key], completed=done, detail=detail)
                 return
             total = event.n_steps * event.n_matrices
             if event.run not in tasks:
-                tasks[event.run] = progress.add_task(
-                    escape(event.run), total=total, step="", step_pos=""
-                )
+                tasks[event.run] = progress.add_task(escape(event.run), total=total, detail="")
+            completed = event.step_index * event.n_matrices + event.matrices_done
             progress.update(
                 tasks[event.run],
-                completed=event.step_index * event.n_matrices + event.matrices_done,
+                completed=completed,
                 total=total,
-                step=event.step,
-                step_pos=f"{event.step_index + 1}/{event.n_steps}",
+                detail=f"{completed}/{total} matrices, {where}",
             )
 
         with progress:
-            yield update
-
-    @contextmanager
-    def download_progress(self) -> Iterator[callable]:
-        """A callback for `pythia(on_fetch=...)`: one line per download start and end."""
-        if self.quiet or self.json_mode:
-            yield lambda step, event: None
-            return
-
-        def update(step: int, event: str) -> None:
-            if event == "start":
-                self.err.print(f"[dim]downloading step {step} …[/]")
-            else:
-                self.err.print(f"[dim]downloaded step {step}[/]")
-
-        yield update
+            yield update, fetched
 
     def notes(self, notes: Iterable[Note]) -> None:
         """Warnings, one line each, on stderr (also in JSON mode: they are not data)."""

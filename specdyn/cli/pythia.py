@@ -84,7 +84,9 @@ def pythia_command(
     options = vector_options_from(
         values_only, vectors, reference, full_matrices, save_vectors, score_top, None, "g"
     )
-    with out.analysis_progress() as on_progress, out.download_progress() as on_fetch:
+    plan = plan_pythia(model, steps=steps, home=home, name=name, duplicates=duplicates)
+    _quiet_hub_bars()
+    with out.sweep_progress(plan.bytes_to_fetch) as (on_progress, on_fetch):
         result = pythia(
             model,
             steps=steps,
@@ -153,3 +155,11 @@ def _render_result(result: PythiaResult, out: Output) -> None:
     out.notes(result.notes)
     if result.analysis is not None:
         out.notes(result.analysis.notes)
+
+
+def _quiet_hub_bars() -> None:
+    """huggingface_hub's own tqdm bars would break the rich display: this command shows
+    the download itself."""
+    from huggingface_hub.utils import disable_progress_bars
+
+    disable_progress_bars()
