@@ -46,6 +46,7 @@ from .store import (
     StepVectors,
     StoreWriter,
     VectorLayout,
+    open_run,
 )
 from .vectors import TopK
 from .views import MatrixView, Skipped, ViewPlan, plan_views
@@ -329,14 +330,26 @@ def _analyze_run(
                     "too (--steps left it out)",
                 )
             )
-    # the views are planned from one checkpoint: the first (or, when the steps are
-    # fetched, the reference, which is needed first anyway)
-    plan_step = reference if source.tolerate_failures and reference is not None else selected[0]
-    plan_ckpt = source.acquire(plan_step)
-    with plan_ckpt.open() as reader:
-        keys = reader.keys()
-        infos = {k: reader.info(k) for k in keys}
-        unsupported = dict(getattr(reader, "unsupported", {}))
+    # the views are planned from one checkpoint: the first, or, when steps are fetched,
+    # one that has work left (the reference first: it is needed first anyway)
+    plan_step = selected[0]
+    if source.tolerate_failures:
+        plan_step = _step_with_work(store_path, reference, selected, vectors is not None)
+    try:
+        plan_ckpt = source.acquire(plan_step)
+        with plan_ckpt.open() as reader:
+            keys = reader.keys()
+            infos = {k: reader.info(k) for k in keys}
+            unsupported = dict(getattr(reader, "unsupported", {}))
+    except CheckpointError as exc:
+        if not source.tolerate_failures:
+            raise
+        source.release(plan_step)
+        what = "the agreement's reference" if plan_step == reference else "the first revision"
+        raise SpecdynError(
+            f"{what} ({source.step_unit} {plan_step}) cannot be read ({exc}); "
+            + ("choose another --reference" if plan_step == reference else "check that revision")
+        ) from None
     plan = plan_views(
         infos,
         config=plan_ckpt.config,
@@ -761,6 +774,30 @@ def _skip_summary(plan: ViewPlan) -> str:
     if not counts:
         return "no parameters"
     return "; ".join(f"{n} {reason}" for reason, n in counts.items())
+
+
+def _step_with_work(
+    store_path: Path, reference: int | None, selected: Sequence[int], vectors: bool
+) -> int:
+    """The step to plan the views from when steps are fetched: the reference when the
+    agreement of some step is missing (it is fetched first anyway), else the first step
+    the store does not hold completely, else the first."""
+    done: set[int] = set()
+    agreed: set[int] = set()
+    if store_path.exists():
+        try:
+            with open_run(store_path) as run:
+                done = set(run.steps.tolist())
+                if run.vectors_config is not None:
+                    agreed = set(run.section_steps("agreement").tolist())
+                    done &= agreed & set(run.section_steps("alignment").tolist())
+                elif vectors:
+                    done = set()
+        except SpecdynError:
+            done, agreed = set(), set()
+    if vectors and reference is not None and not set(selected) <= agreed:
+        return reference
+    return next((s for s in selected if s not in done), selected[0])
 
 
 def _few(names: Sequence[str], limit: int = 3) -> str:

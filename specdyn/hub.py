@@ -261,19 +261,17 @@ class Hub:
         by_name = {f.name: f for f in (*revision.weights, *revision.extras)}
         for name in names:
             f = by_name.get(name)
-            if f is None or (f.sha256 and f.sha256 in keep):
-                continue
             link = self.cached(revision, name)
-            if link is None:
+            if f is None or link is None:
                 continue
             blob = link.resolve()
             try:
                 link.unlink()
             except FileNotFoundError:
                 continue
-            # identical files of different revisions share one blob: keep it while any
-            # other snapshot (the user's own, or a later revision's) still links to it
-            if not self._linked_elsewhere(blob):
+            # identical files of different revisions share one blob: keep it while a later
+            # revision needs it or any other snapshot (the user's own) still links to it
+            if not (f.sha256 and f.sha256 in keep) and not self._linked_elsewhere(blob):
                 try:
                     freed += blob.stat().st_size
                     blob.unlink()

@@ -223,8 +223,18 @@ def _plan(hub: Hub, name: str, steps: str | None, home, duplicates: str) -> Pyth
     if not branches:
         raise HubError(f"{hub.repo}: no step<N> branch found; is it a training-trajectory repo?")
     by_step = {b.step: b for b in branches}
-    chosen = select_steps(sorted(by_step), steps)
     missing = _missing_steps(steps, set(by_step))
+    if missing:
+        # a branch that does not exist is reported, not fatal: select among the others
+        kept = [i.strip() for i in (steps or "").split(",") if i.strip().isdigit()]
+        kept = [i for i in kept if int(i) not in missing]
+        if not kept:
+            raise HubError(
+                f"{hub.repo}: none of the steps {steps} has a branch "
+                f"(branches: step{min(by_step)} … step{max(by_step)})"
+            )
+        steps = ",".join(kept)
+    chosen = select_steps(sorted(by_step), steps)
     for step in missing:
         notes.append(Note("missing-branch", f"{hub.repo}: no branch step{step}; skipped"))
     done = _done_steps(store_path_for(name, resolve_home(home)))
@@ -405,13 +415,13 @@ class HubSteps(StepStream):
             self._prefetch(self._order[0])
 
     def acquire(self, step: int) -> Checkpoint:
-        """Wait for `step`'s files (fetching now if not scheduled), start the next one."""
-        future = self._prefetch(step)
+        """Wait for `step`'s files (fetching now if not scheduled), then start the next
+        one so that it downloads while this one is analysed."""
+        entry = self._prefetch(step).result()
         if step in self._order:
             i = self._order.index(step)
             if i + 1 < len(self._order):
                 self._prefetch(self._order[i + 1])
-        entry = future.result()
         ckpt = open_checkpoint(entry)
         ckpt.step, ckpt.step_origin = step, "branch"
         return ckpt
@@ -429,8 +439,12 @@ class HubSteps(StepStream):
             self.hub.drop(self._revisions[step], keep=needed)
 
     def close(self) -> None:
-        """Wait for a background download to finish, then stop the thread."""
+        """Stop the download thread (a download under way is finished, the client cannot
+        abort one) and delete what was fetched but never released (a sweep stopped by
+        an error or an interrupt leaves nothing behind but the store)."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+        for step in list(self._futures):
+            self.release(step)
 
     def _prefetch(self, step: int) -> Future:
         """The (started) download of `step`."""
@@ -531,8 +545,9 @@ def pythia(
         was left to analyse) and the bytes downloaded.
 
     Raises:
-        HubError (no network, unknown repo, too little disk for a revision, the
-        reference revision unreadable), SpecdynError subclasses as `analyze`.
+        HubError (no network, unknown repo, too little disk for a revision),
+        SpecdynError (the reference revision unreadable: choose another
+        --reference) and the other errors of `analyze`.
     """
     compute = compute or ComputeOptions()
     if vectors is not None:
