@@ -10,6 +10,7 @@ current one is analysed, and `release` to delete what it downloaded.
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from .sources import Checkpoint, RunSource
 from .store import StepRecord, open_run
 
 
-class StepStream:
+class StepStream(ABC):
     """The steps of one run and how to get each one's checkpoint (base: local files).
 
     name: the run's source name; root: what the store records as its source
@@ -34,6 +35,7 @@ class StepStream:
     # (True for remote sweeps) or stop with the error (local folders)
     tolerate_failures: bool = False
 
+    @abstractmethod
     def records(
         self,
         steps: Sequence[int],
@@ -41,20 +43,22 @@ class StepStream:
         on_hashed: Callable[[int, int], None] | None = None,
     ) -> list[StepRecord]:
         """The store's source record of each step in `steps`."""
-        raise NotImplementedError
 
     def schedule(self, order: Sequence[int]) -> None:
         """The steps the pipeline will acquire, in that order (lets a remote stream prefetch)."""
+        return None  # local files: nothing to prefetch, delete or stop
 
+    @abstractmethod
     def acquire(self, step: int) -> Checkpoint:
         """The local checkpoint of `step` (fetched first if need be)."""
-        raise NotImplementedError
 
     def release(self, step: int) -> None:
         """The pipeline is done with `step` (a remote stream deletes what it fetched)."""
+        return None  # local files: nothing to prefetch, delete or stop
 
     def close(self) -> None:
         """Stop background work and clean up (idempotent)."""
+        return None  # local files: nothing to prefetch, delete or stop
 
 
 class LocalSteps(StepStream):

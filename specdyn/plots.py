@@ -483,18 +483,9 @@ def plot_alignment(
     with _opened(run, home) as r:
         _need_vectors(r, "alignment")
         name = _resolve(r.find_pair, pair)
-        cols = _step_columns(r, steps)
-        diag = r.alignment(name)[cols]
-        k = diag.shape[1] if top is None else max(1, min(int(top), diag.shape[1]))
-        return _index_heatmap(
-            _axes(ax, size),
-            r,
-            diag[:, :k].T,
-            r.steps[cols],
-            log_x=log_x,
-            cmap=cmap,
-            label="alignment Aᵢᵢ = |⟨uᵢ, v′ᵢ⟩|",
-            title=title if title is not None else f"{r.name}: {short_names([name], 70)[0]}",
+        label = "alignment Aᵢᵢ = |⟨uᵢ, v′ᵢ⟩|"
+        return _diagonal(
+            r, r.alignment(name), name, label, ax, size, steps, top, log_x, cmap, title
         )
 
 
@@ -516,20 +507,39 @@ def plot_agreement(
     with _opened(run, home) as r:
         _need_vectors(r, "agreement")
         name = _resolve(r.find_matrix, matrix)
-        cols = _step_columns(r, steps)
-        diag = r.agreement(name)[cols]
-        k = diag.shape[1] if top is None else max(1, min(int(top), diag.shape[1]))
-        shown = short_names([name], 70)[0]
-        return _index_heatmap(
-            _axes(ax, size),
-            r,
-            diag[:, :k].T,
-            r.steps[cols],
-            log_x=log_x,
-            cmap=cmap,
-            label=f"agreement Sᵢᵢ with {r.step_unit} {r.reference}",
-            title=title if title is not None else f"{r.name}: {shown}",
+        label = f"agreement Sᵢᵢ with {r.step_unit} {r.reference}"
+        return _diagonal(
+            r, r.agreement(name), name, label, ax, size, steps, top, log_x, cmap, title
         )
+
+
+def _diagonal(
+    r: Run,
+    diagonal: np.ndarray,
+    name: str,
+    label: str,
+    ax: Axes | None,
+    size: tuple[float, float] | None,
+    steps: str | None,
+    top: int | None,
+    log_x: bool,
+    cmap: str,
+    title: str | None,
+) -> Axes:
+    """Index × step heatmap of a stored diagonal [T_done, k] (the first `top` indices)."""
+    cols = _step_columns(r, steps)
+    diag = diagonal[cols]
+    k = diag.shape[1] if top is None else max(1, min(int(top), diag.shape[1]))
+    return _index_heatmap(
+        _axes(ax, size),
+        r,
+        diag[:, :k].T,
+        r.steps[cols],
+        log_x=log_x,
+        cmap=cmap,
+        label=label,
+        title=title if title is not None else f"{r.name}: {short_names([name], 70)[0]}",
+    )
 
 
 def _index_heatmap(
