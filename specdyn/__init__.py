@@ -21,6 +21,7 @@ from .analyze import (
     VectorOptions,
     analyze,
 )
+from .compare import compare, open_comparison
 from .errors import SpecdynError
 from .metrics import METRIC_NAMES, spectral_metrics
 from .pythia import plan_pythia
@@ -28,6 +29,25 @@ from .sources import discover
 from .steps import select_steps
 from .store import Run, open_run
 from .workspace import list_runs, resolve_home
+
+# The figures need matplotlib (≈0.45 s to import): loaded on first use, so that
+# `specdyn analyze` and `import specdyn` do not pay for it.
+_PLOT_NAMES = (
+    "PlotError",
+    "draw",
+    "plot_rank",
+    "plot_metric",
+    "plot_sv",
+    "plot_alignment",
+    "plot_alignment_score",
+    "plot_agreement",
+    "plot_agreement_score",
+    "plot_alignment_matrix",
+    "plot_all",
+    "plot_side_by_side",
+    "plot_branch_agreement",
+    "plot_split",
+)
 
 __all__ = [
     "__version__",
@@ -50,34 +70,10 @@ __all__ = [
     "Note",
     "TensorInfo",
     "SpecdynError",
-    "PlotError",
-    "draw",
-    "plot_rank",
-    "plot_metric",
-    "plot_sv",
-    "plot_alignment",
-    "plot_alignment_score",
-    "plot_agreement",
-    "plot_agreement_score",
-    "plot_alignment_matrix",
-    "plot_all",
+    "compare",
+    "open_comparison",
+    *_PLOT_NAMES,
 ]
-
-# The figures need matplotlib (≈0.45 s to import): loaded on first use, so that
-# `specdyn analyze` and `import specdyn` do not pay for it.
-_PLOT_NAMES = {
-    "PlotError",
-    "draw",
-    "plot_rank",
-    "plot_metric",
-    "plot_sv",
-    "plot_alignment",
-    "plot_alignment_score",
-    "plot_agreement",
-    "plot_agreement_score",
-    "plot_alignment_matrix",
-    "plot_all",
-}
 
 
 def __getattr__(name: str):

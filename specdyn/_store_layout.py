@@ -78,6 +78,12 @@ def check_header(f: h5py.File, path: Path) -> None:
     fmt = f.attrs.get("format")
     if isinstance(fmt, bytes):
         fmt = fmt.decode("utf-8", "replace")
+    if fmt == "specdyn-comparison":
+        raise StoreError(
+            f"{path} is a comparison store (written by specdyn compare), not a run; draw it "
+            "with specdyn plot side-by-side|branch-agreement|split, or open it with "
+            "specdyn.open_comparison"
+        )
     if fmt != FORMAT:
         raise StoreError(
             f"{path} is an HDF5 file but not a specdyn store (format attribute {fmt!r}); "

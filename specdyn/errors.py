@@ -20,6 +20,7 @@ __all__ = [
     "StoreLockedError",
     "StoreMismatchError",
     "RunNotFoundError",
+    "CompareError",
 ]
 
 
@@ -74,3 +75,8 @@ class StoreMismatchError(StoreError):
 
 class RunNotFoundError(StoreError):
     """No run of that name or path in the workspace."""
+
+
+class CompareError(SpecdynError):
+    """Runs cannot be compared as asked (nothing in common, no vectors or checkpoints
+    for an endpoint, a branch without a split step, a failing evaluator)."""

@@ -30,6 +30,12 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from ._plot_compare import (
+    COMPARISON_KINDS,
+    plot_branch_agreement,
+    plot_side_by_side,
+    plot_split,
+)
 from .errors import SpecdynError, StoreError
 from .steps import select_steps
 from .store import Run, open_run
@@ -46,12 +52,16 @@ __all__ = [
     "plot_agreement_score",
     "plot_alignment_matrix",
     "plot_all",
+    "plot_side_by_side",
+    "plot_branch_agreement",
+    "plot_split",
     "draw",
     "default_output",
     "short_names",
 ]
 
-FIGURE_KINDS = ("rank", "sv", "alignment", "agreement", "alignment-matrix", "metric", "all")
+RUN_KINDS = ("rank", "sv", "alignment", "agreement", "alignment-matrix", "metric", "all")
+FIGURE_KINDS = RUN_KINDS + COMPARISON_KINDS
 FORMATS = ("png", "pdf", "svg")
 
 # Labels of the stored metrics, for colour bars.
@@ -817,6 +827,12 @@ def draw(
     """
     if kind not in FIGURE_KINDS:
         raise PlotError(f"unknown figure {kind!r}; choose one of {', '.join(FIGURE_KINDS)}")
+    if kind in COMPARISON_KINDS:
+        return _draw_comparison(
+            kind, run, home=home, out=out, metric=metric, matrix=matrix, pair=pair,
+            steps=steps, matrices=matrices, top=top, log_x=log_x, cmap=cmap, size=size,
+            dpi=dpi, title=title,
+        )  # fmt: skip
     with _opened(run, home) as r:
         if kind == "all":
             unused = [
@@ -887,6 +903,44 @@ def draw(
                 fig.suptitle(title if title is not None else r.name)
             else:
                 fig = score(r, size=size, **row_filter, **common).figure
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=dpi)
+        return [path]
+
+
+def _draw_comparison(kind: str, name, *, home, out, metric, matrix, pair, steps, matrices,
+                     top, log_x, cmap, size, dpi, title) -> list[Path]:  # fmt: skip
+    """`draw` for the figures of a comparison store (`specdyn compare`)."""
+    from ._plot_compare import _opened as _opened_comparison
+
+    with _opened_comparison(name, home) as c:
+        subject = metric if kind == "side-by-side" else matrix
+        folder = c.path.parent.parent / "figures" / c.name
+        stem = kind if subject is None else f"{kind}-{re.sub(r'[^A-Za-z0-9_.]+', '_', subject)}"
+        path = Path(out) if out is not None else folder / f"{stem[:120]}.png"
+        if path.suffix.lower().lstrip(".") not in FORMATS:
+            raise PlotError(f"--out {path}: give a .png, .pdf or .svg file name")
+        style = {"cmap": cmap} if cmap else {}
+        if kind == "side-by-side":
+            fig = plot_side_by_side(
+                c, metric or "normalized_effective_rank", steps=steps, matrices=matrices,
+                log_x=log_x, size=size, title=title, **style,
+            )  # fmt: skip
+        elif kind == "branch-agreement":
+            runs = (0, 1)
+            if pair:
+                parts = [p.strip() for p in pair.split(",")]
+                if len(parts) != 2:
+                    raise PlotError(f"--pair {pair!r}: for branch-agreement give RUN_A,RUN_B")
+                runs = (parts[0], parts[1])
+            elif c.pairs:
+                runs = (c.pairs[0][0], c.pairs[0][1])
+            fig = plot_branch_agreement(
+                c, runs, matrix=matrix, matrices=matrices, top=top, size=size, title=title,
+                **style,
+            ).figure  # fmt: skip
+        else:
+            fig = plot_split(c, matrices=matrices, size=size, title=title)
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=dpi)
         return [path]

@@ -16,6 +16,7 @@ import typer.main
 
 from ..errors import SpecdynError
 from . import analyze as _analyze_cmd
+from . import compare as _compare_cmd
 from . import info as _info_cmd
 from . import pairs as _pairs_cmd
 from . import plot as _plot_cmd
@@ -41,6 +42,7 @@ app.command("info")(_info_cmd.info_command)
 app.command("pairs")(_pairs_cmd.pairs_command)
 app.command("plot")(_plot_cmd.plot_command)
 app.command("pythia")(_pythia_cmd.pythia_command)
+app.command("compare")(_compare_cmd.compare_command)
 
 
 def _debug() -> bool:

@@ -1,0 +1,342 @@
+"""The comparison store: what `specdyn compare` measured, in one HDF5 file (docs/compare.md).
+
+Written whole, into a temporary file renamed over the old one, so a reader never sees
+half a comparison; re-running a comparison replaces it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import h5py
+import numpy as np
+
+from . import _store_layout as layout
+from ._version import __version__
+from .errors import RunNotFoundError, StoreError
+from .workspace import STORE_SUFFIX, resolve_home
+
+if TYPE_CHECKING:
+    from .compare import CompareResult
+    from .store import Run
+
+__all__ = [
+    "COMPARISON_FORMAT",
+    "COMPARISON_SCHEMA",
+    "Comparison",
+    "comparison_path",
+    "open_comparison",
+    "write_comparison",
+]
+
+COMPARISON_FORMAT = "specdyn-comparison"
+COMPARISON_SCHEMA = 1
+COMPARISONS_DIR = "comparisons"
+
+
+def comparison_path(name: str, home: str | os.PathLike[str] | None = None) -> Path:
+    """``<home>/comparisons/<name>.h5``."""
+    if not name or "/" in name or os.sep in name or name in (".", ".."):
+        raise StoreError(f"comparison name {name!r} is not a plain file name; pick e.g. 'wd-sweep'")
+    return resolve_home(home) / COMPARISONS_DIR / f"{name}{STORE_SUFFIX}"
+
+
+def write_comparison(path: Path, result: CompareResult, opened: Sequence[Run], *, name: str) -> None:
+    """Write `result` to `path` (temporary file, then an atomic rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w", libver=layout.LIBVER) as f:
+            _write(f, result, opened, name)
+            f.flush()
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    layout.fsync_dir(path.parent)
+
+
+def _write(f: h5py.File, result: CompareResult, opened: Sequence[Run], name: str) -> None:
+    """The datasets and attributes of docs/compare.md."""
+    f.attrs["format"] = COMPARISON_FORMAT
+    f.attrs["schema_version"] = COMPARISON_SCHEMA
+    f.attrs["name"] = name
+    f.attrs["mode"] = result.mode
+    f.attrs["created"] = layout.now_iso()
+    f.attrs["specdyn_version"] = __version__
+    f.attrs["k"] = result.k
+    f.attrs["score_top"] = result.score_top
+    f.attrs["step_unit"] = opened[0].step_unit
+    f.attrs["notes"] = json.dumps([n.message for n in result.notes])
+    runs = f.create_group("runs")
+    layout.vlen_strings(runs, "label", [e.label for e in result.runs])
+    layout.vlen_strings(runs, "store", [str(Path(e.store).absolute()) for e in result.runs])
+    layout.vlen_strings(runs, "trunk", [e.trunk or "" for e in result.runs])
+    runs["split"] = np.array([-1 if e.split is None else e.split for e in result.runs], np.int64)
+    runs["last_step"] = np.array([e.last_step for e in result.runs], np.int64)
+    mats = f.create_group("matrices")
+    layout.vlen_strings(mats, "name", result.matrices)
+    mats.attrs["only_in"] = json.dumps(result.only_in)
+    f["steps"] = np.asarray(result.steps, np.int64)
+    metrics = f.create_group("metrics")
+    for metric, data in result.metrics.items():
+        metrics.create_dataset(metric, data=data.astype(np.float64), compression="gzip")
+    agr = f.create_group("agreement")
+    agr["pair_a"] = np.array([p.a for p in result.pairs], np.int64)
+    agr["pair_b"] = np.array([p.b for p in result.pairs], np.int64)
+    agr["same_trunk"] = np.array(
+        [-1 if p.same_trunk is None else int(p.same_trunk) for p in result.pairs], np.int8
+    )
+    for q, pair in enumerate(result.pairs):
+        g = agr.create_group(str(q))
+        g["step_a"] = pair.steps_a
+        g["step_b"] = pair.steps_b
+        g.create_dataset("diagonal", data=pair.diagonal, compression="gzip")
+        g["score"] = pair.score
+        layout.vlen_strings(g, "source", pair.source)
+    if result.split is not None:
+        s = result.split
+        g = f.create_group("split")
+        g["steps"] = s.steps
+        g["barrier"] = s.barrier
+        for which in ("same", "other"):
+            h = g.create_group(which)
+            h["score"] = getattr(s, f"{which}_score")
+            h.create_dataset("diagonal", data=getattr(s, f"{which}_diagonal"), compression="gzip")
+            h["pairs"] = getattr(s, f"{which}_pairs")
+    if result.barriers:
+        g = f.create_group("barrier")
+        g["pair"] = np.array([b.pair for b in result.barriers], np.int64).reshape(-1, 2)
+        g["alpha"] = result.barriers[0].alpha
+        g["loss"] = np.stack([b.loss for b in result.barriers])
+        g["barrier"] = np.array([b.barrier for b in result.barriers])
+
+
+def open_comparison(
+    name_or_path: str | os.PathLike[str], home: str | os.PathLike[str] | None = None
+) -> Comparison:
+    """Open a comparison store by name (``<home>/comparisons/<name>.h5``) or path.
+
+    Raises:
+        RunNotFoundError: no such comparison (the message lists the workspace's).
+        StoreError: the file is not a comparison store or is of a newer schema.
+    """
+    text = os.fspath(name_or_path)
+    folder = resolve_home(home) / COMPARISONS_DIR
+    candidate = folder / f"{text}{STORE_SUFFIX}"
+    if "/" not in text and candidate.is_file():
+        return Comparison(candidate)
+    path = Path(text).expanduser()
+    if path.is_file():
+        return Comparison(path)
+    known = sorted(p.stem for p in folder.glob(f"*{STORE_SUFFIX}")) if folder.is_dir() else []
+    listing = ", ".join(known[:10]) if known else "none"
+    raise RunNotFoundError(
+        f"no comparison named {text!r} in {folder} (comparisons there: {listing}) and no "
+        f"file at {path}; run specdyn compare first"
+    )
+
+
+def is_comparison(path: str | os.PathLike[str]) -> bool:
+    """Whether `path` is an HDF5 file written by `specdyn compare`."""
+    try:
+        with h5py.File(path, "r") as f:
+            return layout.attr_str(f, "format") == COMPARISON_FORMAT
+    except OSError:
+        return False
+
+
+class Comparison:
+    """A comparison store opened for reading (a context manager).
+
+    Attributes: path, name, mode ("runs"|"split"), labels (run labels), stores,
+    splits (int or None per run), trunks, last_steps, matrices (common, forward
+    order), only_in (label → matrices left out), steps (int64 union step axis),
+    k, score_top, step_unit, notes.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        try:
+            self._f = h5py.File(self.path, "r")
+        except OSError as exc:
+            raise StoreError(f"{self.path} is not an HDF5 file ({layout.h5_reason(exc)})") from None
+        try:
+            fmt = layout.attr_str(self._f, "format")
+            if fmt != COMPARISON_FORMAT:
+                raise StoreError(
+                    f"{self.path} is not a comparison store (format {fmt!r}); "
+                    "write one with specdyn compare"
+                )
+            if int(self._f.attrs["schema_version"]) > COMPARISON_SCHEMA:
+                raise StoreError(
+                    f"{self.path}: comparison schema {int(self._f.attrs['schema_version'])} is "
+                    "newer than this specdyn reads; upgrade specdyn or re-run specdyn compare"
+                )
+            self._load()
+        except (KeyError, ValueError, TypeError) as exc:
+            self.close()
+            raise StoreError(f"{self.path}: damaged comparison store ({exc}); re-run compare") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _load(self) -> None:
+        """Read the small tables."""
+        f = self._f
+        self.name = layout.attr_str(f, "name") or self.path.stem
+        self.mode = layout.attr_str(f, "mode")
+        self.k = int(f.attrs["k"])
+        self.score_top = int(f.attrs["score_top"])
+        self.step_unit = layout.attr_str(f, "step_unit", "step")
+        self.notes = list(json.loads(layout.attr_str(f, "notes", "[]")))
+        self.labels = layout.read_strings(f["runs/label"])
+        self.stores = layout.read_strings(f["runs/store"])
+        self.trunks = [t or None for t in layout.read_strings(f["runs/trunk"])]
+        self.splits = [None if s < 0 else int(s) for s in f["runs/split"][()]]
+        self.last_steps = [int(s) for s in f["runs/last_step"][()]]
+        self.matrices = layout.read_strings(f["matrices/name"])
+        self.only_in = json.loads(layout.attr_str(f["matrices"], "only_in", "{}"))
+        self.steps = np.asarray(f["steps"][()], dtype=np.int64)
+        self.metric_names = sorted(f["metrics"].keys())
+        a = np.asarray(f["agreement/pair_a"][()], dtype=np.int64)
+        b = np.asarray(f["agreement/pair_b"][()], dtype=np.int64)
+        same = np.asarray(f["agreement/same_trunk"][()], dtype=np.int64)
+        self.pairs = [
+            (int(x), int(y), None if s < 0 else bool(s)) for x, y, s in zip(a, b, same, strict=True)
+        ]
+
+    # ---------------------------------------------------------------- metrics
+
+    def run_index(self, run: int | str) -> int:
+        """Index of a run given by index, label or unique label substring."""
+        if isinstance(run, (int, np.integer)):
+            if not 0 <= int(run) < len(self.labels):
+                raise StoreError(f"{self.path}: run index {run} out of range 0..{len(self.labels) - 1}")
+            return int(run)
+        if run in self.labels:
+            return self.labels.index(run)
+        hits = [i for i, label in enumerate(self.labels) if run in label]
+        if len(hits) == 1:
+            return hits[0]
+        what = "matches several runs: " if hits else "matches no run; runs: "
+        raise StoreError(f"{run!r} {what}{', '.join(self.labels[i] for i in (hits or range(len(self.labels))))}")
+
+    def find_matrix(self, pattern: str) -> str:
+        """A common matrix by exact name or unique substring (ambiguous ones list candidates)."""
+        if pattern in self.matrices:
+            return pattern
+        hits = [m for m in self.matrices if pattern in m]
+        if len(hits) == 1:
+            return hits[0]
+        if not hits:
+            raise StoreError(
+                f"{self.path}: no common matrix matches {pattern!r}; e.g. {', '.join(self.matrices[:5])}"
+            )
+        raise StoreError(f"{pattern!r} matches {len(hits)} matrices: {', '.join(hits[:8])}")
+
+    def metric(self, name: str) -> np.ndarray:
+        """float64 [runs, matrices, steps] on the union step axis, NaN where a run lacks a step."""
+        if name not in self._f["metrics"]:
+            raise StoreError(
+                f"{self.path}: no metric {name!r}; stored: {', '.join(self.metric_names)}"
+            )
+        return np.asarray(self._f[f"metrics/{name}"][()], dtype=np.float64)
+
+    def final(self, name: str) -> np.ndarray:
+        """float64 [runs, matrices]: each run's `name` at its last step."""
+        data = self.metric(name)
+        cols = np.searchsorted(self.steps, self.last_steps)
+        return np.stack([data[r, :, c] for r, c in enumerate(cols)])
+
+    def shared_steps(self, a: int | str = 0, b: int | str = 1) -> np.ndarray:
+        """int64 steps both runs hold."""
+        data = self.metric(self.metric_names[0])
+        ia, ib = self.run_index(a), self.run_index(b)
+        have = ~np.isnan(data[ia]).all(axis=0) & ~np.isnan(data[ib]).all(axis=0)
+        return self.steps[have]
+
+    def difference(self, name: str, a: int | str = 0, b: int | str = 1) -> np.ndarray:
+        """float64 [matrices, shared steps]: run b's `name` minus run a's."""
+        ia, ib = self.run_index(a), self.run_index(b)
+        data = self.metric(name)
+        cols = np.searchsorted(self.steps, self.shared_steps(ia, ib))
+        return data[ib][:, cols] - data[ia][:, cols]
+
+    # ---------------------------------------------------------------- agreement
+
+    def pair_index(self, a: int | str = 0, b: int | str = 1) -> int:
+        """Index of the pair of runs (a, b) in either order."""
+        ia, ib = self.run_index(a), self.run_index(b)
+        for q, (x, y, _same) in enumerate(self.pairs):
+            if {x, y} == {ia, ib}:
+                return q
+        raise StoreError(
+            f"{self.path}: runs {self.labels[ia]} and {self.labels[ib]} were not compared "
+            "with each other"
+        )
+
+    def agreement(self, a: int | str = 0, b: int | str = 1) -> dict[str, Any]:
+        """The branch agreement between two runs.
+
+        Returns:
+            dict with step_a, step_b (int64 [S], the last row being the endpoints),
+            diagonal (float32 [S, matrices, k], NaN-padded), score (float64
+            [S, matrices]), source (list of "vectors"/"checkpoint" pairs per row).
+        """
+        g = self._f[f"agreement/{self.pair_index(a, b)}"]
+        return {
+            "step_a": np.asarray(g["step_a"][()], dtype=np.int64),
+            "step_b": np.asarray(g["step_b"][()], dtype=np.int64),
+            "diagonal": np.asarray(g["diagonal"][()]),
+            "score": np.asarray(g["score"][()], dtype=np.float64),
+            "source": layout.read_strings(g["source"]),
+        }
+
+    def endpoint_agreement(self, a: int | str = 0, b: int | str = 1) -> np.ndarray:
+        """float32 [matrices, k]: the agreement diagonal at the two runs' endpoints."""
+        return self.agreement(a, b)["diagonal"][-1]
+
+    def split_summary(self) -> dict[str, np.ndarray]:
+        """Mode "split": steps [G], barrier [G], and for "same"/"other" trunk pairs:
+        score [G, M], diagonal [G, M, k], pairs [G] (see `specdyn.compare.SplitSummary`)."""
+        if "split" not in self._f:
+            raise StoreError(
+                f"{self.path}: not a split comparison; run specdyn compare BRANCHES --by split"
+            )
+        g = self._f["split"]
+        out: dict[str, np.ndarray] = {
+            "steps": np.asarray(g["steps"][()], dtype=np.int64),
+            "barrier": np.asarray(g["barrier"][()], dtype=np.float64),
+        }
+        for which in ("same", "other"):
+            out[f"{which}_score"] = np.asarray(g[f"{which}/score"][()], dtype=np.float64)
+            out[f"{which}_diagonal"] = np.asarray(g[f"{which}/diagonal"][()])
+            out[f"{which}_pairs"] = np.asarray(g[f"{which}/pairs"][()], dtype=np.int64)
+        return out
+
+    def barriers(self) -> dict[str, np.ndarray] | None:
+        """pair int64 [B, 2], alpha [P], loss [B, P], barrier [B]; None without --barrier."""
+        if "barrier" not in self._f:
+            return None
+        g = self._f["barrier"]
+        return {key: np.asarray(g[key][()]) for key in ("pair", "alpha", "loss", "barrier")}
+
+    def close(self) -> None:
+        """Close the file (idempotent)."""
+        f, self._f = getattr(self, "_f", None), None
+        if f is not None:
+            f.close()
+
+    def __enter__(self) -> Comparison:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Comparison({self.name!r}, mode={self.mode}, runs={self.labels})"
