@@ -45,7 +45,9 @@ def comparison_path(name: str, home: str | os.PathLike[str] | None = None) -> Pa
     return resolve_home(home) / COMPARISONS_DIR / f"{name}{STORE_SUFFIX}"
 
 
-def write_comparison(path: Path, result: CompareResult, opened: Sequence[Run], *, name: str) -> None:
+def write_comparison(
+    path: Path, result: CompareResult, opened: Sequence[Run], *, name: str
+) -> None:
     """Write `result` to `path` (temporary file, then an atomic rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -180,7 +182,9 @@ class Comparison:
             self._load()
         except (KeyError, ValueError, TypeError) as exc:
             self.close()
-            raise StoreError(f"{self.path}: damaged comparison store ({exc}); re-run compare") from None
+            raise StoreError(
+                f"{self.path}: damaged comparison store ({exc}); re-run compare"
+            ) from None
         except BaseException:
             self.close()
             raise
@@ -216,7 +220,9 @@ class Comparison:
         """Index of a run given by index, label or unique label substring."""
         if isinstance(run, (int, np.integer)):
             if not 0 <= int(run) < len(self.labels):
-                raise StoreError(f"{self.path}: run index {run} out of range 0..{len(self.labels) - 1}")
+                raise StoreError(
+                    f"{self.path}: run index {run} out of range 0..{len(self.labels) - 1}"
+                )
             return int(run)
         if run in self.labels:
             return self.labels.index(run)
@@ -224,7 +230,9 @@ class Comparison:
         if len(hits) == 1:
             return hits[0]
         what = "matches several runs: " if hits else "matches no run; runs: "
-        raise StoreError(f"{run!r} {what}{', '.join(self.labels[i] for i in (hits or range(len(self.labels))))}")
+        raise StoreError(
+            f"{run!r} {what}{', '.join(self.labels[i] for i in (hits or range(len(self.labels))))}"
+        )
 
     def find_matrix(self, pattern: str) -> str:
         """A common matrix by exact name or unique substring (ambiguous ones list candidates)."""

@@ -49,7 +49,9 @@ def _rows(cmp: Comparison, pattern: str | None) -> list[int]:
     try:
         rx = re.compile(pattern)
     except re.error as exc:
-        raise PlotError(f"--matrices {pattern!r} is not a valid regular expression ({exc})") from None
+        raise PlotError(
+            f"--matrices {pattern!r} is not a valid regular expression ({exc})"
+        ) from None
     hits = [i for i, m in enumerate(cmp.matrices) if rx.search(m)]
     if not hits:
         raise PlotError(f"{cmp.path}: no common matrix matches {pattern!r}")
@@ -194,6 +196,8 @@ def plot_branch_agreement(
                 row_label = "matrix"
         except StoreError as exc:
             raise PlotError(str(exc)) from None
+        finite_cols = np.flatnonzero(np.isfinite(data).any(axis=0))
+        data = data[:, : (finite_cols[-1] + 1 if finite_cols.size else 1)]
         if top is not None:
             data = data[:, :top]
         kk = data.shape[1]

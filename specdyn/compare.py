@@ -51,7 +51,7 @@ from .steps import select_steps
 from .store import Run
 from .vectors import agreement_diagonal
 from .views import plan_views
-from .workspace import resolve_home, resolve_run
+from .workspace import resolve_run
 
 __all__ = [
     "compare",
@@ -343,8 +343,10 @@ def _compare_open(
                 on_progress("barrier", n, len(pairs))
             barriers.append(
                 barrier_between(
-                    _endpoint_source(opened[pair.a]), _endpoint_source(opened[pair.b]),
-                    barrier, pair=(pair.a, pair.b),
+                    _endpoint_source(opened[pair.a]),
+                    _endpoint_source(opened[pair.b]),
+                    barrier,
+                    pair=(pair.a, pair.b),
                 )  # fmt: skip
             )
     summary = _split_summary(entries, pairs, barriers, len(matrices), k) if by == "split" else None
@@ -364,17 +366,16 @@ def _common_matrices(
 ) -> tuple[list[str], dict[str, list[str]]]:
     """Matrices every run has with the same shape (first run's order) and the rest per run."""
     shapes = [{m: tuple(run.matrix_info(m)["shape"]) for m in run.matrices} for run in opened]
-    common = [
-        m for m in opened[0].matrices if all(m in s and s[m] == shapes[0][m] for s in shapes)
-    ]
+    common = [m for m in opened[0].matrices if all(m in s and s[m] == shapes[0][m] for s in shapes)]
     if not common:
         raise CompareError(
             f"{labels[0]} and {', '.join(labels[1:])} have no matrix in common "
             "(same canonical name and shape); are these runs of one model?"
         )
     only_in = {}
-    for label, run, s in zip(labels, opened, shapes, strict=True):
-        rest = [m for m in run.matrices if m not in set(common)]
+    common_set = set(common)
+    for label, run in zip(labels, opened, strict=True):
+        rest = [m for m in run.matrices if m not in common_set]
         if rest:
             only_in[label] = rest
             reshaped = [m for m in rest if all(m in t for t in shapes)]
@@ -464,7 +465,9 @@ def _usable_k(opened: list[Run], k: int, notes: list[Note]) -> int:
     kept = [r.vectors_config["k"] for r in opened if r.vectors_config is not None]
     if kept and min(kept) < k:
         notes.append(
-            Note("k", f"the stores keep {min(kept)} vectors per matrix: diagonals use k={min(kept)}")
+            Note(
+                "k", f"the stores keep {min(kept)} vectors per matrix: diagonals use k={min(kept)}"
+            )
         )
         return int(min(kept))
     return k
@@ -557,12 +560,9 @@ class _VectorSource:
                 return "checkpoint", self._from_checkpoint(run, source[0])
             except SpecdynError as exc:
                 problem = f"its checkpoint cannot be read ({exc})"
-        message = (
-            f"{run.name}: step {step} has no kept singular vectors and {problem}"
-            + (
-                "; re-analyse with --save-vectors ends (the default) or all, or keep the "
-                "checkpoints where the store says they are"
-            )
+        message = f"{run.name}: step {step} has no kept singular vectors and {problem}" + (
+            "; re-analyse with --save-vectors ends (the default) or all, or keep the "
+            "checkpoints where the store says they are"
         )
         if required:
             raise CompareError(message)
@@ -691,4 +691,3 @@ def chance_agreement(m: int, n: int) -> float:
     """Expected S_ii of two independent uniformly random unit-vector pairs in R^m × R^n:
     E|⟨a, b⟩| ≈ sqrt(2/(π·m)) for each side, hence ≈ 2/(π·sqrt(m·n))."""
     return 2.0 / (math.pi * math.sqrt(m * n))
-

@@ -20,6 +20,7 @@ from . import compare as _compare_cmd
 from . import info as _info_cmd
 from . import pairs as _pairs_cmd
 from . import plot as _plot_cmd
+from . import prune as _prune_cmd
 from . import pythia as _pythia_cmd
 from . import runs as _runs_cmd
 
@@ -42,6 +43,7 @@ app.command("info")(_info_cmd.info_command)
 app.command("pairs")(_pairs_cmd.pairs_command)
 app.command("plot")(_plot_cmd.plot_command)
 app.command("pythia")(_pythia_cmd.pythia_command)
+app.command("prune")(_prune_cmd.prune_command)
 app.command("compare")(_compare_cmd.compare_command)
 
 

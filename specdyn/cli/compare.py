@@ -139,8 +139,13 @@ def _payload(result: CompareResult) -> dict:
             for p in result.pairs
         ],
         "barriers": [
-            {"a": result.runs[b.pair[0]].label, "b": result.runs[b.pair[1]].label,
-             "alpha": b.alpha.tolist(), "loss": _nan_none(b.loss), "barrier": b.barrier}
+            {
+                "a": result.runs[b.pair[0]].label,
+                "b": result.runs[b.pair[1]].label,
+                "alpha": b.alpha.tolist(),
+                "loss": _nan_none(b.loss),
+                "barrier": b.barrier,
+            }
             for b in result.barriers
         ],  # fmt: skip
     }
