@@ -308,12 +308,14 @@ def _flag_shared_content(
         if len(members) < 2:
             continue
         members.sort()
-        first = members[0]
+        # the last revision is the sweep's end and the agreement's reference: when it is
+        # in the group it is the one analysed, else the earliest member
+        first = last if (last := max(revisions)) in members else members[0]
         identical.update(members)
-        others = ", ".join(str(s) for s in members[1:])
+        others = ", ".join(str(s) for s in members if s != first)
         skipped = " (not analysed)" if duplicates == "skip" else ""
         by_plan[first].flag = f"same weights as step {others}{skipped}"
-        for step in members[1:]:
+        for step in (s for s in members if s != first):
             plan = by_plan[step]
             plan.flag = f"duplicate of step {first} (byte-identical weights)"
             plan.duplicate_of = first

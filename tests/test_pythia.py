@@ -861,3 +861,16 @@ def test_safetensors_preferred_over_bin(hub, env, ws):
         assert {s["format"] for s in run.step_sources} == {"safetensors"}
         ref = _sigma(1000, "embed_out.weight")
         np.testing.assert_allclose(run.sigma("embed_out.weight")[1], ref, atol=1e-6 * ref[0])
+
+
+def test_duplicate_group_with_the_last_step_keeps_the_last_step(hub, tiny, env, ws):
+    # step 2000 re-uploads step 1000's bytes (as Pythia's final revision can): the last
+    # step is the sweep's end and the agreement's reference, so it is the one analysed
+    tiny.repo.add_branch("step2000", {"config.json": CONFIG, BIN: tiny.bins[1000]})
+    plan = plan_pythia(REPO, home=ws)
+    by_step = {r.step: r for r in plan.revisions}
+    assert by_step[2000].action == "analyse"
+    assert by_step[2000].flag.startswith("same weights as step 1000")
+    assert by_step[1000].action == "skip-duplicate"
+    assert by_step[1000].duplicate_of == 2000
+    assert by_step[1000].flag == "duplicate of step 2000 (byte-identical weights)"
