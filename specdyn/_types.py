@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -41,3 +42,66 @@ class Note:
     kind: str
     message: str
     path: str | None = None
+
+
+@dataclass(eq=False)
+class TrainingLog:
+    """Training metrics (losses, accuracies, learning rate, ...) logged over a run.
+
+    steps: int64 numpy [L], ascending and distinct: every step at which at least one
+    metric was logged (checkpoint steps or not). values: metric name → float64 [L],
+    NaN where that metric was not logged. sources: metric name → where it was read
+    ("checkpoints", "trainer_state.json log_history: PATH", "metrics.csv: PATH",
+    "--metrics PATH", ...).
+    """
+
+    steps: Any
+    values: dict[str, Any]
+    sources: dict[str, str]
+
+    @property
+    def names(self) -> list[str]:
+        """Metric names in insertion order."""
+        return list(self.values)
+
+    def over(self, old: TrainingLog | None) -> TrainingLog:
+        """This log laid over an older one: its metrics replace the old ones of the same
+        name, old metrics it lacks are kept (a re-run without ``--metrics`` keeps what an
+        earlier ``--metrics`` stored)."""
+        import numpy as np
+
+        if old is None:
+            return self
+        steps = np.union1d(np.asarray(old.steps, np.int64), np.asarray(self.steps, np.int64))
+        values, sources = {}, {}
+        for log in (old, self):
+            cols = np.searchsorted(steps, log.steps)
+            for name in log.names:
+                row = np.full(steps.size, np.nan)
+                row[cols] = log.values[name]
+                values[name] = row
+                sources[name] = log.sources.get(name, "")
+        kept = {name for name in values if ~np.isnan(values[name]).all()}
+        have = np.zeros(steps.size, dtype=bool)
+        for name in kept:
+            have |= ~np.isnan(values[name])
+        return TrainingLog(
+            steps=steps[have],
+            values={n: v[have] for n, v in values.items() if n in kept},
+            sources={n: s for n, s in sources.items() if n in kept},
+        )
+
+    def same_as(self, other: TrainingLog | None) -> bool:
+        """Equal steps, names, sources and values (NaN equal to NaN)."""
+        import numpy as np
+
+        if other is None:
+            return False
+        return (
+            np.array_equal(self.steps, other.steps)
+            and self.names == other.names
+            and self.sources == other.sources
+            and all(
+                np.array_equal(self.values[n], other.values[n], equal_nan=True) for n in self.names
+            )
+        )

@@ -23,7 +23,7 @@ import torch
 from . import _pair_presets
 from ._stepstream import LocalSteps, StepStream
 from ._store_vectors import SAVE_MODES
-from ._types import Note
+from ._types import Note, TrainingLog
 from ._vector_step import (
     VectorOptions,
     held_sides,
@@ -38,7 +38,7 @@ from .engine import SpectrumEngine
 from .errors import CheckpointError, ShapeChangedError, SpecdynError, StepSpecError, ViewError
 from .metrics import spectral_metrics
 from .pairs import Operand, PairPlan, plan_pairs
-from .sources import Checkpoint, discover
+from .sources import Checkpoint, discover, read_training_log
 from .steps import select_steps
 from .store import (
     MatrixAgreement,
@@ -171,6 +171,7 @@ def analyze(
     vectors: VectorOptions | None = VectorOptions(),
     overwrite: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
+    metrics_file: str | Path | None = None,
 ) -> AnalyzeResult:
     """Analyse every checkpoint under `path` and write (or extend) each run's store.
 
@@ -191,6 +192,12 @@ def analyze(
             recomputes the agreement only.
         overwrite: rebuild stores whose options or matrices differ.
         on_progress: called after every group of matrices with a `Progress`.
+        metrics_file: a training log (CSV with a header, or JSON lines) with a
+            ``step`` column and numeric columns, stored with the run's training
+            metrics. Without it, metrics are still found beside the checkpoints:
+            numbers inside checkpoint dicts, a Trainer's ``trainer_state.json``,
+            Lightning's ``metrics.csv``, ``metrics.jsonl`` / ``log.csv`` files
+            (``specdyn.sources.read_training_log``).
 
     Returns:
         AnalyzeResult with, per run, the store path, steps computed now and
@@ -215,6 +222,12 @@ def analyze(
         if not sources:
             names = ", ".join(r.name for r in discovery.runs)
             raise SpecdynError(f"{path}: no run named {run!r}; runs found: {names}")
+    if metrics_file is not None and len(sources) > 1:
+        names = ", ".join(r.name for r in sources)
+        raise SpecdynError(
+            f"--metrics {metrics_file}: {path} holds {len(sources)} runs ({names}); "
+            "name the run the log belongs to with --run"
+        )
     engine = SpectrumEngine(
         device=compute.device,
         precision=compute.precision,
@@ -227,6 +240,7 @@ def analyze(
             store_name = f"{name}-{source.name}" if name else source.name
         else:
             store_name = name or source.name
+        training, training_notes = read_training_log(source, metrics_file)
         results.append(
             _analyze_run(
                 LocalSteps(source),
@@ -239,8 +253,10 @@ def analyze(
                 engine=engine,
                 overwrite=overwrite,
                 on_progress=on_progress,
+                training=training,
             )
         )
+        results[-1].notes[:0] = training_notes
     return AnalyzeResult(runs=results, notes=list(discovery.notes))
 
 
@@ -306,6 +322,7 @@ def _analyze_run(
     overwrite: bool,
     on_progress: Callable[[Progress], None] | None,
     flags: dict[int, str] | None = None,
+    training: TrainingLog | None = None,
 ) -> RunAnalysis:
     """Analyse one run into `store_path`; `steps` is a --steps value, or the exact list of
     steps to analyse (a remote stream that already chose them); `flags` (step → text)
@@ -427,6 +444,7 @@ def _analyze_run(
         provenance=provenance,
         overwrite=overwrite,
         vectors=vector_layout,
+        training=training,
     ) as writer:
         for step, old_source, what in writer.changed_steps:
             notes.append(

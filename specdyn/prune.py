@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -158,7 +158,7 @@ def parse_svd_mode(text: str | SvdMode) -> SvdMode:
 class _Truncated:
     """A truncated SVD: the matrix (stored dtype), all σ (float64) and the kept range."""
 
-    matrix: torch.Tensor
+    matrix: torch.Tensor | None
     sigma: np.ndarray
     start: int
     stop: int
@@ -501,6 +501,7 @@ class _SvdPruner:
     def __init__(self, layout: _Layout, mode: SvdMode, label: str):
         self.layout, self.mode, self.label = layout, mode, label
         self.done: dict[str, torch.Tensor | None] = {}
+        self.tied = set(layout.alias_of.values())
         self.truncated: dict[str, _Truncated] = {}
         self.notes: list[Note] = []
         self.untouched: list[Untouched] = []
@@ -509,9 +510,12 @@ class _SvdPruner:
         target = self.layout.alias_of.get(key, key)
         if target not in self.layout.units:
             return None
-        if target not in self.done:
-            self.done[target] = self._prune(self.layout.units[target], tensor)
-        return self.done[target]
+        if target in self.done:
+            return self.done[target]
+        result = self._prune(self.layout.units[target], tensor)
+        if target in self.tied:  # its other names get this same tensor (stays tied)
+            self.done[target] = result
+        return result
 
     def _prune(self, views: list[MatrixView], tensor: torch.Tensor) -> torch.Tensor | None:
         """The parameter with each view replaced by its truncated SVD."""
@@ -531,8 +535,8 @@ class _SvdPruner:
                 self.untouched.append(Untouched(view.name, view.key, "non-finite weights"))
                 continue
             result = _truncate(matrix, self.mode)
-            self.truncated[view.name] = result
             _write_view(flat, view, result.matrix)
+            self.truncated[view.name] = replace(result, matrix=None)  # σ and range only
             changed = True
         return out if changed else None
 
@@ -592,6 +596,11 @@ def prune_svd(
         target = (
             out_path / checkpoints[0].path.name if out is None or out_path.is_dir() else out_path
         )
+        if target.suffix != checkpoints[0].path.suffix:
+            raise PruneError(
+                f"--out {out_path}: the output keeps the input's format; give a "
+                f"{checkpoints[0].path.suffix} file name (or a folder)"
+            )
         outputs = [plan_output(checkpoints[0], target)]
     else:
         root = src if src.is_dir() else src.parent
@@ -884,14 +893,18 @@ def _random_mask(magnitude, pools, counts, seed) -> dict[str, torch.Tensor]:
 def _masker(layout: _Layout, masks: Mapping[str, torch.Tensor]) -> Callable:
     """The write-back transform applying `masks` (zeros where False); ties share one result."""
     done: dict[str, torch.Tensor] = {}
+    tied = set(layout.alias_of.values())
 
     def transform(key: str, tensor: torch.Tensor) -> torch.Tensor | None:
         target = layout.alias_of.get(key, key)
         if target not in masks:
             return None
-        if target not in done:
-            done[target] = tensor.detach().to("cpu").masked_fill(~masks[target], 0)
-        return done[target]
+        if target in done:
+            return done[target]
+        result = tensor.detach().to("cpu").masked_fill(~masks[target], 0)
+        if target in tied:  # its other names get this same tensor (stays tied)
+            done[target] = result
+        return result
 
     return transform
 

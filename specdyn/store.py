@@ -34,6 +34,7 @@ import h5py
 import numpy as np
 
 from . import _store_layout as layout
+from . import _store_training as trainstore
 from . import _store_vectors as vecstore
 from ._store_lock import WriterLock
 from ._store_vectors import (
@@ -43,6 +44,7 @@ from ._store_vectors import (
     StepVectors,
     VectorLayout,
 )
+from ._types import TrainingLog
 from ._version import __version__
 from .errors import StoreError, StoreMismatchError
 from .metrics import METRIC_NAMES
@@ -131,6 +133,7 @@ class _Plan:
     aliases: dict[str, str]
     provenance_slots: int
     vectors: VectorLayout | None = None
+    training: TrainingLog | None = None
 
 
 @dataclass
@@ -211,6 +214,7 @@ class StoreWriter:
         overwrite: bool = False,
         metric_names: Sequence[str] = METRIC_NAMES,
         vectors: VectorLayout | None = None,
+        training: TrainingLog | None = None,
     ) -> StoreWriter:
         """Open (create, resume or grow) the store at `path` for writing.
 
@@ -240,6 +244,9 @@ class StoreWriter:
                 stays valid (values always; alignment when k, full matrices
                 and pairs are unchanged; agreement when k, full matrices and
                 the reference are); `vector_changes` says what changed.
+            training: the run's training metrics (`specdyn._types.TrainingLog`);
+                None keeps what the store has. Different metrics than the stored
+                ones rebuild the store with them (never written in place).
 
         Returns:
             The writer, holding the store's lock until `close`.
@@ -269,6 +276,7 @@ class StoreWriter:
             aliases={str(k): str(v) for k, v in aliases.items()},
             provenance_slots=layout.PROVENANCE_SLOTS,
             vectors=vectors,
+            training=training,
         )
         if vectors is not None:
             _check_vector_layout(vectors, mats)
@@ -295,8 +303,14 @@ class StoreWriter:
                     wanted = stored.plan.vectors if vectors is None else vectors
                     if vectors is not None:
                         vector_changes = vecstore.changes(stored.plan.vectors, vectors)
+                    if training is not None:
+                        training = training.over(stored.plan.training)
+                    new_training = training is not None and not training.same_as(
+                        stored.plan.training
+                    )
                     if (
                         grow
+                        or new_training
                         or wanted != stored.plan.vectors
                         or stored.schema < layout.SCHEMA_VERSION
                         or stored.provenance_used >= stored.plan.provenance_slots
@@ -306,6 +320,7 @@ class StoreWriter:
                             created=stored.plan.created,
                             steps=merged,
                             vectors=wanted,
+                            training=training if training is not None else stored.plan.training,
                             provenance_slots=max(
                                 layout.PROVENANCE_SLOTS, 2 * stored.provenance_used
                             ),
@@ -718,6 +733,7 @@ def _read_stored(f: h5py.File, path: Path) -> _Stored:
             ),
             provenance_slots=int(f["provenance/used"].shape[0]),
             vectors=vecstore.read_layout(f),
+            training=trainstore.read(f),
         )
         used = np.asarray(f["provenance/used"][()], dtype=bool)
         schema = int(f.attrs["schema_version"])
@@ -1046,6 +1062,10 @@ def _build(target: Path, plan: _Plan, old: h5py.File | None) -> None:
         done[pairs[:, 0]] = 1
         if plan.vectors is not None:
             vecstore.build(f, plan.vectors, plan.matrices, step_values, old, done.astype(bool))
+        if plan.training is not None:
+            trainstore.write(f, plan.training)
+        elif old is not None:
+            trainstore.copy(old, f)
         layout.new_dataset(f["steps"], "done", (n_steps,), np.uint8)[...] = done
         f.flush()
 
@@ -1331,6 +1351,7 @@ class Run:
             "alignment_steps": int(self.section_steps("alignment").size) if self._vl else 0,
             "agreement_steps": int(self.section_steps("agreement").size) if self._vl else 0,
             "vector_steps": self.section_steps("vectors").tolist() if self._vl else [],
+            "training_metrics": self.training_names,
         }
 
     # ------------------------------------------------------------- singular vectors
@@ -1498,6 +1519,48 @@ class Run:
         names = self._matrices if matrix is None else [self.find_matrix(matrix)]
         rows = [vecstore.head_mean(self.agreement(n), top) for n in names]
         return rows[0] if matrix is not None else np.array(rows).reshape(len(names), -1)
+
+    @property
+    def training_log(self) -> TrainingLog | None:
+        """Every training metric stored (`specdyn._types.TrainingLog`: steps int64 [L],
+        values name → float64 [L] with NaN where not logged, sources), or None when the
+        run has none (no metrics were found beside its checkpoints)."""
+        try:
+            return trainstore.read(self._file)
+        except (KeyError, OSError, ValueError, TypeError) as exc:
+            raise layout.damaged(self.path, exc) from None
+
+    @property
+    def training_names(self) -> list[str]:
+        """Names of the stored training metrics (empty when there are none)."""
+        log = self.training_log
+        return [] if log is None else log.names
+
+    def training(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """One training metric at the steps where it was logged.
+
+        Returns:
+            (steps int64 [L_name], values float64 [L_name]); the steps need not be
+            checkpoint steps.
+
+        Raises:
+            StoreError: no training metrics stored, or no metric `name` (the stored
+                ones are listed).
+        """
+        log = self.training_log
+        if log is None:
+            raise StoreError(
+                f"{self.path}: no training metrics stored; re-run specdyn analyze with "
+                "--metrics LOG (a CSV or JSONL with a step column), or keep the trainer's "
+                "logs beside the checkpoints"
+            )
+        if name not in log.values:
+            raise StoreError(
+                f"{self.path}: no training metric {name!r}; stored: {', '.join(log.names)}"
+            )
+        values = log.values[name]
+        have = ~np.isnan(values)
+        return log.steps[have].copy(), values[have].copy()
 
     def vectors(self, matrix: str, step: int) -> tuple[np.ndarray, np.ndarray]:
         """The kept top-k singular vectors of one matrix at one step.

@@ -335,3 +335,21 @@ def test_a_comparison_store_is_not_a_run(two_runs, tmp_path):
         specdyn.open_run(result.path)
     with pytest.raises(StoreError, match="not a comparison store"):
         open_comparison(tmp_path / "home" / "a.h5")
+
+
+def test_lmc_fixture_late_splits_agree_more_and_other_trunks_not_at_all(tmp_path):
+    """fixtures/lmc: two trunks of the mlp-wd MLP, branches split at 0, 50 and 500 with
+    two data orders each (fixtures/README.md reports the numbers)."""
+    branches = sorted((FIXTURES / "lmc").glob("trunk-*/branch-*"))
+    assert len(branches) == 12
+    result = compare(branches, by="split", home=tmp_path / "home", name="lmc")
+    s = result.split
+    assert s.steps.tolist() == [0, 50, 500]
+    # two trunks × one pair of orders per split; 4 cross-trunk pairs per split
+    assert s.same_pairs.tolist() == [2, 2, 2] and s.other_pairs.tolist() == [4, 4, 4]
+    same = s.same_score  # [split, matrix], mean over the two trunks' pairs
+    # late splits share more top directions than the earliest, in every matrix
+    assert (same[2] > same[0]).all(), same
+    # branches of different trunks share nothing beyond chance-like levels
+    assert s.other_score.max() < 0.15 < same.min()
+    assert {e.label for e in result.runs} >= {"trunk-a-branch-split0500-order1"}

@@ -28,8 +28,10 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 
 def _sd(seed: int) -> dict[str, torch.Tensor]:
-    return {"a.weight": torch.randn(4, 3, generator=torch.Generator().manual_seed(seed)),
-            "a.bias": torch.full((4,), float(seed))}
+    return {
+        "a.weight": torch.randn(4, 3, generator=torch.Generator().manual_seed(seed)),
+        "a.bias": torch.full((4,), float(seed)),
+    }
 
 
 def _steps(run: RunSource) -> list[int]:
@@ -67,8 +69,11 @@ def _kinds(found: Discovery) -> list[str]:
 )
 def test_step_and_epoch_from_names(name, step, epoch, tmp_path):
     sd = _sd(0)
-    path = (write_safetensors(tmp_path / name, sd) if name.endswith(".safetensors")
-            else write_torch(tmp_path / name, sd))
+    path = (
+        write_safetensors(tmp_path / name, sd)
+        if name.endswith(".safetensors")
+        else write_torch(tmp_path / name, sd)
+    )
     ckpt = open_checkpoint(path)
     assert (ckpt.step, ckpt.epoch) == (step, epoch)
     assert ckpt.step_origin == ("name" if step is not None else "")
@@ -91,7 +96,12 @@ def test_numeric_order_and_mixed_schemes(tmp_path):
     (run,) = found.runs
     assert run.name == tmp_path.name and run.root == tmp_path and run.step_unit == "step"
     assert _steps(run) == [2, 10, 100, 1000]
-    assert [c.path.name for c in run.checkpoints] == ["step_2.pt", "step_10.pt", "step_100.pt", "step_1000.pt"]
+    assert [c.path.name for c in run.checkpoints] == [
+        "step_2.pt",
+        "step_10.pt",
+        "step_100.pt",
+        "step_1000.pt",
+    ]
 
 
 def test_metadata_wins_over_name_and_is_noted(tmp_path):
@@ -115,13 +125,21 @@ def test_epoch_unit_when_only_epochs_are_known(tmp_path):
 def test_lightning_last_ckpt_is_a_duplicate_despite_other_callback_state(tmp_path):
     sd = _sd(3)
     for step in (10, 20):
-        write_lightning_like(tmp_path / f"epoch=0-step={step}.ckpt", _sd(step) if step == 10 else sd,
-                             global_step=step, epoch=0, callback_score=0.5)
+        write_lightning_like(
+            tmp_path / f"epoch=0-step={step}.ckpt",
+            _sd(step) if step == 10 else sd,
+            global_step=step,
+            epoch=0,
+            callback_score=0.5,
+        )
     write_lightning_like(tmp_path / "last.ckpt", sd, global_step=20, epoch=0, callback_score=0.1)
     assert (tmp_path / "last.ckpt").read_bytes() != (tmp_path / "epoch=0-step=20.ckpt").read_bytes()
     found = discover(tmp_path)
     (run,) = found.runs
-    assert [c.path.name for c in run.checkpoints] == ["epoch=0-step=10.ckpt", "epoch=0-step=20.ckpt"]
+    assert [c.path.name for c in run.checkpoints] == [
+        "epoch=0-step=10.ckpt",
+        "epoch=0-step=20.ckpt",
+    ]
     (dup,) = [n for n in found.notes if n.kind == "duplicate"]
     assert "last.ckpt" in dup.message and "epoch=0-step=20.ckpt" in dup.message
 
@@ -210,14 +228,22 @@ def test_runs_of_different_models_without_shared_steps(tmp_path):
 def test_nested_lightning_logs(tmp_path):
     logs = tmp_path / "lightning_logs"
     for step in (5, 10):
-        write_lightning_like(logs / "version_0" / "checkpoints" / f"epoch=0-step={step}.ckpt",
-                             _sd(step), global_step=step, epoch=0)
+        write_lightning_like(
+            logs / "version_0" / "checkpoints" / f"epoch=0-step={step}.ckpt",
+            _sd(step),
+            global_step=step,
+            epoch=0,
+        )
     found = discover(logs)
     assert [(r.name, _steps(r)) for r in found.runs] == [("lightning_logs", [5, 10])]
     assert found.runs[0].root == logs
     for step in (5, 10):  # a second training run
-        write_lightning_like(logs / "version_1" / "checkpoints" / f"epoch=0-step={step}.ckpt",
-                             _sd(100 + step), global_step=step, epoch=0)
+        write_lightning_like(
+            logs / "version_1" / "checkpoints" / f"epoch=0-step={step}.ckpt",
+            _sd(100 + step),
+            global_step=step,
+            epoch=0,
+        )
     found = discover(logs)
     assert [r.name for r in found.runs] == ["version_0", "version_1"]
 
@@ -356,14 +382,24 @@ def test_other_weights_inside_a_model_folder_are_noted(tmp_path):
 
 
 def test_fixtures_match_their_manifest():
-    manifest = json.loads((FIXTURES / "manifest.json").read_text())["fixtures"]
+    data = json.loads((FIXTURES / "manifest.json").read_text())
+    manifest = data["fixtures"]
+    # the LMC experiment: one run per trunk and branch folder, named by its path
+    lmc = data["experiments"]["lmc"]["runs"]
+    lmc_steps = {"lmc-" + run.replace("/", "-"): steps for run, steps in lmc.items()}
     found = discover(FIXTURES)
-    assert sorted(r.name for r in found.runs) == sorted(manifest)
+    assert sorted(r.name for r in found.runs) == sorted([*manifest, *lmc_steps])
     assert "several-runs" in _kinds(found)
     for run in found.runs:
+        if run.name in lmc_steps:
+            assert _steps(run) == lmc_steps[run.name]
+            continue
         entry = manifest[run.name]
         assert _steps(run) == entry["steps"]
-        kept = {c.path.relative_to(run.root).as_posix() if c.path != run.root else "." for c in run.checkpoints}
+        kept = {
+            c.path.relative_to(run.root).as_posix() if c.path != run.root else "."
+            for c in run.checkpoints
+        }
         duplicates = entry.get("duplicates", {})
         assert kept == set(entry["files"]) - set(duplicates)
         for dup, original in duplicates.items():

@@ -30,7 +30,7 @@ from ..analyze import Progress as ProgressEvent
 _SERIOUS = {"unsafe-pickle", "corrupt", "unreadable", "changed-source", "nonfinite"}
 
 # Kinds that inform rather than warn (what was decided and why): shown as "note".
-_INFO = {"pairs", "reference", "vectors", "k", "same-run", "not-common"}
+_INFO = {"pairs", "reference", "vectors", "k", "same-run", "not-common", "training"}
 
 
 class Output:

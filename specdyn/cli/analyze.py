@@ -73,6 +73,14 @@ def analyze_command(
         bool,
         typer.Option("--overwrite", help="Recompute a store made with other options or matrices."),
     ] = False,
+    metrics: Annotated[
+        Path | None,
+        typer.Option(
+            "--metrics",
+            help="Training log (CSV with a header, or JSON lines) with a step column; "
+            "stored beside the spectra. Logs next to the checkpoints are found without it.",
+        ),
+    ] = None,
     json_out: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -97,6 +105,7 @@ def analyze_command(
             vectors=vector_options,
             overwrite=overwrite,
             on_progress=on_progress,
+            metrics_file=metrics,
         )
     _render(result, out)
 

@@ -54,20 +54,29 @@ class SelfAttention(nn.Module):
         self.v_proj = nn.Linear(width, width, bias=False)
         self.o_proj = nn.Linear(width, width, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [n, T, d] → attention output at the last position, [n, d].
+    def forward(self, table: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Attention output at the last position, [n, d].
 
-        In a one-layer model only the last position reaches the loss, and with a causal
-        mask it attends to every position; the other queries are therefore not computed.
-        Rows of Q/K/V (columns of O) are grouped head by head, as the presets slice them.
+        table: [V, T, d], the residual stream of every token at every position (in a
+        one-layer model it depends on (token, position) only, so Q/K/V are projected once
+        per table entry rather than once per example); tokens: int64 [n, T]. Only the last
+        position reaches the loss, and under a causal mask it attends to every position,
+        so only its query is used. Rows of Q/K/V (columns of O) are grouped head by head,
+        as the pair presets slice them.
         """
-        n, t, d = x.shape
+        n, t = tokens.shape
+        d = table.shape[-1]
         hd = d // self.heads
-        q = self.q_proj(x[:, -1]).view(n, self.heads, hd)
-        k = self.k_proj(x).view(n, t, self.heads, hd)
-        v = self.v_proj(x).view(n, t, self.heads, hd)
-        scores = torch.einsum("nhe,nthe->nht", q, k) / math.sqrt(hd)
-        z = torch.einsum("nht,nthe->nhe", scores.softmax(dim=-1), v)
+        # index_select (backward: index_add) rather than advanced indexing, whose
+        # deterministic backward sorts and is several times slower on CPU
+        rows = (tokens * t + torch.arange(t)).reshape(-1)
+        last = tokens[:, -1] * t + (t - 1)
+        q = self.q_proj(table).reshape(-1, d).index_select(0, last).view(n, 1, self.heads, hd)
+        k = self.k_proj(table).reshape(-1, d).index_select(0, rows).view(n, t, self.heads, hd)
+        v = self.v_proj(table).reshape(-1, d).index_select(0, rows).view(n, t, self.heads, hd)
+        # products and sums instead of einsum: einsum makes n·heads tiny batched matmuls
+        scores = (q * k).sum(-1, keepdim=True) / math.sqrt(hd)  # [n, t, heads, 1]
+        z = (scores.softmax(dim=1) * v).sum(1)  # [n, heads, hd]
         return self.o_proj(z.reshape(n, d))
 
 
@@ -92,9 +101,11 @@ class Block(nn.Module):
         self.self_attn = SelfAttention(width, heads)
         self.mlp = MLP(width, mlp)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [n, T, d] → residual stream at the last position, [n, d]."""
-        h = x[:, -1] + self.self_attn(x)
+    def forward(self, table: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Residual stream at the last position, [n, d] (table, tokens as in SelfAttention)."""
+        t = tokens.shape[1]
+        h = table.reshape(-1, table.shape[-1]).index_select(0, tokens[:, -1] * t + (t - 1))
+        h = h + self.self_attn(table, tokens)
         return h + self.mlp(h)
 
 
@@ -125,7 +136,7 @@ class ModularTransformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens: int64 [n, 3] → logits float32 [n, p] at the last position."""
-        x = self.embed_tokens(tokens) + self.embed_positions.weight[: tokens.shape[1]]
-        for block in self.layers:
-            h = block(x)
-        return self.lm_head(h)
+        t = tokens.shape[1]
+        table = self.embed_tokens.weight[:, None, :] + self.embed_positions.weight[None, :t, :]
+        (block,) = self.layers
+        return self.lm_head(block(table, tokens))

@@ -19,6 +19,7 @@ code from the file: unknown classes become inert stubs and a pickle that tries t
 from ._checkpoint import Checkpoint, Fingerprint, open_checkpoint
 from ._discover import Discovery, RunSource, discover
 from ._formats import TensorReader
+from ._trainlog import read_metrics_file, read_training_log
 
 __all__ = [
     "discover",
@@ -28,4 +29,6 @@ __all__ = [
     "Checkpoint",
     "Fingerprint",
     "TensorReader",
+    "read_training_log",
+    "read_metrics_file",
 ]
