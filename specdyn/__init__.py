@@ -44,6 +44,7 @@ _PLOT_NAMES = (
     "plot_agreement_score",
     "plot_alignment_matrix",
     "plot_all",
+    "plot_dynamics",
     "plot_side_by_side",
     "plot_branch_agreement",
     "plot_split",

@@ -36,6 +36,7 @@ from ._plot_compare import (
     plot_side_by_side,
     plot_split,
 )
+from ._plot_dynamics import plot_dynamics
 from .errors import SpecdynError, StoreError
 from .steps import select_steps
 from .store import Run, open_run
@@ -52,6 +53,7 @@ __all__ = [
     "plot_agreement_score",
     "plot_alignment_matrix",
     "plot_all",
+    "plot_dynamics",
     "plot_side_by_side",
     "plot_branch_agreement",
     "plot_split",
@@ -60,7 +62,9 @@ __all__ = [
     "short_names",
 ]
 
-RUN_KINDS = ("rank", "sv", "alignment", "agreement", "alignment-matrix", "metric", "all")
+RUN_KINDS = (
+    "rank", "sv", "alignment", "agreement", "alignment-matrix", "metric", "dynamics", "all",
+)  # fmt: skip
 FIGURE_KINDS = RUN_KINDS + COMPARISON_KINDS
 FORMATS = ("png", "pdf", "svg")
 
@@ -748,6 +752,10 @@ def plot_all(
     opts = {"steps": steps, "log_x": log_x}
     with _opened(run, home) as r:
         save(plot_rank(r, **opts).figure, "rank")
+        from ._plot_dynamics import default_training_metrics
+
+        if default_training_metrics(r.training_names):
+            save(plot_dynamics(r, scores=r.vectors_config is not None, **opts), "dynamics")
         for metric in r.metric_names:
             if metric != "normalized_effective_rank":
                 save(plot_metric(r, metric, **opts).figure, f"metric-{metric}")
@@ -799,6 +807,8 @@ def draw(
     dpi: int = 150,
     title: str | None = None,
     fmt: str = "png",
+    training: Sequence[str] | None = None,
+    scores: bool = False,
 ) -> list[Path]:
     """Draw one kind of figure of a run and save it; what ``specdyn plot`` does.
 
@@ -808,7 +818,10 @@ def draw(
             `pair`, that pair's A_ii beside it), "agreement" (the s(t) heatmap;
             with `matrix`, its S_ii beside it), "alignment-matrix" (needs `pair`;
             a store analysed with ``--full-matrices``), "all" (every figure the
-            store allows, into a folder).
+            store allows, into a folder), "dynamics" (training curves over the
+            rank heatmap; `training` names the curves, `scores` adds the
+            alignment and agreement score heatmaps), and for a comparison store
+            "side-by-side", "branch-agreement", "split".
         run: a `Run`, or a run name / store path (None: the workspace's only run).
         out: the file (format from its extension: png, pdf, svg) or, for "all",
             the folder; default `default_output`.
@@ -858,7 +871,12 @@ def draw(
         common = {"steps": steps, "log_x": log_x, "title": title}
         if cmap is not None:
             common["cmap"] = cmap
-        if kind in ("rank", "metric"):
+        if kind == "dynamics":
+            fig = plot_dynamics(
+                r, training=training, scores=scores, steps=steps, matrices=matrices,
+                log_x=log_x, size=size, title=title, **({"cmap": cmap} if cmap else {}),
+            )  # fmt: skip
+        elif kind in ("rank", "metric"):
             if kind == "metric" and not metric:
                 raise PlotError(
                     f"the metric figure needs a metric name: {', '.join(r.metric_names)}"

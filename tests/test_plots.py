@@ -470,6 +470,7 @@ def test_cli_all_writes_every_figure_the_store_allows(ws, tmp_path, capsys):
     metrics = [f"metric-{m}" for m in specdyn.METRIC_NAMES if m != "normalized_effective_rank"]
     expected = {"rank", *metrics, "sv", "agreement-score", "agreement"}
     expected |= {"alignment-score", "alignment", "alignment-matrix"}
+    expected |= {"dynamics"}  # mlp-wd's checkpoints hold train_loss, train_acc, val_acc
     assert {f.stem for f in files} == expected
     assert all(f.parent == folder and f.suffix == ".png" for f in files)
     assert sorted(folder.iterdir()) == sorted(files)
@@ -497,7 +498,7 @@ def test_sv_is_darker_for_larger_whichever_end_of_the_map_is_dark(ws):
 def test_plot_all_values_only_store(ws, tmp_path):
     files = specdyn.plot_all("mlp-nowd", tmp_path, home=ws, fmt="pdf", dpi=20)
     metrics = [f"metric-{m}" for m in specdyn.METRIC_NAMES if m != "normalized_effective_rank"]
-    assert {f.stem for f in files} == {"rank", "sv", *metrics}
+    assert {f.stem for f in files} == {"rank", "sv", "dynamics", *metrics}  # curves, no scores
     assert all(f.suffix == ".pdf" and f.read_bytes().startswith(b"%PDF") for f in files)
 
 

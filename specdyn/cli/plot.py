@@ -12,8 +12,9 @@ from ._options import HomeOption, JsonOption
 from ._output import Output
 
 _KINDS_HELP = (
-    "rank | sv | alignment | agreement | alignment-matrix | metric NAME | all. "
-    "Then the run (name or store path; default: the workspace's only run)."
+    "rank | sv | alignment | agreement | alignment-matrix | metric NAME | dynamics | all, "
+    "then the run (name or store path; default: the workspace's only run); "
+    "side-by-side | branch-agreement | split, then a comparison (specdyn compare)."
 )
 
 
@@ -64,6 +65,18 @@ def plot_command(
     fmt: Annotated[
         str, typer.Option("--format", help="File format of 'all': png, pdf or svg.")
     ] = "png",
+    training: Annotated[
+        str | None,
+        typer.Option(
+            "--training",
+            help="dynamics: training metrics to draw, comma-separated "
+            "(default: every loss, error and accuracy stored).",
+        ),
+    ] = None,
+    scores: Annotated[
+        bool,
+        typer.Option("--scores", help="dynamics: add the alignment and agreement score heatmaps."),
+    ] = False,
     json_out: JsonOption = False,
 ) -> None:
     """Draw a figure of a run's spectral dynamics from its store (never from checkpoints)."""
@@ -104,6 +117,8 @@ def plot_command(
         dpi=dpi,
         title=title,
         fmt=fmt,
+        training=[t.strip() for t in training.split(",") if t.strip()] if training else None,
+        scores=scores,
     )
     output = Output(json_mode=json_out)
     if output.json_mode:
