@@ -519,3 +519,22 @@ def test_other_errors_propagate(monkeypatch):
 
 def test_module_constants_are_consistent():
     assert set(engine_module.METHODS) >= {"gram-eigvalsh-f64", "svdvals-f64", "nonfinite", "zero"}
+
+
+def test_small_cpu_problems_run_on_one_thread_and_restore_the_count():
+    from specdyn._linalg import small_problem_threads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with small_problem_threads(96, torch.device("cpu")):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with small_problem_threads(1024, torch.device("cpu")):
+            assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError):
+            with small_problem_threads(8, torch.device("cpu")):
+                raise RuntimeError("boom")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
