@@ -155,9 +155,10 @@ _SMALL_PROBLEM = 256
 
 
 @contextlib.contextmanager
-def small_problem_threads(size: int, device: torch.device):
-    """One CPU thread for the duration when the problem is small (≤ 256), else as is."""
-    if device.type != "cpu" or size > _SMALL_PROBLEM or torch.get_num_threads() == 1:
+def small_problem_threads(size: int, device: torch.device, limit: int = _SMALL_PROBLEM):
+    """One CPU thread for the duration when the problem is small (`size` ≤ `limit`: the
+    short side for a factorisation, the element count of a matrix for products)."""
+    if device.type != "cpu" or size > limit or torch.get_num_threads() == 1:
         yield
         return
     before = torch.get_num_threads()

@@ -97,6 +97,9 @@ _CPU_BATCH = 1
 # Without max_memory, a GPU batch is planned against this share of its free memory.
 _CUDA_FREE_SHARE = 0.8
 
+# matrices of at most this many elements (512×512) are multiplied on one CPU thread
+_SMALL_PRODUCT = 512 * 512
+
 # float64 sources outside this magnitude range are scaled by a power of two
 # (exactly) so that squares in the Gram matrix neither overflow nor underflow.
 _SAFE_MAX_EXPONENT = 200
@@ -554,8 +557,12 @@ class SpectrumEngine:
     ) -> list[tuple[_Item, Spectrum | TopK | None]]:
         """Run one batch, splitting it (then its blocks) on allocation failure and finally
         falling back from a GPU to the CPU with a Note."""
+        # products of small matrices, like their factorisations, run faster on one thread
+        size = max(int(it.tall.shape[0]) * int(it.tall.shape[1]) for it in items)
         try:
-            return list(zip(items, self._compute(method, items, chunk, device), strict=True))
+            with _linalg.small_problem_threads(size, device, limit=_SMALL_PRODUCT):
+                results = self._compute(method, items, chunk, device)
+            return list(zip(items, results, strict=True))
         except Exception as exc:  # only allocation failures are handled here
             if not _is_out_of_memory(exc):
                 raise

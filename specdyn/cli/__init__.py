@@ -17,6 +17,7 @@ import typer.main
 from ..errors import SpecdynError
 from . import analyze as _analyze_cmd
 from . import compare as _compare_cmd
+from . import demo as _demo_cmd
 from . import info as _info_cmd
 from . import pairs as _pairs_cmd
 from . import plot as _plot_cmd
@@ -45,6 +46,7 @@ app.command("plot")(_plot_cmd.plot_command)
 app.command("pythia")(_pythia_cmd.pythia_command)
 app.command("prune")(_prune_cmd.prune_command)
 app.command("compare")(_compare_cmd.compare_command)
+app.add_typer(_demo_cmd.demo_app, name="demo")
 
 
 def _debug() -> bool:

@@ -49,11 +49,22 @@ class Output:
             yield on_progress
 
     @contextmanager
-    def sweep_progress(self, download_bytes: int | None) -> Iterator[tuple[callable, callable]]:
+    def demo_progress(self) -> Iterator[tuple[callable, callable]]:
+        """Callbacks (on_train, on_progress) for one live display: a training bar
+        (``on_train(step, steps, metrics)``), then the analysis bars."""
+        with self.sweep_progress(None, training=True) as (on_progress, _fetched, on_train):
+            yield on_train, on_progress
+
+    @contextmanager
+    def sweep_progress(
+        self, download_bytes: int | None, *, training: bool = False
+    ) -> Iterator[tuple[callable, ...]]:
         """Callbacks (on_progress, on_fetch) for one live display: the analysis bars and,
-        when `download_bytes` is given, a download bar (bytes, rate) beside them."""
+        when `download_bytes` is given, a download bar (bytes, rate) beside them; with
+        `training`, a third callback drives a training-steps bar."""
         if self.quiet or self.json_mode:
-            yield (lambda event: None), (lambda step, event, nbytes: None)
+            quiet = ((lambda event: None), (lambda step, event, nbytes: None))
+            yield (*quiet, lambda step, steps, metrics: None) if training else quiet
             return
         progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -108,8 +119,16 @@ class Output:
                 detail=f"{completed}/{total} matrices, {where}",
             )
 
+        def trained(step: int, steps: int, metrics) -> None:
+            if "training" not in tasks:
+                tasks["training"] = progress.add_task("training", total=steps, detail="")
+            acc = ", ".join(
+                f"{k} {metrics[k]:.2f}" for k in ("train_acc", "val_acc") if k in metrics
+            )
+            progress.update(tasks["training"], completed=step, detail=f"step {step}/{steps} {acc}")
+
         with progress:
-            yield update, fetched
+            yield (update, fetched, trained) if training else (update, fetched)
 
     def notes(self, notes: Iterable[Note]) -> None:
         """Warnings, one line each, on stderr (also in JSON mode: they are not data)."""

@@ -1,5 +1,6 @@
 """Self-contained demos that train a small network and save its checkpoints for specdyn."""
 
+from ._demo import DemoResult, grokking_demo
 from .grokking import (
     GROKKING_QUICK,
     HISTORY_KEYS,
@@ -10,6 +11,8 @@ from .grokking import (
 )
 
 __all__ = [
+    "grokking_demo",
+    "DemoResult",
     "train_grokking",
     "GrokkingRun",
     "GROKKING_QUICK",
