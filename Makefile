@@ -14,6 +14,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
+	$(VENV)/bin/specdyn demo grokking --home $(HOME_DIR)
 	$(VENV)/bin/specdyn analyze fixtures --home $(HOME_DIR)
 	$(VENV)/bin/specdyn runs --home $(HOME_DIR)
 	$(VENV)/bin/specdyn plot all mlp-wd --home $(HOME_DIR)
