@@ -7,9 +7,9 @@
 Analyses the five fixture trajectories (fixtures/README.md) into a workspace (a
 temporary folder unless --home is given) with singular vectors and whole k×k
 alignment/agreement matrices, as ``specdyn analyze fixtures --full-matrices``
-does, then draws one PNG per figure of the gallery: every figure kind of
-``specdyn plot`` and the weight-decay comparison (mlp-wd beside mlp-nowd, one
-colour scale). The single-kind figures are made by running the very
+does, compares mlp-wd with mlp-nowd and the LMC branches (``specdyn compare``), then
+draws one PNG per figure of the gallery: every figure kind of ``specdyn plot`` and the
+weight-decay comparison (mlp-wd beside mlp-nowd, one colour scale). The single-kind figures are made by running the very
 ``specdyn plot`` command lines that docs/gallery.md shows (in this process,
 through `specdyn.cli.main`), and the script warns about any command the page
 does not show. Takes about 20 s on 2 CPU cores (10-20 s analysing, 4 s drawing);
@@ -60,7 +60,21 @@ COMMANDS: list[tuple[str, list[str]]] = [
     ),
     ("rank-lstm.png", ["rank", "lstm", "--log-x"]),
     ("rank-cnn.png", ["rank", "cnn-lightning", "--log-x"]),
+    ("dynamics-mlp-wd.png", ["dynamics", "mlp-wd", "--scores", "--log-x"]),
+    ("side-by-side-weight-decay.png", ["side-by-side", "weight-decay", "--log-x"]),
+    ("split-lmc.png", ["split", "lmc"]),
+    (
+        "branch-agreement-lmc.png",
+        ["branch-agreement", "lmc", "--matrix", "layers.1", "--top", "40"],
+    ),
 ]
+
+# The comparisons the last figures draw (`specdyn compare`, run before the plots).
+COMPARISONS = [
+    ("weight-decay", ["mlp-wd", "mlp-nowd"], "runs"),
+    ("lmc", [f"lmc-trunk-{t}-branch-split{s:04d}-order{o}" for t in "ab" for s in (0, 50, 500)
+             for o in (1, 2)], "split"),
+]  # fmt: skip
 
 
 def command_line(args: list[str], out: str) -> str:
@@ -81,6 +95,14 @@ def analyse(home: Path) -> None:
     )
     names = ", ".join(r.name for r in result.runs)
     print(f"analysed {names} into {home} in {time.perf_counter() - started:.1f} s")
+
+
+def compare_runs(home: Path) -> None:
+    """The comparison stores the side-by-side, split and branch-agreement figures read."""
+    import specdyn
+
+    for name, runs, by in COMPARISONS:
+        specdyn.compare(runs, by=by, home=home, name=name)
 
 
 def draw_commands(home: Path, out: Path) -> list[str]:
@@ -171,6 +193,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="specdyn-gallery-") as scratch:
         home = options.home or Path(scratch)
         analyse(home)
+        compare_runs(home)
         started = time.perf_counter()
         shown = draw_commands(home, options.out)
         weight_decay_figure(home, options.out / "weight-decay.png")

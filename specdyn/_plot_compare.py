@@ -134,10 +134,13 @@ def plot_side_by_side(
         final = c.final(metric)[:, rows]
         for r, label in enumerate(c.labels):
             ax.plot(np.arange(len(rows)), final[r], marker="o", ms=3, label=label)
-        ax.set_xticks(np.arange(len(rows)), names, rotation=60, ha="right", fontsize=7)
+        ax.set_xticks(np.arange(len(rows)), names, rotation=30, ha="right", fontsize=7,
+                      rotation_mode="anchor")  # fmt: skip
         ax.set_ylabel(f"final {metric.replace('_', ' ')}", fontsize=8)
         ax.legend(fontsize=7, ncol=min(4, n))
-        fig.suptitle(title if title is not None else f"{c.name}: {metric.replace('_', ' ')}")
+        fig.suptitle(
+            title if title is not None else f"{c.name}: {_METRIC_LABELS.get(metric, metric)}"
+        )
         return fig
 
 
