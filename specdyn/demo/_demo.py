@@ -57,7 +57,7 @@ def grokking_demo(
         out: where the checkpoints and the figure go (default: the workspace's
             ``demo/<run>/`` and ``figures/<run>/dynamics.png``).
         weight_decay: False trains the control without weight decay.
-        quick: the shortened setting (`GROKKING_QUICK`, ≈ 30 s of training).
+        quick: the shortened setting (`GROKKING_QUICK`, ≈ 8 s of training).
         overrides: `train_grokking` options (modulus, train_fraction, steps, seed, …).
         on_train: training progress ``(step, steps, metrics)``.
         on_progress: analysis progress (`specdyn.analyze`'s).
