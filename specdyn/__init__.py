@@ -10,6 +10,9 @@ training checkpoint, stored in HDF5 and drawn from there.
     specdyn.plot_rank("ckpts").figure.savefig("rank.png")
 """
 
+# The figures need matplotlib (≈0.45 s to import): loaded on first use, so that
+# `specdyn analyze` and `import specdyn` do not pay for it.
+from ._plot_names import PLOT_NAMES as _PLOT_NAMES
 from ._types import Note, TensorInfo
 from ._version import __version__
 from .analyze import (
@@ -29,26 +32,6 @@ from .sources import discover
 from .steps import select_steps
 from .store import Run, open_run
 from .workspace import list_runs, resolve_home
-
-# The figures need matplotlib (≈0.45 s to import): loaded on first use, so that
-# `specdyn analyze` and `import specdyn` do not pay for it.
-_PLOT_NAMES = (
-    "PlotError",
-    "draw",
-    "plot_rank",
-    "plot_metric",
-    "plot_sv",
-    "plot_alignment",
-    "plot_alignment_score",
-    "plot_agreement",
-    "plot_agreement_score",
-    "plot_alignment_matrix",
-    "plot_all",
-    "plot_dynamics",
-    "plot_side_by_side",
-    "plot_branch_agreement",
-    "plot_split",
-)
 
 __all__ = [
     "__version__",

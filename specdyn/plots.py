@@ -37,30 +37,12 @@ from ._plot_compare import (
     plot_split,
 )
 from ._plot_dynamics import plot_dynamics
+from ._plot_names import PLOT_NAMES
 from .errors import SpecdynError, StoreError
 from .steps import select_steps
 from .store import Run, open_run
 
-__all__ = [
-    "PlotError",
-    "FIGURE_KINDS",
-    "plot_metric",
-    "plot_rank",
-    "plot_sv",
-    "plot_alignment",
-    "plot_alignment_score",
-    "plot_agreement",
-    "plot_agreement_score",
-    "plot_alignment_matrix",
-    "plot_all",
-    "plot_dynamics",
-    "plot_side_by_side",
-    "plot_branch_agreement",
-    "plot_split",
-    "draw",
-    "default_output",
-    "short_names",
-]
+__all__ = [*PLOT_NAMES, "FIGURE_KINDS", "default_output", "short_names"]
 
 RUN_KINDS = (
     "rank", "sv", "alignment", "agreement", "alignment-matrix", "metric", "dynamics", "all",

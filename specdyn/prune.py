@@ -39,7 +39,7 @@ from .naming import canonicalize, forward_sort
 from .sources import Checkpoint, discover, open_checkpoint
 from .steps import select_steps
 from .vectors import agreement_diagonal, agreement_score
-from .views import MatrixView, ViewPlan, plan_views
+from .views import MatrixView, ViewPlan, compile_patterns, plan_views
 from .workspace import resolve_home
 
 __all__ = [
@@ -415,16 +415,8 @@ class _Layout:
 
 
 def _compile_keep(keep: Sequence[str] | str) -> list[re.Pattern]:
-    """Compile the --keep regexes, naming the option on error."""
-    if isinstance(keep, str):
-        keep = [keep]
-    compiled = []
-    for pattern in keep:
-        try:
-            compiled.append(re.compile(pattern))
-        except re.error as exc:
-            raise PruneError(f"--keep: invalid regular expression {pattern!r} ({exc})") from None
-    return compiled
+    """Compile the --keep regexes (a one-line error naming the option)."""
+    return compile_patterns("--keep", keep)
 
 
 def _layout(ckpt: Checkpoint, keep: list[re.Pattern], kinds: Iterable[str] | None) -> _Layout:

@@ -228,9 +228,9 @@ def plan_views(
         ViewError: an invalid regex (naming the option), or two keys with one
             canonical name.
     """
-    include_res = _compile_all("--include", include)
-    exclude_res = _compile_all("--exclude", exclude)
-    transposed_re = _compile_all("--transposed", [transposed] if transposed else [])
+    include_res = compile_patterns("--include", include)
+    exclude_res = compile_patterns("--exclude", exclude)
+    transposed_re = compile_patterns("--transposed", [transposed] if transposed else [])
     canon = canonicalize(list(infos), config=config)
     by_param = {canon[key]: key for key in infos}
     params = {canon[key]: info for key, info in infos.items()}
@@ -597,7 +597,7 @@ def _meta_shape(shape: tuple[int, ...], ops: tuple[ViewOp, ...]) -> tuple[int, i
     return (int(out.shape[0]), int(out.shape[1]))
 
 
-def _compile_all(option: str, patterns: Sequence[str]) -> list[re.Pattern]:
+def compile_patterns(option: str, patterns: Sequence[str] | str) -> list[re.Pattern]:
     """Compile user regexes, naming the option on error."""
     if isinstance(patterns, str):
         patterns = [patterns]
