@@ -416,7 +416,7 @@ class _Layout:
 
 def _compile_keep(keep: Sequence[str] | str) -> list[re.Pattern]:
     """Compile the --keep regexes (a one-line error naming the option)."""
-    return compile_patterns("--keep", keep)
+    return compile_patterns("--keep", keep, PruneError)
 
 
 def _layout(ckpt: Checkpoint, keep: list[re.Pattern], kinds: Iterable[str] | None) -> _Layout:

@@ -597,7 +597,9 @@ def _meta_shape(shape: tuple[int, ...], ops: tuple[ViewOp, ...]) -> tuple[int, i
     return (int(out.shape[0]), int(out.shape[1]))
 
 
-def compile_patterns(option: str, patterns: Sequence[str] | str) -> list[re.Pattern]:
+def compile_patterns(
+    option: str, patterns: Sequence[str] | str, error: type[Exception] = ViewError
+) -> list[re.Pattern]:
     """Compile user regexes, naming the option on error."""
     if isinstance(patterns, str):
         patterns = [patterns]
@@ -606,7 +608,7 @@ def compile_patterns(option: str, patterns: Sequence[str] | str) -> list[re.Patt
         try:
             compiled.append(re.compile(pattern))
         except re.error as exc:
-            raise ViewError(f"{option}: invalid regular expression {pattern!r} ({exc})") from None
+            raise error(f"{option}: invalid regular expression {pattern!r} ({exc})") from None
     return compiled
 
 
