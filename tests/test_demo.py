@@ -70,3 +70,15 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys):
     assert main(["demo", "grokking", "--modulus", "30", "--home", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--modulus 30: must be a prime" in err[0]
+
+
+def test_out_folder_holds_checkpoints_and_figure(tmp_path):
+    out = tmp_path / "mine"
+    result = grokking_demo(
+        home=tmp_path / "home", out=out, quick=True, overrides={"steps": 40, "checkpoints": 4}
+    )
+    assert result.figure == out / "grokking-quick-dynamics.png" and result.figure.is_file()
+    assert sorted(p.name for p in (out / "grokking-quick").glob("step_*.pt")) == [
+        f"step_{s:06d}.pt" for s in result.training.steps_saved
+    ]
+    assert (tmp_path / "home" / "grokking-quick.h5").is_file()  # the store stays in the workspace
