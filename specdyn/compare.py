@@ -182,6 +182,7 @@ def compare(
     device: str = "auto",
     analyze_missing: bool = True,
     on_progress: Callable[[str, int, int], None] | None = None,
+    on_analyze: Callable | None = None,
 ) -> CompareResult:
     """Compare runs side by side and write a comparison store.
 
@@ -211,6 +212,7 @@ def compare(
         device: engine device for vectors computed from checkpoints.
         analyze_missing: analyse checkpoint folders that have no store yet.
         on_progress: called as (stage, done, total) while vectors are gathered.
+        on_analyze: `specdyn.analyze`'s progress callback, for the folders analysed.
 
     Returns:
         `CompareResult` (also written to `CompareResult.path`).
@@ -228,7 +230,7 @@ def compare(
     if k < 1 or score_top < 1:
         raise CompareError("--vectors and --score-top must be at least 1")
     notes: list[Note] = []
-    stores, labels, analysed = _resolve_inputs(runs, home, analyze_missing, notes)
+    stores, labels, analysed = _resolve_inputs(runs, home, analyze_missing, notes, on_analyze)
     opened = [Run(p) for p in stores]
     try:
         return _compare_open(
@@ -245,7 +247,11 @@ def compare(
 
 
 def _resolve_inputs(
-    runs: Sequence[str | os.PathLike[str]], home, analyze_missing: bool, notes: list[Note]
+    runs: Sequence[str | os.PathLike[str]],
+    home,
+    analyze_missing: bool,
+    notes: list[Note],
+    on_analyze=None,
 ) -> tuple[list[Path], list[str], list[str]]:
     """Store paths, unique labels and the folders analysed, in input order."""
     stores: list[Path | None] = []
@@ -271,7 +277,7 @@ def _resolve_inputs(
                 f"{folder}: not analysed yet; run specdyn analyze {folder} first "
                 "(or let compare analyse it)"
             )
-        result = analyze(folder, home=home, name=labels[i])
+        result = analyze(folder, home=home, name=labels[i], on_progress=on_analyze)
         if len(result.runs) != 1:
             raise CompareError(
                 f"{folder} holds {len(result.runs)} runs; name each run folder separately"

@@ -100,10 +100,11 @@ def compare_command(
     if barrier:
         options = BarrierOptions(evaluate=load_evaluator(evaluator), points=points, label=evaluator)
     out = Output(json_mode=json_out, quiet=quiet)
-    result = compare(
-        runs, by=by, split=mapping, home=home, name=name, steps=steps, k=vectors,
-        score_top=score_top, barrier=options, device=device,
-    )  # fmt: skip
+    with out.analysis_progress() as on_analyze:
+        result = compare(
+            runs, by=by, split=mapping, home=home, name=name, steps=steps, k=vectors,
+            score_top=score_top, barrier=options, device=device, on_analyze=on_analyze,
+        )  # fmt: skip
     out.notes(result.notes)
     if out.json_mode:
         out.json(_payload(result))
