@@ -17,4 +17,5 @@ PLOT_NAMES = (
     "plot_side_by_side",
     "plot_branch_agreement",
     "plot_split",
+    "plot_prune",
 )

@@ -38,6 +38,7 @@ from ._plot_compare import (
 )
 from ._plot_dynamics import plot_dynamics
 from ._plot_names import PLOT_NAMES
+from ._plot_prune import plot_prune
 from .errors import SpecdynError, StoreError
 from .steps import select_steps
 from .store import Run, open_run
@@ -47,7 +48,7 @@ __all__ = [*PLOT_NAMES, "FIGURE_KINDS", "default_output", "short_names"]
 RUN_KINDS = (
     "rank", "sv", "alignment", "agreement", "alignment-matrix", "metric", "dynamics", "all",
 )  # fmt: skip
-FIGURE_KINDS = RUN_KINDS + COMPARISON_KINDS
+FIGURE_KINDS = (*RUN_KINDS, *COMPARISON_KINDS, "prune")
 FORMATS = ("png", "pdf", "svg")
 
 # Labels of the stored metrics, for colour bars.
@@ -802,8 +803,10 @@ def draw(
             a store analysed with ``--full-matrices``), "all" (every figure the
             store allows, into a folder), "dynamics" (training curves over the
             rank heatmap; `training` names the curves, `scores` adds the
-            alignment and agreement score heatmaps), and for a comparison store
-            "side-by-side", "branch-agreement", "split".
+            alignment and agreement score heatmaps), for a comparison store
+            "side-by-side", "branch-agreement", "split", and "prune" (the SVA of
+            masked against unmasked weights; `run` is the folder or prune.h5 of
+            ``specdyn prune --magnitude``, the figure goes beside it).
         run: a `Run`, or a run name / store path (None: the workspace's only run).
         out: the file (format from its extension: png, pdf, svg) or, for "all",
             the folder; default `default_output`.
@@ -822,6 +825,19 @@ def draw(
     """
     if kind not in FIGURE_KINDS:
         raise PlotError(f"unknown figure {kind!r}; choose one of {', '.join(FIGURE_KINDS)}")
+    if kind == "prune":
+        if run is None:
+            raise PlotError(
+                "the prune figure needs the folder (or prune.h5) of specdyn prune --magnitude"
+            )
+        folder = Path(run).parent if Path(run).suffix == ".h5" else Path(run)
+        path = Path(out) if out is not None else folder / "sva.png"
+        if path.suffix.lower().lstrip(".") not in FORMATS:
+            raise PlotError(f"--out {path}: give a .png, .pdf or .svg file name")
+        fig = plot_prune(run, matrix=matrix, top=top, size=size, title=title)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=dpi)
+        return [path]
     if kind in COMPARISON_KINDS:
         return _draw_comparison(
             kind, run, home=home, out=out, metric=metric, matrix=matrix, pair=pair,

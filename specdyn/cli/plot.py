@@ -14,7 +14,8 @@ from ._output import Output
 _KINDS_HELP = (
     "rank | sv | alignment | agreement | alignment-matrix | metric NAME | dynamics | all, "
     "then the run (name or store path; default: the workspace's only run); "
-    "side-by-side | branch-agreement | split, then a comparison (specdyn compare)."
+    "side-by-side | branch-agreement | split, then a comparison (specdyn compare); "
+    "prune, then the folder of specdyn prune --magnitude."
 )
 
 
