@@ -127,6 +127,7 @@ class Hub:
         self.cache_dir = _cache_dir(cache_dir)
         self.endpoint = os.environ.get("HF_ENDPOINT") or None
         self._downloaded: dict[str, set[str]] = {}  # branch → files this Hub fetched
+        self.reclaimed_bytes = 0  # partial downloads of killed processes deleted (bytes)
 
     # ------------------------------------------------------------------ listing
 
@@ -219,6 +220,8 @@ class Hub:
                         "HF_HUB_OFFLINE is set; unset it to download"
                     )
                 fetched.add(f.name)
+                if f.sha256:
+                    self.reclaimed_bytes += self._clear_orphans(f.sha256)
             path = self._call(
                 lambda f=f: hf_hub_download(
                     self.repo,
@@ -236,6 +239,39 @@ class Hub:
             raise HubError(f"{self.repo}@{revision.branch.name}: {revision.entry} was not fetched")
         self._remember_branch(revision.branch)
         return entry
+
+    def _clear_orphans(self, sha256: str) -> int:
+        """Delete partial downloads of one blob left by killed processes; returns bytes freed.
+
+        The client writes a blob into ``blobs/<sha256>.<random>.incomplete`` under a file
+        lock and resumes only within one call, so a killed process leaves its part behind
+        for good. Holding that same lock proves no download of the blob is under way.
+        """
+        from filelock import FileLock, Timeout
+        from huggingface_hub import constants
+
+        folder = self._repo_cache()
+        if folder is None or not (folder / "blobs").is_dir():
+            return 0
+        orphans = list((folder / "blobs").glob(f"{sha256}*.incomplete"))
+        if not orphans:
+            return 0
+        root = self.cache_dir or Path(constants.HF_HUB_CACHE)
+        lock = root / ".locks" / folder.name / f"{sha256}.lock"
+        freed = 0
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(lock, timeout=0):
+                for path in orphans:
+                    try:
+                        size = path.stat().st_size
+                        path.unlink()
+                        freed += size
+                    except OSError:
+                        pass
+        except (Timeout, OSError):
+            return 0  # another process is downloading this blob: its part is not an orphan
+        return freed
 
     def _remember_branch(self, branch: Branch) -> None:
         """Write ``refs/<branch>`` in the cache (the client does not when it downloads by

@@ -591,4 +591,12 @@ def pythia(
         )
     finally:
         stream.close()
+    if hub.reclaimed_bytes:
+        notes.append(
+            Note(
+                "cache",
+                f"deleted {hub.reclaimed_bytes / 1e6:.1f} MB of partial downloads that "
+                "killed runs had left in the cache",
+            )
+        )
     return PythiaResult(plan, analysis, stream.fetched_bytes, notes)

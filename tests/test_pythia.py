@@ -874,3 +874,32 @@ def test_duplicate_group_with_the_last_step_keeps_the_last_step(hub, tiny, env, 
     assert by_step[1000].action == "skip-duplicate"
     assert by_step[1000].duplicate_of == 2000
     assert by_step[1000].flag == "duplicate of step 2000 (byte-identical weights)"
+
+
+def test_partial_downloads_of_killed_processes_are_deleted_unless_locked(hub, tiny, env):
+    from filelock import FileLock
+
+    from specdyn.hub import Hub
+
+    h = Hub(REPO, cache_dir=env.cache_dir)
+    branches = {b.step: b for b in h.branches()}
+    first, second = h.revision(branches[4]), h.revision(branches[8])
+    h.fetch(first)  # creates the repo's cache folders
+    blobs = _repo_cache(env, REPO) / "blobs"
+    sha_8 = second.weights[0].sha256
+    orphan = blobs / f"{sha_8}.deadbeef.incomplete"
+    orphan.write_bytes(b"x" * 1000)
+    # a download of that blob under way elsewhere (its lock held): the part is kept
+    lock = env.cache_dir / ".locks" / _repo_cache(env, REPO).name / f"{sha_8}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    held = FileLock(lock)
+    held.acquire()
+    try:
+        assert h._clear_orphans(sha_8) == 0 and orphan.exists()
+    finally:
+        held.release()
+    # nobody downloading it: the orphan is deleted before the real download
+    path = h.fetch(second)
+    assert not orphan.exists() and h.reclaimed_bytes == 1000
+    assert path.read_bytes() == tiny.bins[8]
+    assert not list(blobs.glob("*.incomplete"))
