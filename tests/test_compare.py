@@ -353,3 +353,45 @@ def test_lmc_fixture_late_splits_agree_more_and_other_trunks_not_at_all(tmp_path
     # branches of different trunks share nothing beyond chance-like levels
     assert s.other_score.max() < 0.15 < same.min()
     assert {e.label for e in result.runs} >= {"trunk-a-branch-split0500-order1"}
+
+
+def test_lmc_fixture_barrier_equals_the_fixture_scripts_own(tmp_path):
+    """--barrier with a real evaluator (the fixture MLP's training loss) reproduces the
+    interpolation path that fixtures/make_fixtures.py recorded in the manifest."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("make_fixtures", FIXTURES / "make_fixtures.py")
+    mf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mf)
+    x_train, y_train, _, _ = mf.teacher_data()
+    model = mf.MLP()
+
+    def train_loss(state: dict[str, torch.Tensor]) -> float:
+        model.load_state_dict(state)
+        with torch.no_grad():
+            return torch.nn.functional.cross_entropy(model(x_train), y_train).item()
+
+    manifest = json.loads((FIXTURES / "manifest.json").read_text())["experiments"]["lmc"]
+    checked = 0
+    for label, runs in (
+        ("trunk-a: order 1 vs order 2", ["trunk-a/branch-split0000-order1",
+                                         "trunk-a/branch-split0000-order2"]),
+        ("trunk-a: order 1 vs order 2", ["trunk-a/branch-split0500-order1",
+                                         "trunk-a/branch-split0500-order2"]),
+    ):  # fmt: skip
+        split = int(runs[0].split("split")[1][:4])
+        entry = next(
+            c for c in manifest["comparisons"]
+            if c["first"] == runs[0] and c["second"] == runs[1]
+        )  # fmt: skip
+        assert entry["label"] == label and entry["split_step"] == split
+        result = compare(
+            [FIXTURES / "lmc" / r for r in runs], home=tmp_path / "home", steps="none",
+            barrier=BarrierOptions(train_loss, points=11),
+        )  # fmt: skip
+        bar = result.barriers[0]
+        assert bar.loss == pytest.approx(entry["interpolation"]["train_loss"], rel=1e-4, abs=1e-6)
+        assert bar.barrier == pytest.approx(entry["train_loss_barrier"], rel=1e-3, abs=1e-6)
+        checked += 1
+    assert checked == 2
