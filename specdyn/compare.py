@@ -327,6 +327,15 @@ def _compare_open(
     for run in opened:
         if len(run.steps) == 0:
             raise CompareError(f"{run.path}: no analysed steps yet; run specdyn analyze first")
+    units = {run.step_unit for run in opened}
+    if len(units) > 1:
+        which = ", ".join(
+            f"{label} ({run.step_unit})" for label, run in zip(labels, opened, strict=True)
+        )
+        raise CompareError(
+            f"the runs count training in different units ({which}); one step axis needs one "
+            "unit: re-analyse the epoch-counted runs from checkpoints that record their step"
+        )
     matrices, only_in = _common_matrices(opened, labels, notes)
     entries = _entries(opened, labels, inputs, by, split)
     union = np.unique(np.concatenate([run.steps for run in opened]))

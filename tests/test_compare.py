@@ -395,3 +395,18 @@ def test_lmc_fixture_barrier_equals_the_fixture_scripts_own(tmp_path):
         assert bar.barrier == pytest.approx(entry["train_loss_barrier"], rel=1e-3, abs=1e-6)
         checked += 1
     assert checked == 2
+
+
+def test_runs_in_different_step_units_are_refused(tmp_path):
+    states = _base_states()
+    a = _write_run(tmp_path / "a", states)
+    b = tmp_path / "b"
+    b.mkdir()
+    for epoch, sd in enumerate(states.values()):  # no step anywhere: the run counts epochs
+        torch.save({k: torch.tensor(v, dtype=torch.float32) for k, v in sd.items()},
+                   b / f"epoch_{epoch}.pt")  # fmt: skip
+    home = tmp_path / "home"
+    with specdyn.open_run(specdyn.analyze(b, home=home, vectors=None).runs[0].store_path) as run:
+        assert run.step_unit == "epoch"
+    with pytest.raises(CompareError, match=r"different units \(a \(step\), b \(epoch\)\)"):
+        compare([a, b], home=home)
