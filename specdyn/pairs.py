@@ -271,7 +271,7 @@ def plan_pairs(
         m.name for m in plan.matrices if m.name not in paired and not _is_part_of(m, paired)
     ]
     if pairs and unpaired:
-        notes.append(f"in no pair: {', '.join(unpaired)}")
+        notes.append(f"matrices in no pair (no alignment for them): {', '.join(unpaired)}")
     return PairPlan(pairs=pairs, skipped=skipped, preset=preset, notes=notes)
 
 
