@@ -564,7 +564,10 @@ class _VectorSource:
             return "vectors", [run.vectors(m, step) for m in self.matrices]
         source = self._checkpoint_path(run, step)
         problem = None
-        if source is None:
+        remote = [r["source"] for r in run.step_sources if r["step"] == step]
+        if source is None and remote and remote[0].startswith("hf://"):
+            problem = f"its checkpoint was a hub revision ({remote[0]}), deleted after analysis"
+        elif source is None:
             problem = "no checkpoint recorded"
         elif not source[0].exists():
             problem = f"its checkpoint {source[0]} is gone"
