@@ -903,3 +903,17 @@ def test_partial_downloads_of_killed_processes_are_deleted_unless_locked(hub, ti
     assert not orphan.exists() and h.reclaimed_bytes == 1000
     assert path.read_bytes() == tiny.bins[8]
     assert not list(blobs.glob("*.incomplete"))
+
+
+def test_compare_a_pythia_run_uses_kept_vectors_and_names_deleted_revisions(hub, tiny, env, ws):
+    from specdyn.compare import compare
+
+    result = pythia(REPO, home=ws, vectors=VEC)
+    store = result.analysis.store_path
+    cmp = compare([store, store], home=ws)
+    pair = cmp.pairs[0]
+    # the ends come from the kept vectors; the revisions between were deleted after analysis
+    assert pair.steps_a.tolist() == [0, 2000] and pair.source == ["vectors/vectors"] * 2
+    assert np.allclose(pair.score, 1.0, atol=1e-6)
+    skipped = [n.message for n in cmp.notes if n.kind == "no-vectors"]
+    assert skipped and all("hub revision (hf://" in m for m in skipped)
