@@ -21,13 +21,7 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 MLP_FINAL = FIXTURES / "mlp-wd" / "step_004000.pt"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small float64 eigh/SVD calls are far slower multi-threaded on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_svd_json_and_file_output(tmp_path, capsys):

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _fixture_script import make_fixtures
 
 import specdyn
 from specdyn.compare import BarrierOptions, chance_agreement, compare, open_comparison
@@ -358,12 +359,9 @@ def test_lmc_fixture_late_splits_agree_more_and_other_trunks_not_at_all(tmp_path
 def test_lmc_fixture_barrier_equals_the_fixture_scripts_own(tmp_path):
     """--barrier with a real evaluator (the fixture MLP's training loss) reproduces the
     interpolation path that fixtures/make_fixtures.py recorded in the manifest."""
-    import importlib.util
     import json
 
-    spec = importlib.util.spec_from_file_location("make_fixtures", FIXTURES / "make_fixtures.py")
-    mf = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mf)
+    mf = make_fixtures()
     x_train, y_train, _, _ = mf.teacher_data()
     model = mf.MLP()
 

@@ -9,7 +9,6 @@ that neither lightning nor transformers is needed), effective ranks with float64
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import pickle
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _fixture_script import make_fixtures
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -27,15 +27,7 @@ MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())["fixtures"]
 NAMES = ("mlp-wd", "mlp-nowd", "cnn-lightning", "lstm", "neox-trainer")
 
 
-def _load_generator():
-    """Import fixtures/make_fixtures.py (not a package) for its task generators and models."""
-    spec = importlib.util.spec_from_file_location("make_fixtures", FIXTURES / "make_fixtures.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-mf = _load_generator()
+mf = make_fixtures()
 
 
 def _readme_results() -> dict[str, dict[str, float]]:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _fixture_script import make_fixtures
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 LMC = FIXTURES / "lmc"
@@ -32,15 +32,7 @@ BRANCH_KEYS = {"trunk", "split_step", "branch_order", "order_seed"}
 PARAMETERS = {f"layers.{i}.{p}" for i in range(4) for p in ("weight", "bias")}
 
 
-def _load_generator():
-    """Import fixtures/make_fixtures.py (not a package) for its task generator."""
-    spec = importlib.util.spec_from_file_location("make_fixtures", FIXTURES / "make_fixtures.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-mf = _load_generator()
+mf = make_fixtures()
 
 
 def _branch(trunk: str, split: int, order: int) -> str:

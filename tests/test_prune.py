@@ -7,7 +7,6 @@ sorting) from the checkpoint as stored; checkpoints are read back with torch.loa
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import sys
@@ -44,18 +43,13 @@ from _ckpt_factory import (  # noqa: E402
     write_torch,
     write_trainer_checkpoint,
 )
+from _fixture_script import make_fixtures  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 MLP_FINAL = FIXTURES / "mlp-wd" / "step_004000.pt"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small float64 eigh/SVD calls are far slower multi-threaded on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _sv(w) -> np.ndarray:
@@ -229,16 +223,9 @@ def test_mlp_rank_and_energy(tmp_path):
         assert res.checkpoints[0].energy[key] == pytest.approx(np.sum(s[:k] ** 2) / np.sum(s**2))
 
 
-def _load_make_fixtures():
-    spec = importlib.util.spec_from_file_location("make_fixtures", FIXTURES / "make_fixtures.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_pruned_mlp_top_half_is_closer_to_the_full_model(tmp_path):
     """Fig. 4: keeping the top half of every SVD (not the final layer) barely changes the loss."""
-    mf = _load_make_fixtures()
+    mf = make_fixtures()
     x_train, y_train, x_val, y_val = mf.teacher_data()
     losses = {}
     for mode in ("top-half", "bottom-half", None):

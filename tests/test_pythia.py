@@ -166,13 +166,7 @@ def _sigma(step: int, name: str) -> np.ndarray:
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny matrices: a second intra-op thread only adds contention (10x slower under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
