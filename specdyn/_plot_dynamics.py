@@ -30,6 +30,7 @@ def plot_dynamics(
     home: str | os.PathLike | None = None,
     training: Sequence[str] | None = None,
     scores: bool = False,
+    error: bool = False,
     steps: str | None = None,
     matrices: str | None = None,
     log_x: bool = False,
@@ -46,6 +47,7 @@ def plot_dynamics(
             and errors (values in [0, 1]) in another, anything else in a third.
         scores: add the alignment score a(t) and agreement score s(t) heatmaps below
             (a store with singular vectors).
+        error: draw accuracies as errors, 1 − accuracy (as the paper's figures do).
         steps: SPEC §7 ``--steps`` for the heatmaps; the curves span the same range.
         matrices: regex on the heatmap rows; log_x: symmetric-log step axis (step 0
             kept); cmap: the rank heatmap's colour map; size: (w, h) inches; title.
@@ -119,7 +121,9 @@ def plot_dynamics(
             for name in members:
                 x, y = r.training(name)
                 keep = (x >= lo) & (x <= hi)
-                ax.plot(x[keep], y[keep], lw=1.2, label=name)
+                as_error = error and "acc" in name.lower()
+                ax.plot(x[keep], 1.0 - y[keep] if as_error else y[keep], lw=1.2,
+                        label=f"{name} → error (1 − acc)" if as_error else name)  # fmt: skip
             ax.set_ylabel(label, fontsize=9)
             if label == "loss" and _positive(r, members):
                 ax.set_yscale("log")

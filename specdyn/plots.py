@@ -792,6 +792,7 @@ def draw(
     fmt: str = "png",
     training: Sequence[str] | None = None,
     scores: bool = False,
+    error: bool = False,
 ) -> list[Path]:
     """Draw one kind of figure of a run and save it; what ``specdyn plot`` does.
 
@@ -803,7 +804,7 @@ def draw(
             a store analysed with ``--full-matrices``), "all" (every figure the
             store allows, into a folder), "dynamics" (training curves over the
             rank heatmap; `training` names the curves, `scores` adds the
-            alignment and agreement score heatmaps), for a comparison store
+            alignment and agreement score heatmaps, `error` draws 1 − accuracy), for a comparison store
             "side-by-side", "branch-agreement", "split", and "prune" (the SVA of
             masked against unmasked weights; `run` is the folder or prune.h5 of
             ``specdyn prune --magnitude``, the figure goes beside it).
@@ -871,7 +872,7 @@ def draw(
             common["cmap"] = cmap
         if kind == "dynamics":
             fig = plot_dynamics(
-                r, training=training, scores=scores, steps=steps, matrices=matrices,
+                r, training=training, scores=scores, error=error, steps=steps, matrices=matrices,
                 log_x=log_x, size=size, title=title, **({"cmap": cmap} if cmap else {}),
             )  # fmt: skip
         elif kind in ("rank", "metric"):

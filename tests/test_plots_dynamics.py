@@ -86,3 +86,15 @@ def test_cli(home, tmp_path, capsys):
     assert (tmp_path / "all" / "dynamics.png").is_file()
     assert main(["plot", "dynamics", "mlp-wd", "--home", str(home), "--training", "x"]) == 1
     assert "no training metric 'x'" in capsys.readouterr().err
+
+
+def test_error_draws_one_minus_accuracy(home):
+    fig = plot_dynamics("mlp-wd", home=home, training=["val_acc", "train_loss"], error=True)
+    curves = {}
+    for ax in fig.axes[:2]:
+        curves.update(_curves(ax))
+    with specdyn.open_run("mlp-wd", home) as run:
+        steps, acc = run.training("val_acc")
+        x, y = curves["val_acc → error (1 − acc)"]
+        assert np.array_equal(x, steps) and np.allclose(y, 1.0 - acc)
+        assert np.array_equal(curves["train_loss"][1], run.training("train_loss")[1])

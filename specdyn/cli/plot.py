@@ -78,6 +78,9 @@ def plot_command(
         bool,
         typer.Option("--scores", help="dynamics: add the alignment and agreement score heatmaps."),
     ] = False,
+    error: Annotated[
+        bool, typer.Option("--error", help="dynamics: draw accuracies as errors (1 − accuracy).")
+    ] = False,
     json_out: JsonOption = False,
 ) -> None:
     """Draw a figure of a run's spectral dynamics from its store (never from checkpoints)."""
@@ -120,6 +123,7 @@ def plot_command(
         fmt=fmt,
         training=[t.strip() for t in training.split(",") if t.strip()] if training else None,
         scores=scores,
+        error=error,
     )
     output = Output(json_mode=json_out)
     if output.json_mode:
