@@ -39,65 +39,26 @@ import tempfile
 import time
 from pathlib import Path
 
+from _pythia_layout import write_pythia_checkpoint
+
 HIDDEN, LAYERS, HEADS, INTER, VOCAB, CONTEXT = 768, 12, 12, 3072, 50304, 2048
 
 
 def make_checkpoints(folder: Path, n: int) -> list[Path]:
     """Write n fp16 Pythia-160m-shaped checkpoints as step{k}/pytorch_model.bin."""
-    import torch
-
-    paths = []
-    for k in range(n):
-        g = torch.Generator().manual_seed(k)
-        sd: dict[str, torch.Tensor] = {}
-
-        def rand(*shape, g=g):
-            return (torch.randn(*shape, generator=g) * 0.02).half()
-
-        sd["gpt_neox.embed_in.weight"] = rand(VOCAB, HIDDEN)
-        for i in range(LAYERS):
-            p = f"gpt_neox.layers.{i}."
-            sd[p + "input_layernorm.weight"] = torch.ones(HIDDEN).half()
-            sd[p + "input_layernorm.bias"] = torch.zeros(HIDDEN).half()
-            sd[p + "post_attention_layernorm.weight"] = torch.ones(HIDDEN).half()
-            sd[p + "post_attention_layernorm.bias"] = torch.zeros(HIDDEN).half()
-            sd[p + "attention.bias"] = torch.tril(
-                torch.ones(CONTEXT, CONTEXT, dtype=torch.bool)
-            ).view(1, 1, CONTEXT, CONTEXT)
-            sd[p + "attention.masked_bias"] = torch.tensor(-1e9)
-            sd[p + "attention.rotary_emb.inv_freq"] = 1.0 / (
-                10000 ** (torch.arange(0, 16, 2).float() / 16)
-            )
-            sd[p + "attention.query_key_value.weight"] = rand(3 * HIDDEN, HIDDEN)
-            sd[p + "attention.query_key_value.bias"] = rand(3 * HIDDEN)
-            sd[p + "attention.dense.weight"] = rand(HIDDEN, HIDDEN)
-            sd[p + "attention.dense.bias"] = rand(HIDDEN)
-            sd[p + "mlp.dense_h_to_4h.weight"] = rand(INTER, HIDDEN)
-            sd[p + "mlp.dense_h_to_4h.bias"] = rand(INTER)
-            sd[p + "mlp.dense_4h_to_h.weight"] = rand(HIDDEN, INTER)
-            sd[p + "mlp.dense_4h_to_h.bias"] = rand(HIDDEN)
-        sd["gpt_neox.final_layer_norm.weight"] = torch.ones(HIDDEN).half()
-        sd["gpt_neox.final_layer_norm.bias"] = torch.zeros(HIDDEN).half()
-        sd["embed_out.weight"] = rand(VOCAB, HIDDEN)
-        step_dir = folder / f"step{1000 * k}"
-        step_dir.mkdir(parents=True, exist_ok=True)
-        config = {
-            "model_type": "gpt_neox",
-            "hidden_size": HIDDEN,
-            "num_hidden_layers": LAYERS,
-            "num_attention_heads": HEADS,
-            "intermediate_size": INTER,
-            "vocab_size": VOCAB,
-            "max_position_embeddings": CONTEXT,
-            "rotary_pct": 0.25,
-            "use_parallel_residual": True,
-            "tie_word_embeddings": False,
-        }
-        (step_dir / "config.json").write_text(json.dumps(config))
-        torch.save(sd, step_dir / "pytorch_model.bin")
-        paths.append(step_dir)
-        del sd
-    return paths
+    return [
+        write_pythia_checkpoint(
+            folder / f"step{1000 * k}",
+            hidden=HIDDEN,
+            layers=LAYERS,
+            heads=HEADS,
+            inter=INTER,
+            vocab=VOCAB,
+            context=CONTEXT,
+            seed=k,
+        )  # fmt: skip
+        for k in range(n)
+    ]
 
 
 def _peak_rss_mb() -> float:

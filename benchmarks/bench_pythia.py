@@ -58,6 +58,7 @@ import time
 from datetime import date
 from pathlib import Path
 
+from _pythia_layout import write_pythia_checkpoint
 from bench_analyze import _peak_rss_mb
 
 SWEEP_REVISIONS = 154  # step0, 10 log-spaced steps 1 … 512, step1000 … step143000 (SPEC §6)
@@ -116,57 +117,10 @@ def revision_bytes(model) -> int:
 
 def make_revision(folder: Path, model, seed: int = 0) -> Path:
     """Write one fp16 revision of `model`'s Pythia layout as folder/step143000/."""
-    import torch
-
-    h, layers, heads, inter = model.hidden, model.layers, model.heads, model.intermediate
-    vocab = vocab_of(model.size)
-    rotary = (h // heads) // 4  # rotary_pct 0.25 of the head dimension
-    g = torch.Generator().manual_seed(seed)
-
-    def rand(*shape):
-        return (torch.randn(*shape, generator=g) * 0.02).half()
-
-    mask = torch.tril(torch.ones(CONTEXT, CONTEXT, dtype=torch.bool)).view(1, 1, CONTEXT, CONTEXT)
-    inv_freq = 1.0 / (10000 ** (torch.arange(0, rotary, 2).float() / rotary))
-    sd: dict[str, torch.Tensor] = {"gpt_neox.embed_in.weight": rand(vocab, h)}
-    for i in range(layers):
-        p = f"gpt_neox.layers.{i}."
-        sd[p + "input_layernorm.weight"] = torch.ones(h).half()
-        sd[p + "input_layernorm.bias"] = torch.zeros(h).half()
-        sd[p + "post_attention_layernorm.weight"] = torch.ones(h).half()
-        sd[p + "post_attention_layernorm.bias"] = torch.zeros(h).half()
-        sd[p + "attention.bias"] = mask.clone()  # one buffer per layer, as in the hub's files
-        sd[p + "attention.masked_bias"] = torch.tensor(-1e9)
-        sd[p + "attention.rotary_emb.inv_freq"] = inv_freq.clone()
-        sd[p + "attention.query_key_value.weight"] = rand(3 * h, h)
-        sd[p + "attention.query_key_value.bias"] = rand(3 * h)
-        sd[p + "attention.dense.weight"] = rand(h, h)
-        sd[p + "attention.dense.bias"] = rand(h)
-        sd[p + "mlp.dense_h_to_4h.weight"] = rand(inter, h)
-        sd[p + "mlp.dense_h_to_4h.bias"] = rand(inter)
-        sd[p + "mlp.dense_4h_to_h.weight"] = rand(h, inter)
-        sd[p + "mlp.dense_4h_to_h.bias"] = rand(h)
-    sd["gpt_neox.final_layer_norm.weight"] = torch.ones(h).half()
-    sd["gpt_neox.final_layer_norm.bias"] = torch.zeros(h).half()
-    sd["embed_out.weight"] = rand(vocab, h)
-    step_dir = folder / "step143000"
-    step_dir.mkdir(parents=True, exist_ok=True)
-    config = {
-        "model_type": "gpt_neox",
-        "hidden_size": h,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "intermediate_size": inter,
-        "vocab_size": vocab,
-        "max_position_embeddings": CONTEXT,
-        "rotary_pct": 0.25,
-        "use_parallel_residual": True,
-        "tie_word_embeddings": False,
-        "torch_dtype": "float16",
-    }
-    (step_dir / "config.json").write_text(json.dumps(config))
-    torch.save(sd, step_dir / "pytorch_model.bin")
-    return step_dir
+    return write_pythia_checkpoint(
+        folder / "step143000", hidden=model.hidden, layers=model.layers, heads=model.heads,
+        inter=model.intermediate, vocab=vocab_of(model.size), context=CONTEXT, seed=seed,
+    )  # fmt: skip
 
 
 def check_views(step_dir: Path, model) -> int:
