@@ -233,19 +233,26 @@ def _child(method: str, folder: Path) -> None:
     print("RESULT " + json.dumps(result))
 
 
-def _run_child(method: str, folder: Path) -> dict | None:
-    """Run one method as its own process; None when it cannot run here."""
+def run_child(script: str, mode: str, folder: Path) -> tuple[dict | None, str]:
+    """Run `script --child MODE --dir FOLDER` in its own process: (its RESULT JSON or None,
+    the last line of its stderr)."""
     proc = subprocess.run(
-        [sys.executable, __file__, "--child", method, "--dir", str(folder)],
+        [sys.executable, script, "--child", mode, "--dir", str(folder)],
         capture_output=True,
         text=True,
     )
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    print(f"  {method}: did not run ({tail})", file=sys.stderr)
-    return None
+            return json.loads(line[7:]), ""
+    return None, (proc.stderr.strip().splitlines() or ["no output"])[-1]
+
+
+def _run_child(method: str, folder: Path) -> dict | None:
+    """Run one method as its own process; None when it cannot run here."""
+    result, tail = run_child(__file__, method, folder)
+    if result is None:
+        print(f"  {method}: did not run ({tail})", file=sys.stderr)
+    return result
 
 
 def _baseline_rss() -> float:

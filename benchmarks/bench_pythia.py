@@ -59,7 +59,7 @@ from datetime import date
 from pathlib import Path
 
 from _pythia_layout import write_pythia_checkpoint
-from bench_analyze import _peak_rss_mb
+from bench_analyze import _peak_rss_mb, run_child
 
 SWEEP_REVISIONS = 154  # step0, 10 log-spaced steps 1 … 512, step1000 … step143000 (SPEC §6)
 CONTEXT = 2048
@@ -176,16 +176,10 @@ def _child(mode: str, folder: Path) -> None:
 
 def _run_child(mode: str, folder: Path) -> dict:
     """One measurement in its own process."""
-    proc = subprocess.run(
-        [sys.executable, __file__, "--child", mode, "--dir", str(folder)],
-        capture_output=True,
-        text=True,
-    )
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    sys.exit(f"{mode} on {folder}: failed ({tail})")
+    result, tail = run_child(__file__, mode, folder)
+    if result is None:
+        sys.exit(f"{mode} on {folder}: failed ({tail})")
+    return result
 
 
 def _baseline_rss() -> float:
