@@ -48,17 +48,33 @@ class PresetResult:
     preset: str
 
 
+# Tap modes besides explicit kernel indices: the centre tap (k//2 in every spatial dim;
+# for an even k the upper of the two central taps), every tap kept, or their mean.
+TAP_MODES = ("centre", "all", "mean")
+
+
 @dataclass(frozen=True)
 class Tap:
-    """A conv kernel tap: per-spatial-dim indices and the column op selecting it."""
+    """A conv kernel tap: per-spatial-dim indices (or "all"/"mean") and the column op
+    selecting it from the (c_out, c_in·∏k) view."""
 
-    index: tuple[int, ...]
+    index: tuple[int, ...] | str
     op: tuple
+
+    @property
+    def option(self) -> list[int] | str:
+        """The JSON value recorded as the pair's ``tap`` option."""
+        return self.index if isinstance(self.index, str) else list(self.index)
 
 
 def conv_tap(where: str, view: MatrixView, tap: Any, error: type[Exception]) -> Tap:
-    """The column slice of a (c_out, c_in·∏k) conv view at one kernel tap ("centre" or indices)."""
+    """The column slice of a (c_out, c_in·∏k) conv view at one kernel tap ("centre" or
+    indices), or the ∏k strided slices of every tap ("all" / "mean")."""
     kernel = tuple(view.source_shape[2:])
+    taps = math.prod(kernel)
+    if tap in ("all", "mean"):
+        # columns are c_in-major (c·∏k + flat tap): tap t is every ∏k-th column from t
+        return Tap(tap, ("col_taps", taps))
     if tap == "centre" or tap == "center":
         index = tuple(k // 2 for k in kernel)
     elif isinstance(tap, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in tap):
@@ -71,12 +87,18 @@ def conv_tap(where: str, view: MatrixView, tap: Any, error: type[Exception]) -> 
                 f"of {view.name}"
             )
     else:
-        raise error(f'{where}: tap {tap!r}: write "centre" or a list of kernel indices')
-    taps = math.prod(kernel)
+        raise error(
+            f'{where}: tap {tap!r}: write "centre", "all", "mean" or a list of kernel indices'
+        )
     flat = 0
     for i, k in zip(index, kernel, strict=True):
         flat = flat * k + i
     return Tap(index, ("cols", flat, view.shape[1], taps))
+
+
+def is_conv(view: MatrixView) -> bool:
+    """Whether a view is a (transposed) convolution kernel, flattened to (c_out, c_in·∏k)."""
+    return view.kind in _CONV_KINDS
 
 
 def detect(plan: ViewPlan, config: Mapping, gate: str) -> PresetResult:
@@ -95,7 +117,7 @@ def detect(plan: ViewPlan, config: Mapping, gate: str) -> PresetResult:
 
 
 def _sequential(views: Sequence[MatrixView]) -> PresetResult:
-    """Layer i → layer i+1 in forward order; conv targets on their centre tap."""
+    """Layer i → layer i+1 in forward order; conv targets are cut to a tap by specdyn.pairs."""
     result = PresetResult([], [], [], "sequential")
     grouped: set[str] = set()
     for a, b in zip(views, views[1:], strict=False):
@@ -120,13 +142,8 @@ def _sequential(views: Sequence[MatrixView]) -> PresetResult:
             )))  # fmt: skip
             continue
         if b.kind in _CONV_KINDS:
-            tap = conv_tap(b.name, b, "centre", ValueError)
-            result.pairs.append(
-                PairSpec(
-                    a.name, "u", b.name, "v", "conv-centre-tap",
-                    second_ops=(tap.op,), options={"tap": list(tap.index)},
-                )
-            )  # fmt: skip
+            # the tap (and the conv alignment definition) is added by specdyn.pairs
+            result.pairs.append(PairSpec(a.name, "u", b.name, "v", "conv-centre-tap"))
         else:
             result.pairs.append(PairSpec(a.name, "u", b.name, "v", "sequential"))
     return result

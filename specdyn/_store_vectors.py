@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import h5py
@@ -21,6 +21,51 @@ REFERENCE_RULES = ("last", "given")
 # computed from them differs from the float64 one by ~1e-7 (far below 1e-6).
 VECTOR_DTYPE = np.float32
 
+# The options of a pair that say how a conv operand compared on v is reduced to
+# c_in-vectors (`specdyn.pairs.ConvAlignment`); a pair has them iff it has a "tap".
+DEFINITION_KEYS = ("basis", "tap", "normalize")
+
+
+def conv_definition(options: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The conv alignment definition recorded in a pair's options, or None.
+
+    Args:
+        options: a pair's options (``/pairs/options`` of a store, `Pair.options`).
+
+    Returns:
+        ``{"basis", "tap", "normalize"}`` for a pair with a conv operand compared
+        on v, None for any other pair. Options written before the definition was
+        recorded (a ``tap`` without ``basis``) are the slice definition, the only
+        one specdyn computed then.
+    """
+    if "tap" not in options:
+        return None
+    return {
+        "basis": str(options.get("basis", "slice")),
+        "tap": options["tap"],
+        "normalize": bool(options.get("normalize", False)),
+    }
+
+
+def describe_definition(options: Mapping[str, Any]) -> str:
+    """A short phrase for a pair's conv alignment definition (``basis kernel, tap [1, 1]``),
+    or ``whole matrices`` for a pair without a conv operand on v."""
+    d = conv_definition(options)
+    if d is None:
+        return "whole matrices"
+    text = f"basis {d['basis']}, tap {d['tap']}"
+    return text + (", normalised" if d["normalize"] else "")
+
+
+def _read_options(raw: str) -> tuple[dict[str, Any], bool]:
+    """A stored pair's options with its conv definition completed, and whether it had to be
+    (a store written before definitions were recorded)."""
+    options = json.loads(raw)
+    definition = conv_definition(options)
+    if definition is None or "basis" in options:
+        return options, False
+    return {**options, **definition}, True
+
 
 @dataclass(frozen=True)
 class PairRecord:
@@ -28,9 +73,12 @@ class PairRecord:
 
     name: pair name (``FIRST~SECOND``); first, second: matrix names; first_side,
     second_side: "u" or "v"; rule: the rule that made it; options: the rule's
-    options (heads, tap, gate, half...); blocks: number of (head) couples whose
-    alignments are averaged; k: diagonal length min(k, R_first, R_second) of the
-    slices; dim: length of the compared vectors.
+    options (heads, gate, half...; for a conv operand on v its definition:
+    basis, tap, normalize); blocks: number of block couples (heads, or kernel
+    taps with ``tap = "all"``) whose alignments are averaged and stored one by
+    one (1: only the diagonal is stored); k: diagonal length
+    min(k, R_first, R_second) of the decomposed matrices; dim: length of the
+    compared vectors.
     """
 
     name: str
@@ -71,7 +119,9 @@ class VectorLayout:
     alignment and agreement matrices are stored; save_vectors: "all" | "ends" |
     "none" (which steps keep their top-k vectors); pairs: the pairs, in forward
     order; pairs_preset: the preset that made them; skipped_pairs: (pair,
-    reason) of pairs a rule could not make.
+    reason) of pairs a rule could not make; legacy_definitions: the store's
+    conv pairs were written before their definition was recorded (read as the
+    slice definition).
     """
 
     k: int
@@ -83,6 +133,9 @@ class VectorLayout:
     pairs: tuple[PairRecord, ...] = ()
     pairs_preset: str = "none"
     skipped_pairs: tuple[tuple[str, str], ...] = ()
+    # read from a store whose conv pairs predate recorded definitions (read as "slice");
+    # not part of equality: the numbers are those of the completed options
+    legacy_definitions: bool = field(default=False, compare=False)
 
     def config(self) -> dict[str, Any]:
         """The root attribute ``vectors`` (JSON object)."""
@@ -141,7 +194,7 @@ def changes(old: VectorLayout | None, new: VectorLayout) -> list[str]:
         )
     else:
         if not alignment_compatible(old, new):
-            out.append("the pairs changed: alignment recomputed")
+            out.append(_pairs_change(old, new))
         if old.reference != new.reference:
             if old.reference_rule == "last" and new.reference_rule == "last":
                 out.append(
@@ -160,6 +213,35 @@ def changes(old: VectorLayout | None, new: VectorLayout) -> list[str]:
     return out
 
 
+def _pairs_change(old: VectorLayout, new: VectorLayout) -> str:
+    """The line saying why the alignment is recomputed: the conv definition alone, or the pairs."""
+
+    def without_definition(p: PairRecord) -> tuple:
+        rest = {k: v for k, v in p.options.items() if k not in DEFINITION_KEYS}
+        return replace(p, options=rest)._key()
+
+    same_pairs = [without_definition(p) for p in old.pairs] == [
+        without_definition(p) for p in new.pairs
+    ]
+    if not same_pairs:
+        return "the pairs changed: alignment recomputed"
+    moved = [
+        (describe_definition(a.options), describe_definition(b.options))
+        for a, b in zip(old.pairs, new.pairs, strict=True)
+        if a._key() != b._key()
+    ]
+    kinds = sorted(set(moved))
+    what = "; ".join(f"{a} → {b}" for a, b in kinds[:2])
+    if len(kinds) > 2:
+        what += f"; and {len(kinds) - 2} more"
+    legacy = " (the store predates recorded definitions, read as basis slice)"
+    return (
+        f"conv alignment definition changed for {len(moved)} pair(s): {what}"
+        + (legacy if old.legacy_definitions else "")
+        + "; alignment recomputed, σ, metrics and agreement kept"
+    )
+
+
 def read_layout(f: h5py.File) -> VectorLayout | None:
     """The vector layout of an open store, or None for a values-only (or schema 1) store."""
     raw = layout.attr_str(f, "vectors", "null")
@@ -175,6 +257,7 @@ def read_layout(f: h5py.File) -> VectorLayout | None:
     blocks = g["blocks"][()]
     ks = g["k"][()]
     dims = g["dim"][()]
+    options = [_read_options(raw) for raw in cols["options"]]
     pairs = tuple(
         PairRecord(
             name=names[i],
@@ -183,7 +266,7 @@ def read_layout(f: h5py.File) -> VectorLayout | None:
             first_side=cols["first_side"][i],
             second_side=cols["second_side"][i],
             rule=cols["rule"][i],
-            options=json.loads(cols["options"][i]),
+            options=options[i][0],
             blocks=int(blocks[i]),
             k=int(ks[i]),
             dim=int(dims[i]),
@@ -207,6 +290,7 @@ def read_layout(f: h5py.File) -> VectorLayout | None:
         pairs=pairs,
         pairs_preset=str(config.get("pairs_preset", "none")),
         skipped_pairs=skipped,
+        legacy_definitions=any(legacy for _, legacy in options),
     )
 
 

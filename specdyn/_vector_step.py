@@ -68,7 +68,7 @@ def layout_for(
                 second_side=p.second.side,
                 rule=p.rule,
                 options=dict(p.options),
-                blocks=max(p.first.blocks, p.second.blocks),
+                blocks=p.kept_blocks,
                 k=int(k),
                 dim=int(p.first.dim),
             )
@@ -88,7 +88,8 @@ def layout_for(
 
 def sliced_operands(pairs: Sequence[Pair]) -> dict[str, list[Operand]]:
     """Per matrix name, the distinct operands that need slices of it decomposed
-    (whole-matrix operands reuse the matrix's own top-k vectors)."""
+    (whole-matrix operands, a conv kernel cut to a tap after its SVD among them, reuse
+    the matrix's own top-k vectors)."""
     out: dict[str, list[Operand]] = {}
     seen: set[tuple] = set()
     for p in pairs:
@@ -104,6 +105,17 @@ def _side(top: TopK, side: str) -> np.ndarray:
     return top.u if side == "u" else top.v
 
 
+def _compared(
+    op: Operand, tops: Mapping[str, TopK], slices: Mapping[tuple, list[TopK]]
+) -> list[np.ndarray]:
+    """The compared vectors of an operand, one [dim, k'] array per block: its slices' vectors
+    (or the whole matrix's), cut to the tap and renormalised when the operand says so."""
+    decomposed = slices[operand_key(op)] if op.ops else [tops[op.matrix]]
+    if not op.cut and not op.normalize:
+        return [_side(top, op.side) for top in decomposed]
+    return [block for top in decomposed for block in op.cut_vectors(_side(top, op.side))]
+
+
 def pair_alignment(
     pair: Pair,
     k: int,
@@ -115,16 +127,19 @@ def pair_alignment(
 
     tops: matrix name → TopK of the whole view; slices: `operand_key` → TopK
     per slice (heads in order). Per-head pairs average the diagonals (and
-    matrices) over their head couples (`head_pairs`).
+    matrices) over their head couples (`head_pairs`), a pair with
+    ``tap = "all"``/``"mean"`` over its kernel taps. A conv kernel cut to a tap
+    (basis "kernel") gives vectors that are not unit: A_ii is still the i-th
+    diagonal entry |⟨u_i, v'_i⟩| of the k×k matrix, with v'_i the cut of v_i.
     """
-    first = slices[operand_key(pair.first)] if pair.first.ops else [tops[pair.first.matrix]]
-    second = slices[operand_key(pair.second)] if pair.second.ops else [tops[pair.second.matrix]]
+    first = _compared(pair.first, tops, slices)
+    second = _compared(pair.second, tops, slices)
     couples = head_pairs(len(first), len(second))
     heads = np.empty((len(couples), k))
     matrix = np.zeros((k, k)) if full_matrices else None
     for row, (i, j) in enumerate(couples):
-        a = _side(first[i], pair.first.side)[:, :k]
-        b = _side(second[j], pair.second.side)[:, :k]
+        a = first[i][:, :k]
+        b = second[j][:, :k]
         heads[row] = alignment_diagonal(a, b, k)
         if matrix is not None:
             matrix += alignment_matrix(a, b)
@@ -132,7 +147,7 @@ def pair_alignment(
         matrix /= len(couples)
     return PairAlignment(
         diagonal=heads.mean(axis=0),
-        heads=heads if len(couples) > 1 else None,
+        heads=heads if pair.kept_blocks > 1 else None,
         matrix=matrix,
     )
 

@@ -9,7 +9,14 @@ shapes and ``config.json`` and applies a user's pairs file; `pairs_for` does
 it for the first checkpoint under a path. Every pair records the rule that
 produced it; pairs that cannot be made are listed with a reason. This module
 computes no alignment: it describes the operands, and `Operand.apply` /
-`Pair.blocks` cut them out of the view matrices for the engine.
+`Pair.blocks` cut them out of the view matrices for the engine, and
+`Operand.cut_vectors` cuts the compared vectors of a flattened conv kernel.
+
+A conv operand compared on its v side follows a `ConvAlignment` definition: by
+default (the paper's, appendix D.1) the right singular vectors of the whole
+flattened (c_out, c_in·∏k) kernel, each reshaped to (c_in, *k) and cut to the
+centre tap, not renormalised; ``basis = "slice"`` decomposes the tap's own
+(c_out, c_in) slice instead.
 
 User documentation: ``docs/pairs.md``.
 """
@@ -23,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import _pair_presets
@@ -37,6 +45,9 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 __all__ = [
+    "ConvAlignment",
+    "CONV_BASES",
+    "TAP_MODES",
     "Operand",
     "Pair",
     "PairPlan",
@@ -71,17 +82,49 @@ RULES = (
     "file",
 )
 
-# One step of an operand recipe, applied in order to the view's (out, in) matrix:
+# One step of an operand recipe, applied in order to the view's (out, in) matrix
+# (`Operand.ops`) or to the compared singular vectors, rows = vector entries (`Operand.cut`):
 #   ("rows", start, stop, step)   m[start:stop:step]
 #   ("cols", start, stop, step)   m[:, start:stop:step]
 #   ("row_blocks", n)             split the rows into n equal consecutive blocks (heads)
 #   ("col_blocks", n)             split the columns into n equal consecutive blocks
-# At most one *_blocks step, and it comes last.
+#   ("row_taps", n)               split the rows into n strided slices m[t::n] (conv taps)
+#   ("col_taps", n)               split the columns into n strided slices m[:, t::n]
+# At most one *_blocks / *_taps step, and it comes last.
 OperandOp = tuple
+
+_BLOCK_OPS = ("row_blocks", "col_blocks", "row_taps", "col_taps")
+# the same selection made on the rows of v instead of the columns of the matrix
+_ON_VECTORS = {"cols": "rows", "col_blocks": "row_blocks", "col_taps": "row_taps"}
+
+CONV_BASES = ("kernel", "slice")
+TAP_MODES = _pair_presets.TAP_MODES
 
 
 class PairsFileError(SpecdynError):
     """A pairs file does not parse, names an unknown matrix or gives a bad option."""
+
+
+@dataclass(frozen=True)
+class ConvAlignment:
+    """How a convolution compared on its v side becomes c_in-long vectors.
+
+    basis: "kernel" (default, the paper's appendix D.1): the right singular
+        vectors of the whole flattened (c_out, c_in·∏k) kernel — the SVD its
+        spectrum comes from — each reshaped to (c_in, *k) (c_in-major) and cut
+        to the tap; "slice": the right singular vectors of the tap's own
+        (c_out, c_in) slice W[:, :, *tap].
+    tap: "centre" (k//2 in every spatial dim; for an even k the upper of the
+        two central taps, k = 4 → 2), explicit kernel indices (a list), "all"
+        (every tap kept as a block, the pair's diagonal their mean) or "mean"
+        (only the mean over taps kept).
+    normalize: rescale every cut vector to unit length (basis "kernel" only;
+        the vectors of a slice are unit already).
+    """
+
+    basis: str = "kernel"
+    tap: str | list[int] = "centre"
+    normalize: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,8 +136,13 @@ class Operand:
         "v" (right singular vectors, the input/column space).
     ops: recipe cutting the decomposed slice(s) out of the view's (out, in)
         matrix (see the module's ``OperandOp`` comment); empty for the whole view.
-    shape: (rows, cols) of one slice after `ops`; blocks: how many slices
-        (head count for a per-head operand, else 1).
+    shape: (rows, cols) of one slice after `ops`; blocks: how many blocks of
+        compared vectors (head count for a per-head operand, tap count with
+        ``tap = "all"``/``"mean"``, else 1).
+    cut: recipe applied to the compared singular vectors of each decomposed
+        slice (rows = vector entries): a conv kernel's tap with the "kernel"
+        basis; empty otherwise.
+    normalize: rescale every cut vector to unit length.
     """
 
     matrix: str
@@ -102,11 +150,16 @@ class Operand:
     ops: tuple[OperandOp, ...] = ()
     shape: tuple[int, int] = (0, 0)
     blocks: int = 1
+    cut: tuple[OperandOp, ...] = ()
+    normalize: bool = False
 
     @property
     def dim(self) -> int:
-        """Length of the compared singular vectors (rows for "u", columns for "v")."""
-        return self.shape[0] if self.side == "u" else self.shape[1]
+        """Length of the compared singular vectors (rows for "u", columns for "v"), after `cut`."""
+        full = self.shape[0] if self.side == "u" else self.shape[1]
+        if not self.cut:
+            return full
+        return int(_apply_operand_ops(torch.empty((full, 1), device="meta"), self.cut)[0].shape[0])
 
     def apply(self, matrix: torch.Tensor) -> list[torch.Tensor]:
         """The slices of this operand, each to be decomposed on its own.
@@ -124,6 +177,32 @@ class Operand:
         """
         return _apply_operand_ops(matrix, self.ops)
 
+    def cut_vectors(self, vectors: np.ndarray) -> list[np.ndarray]:
+        """The compared vectors of one decomposed slice, after `cut` and `normalize`.
+
+        Args:
+            vectors: float [d, k'] columns, the `side` singular vectors of one
+                slice from `apply` (d = the slice's rows for "u", columns for "v").
+
+        Returns:
+            one float64 [dim, k'] array per block of the cut (taps in flat
+            row-major kernel order): views of `vectors` without `normalize`;
+            with it, each column divided by its norm (NaN where the cut is all
+            zeros, as its direction is undefined).
+        """
+        arr = np.asarray(vectors, dtype=np.float64)
+        blocks = [arr]
+        if self.cut:
+            blocks = [t.numpy() for t in _apply_operand_ops(torch.from_numpy(arr), self.cut)]
+        if not self.normalize:
+            return blocks
+        out = []
+        for block in blocks:
+            norms = np.linalg.norm(block, axis=0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out.append(np.where(norms > 0, block / norms, np.nan))
+        return out
+
 
 @dataclass(frozen=True)
 class Pair:
@@ -138,8 +217,10 @@ class Pair:
     rule: one of `RULES`.
     options: what the rule used, as plain values: ``heads``/``kv_heads``
         (per-head pairs: query heads and key/value heads), ``tap`` (conv
-        kernel tap indices), ``gate`` (RNN gate letter), ``half`` ("forward"
-        or "reverse" input half of a bidirectional layer).
+        kernel tap indices, "all" or "mean"), ``basis`` ("kernel" or "slice")
+        and ``normalize`` (the `ConvAlignment` of a conv operand on v),
+        ``gate`` (RNN gate letter), ``half`` ("forward" or "reverse" input
+        half of a bidirectional layer).
     """
 
     name: str
@@ -168,6 +249,14 @@ class Pair:
         a = self.first.apply(first_matrix)
         b = self.second.apply(second_matrix)
         return [(a[i], b[j]) for i, j in head_pairs(len(a), len(b))]
+
+    @property
+    def kept_blocks(self) -> int:
+        """Blocks whose alignments are stored one by one (``/alignment/heads``): the
+        block couples, or 1 when only their mean is kept (``tap = "mean"``)."""
+        if self.options.get("tap") == "mean":
+            return 1
+        return max(self.first.blocks, self.second.blocks)
 
 
 @dataclass
@@ -231,7 +320,8 @@ def plan_pairs(
             lets an error about a raw key in a pairs file name its canonical name.
         config: the checkpoint's ``config.json`` (head counts, parallel residual).
         pairs_file: a TOML pairs file (format in ``docs/pairs.md``) that adds,
-            removes or replaces pairs.
+            removes or replaces pairs and sets the conv alignment definition
+            (``[conv]`` for every pair, or per ``[[pair]]``).
         gate: RNN gate block the LSTM preset pairs (LSTM ``i f g o``, GRU ``r z n``).
 
     Returns:
@@ -242,11 +332,14 @@ def plan_pairs(
             the file, the entry and what is wrong).
     """
     views = {m.name: m for m in plan.matrices}
+    data = _read_pairs_file(Path(pairs_file)) if pairs_file is not None else {}
+    conv = _conv_defaults(f"{pairs_file}: [conv]", data.get("conv", {}))
     result = _pair_presets.detect(plan, config or {}, gate)
     skipped = list(result.skipped)
     pairs = []
     for spec in result.pairs:
-        pair = _finish(spec, views)
+        where = f"{pairs_file}: [conv] for {spec.first} → {spec.second}"
+        pair = _finish(spec, views, conv, where)
         if pair.first.dim != pair.second.dim:
             skipped.append((
                 f"{spec.first} → {spec.second}",
@@ -259,7 +352,7 @@ def plan_pairs(
     preset = result.preset
     if pairs_file is not None:
         pairs, file_notes = _apply_pairs_file(
-            Path(pairs_file), pairs, views, plan, infos, config or {}, gate
+            Path(pairs_file), data, pairs, views, plan, infos, config or {}, gate, conv
         )
         notes.extend(file_notes)
         preset = f"{preset}+file"
@@ -316,12 +409,43 @@ def pairs_for(
 # ------------------------------------------------------------------ operands
 
 
-def _make_operand(view: MatrixView, side: str, ops: Sequence[OperandOp] = ()) -> Operand:
-    """An `Operand` of `view` with its slice shape and block count computed from metadata."""
+def _make_operand(
+    view: MatrixView, side: str, ops: Sequence[OperandOp] = (), conv: ConvAlignment | None = None
+) -> Operand:
+    """An `Operand` of `view` with its slice shape and block count computed from metadata;
+    with a "kernel" `conv` definition the column ops cut the whole view's v instead."""
     ops = tuple(tuple(op) for op in ops)
-    blocks = _apply_operand_ops(torch.empty(view.shape, device="meta"), ops)
-    shape = tuple(int(d) for d in blocks[0].shape)
-    return Operand(matrix=view.name, side=side, ops=ops, shape=shape, blocks=len(blocks))
+    cut: tuple[OperandOp, ...] = ()
+    normalize = False
+    if conv is not None and conv.basis == "kernel":
+        # the same columns, selected from the rows of the whole kernel's v after its SVD
+        cut = tuple((_ON_VECTORS[op[0]], *op[1:]) for op in ops)
+        ops = ()
+        normalize = bool(conv.normalize)
+    slices = _apply_operand_ops(torch.empty(view.shape, device="meta"), ops)
+    shape = tuple(int(d) for d in slices[0].shape)
+    n_cut = 1
+    if cut:
+        full = shape[0] if side == "u" else shape[1]
+        n_cut = len(_apply_operand_ops(torch.empty((full, 1), device="meta"), cut))
+    return Operand(
+        matrix=view.name,
+        side=side,
+        ops=ops,
+        shape=shape,
+        blocks=len(slices) * n_cut,
+        cut=cut,
+        normalize=normalize,
+    )
+
+
+def _conv_operand_ops(
+    where: str, view: MatrixView, conv: ConvAlignment, error: type[Exception] = SpecdynError
+) -> tuple[list[OperandOp], dict[str, Any]]:
+    """The tap op of a conv operand compared on v and the options recording its definition."""
+    tap = _pair_presets.conv_tap(where, view, conv.tap, error)
+    options = {"tap": tap.option, "basis": conv.basis, "normalize": bool(conv.normalize)}
+    return [tap.op], options
 
 
 def _pair_name(first: str, second: str) -> str:
@@ -341,25 +465,46 @@ def _apply_operand_ops(t: torch.Tensor, ops: Sequence[OperandOp]) -> list[torch.
             t = t[op[1] : op[2] : op[3]]
         elif kind == "cols":
             t = t[:, op[1] : op[2] : op[3]]
-        elif kind in ("row_blocks", "col_blocks"):
+        elif kind in _BLOCK_OPS:
             n = int(op[1])
-            axis = 0 if kind == "row_blocks" else 1
+            axis = 0 if kind.startswith("row") else 1
+            what = "head blocks" if kind.endswith("blocks") else "kernel taps"
             if n < 1 or t.shape[axis] % n:
                 raise SpecdynError(
                     f"cannot split {t.shape[axis]} {'rows' if axis == 0 else 'columns'} "
-                    f"into {n} equal head blocks"
+                    f"into {n} equal {what}"
                 )
-            return list(torch.chunk(t, n, dim=axis))
+            if kind.endswith("blocks"):
+                return list(torch.chunk(t, n, dim=axis))
+            return [t[i::n] if axis == 0 else t[:, i::n] for i in range(n)]
         else:
             raise SpecdynError(f"unknown operand operation {kind!r}; re-plan the pairs")
     return [t]
 
 
-def _finish(spec: _pair_presets.PairSpec, views: Mapping[str, MatrixView]) -> Pair:
-    """A `Pair` from a preset's spec (operand shapes computed here)."""
-    first = _make_operand(views[spec.first], spec.first_side, spec.first_ops)
-    second = _make_operand(views[spec.second], spec.second_side, spec.second_ops)
-    return Pair(_pair_name(spec.first, spec.second), first, second, spec.rule, dict(spec.options))
+def _finish(
+    spec: _pair_presets.PairSpec,
+    views: Mapping[str, MatrixView],
+    conv: ConvAlignment,
+    where: str,
+) -> Pair:
+    """A `Pair` from a preset's spec (operand shapes computed here); a conv operand on v
+    gets its tap and the `conv` definition."""
+    options = dict(spec.options)
+    operands = []
+    for name, side, ops in (
+        (spec.first, spec.first_side, spec.first_ops),
+        (spec.second, spec.second_side, spec.second_ops),
+    ):
+        view = views[name]
+        definition = None
+        if side == "v" and _pair_presets.is_conv(view):
+            tap_ops, conv_options = _conv_operand_ops(where, view, conv, PairsFileError)
+            ops = (*tap_ops, *ops)
+            options.update(conv_options)
+            definition = conv
+        operands.append(_make_operand(view, side, ops, definition))
+    return Pair(_pair_name(spec.first, spec.second), operands[0], operands[1], spec.rule, options)
 
 
 def _is_part_of(view: MatrixView, paired: set[str]) -> bool:
@@ -381,20 +526,13 @@ def _check_unique(pairs: Sequence[Pair], pairs_file: str | Path | None) -> None:
 
 # ------------------------------------------------------------------ pairs file
 
-_PAIR_KEYS = {"first", "second", "sides", "heads", "kv_heads", "tap", "gate", "half"}
-_TOP_KEYS = {"replace", "remove", "pair"}
+_CONV_KEYS = {"basis", "tap", "normalize"}
+_PAIR_KEYS = {"first", "second", "sides", "heads", "kv_heads", "gate", "half"} | _CONV_KEYS
+_TOP_KEYS = {"replace", "remove", "pair", "conv"}
 
 
-def _apply_pairs_file(
-    path: Path,
-    pairs: list[Pair],
-    views: Mapping[str, MatrixView],
-    plan: ViewPlan,
-    infos: Mapping[str, TensorInfo] | None,
-    config: Mapping,
-    gate: str,
-) -> tuple[list[Pair], list[str]]:
-    """Pairs after the file's `replace`, `remove` and `[[pair]]` entries, plus notes."""
+def _read_pairs_file(path: Path) -> dict[str, Any]:
+    """The parsed TOML of a pairs file, its top-level keys checked."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -406,8 +544,61 @@ def _apply_pairs_file(
     unknown = sorted(set(data) - _TOP_KEYS)
     if unknown:
         raise PairsFileError(
-            f"{path}: unknown top-level key {unknown[0]!r}; allowed: replace, remove, [[pair]]"
+            f"{path}: unknown top-level key {unknown[0]!r}; allowed: replace, remove, [conv], "
+            "[[pair]]"
         )
+    if not isinstance(data.get("conv", {}), dict):
+        raise PairsFileError(f"{path}: 'conv' must be a table ([conv]) of basis, tap, normalize")
+    return data
+
+
+def _conv_defaults(
+    where: str, table: Mapping[str, Any], base: ConvAlignment = ConvAlignment()
+) -> ConvAlignment:
+    """`base` with the basis, tap and normalize a `[conv]` table or `[[pair]]` entry sets."""
+    unknown = sorted(set(table) - _CONV_KEYS)
+    if unknown:
+        raise PairsFileError(
+            f"{where}: unknown option {unknown[0]!r}; allowed: {', '.join(sorted(_CONV_KEYS))}"
+        )
+    basis = table.get("basis", base.basis)
+    if basis not in CONV_BASES:
+        raise PairsFileError(f'{where}: basis {basis!r}: use "kernel" (the paper\'s) or "slice"')
+    tap = table.get("tap", base.tap)
+    if not (
+        tap in (*TAP_MODES, "center")
+        or (
+            isinstance(tap, list)
+            and all(isinstance(i, int) and not isinstance(i, bool) for i in tap)
+        )
+    ):
+        raise PairsFileError(
+            f'{where}: tap {tap!r}: write "centre", "all", "mean" or a list of kernel indices'
+        )
+    # a global normalize = true is inherited by kernel-basis pairs, never by slice ones
+    normalize = table.get("normalize", base.normalize and basis == "kernel")
+    if not isinstance(normalize, bool):
+        raise PairsFileError(f"{where}: normalize must be true or false")
+    if normalize and basis == "slice":
+        raise PairsFileError(
+            f'{where}: normalize = true applies to basis = "kernel" only (the vectors of a '
+            "slice are unit already)"
+        )
+    return ConvAlignment(basis=basis, tap=tap, normalize=normalize)
+
+
+def _apply_pairs_file(
+    path: Path,
+    data: Mapping[str, Any],
+    pairs: list[Pair],
+    views: Mapping[str, MatrixView],
+    plan: ViewPlan,
+    infos: Mapping[str, TensorInfo] | None,
+    config: Mapping,
+    gate: str,
+    conv: ConvAlignment,
+) -> tuple[list[Pair], list[str]]:
+    """Pairs after the file's `replace`, `remove` and `[[pair]]` entries, plus notes."""
     notes: list[str] = []
     replace_all = data.get("replace", False)
     if not isinstance(replace_all, bool):
@@ -430,7 +621,7 @@ def _apply_pairs_file(
     canon = canonicalize(list(infos), config=config) if infos else {}
     for number, entry in enumerate(entries, start=1):
         where = f"{path}: [[pair]] #{number}"
-        new = _file_pair(where, entry, views, plan, canon, gate)
+        new = _file_pair(where, entry, views, plan, canon, gate, conv)
         old = next((i for i, p in enumerate(pairs) if p.name == new.name), None)
         if old is None:
             pairs.append(new)
@@ -447,6 +638,7 @@ def _file_pair(
     plan: ViewPlan,
     canon: Mapping[str, str],
     default_gate: str,
+    default_conv: ConvAlignment,
 ) -> Pair:
     """One validated `[[pair]]` entry as a `Pair` with rule "file"."""
     unknown = sorted(set(entry) - _PAIR_KEYS)
@@ -472,21 +664,30 @@ def _file_pair(
         options["gate"] = gate
     ops: list[list[OperandOp]] = [[], []]
     operands = (first, second)
+    conv = _conv_defaults(where, {k: entry[k] for k in _CONV_KEYS if k in entry}, default_conv)
+    convs: list[ConvAlignment | None] = [None, None]
     for i, view in enumerate(operands):
-        side = sides[i]
-        if side == "v" and view.kind in ("conv", "conv_transpose"):
-            tap = _pair_presets.conv_tap(where, view, entry.get("tap", "centre"), PairsFileError)
-            ops[i].append(tap.op)
-            options["tap"] = list(tap.index)
-    if "tap" in entry and "tap" not in options:
+        if sides[i] == "v" and _pair_presets.is_conv(view):
+            tap_ops, conv_options = _conv_operand_ops(where, view, conv, PairsFileError)
+            ops[i].extend(tap_ops)
+            options.update(conv_options)
+            convs[i] = conv
+    given = sorted(_CONV_KEYS & set(entry))
+    if given and "tap" not in options:
         raise PairsFileError(
-            f"{where}: tap: neither operand is a convolution compared on its v side"
+            f"{where}: {given[0]}: neither operand is a convolution compared on its v side"
+        )
+    if options.get("tap") in ("all", "mean") and ("half" in entry or "heads" in entry):
+        raise PairsFileError(
+            f'{where}: tap = "{options["tap"]}" cannot be combined with half or heads; '
+            "give a single tap"
         )
     if "half" in entry:
         half = entry["half"]
         if half not in ("forward", "reverse"):
             raise PairsFileError(f'{where}: half {half!r}: use "forward" or "reverse"')
-        cols = second.shape[1]
+        # the columns left after the ops so far (a conv's tap leaves c_in of them)
+        cols = _make_operand(second, sides[1], ops[1]).shape[1]
         if sides[1] != "v" or cols % 2:
             raise PairsFileError(
                 f"{where}: half: the second operand must be compared on v with an even column count"
@@ -497,8 +698,8 @@ def _file_pair(
     if "heads" in entry or "kv_heads" in entry:
         _head_ops(where, entry, operands, sides, ops, options)
     try:
-        a = _make_operand(first, sides[0], ops[0])
-        b = _make_operand(second, sides[1], ops[1])
+        a = _make_operand(first, sides[0], ops[0], convs[0])
+        b = _make_operand(second, sides[1], ops[1], convs[1])
     except SpecdynError as exc:
         raise PairsFileError(f"{where}: {exc}") from None
     if a.dim != b.dim:

@@ -1373,8 +1373,12 @@ class Run:
     @property
     def pairs(self) -> list[dict[str, Any]]:
         """One dict per pair, in forward order: name, first, second, first_side,
-        second_side, rule, options, blocks (head couples averaged), k (diagonal
-        length), dim (vector length). Empty for a values-only store."""
+        second_side, rule, options, definition, blocks (head couples, or kernel
+        taps with ``tap = "all"``, stored one by one), k (diagonal length), dim
+        (vector length). definition: ``{"basis", "tap", "normalize"}`` for a pair
+        whose conv operand is compared on v (a store written before definitions
+        were recorded reads as basis "slice"), None for other pairs. Empty for a
+        values-only store."""
         if self._vl is None:
             return []
         return [
@@ -1386,6 +1390,7 @@ class Run:
                 "second_side": p.second_side,
                 "rule": p.rule,
                 "options": dict(p.options),
+                "definition": vecstore.conv_definition(p.options),
                 "blocks": p.blocks,
                 "k": p.k,
                 "dim": p.dim,
@@ -1446,8 +1451,9 @@ class Run:
         return self._section_rows("alignment", f"alignment/diagonal/{name}")
 
     def alignment_heads(self, pair: str) -> np.ndarray:
-        """A_ii per head couple of a per-head pair: float64 [T_done, H, k_p]
-        (H = 1: the diagonal itself)."""
+        """A_ii per head couple of a per-head pair, or per kernel tap (flat row-major
+        order) of a pair with ``tap = "all"``: float64 [T_done, H, k_p] (H = 1: the
+        diagonal itself)."""
         name = self.find_pair(pair)
         path = f"alignment/heads/{name}"
         if path not in self._file:

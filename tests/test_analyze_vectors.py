@@ -17,7 +17,7 @@ are compared, so that no test can pass by checking nothing.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -186,7 +186,14 @@ def _operand_couples(pair: dict, state: dict, heads: int | None) -> list[tuple[S
         kernel = state[pair["second"]]  # raw (c_out, c_in, kh, kw)
         centre = [k // 2 for k in kernel.shape[2:]]
         assert opts["tap"] == centre, f"{pair['name']}: tap {opts['tap']} is not the centre"
-        b = kernel[(slice(None), slice(None), *centre)]
+        if opts["basis"] == "slice":
+            b = kernel[(slice(None), slice(None), *centre)]
+        else:  # the paper's: v of the flattened kernel, reshaped (c_in, kh, kw), cut to the tap
+            assert opts == {"tap": centre, "basis": "kernel", "normalize": False}, opts
+            whole = _svd(b)
+            cut = whole.v.reshape(*kernel.shape[1:], -1)[(slice(None), *centre)]
+            # a cut moves no more than the whole vector: the bounds carry over
+            return [(_svd(a), replace(whole, v=cut))]
     if "half" in opts:
         # the direction of the first operand decides which half of layer l+1's input it feeds
         expected = "reverse" if "_reverse" in pair["first"] else "forward"

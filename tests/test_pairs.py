@@ -58,12 +58,25 @@ def test_vgg_cnn_centre_tap_and_matching_conv_to_linear(tmp_path):
     assert result.skipped == []
     tap_pair = result.pairs[0]
     # even kernel width 4: index k//2 = 2, the higher-index of the two central taps (1, 2)
-    assert tap_pair.options == {"tap": [2, 2]}
+    assert tap_pair.options == {"tap": [2, 2], "basis": "kernel", "normalize": False}
     _, _, _, mats = _views(folder)
-    (block,) = tap_pair.second.apply(mats["2.weight"])
-    assert torch.equal(block, net[2].weight.detach()[:, :, 2, 2])
-    assert tap_pair.second.shape == (16, 8) and tap_pair.first.dim == tap_pair.second.dim == 8
+    # the paper's definition: the whole flattened kernel is decomposed ...
+    (whole,) = tap_pair.second.apply(mats["2.weight"])
+    assert torch.equal(whole, mats["2.weight"]) and tap_pair.second.shape == (16, 8 * 5 * 4)
+    # ... and each right singular vector, reshaped (c_in, kh, kw), is cut to the tap
+    v = np.linalg.svd(whole.double().numpy(), full_matrices=False)[2].T  # [c_in·kh·kw, 16]
+    (cut,) = tap_pair.second.cut_vectors(v)
+    np.testing.assert_array_equal(cut, v.reshape(8, 5, 4, -1)[:, 2, 2, :])
+    assert tap_pair.first.dim == tap_pair.second.dim == 8
     assert (tap_pair.first.side, tap_pair.second.side) == ("u", "v")
+    # basis = "slice": the tap's own (c_out, c_in) slice is decomposed instead
+    slice_file = tmp_path / "slice.toml"
+    slice_file.write_text('[conv]\nbasis = "slice"\n')
+    sliced = pairs_for(folder, pairs_file=slice_file).pairs[0]
+    assert sliced.options == {"tap": [2, 2], "basis": "slice", "normalize": False}
+    (block,) = sliced.second.apply(mats["2.weight"])
+    assert torch.equal(block, net[2].weight.detach()[:, :, 2, 2])
+    assert sliced.second.shape == (16, 8) and sliced.second.cut == ()
 
 
 def test_cnn_mismatched_flatten_and_depthwise_are_skipped(tmp_path):
@@ -391,7 +404,9 @@ def test_pairs_file_conv_tap_gate_and_half(tmp_path):
         'replace = true\n[[pair]]\nfirst = "0.weight"\nsecond = "1.weight"\ntap = [0, 2]\n'
     )
     (conv,) = pairs_for(cnn, pairs_file=f).pairs
-    assert conv.second.ops == (("cols", 2, 36, 9),) and conv.options["tap"] == [0, 2]
+    # default basis "kernel": the tap's columns are cut from the kernel's v, after its SVD
+    assert conv.second.ops == () and conv.second.cut == (("rows", 2, 36, 9),)
+    assert conv.options["tap"] == [0, 2]
 
 
 @pytest.mark.parametrize(

@@ -69,11 +69,12 @@ def info_command(
             return
         out.table(
             "pairs (forward order)",
-            ("pair", "rule", "heads", "k", "a(t) at the last step"),
+            ("pair", "rule", "definition", "heads", "k", "a(t) at the last step"),
             (
                 (
                     p["name"],
                     p["rule"],
+                    _definition(p.get("definition")),
                     p["blocks"],
                     p["k"],
                     "-" if p.get("last_score") is None else f"{p['last_score']:.3f}",
@@ -81,6 +82,20 @@ def info_command(
                 for p in pair_rows
             ),
         )
+
+
+def _definition(definition: dict | None) -> str:
+    """A conv pair's alignment definition (``kernel v at tap (1, 1)``); ``-`` for other pairs."""
+    if definition is None:
+        return "-"
+    tap = definition["tap"]
+    where = (
+        {"all": "every tap", "mean": "mean over taps"}.get(tap) if isinstance(tap, str) else None
+    )
+    where = where or f"at tap ({', '.join(map(str, tap))})"
+    if definition["basis"] == "slice":
+        return f"slice SVD {where}"
+    return f"kernel v {where}" + (", normalised" if definition["normalize"] else "")
 
 
 def _short(value: object) -> str:
