@@ -35,6 +35,7 @@ INVOCATION_NONE = -1
 # "open for writing" status flag that a killed writer could leave set), readable
 # by HDF5 1.10 and later.
 LIBVER = ("earliest", "v110")
+_LIBVER_HIGH = h5py.h5f.LIBVER_V110  # the upper bound of LIBVER, for the low-level open
 
 VLEN_STR = h5py.string_dtype("utf-8")
 METHOD_DTYPE = h5py.string_dtype("utf-8", METHOD_BYTES)
@@ -45,8 +46,46 @@ PROVENANCE_DTYPE = h5py.string_dtype("utf-8", PROVENANCE_BYTES)
 
 
 def open_h5(path: Path, mode: str) -> h5py.File:
-    """Open a store file without HDF5's own file locks (specdyn's lock file guards writers)."""
-    return h5py.File(path, mode, locking=False, libver=LIBVER if mode == "w" else None)
+    """Open a store file ("r", "r+" or "w") without HDF5's own file locks (specdyn's lock
+    guards writers).
+
+    Writable files are opened without HDF5's sieve buffer: with it, a small row write
+    lands in a per-dataset buffer that HDF5 writes out when the dataset is closed, and a
+    failure there (full disk, file size limit) is only printed, never raised, so the row
+    is lost while the code goes on. Without it every write reaches the file at once and
+    a failure raises where it happens.
+    """
+    if mode == "r":
+        return h5py.File(path, "r", locking=False)
+    if mode not in ("r+", "w"):
+        raise ValueError(f"mode {mode!r}: use 'r', 'r+' or 'w'")
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    if mode == "w":
+        fapl.set_libver_bounds(h5py.h5f.LIBVER_EARLIEST, _LIBVER_HIGH)
+    fapl.set_file_locking(False, True)
+    fapl.set_sieve_buf_size(0)
+    name = os.fsencode(os.fspath(path))
+    if mode == "r+":
+        return h5py.File(h5py.h5f.open(name, h5py.h5f.ACC_RDWR, fapl=fapl))
+    fcpl = h5py.h5p.create(h5py.h5p.FILE_CREATE)
+    fcpl.set_obj_track_times(False)
+    return h5py.File(h5py.h5f.create(name, h5py.h5f.ACC_TRUNC, fapl=fapl, fcpl=fcpl))
+
+
+def write_reason(exc: BaseException) -> str:
+    """What went wrong in a failed write, on one line ("File too large", "No space left
+    on device", ...), from an OSError's errno or HDF5's error text."""
+    text = str(exc).replace("\n", " ")
+    marker = "error message = '"
+    if marker in text:
+        start = text.index(marker) + len(marker)
+        end = text.find("'", start)
+        if end > start:
+            return text[start:end]
+    errno_ = getattr(exc, "errno", None)
+    if isinstance(errno_, int) and errno_ > 0:
+        return os.strerror(errno_)
+    return h5_reason(exc)
 
 
 def open_checked(path: Path) -> h5py.File:

@@ -17,6 +17,7 @@ __all__ = [
     "ShapeChangedError",
     "EngineError",
     "StoreError",
+    "StoreWriteError",
     "StoreLockedError",
     "StoreMismatchError",
     "RunNotFoundError",
@@ -63,6 +64,11 @@ class EngineError(SpecdynError):
 
 class StoreError(SpecdynError):
     """A store is missing, damaged, of an unknown schema or cannot be written."""
+
+
+class StoreWriteError(StoreError):
+    """Writing a step failed (full disk, file size limit, I/O error): the step is left
+    not done, the finished ones are kept and the writer is closed."""
 
 
 class StoreLockedError(StoreError):

@@ -46,7 +46,7 @@ from ._store_vectors import (
 )
 from ._types import TrainingLog
 from ._version import __version__
-from .errors import StoreError, StoreMismatchError
+from .errors import StoreError, StoreMismatchError, StoreWriteError
 from .metrics import METRIC_NAMES
 from .workspace import resolve_run
 
@@ -439,33 +439,65 @@ class StoreWriter:
         vector_rows, sections = self._vector_rows(step, i, vectors)
         note_data = np.array(layout.notes_bytes([str(n) for n in notes]), dtype=layout.NOTES_DTYPE)
 
+        f = self._f
+        data: list[tuple[h5py.Dataset, int, np.ndarray]] = []  # (dataset, row, value)
         if value_rows is not None:
             sigmas, rows, methods = value_rows
-            hold = os.environ.get(HOLD_WRITE_ENV)
-            for j, ds in enumerate(self._sigma):
-                ds[i] = sigmas[j]
-                if hold and j == 0:
-                    self._f.flush()
-                    _hold_here(hold)
-            for k, ds in enumerate(self._metrics):
-                ds[i] = rows[k]
-            self._method[i] = methods
-            self._notes[i] = note_data
-            self._invocation[i] = self._slot
+            data += [(ds, i, sigmas[j]) for j, ds in enumerate(self._sigma)]
+            data += [(ds, i, rows[k]) for k, ds in enumerate(self._metrics)]
+            data += [(self._method, i, methods), (self._notes, i, note_data)]
+            data.append((self._invocation, i, np.int32(self._slot)))
             if sha256 is not None:
-                self._f["steps/sha256"][i] = layout.fixed_bytes(sha256, layout.SHA256_BYTES)
-        for path, row, value in vector_rows:
-            self._f[path][row] = value
-        layout.fsync_file(self._f)
-        if value_rows is not None:
-            self._done_ds[i] = 1
-        for section, row in sections:
-            self._f[f"{section}/done"][row] = 1
-        layout.fsync_file(self._f)
+                data.append(
+                    (
+                        f["steps/sha256"],
+                        i,
+                        np.array(
+                            layout.fixed_bytes(sha256, layout.SHA256_BYTES), layout.SHA256_DTYPE
+                        ),
+                    )
+                )
+        data += [(f[path], row, value) for path, row, value in vector_rows]
+        flags = [(self._done_ds, i, np.uint8(1))] if value_rows is not None else []
+        flags += [(f[f"{section}/done"], row, np.uint8(1)) for section, row in sections]
+        try:
+            # 1. the data, durable and read back from the file; 2. only then the flags,
+            # durable and read back: a done flag on disk always has its data beside it
+            hold = os.environ.get(HOLD_WRITE_ENV) if value_rows is not None else None
+            for n, (ds, row, value) in enumerate(data):
+                write_row(ds, row, value)
+                if hold and n == 0:
+                    f.flush()
+                    _hold_here(hold)
+            layout.fsync_file(f)
+            _verify_rows(data)
+            for ds, row, value in flags:
+                write_row(ds, row, value)
+            layout.fsync_file(f)
+            _verify_rows(flags)
+        except (OSError, RuntimeError, _LostWrite) as exc:
+            self._abandon()
+            raise StoreWriteError(
+                f"{self.path}: could not write step {step} ({layout.write_reason(exc)}); the step "
+                "stays not done and the store keeps every finished step: free disk space (or "
+                "fix the disk) and run the same command again to resume"
+            ) from None
         if value_rows is not None:
             self._done[i] = True
         for section, row in sections:
             self._section_done[section][row] = True
+
+    def _abandon(self) -> None:
+        """Close the file after a failed write without letting HDF5's errors escape, and
+        release the lock: the writer is unusable, the store on disk keeps its done steps."""
+        f, self._f = self._f, None
+        try:
+            if f is not None:
+                f.close()
+        except (OSError, RuntimeError):
+            pass  # what HDF5 could not flush belongs to steps that are not marked done
+        finally:
+            self._lock.release()
 
     def _value_rows(
         self,
@@ -544,8 +576,17 @@ class StoreWriter:
         data = layout.clean_text(str(flag)).encode("utf-8")
         if len(data) > layout.FLAG_BYTES:
             raise ValueError(f"flag {flag!r} is longer than {layout.FLAG_BYTES} bytes")
-        self._f["steps/flag"][self._index[int(step)]] = data
-        layout.fsync_file(self._f)
+        write = [(self._f["steps/flag"], self._index[int(step)], np.array(data, layout.FLAG_DTYPE))]
+        try:
+            write_row(*write[0])
+            layout.fsync_file(self._f)
+            _verify_rows(write)
+        except (OSError, RuntimeError, _LostWrite) as exc:
+            self._abandon()
+            raise StoreWriteError(
+                f"{self.path}: could not flag step {step} ({layout.write_reason(exc)}); free disk "
+                "space (or fix the disk) and run the same command again"
+            ) from None
 
     def close(self) -> None:
         """Close the file and release the writer lock (idempotent)."""
@@ -568,10 +609,19 @@ class StoreWriter:
         free = np.flatnonzero(~used)
         slot = int(free[0])  # open() rebuilt the file with more slots if none was free
         data = np.array(layout.provenance_bytes(record), dtype=layout.PROVENANCE_DTYPE)
-        self._f["provenance/record"][slot] = data
-        layout.fsync_file(self._f)
-        self._f["provenance/used"][slot] = 1
-        layout.fsync_file(self._f)
+        record_row = [(self._f["provenance/record"], slot, data)]
+        used_row = [(self._f["provenance/used"], slot, np.uint8(1))]
+        try:
+            for rows in (record_row, used_row):
+                write_row(*rows[0])
+                layout.fsync_file(self._f)
+                _verify_rows(rows)
+        except (OSError, RuntimeError, _LostWrite) as exc:
+            self._abandon()
+            raise StoreWriteError(
+                f"{self.path}: could not record this run in the store ({layout.write_reason(exc)}); "
+                "free disk space (or fix the disk) and run the same command again"
+            ) from None
         self._slot = slot
 
 
@@ -598,6 +648,26 @@ def _check_vector_layout(vl: VectorLayout, matrices: Sequence[MatrixRecord]) -> 
                 raise ValueError(f"pair {p.name}: {side_matrix!r} is not a matrix of the store")
         if p.k < 0 or p.blocks < 1:
             raise ValueError(f"pair {p.name}: k={p.k}, blocks={p.blocks} are not valid")
+
+
+class _LostWrite(Exception):
+    """A row read back from the file differs from the row just written."""
+
+
+def write_row(ds: h5py.Dataset, row: int, value: Any) -> None:
+    """Write one row of a store dataset (the one place the writer puts step data; tests
+    inject faults here)."""
+    ds[row] = value
+
+
+def _verify_rows(writes: Sequence[tuple[h5py.Dataset, int, Any]]) -> None:
+    """_LostWrite unless every (dataset, row, value) reads back bit for bit as written."""
+    for ds, row, value in writes:
+        # both cast to the dataset's type: fixed-length strings read back shorter
+        stored = np.asarray(ds[row], dtype=ds.dtype)
+        wanted = np.asarray(value, dtype=ds.dtype)
+        if stored.size != wanted.size or stored.tobytes() != wanted.tobytes():
+            raise _LostWrite(f"{ds.name} row {row} reads back different from what was written")
 
 
 def _hold_here(flag: str) -> None:
@@ -923,10 +993,10 @@ def _replace_with(path: Path, plan: _Plan, old: h5py.File | None) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:
         _unlink_quietly(tmp)
         raise StoreError(
-            f"cannot write the store {path} ({layout.h5_reason(exc)}); check free disk space and "
+            f"cannot write the store {path} ({layout.write_reason(exc)}); check free disk space and "
             "permissions, or use another --home"
         ) from None
     except BaseException:
