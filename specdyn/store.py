@@ -294,7 +294,7 @@ class StoreWriter:
             if overwrite or not path.exists():
                 if path.exists():
                     _refuse_foreign(path)
-                _replace_with(path, fresh, old=None)
+                _replace_with(path, fresh, old=None, lock=lock)
             else:
                 with _open_existing(path) as old:
                     stored = _read_stored(old, path)
@@ -325,7 +325,7 @@ class StoreWriter:
                                 layout.PROVENANCE_SLOTS, 2 * stored.provenance_used
                             ),
                         )
-                        _replace_with(path, plan, old=old)
+                        _replace_with(path, plan, old=old, lock=lock)
             try:
                 f = layout.open_h5(path, "r+")
             except OSError as exc:
@@ -981,7 +981,7 @@ def _when(mtime: float) -> str:
         return str(mtime)
 
 
-def _replace_with(path: Path, plan: _Plan, old: h5py.File | None) -> None:
+def _replace_with(path: Path, plan: _Plan, old: h5py.File | None, lock: WriterLock) -> None:
     """Build a complete store for `plan` in a temporary file beside `path` (copying the
     done steps of `old`), make it durable, then rename it over `path` atomically."""
     tmp = path.with_name(f".{path.name}.rebuild-{os.getpid()}.tmp")
@@ -992,7 +992,7 @@ def _replace_with(path: Path, plan: _Plan, old: h5py.File | None) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
+        lock.replace_store(tmp)  # the new file is locked before it appears at `path`
     except (OSError, RuntimeError) as exc:
         _unlink_quietly(tmp)
         raise StoreError(
