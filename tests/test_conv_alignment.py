@@ -9,6 +9,7 @@ exactly what specdyn computed before the change.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -347,3 +348,30 @@ def test_info_pairs_shows_the_definition(tmp_path, capsys, monkeypatch):
         {"basis": "slice", "tap": [1, 1], "normalize": False},
         None,
     ]
+
+
+def test_cut_vectors_normalize_and_zero_cuts():
+    """Normalised cuts are unit columns; a cut that is all zero has no direction: NaN."""
+    plan = pairs_for(CNN)
+    op = plan.pairs[0].second  # conv2: 72 rows (8 channels × 9 taps), centre tap 4
+    v = np.zeros((72, 3))
+    v[4::9, 0] = [3.0, 4.0, 0, 0, 0, 0, 0, 0]  # a cut of norm 5
+    v[0, 1] = 1.0  # tap 0 only: its centre cut is zero
+    v[4::9, 2] = 1.0
+    (plain,) = op.cut_vectors(v)
+    assert plain.shape == (8, 3) and plain[1, 0] == 4.0
+    normalized = dataclasses.replace(op, normalize=True)
+    (unit,) = normalized.cut_vectors(v)
+    np.testing.assert_allclose(unit[:2, 0], [0.6, 0.8])
+    assert np.isnan(unit[:, 1]).all()
+    np.testing.assert_allclose(np.linalg.norm(unit[:, 2]), 1.0)
+
+
+def test_cli_pairs_shows_cuts_and_taps(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["pairs", str(CNN)]) == 0
+    assert "conv2.weight v cut rows[4:72:9]" in capsys.readouterr().out
+    f = _pairs_file(tmp_path, '[conv]\ntap = "all"\nbasis = "slice"\n')
+    assert main(["pairs", str(CNN), "--pairs", str(f)]) == 0
+    out = capsys.readouterr().out
+    assert "conv2.weight v 9 taps" in out and "heads" not in out

@@ -72,11 +72,13 @@ def _folded_table(out: Output, title: str, columns, rows) -> None:
 def _operand(op: Operand) -> str:
     """``name u`` plus the slice, e.g. ``conv2.weight v cols[4:72:9]`` or ``… u ×4 heads``."""
     parts = [op.matrix, op.side]
-    for step in op.ops:
-        if step[0] in ("rows", "cols"):
-            parts.append(f"{step[0]}[{step[1]}:{step[2]}:{step[3]}]")
+    for step in (*op.ops, *(("cut", *s) for s in op.cut)):
+        cut = step[0] == "cut"
+        kind, args = (step[1], step[2:]) if cut else (step[0], step[1:])
+        if kind in ("rows", "cols"):
+            parts.append(("cut " if cut else "") + f"{kind}[{args[0]}:{args[1]}:{args[2]}]")
         else:
-            parts.append(f"{step[1]} heads")
+            parts.append(f"{args[0]} {'taps' if kind.endswith('taps') else 'heads'}")
     return " ".join(parts)
 
 
