@@ -3,6 +3,20 @@
 Each ``open_*`` function parses only metadata (a pickle without its storages, a safetensors
 header, an index) and returns a `TensorReader` whose ``get(key)`` reads that one tensor's
 bytes with a positioned read into a fresh buffer. Nothing else of the file is held.
+
+What a file declares is checked before it is trusted, and the work it can cause is bounded
+by the named limits below (each error names the limit it hit):
+
+- torch zip: every record read is checked against its CRC-32 (a tensor that is a view of
+  part of a record has the whole record checked once per reader, streamed in chunks);
+  declared sizes must fit in the file; only stored and deflated records are read, and a
+  deflated record is inflated in bounded steps, never past its declared size, which may not
+  exceed `ZIP_MAX_DEFLATE_RATIO` times its compressed size.
+- safetensors: the header is validated as the official ``safetensors`` library validates
+  it (same files refused), within `SAFETENSORS_MAX_HEADER_BYTES`,
+  `SAFETENSORS_MAX_TENSORS` and `SAFETENSORS_MAX_JSON_DEPTH`.
+- legacy torch files: storage views must lie inside their storage.
+- ``*.index.json``: see `read_index` for which shard names and symlinks are followed.
 """
 
 from __future__ import annotations
@@ -12,13 +26,15 @@ import json
 import math
 import os
 import pickle
+import re
 import struct
 import sys
 import threading
 import zipfile
+import zlib
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -43,12 +59,32 @@ __all__ = [
     "error_kind",
     "open_weights",
     "TORCH_SUFFIXES",
+    "SAFETENSORS_MAX_HEADER_BYTES",
+    "SAFETENSORS_MAX_TENSORS",
+    "SAFETENSORS_MAX_JSON_DEPTH",
+    "ZIP_MAX_DEFLATE_RATIO",
 ]
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
-_MAX_HEADER = 100 * 2**20  # a safetensors header larger than this is not a real header
+
+# ----------------------------------------------------------------- limits
+
+SAFETENSORS_MAX_HEADER_BYTES = 100_000_000
+"""Longest safetensors header read: the official library's ``MAX_HEADER_SIZE``."""
+SAFETENSORS_MAX_TENSORS = 250_000
+"""Most tensors one safetensors file may declare (real files hold at most tens of
+thousands); counted before and while the header is parsed, so a header declaring more
+is refused before it costs time or memory."""
+SAFETENSORS_MAX_JSON_DEPTH = 127
+"""Deepest nesting of a safetensors header (serde_json's limit, which the official
+library inherits: 128 levels are refused)."""
+ZIP_MAX_DEFLATE_RATIO = 1032
+"""Deflate cannot expand data more than 1032-fold: a deflated record that declares a
+larger size than this times its compressed size is refused unread."""
+_READ_CHUNK = 8 * 2**20  # bytes per positioned read when a record is streamed (CRC, inflate)
+_U64_LIMIT = 2**64  # safetensors sizes and offsets are u64 (usize) in the official reader
 
 _SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -175,6 +211,8 @@ class _Entry:
     byteswap: bool = False
     negative: bool = False
     conjugate: bool = False
+    # after a positioned read: (key, the bytes read, span_start) → raises if they are corrupt
+    verify: Callable[[str, memoryview, int], None] | None = None
 
     def info(self) -> TensorInfo:
         """Metadata without reading data."""
@@ -198,6 +236,8 @@ class _Entry:
                 f"{self.file.path}: tensor {self.key!r} is truncated (got {got} of "
                 f"{self.span_len} bytes); the file is incomplete, re-download or re-save it",
             )
+        if inline is None and self.verify is not None:
+            self.verify(self.key, memoryview(buf.numpy()), self.span_start)
         if self.byteswap:
             buf = _swap_bytes(buf, self.dtype)
         flat = buf.view(self.dtype)
@@ -314,6 +354,7 @@ def _torch_entries(
     locate_storage: Callable[[StorageRef, str], tuple[int | None, bytes | None]],
     byteswap: bool,
     id_prefix: tuple,
+    verify_storage: Callable[[StorageRef, str, memoryview, int], None] | None = None,
 ) -> dict[str, _Entry]:
     """Entries for the lazily described tensors of one PyTorch file."""
     entries = {}
@@ -321,7 +362,7 @@ def _torch_entries(
         storage = lt.storage
         start, length = lt.byte_span()
         start += storage.byte_base
-        if length and start + length > storage.byte_base + storage.nbytes:
+        if start < 0 or (length and start + length > storage.byte_base + storage.nbytes):
             raise checkpoint_error(
                 "corrupt", f"{path}: tensor {key!r} extends beyond its storage; the file is corrupt"
             )
@@ -342,45 +383,183 @@ def _torch_entries(
             byteswap=byteswap and lt.dtype.itemsize > 1,
             negative=lt.negative,
             conjugate=lt.conjugate,
+            verify=None
+            if verify_storage is None
+            else lambda k, data, at, s=storage: verify_storage(s, k, data, at),
         )
     return entries
 
 
-class _ZipLocator:
-    """Finds where each storage's bytes start in a torch zip (from the local file header)."""
+class _ZipArchive:
+    """The records of a torch zip, read with positioned reads: every record read is checked
+    against its CRC-32, and nothing is read or inflated past the size it declares."""
 
-    def __init__(self, path: Path, file: _RandomAccessFile, infos: dict[str, zipfile.ZipInfo]):
-        self._path, self._file, self._infos = path, file, infos
-        self._offsets: dict[str, int] = {}
+    def __init__(self, path: Path, file: _RandomAccessFile, infos: list[zipfile.ZipInfo]):
+        self._path, self._file = path, file
+        self.infos = {i.filename: i for i in infos}
+        self._data_offsets: dict[str, int] = {}
+        self._verified: set[str] = set()  # records whose CRC matched (read whole once)
 
-    def __call__(self, storage: StorageRef, key: str) -> tuple[int | None, bytes | None]:
-        """(absolute data offset, None), or (None, entry bytes) for a compressed entry."""
-        info = self._infos[storage.root_key or storage.key]
+    def check_declared(self, info: zipfile.ZipInfo) -> None:
+        """Refuse, before reading it, a record whose declared method or sizes cannot be right."""
+        name = info.filename
+        if info.flag_bits & 0x1:
+            raise self._error(f"record {name} is encrypted; not a torch.save archive")
+        if info.compress_type == zipfile.ZIP_STORED:
+            if info.compress_size != info.file_size:
+                raise self._error(
+                    f"record {name} is stored uncompressed but declares {info.compress_size} "
+                    f"bytes on disk for {info.file_size}; the file is corrupt"
+                )
+        elif info.compress_type == zipfile.ZIP_DEFLATED:
+            if info.file_size > ZIP_MAX_DEFLATE_RATIO * info.compress_size:
+                raise self._error(
+                    f"record {name} declares {info.file_size} bytes from {info.compress_size} "
+                    f"deflated ones, more than deflate can produce (limit ZIP_MAX_DEFLATE_RATIO = "
+                    f"{ZIP_MAX_DEFLATE_RATIO}x); refused unread, the file is corrupt"
+                )
+        else:
+            raise self._error(
+                f"record {name} uses zip compression method {info.compress_type}; only stored "
+                "and deflated records are read (torch.save writes stored ones): re-save it"
+            )
+        if info.header_offset + 30 + info.compress_size > self._file.size:
+            raise self._error(
+                f"record {name} declares data past the end of the file ({self._file.size} "
+                "bytes); the file is truncated or corrupt, re-download or re-save it"
+            )
+
+    def locate(
+        self, info: zipfile.ZipInfo, key: str
+    ) -> tuple[int | None, bytes | bytearray | None]:
+        """(absolute data offset, None) of a stored record, or (None, its checked bytes)."""
         if info.compress_type != zipfile.ZIP_STORED:
-            # torch.save never compresses, but a re-zipped archive may: read that entry whole.
-            try:
-                with zipfile.ZipFile(self._path) as zf:
-                    return None, zf.read(info)
-            except (OSError, zipfile.BadZipFile, EOFError) as exc:
-                raise checkpoint_error(
-                    "corrupt", f"{self._path}: cannot read {info.filename} ({exc})"
-                ) from None
-        if info.filename not in self._offsets:
+            # torch.save never compresses, but a re-zipped archive may: inflate it whole
+            return None, self.read_record(info, key)
+        return self._data_offset(info, key), None
+
+    def read_record(self, info: zipfile.ZipInfo, key: str | None = None) -> bytes | bytearray:
+        """A whole record (inflated if deflated), checked against its CRC-32."""
+        self.check_declared(info)
+        start = self._data_offset(info, key)
+        if info.compress_type == zipfile.ZIP_STORED:
+            data = self._file.read(info.file_size, start)
+            if len(data) != info.file_size:
+                raise self._truncated(info, key)
+            crc = zlib.crc32(data)
+        else:
+            data, crc = self._inflate(info, start, key)
+        if crc != info.CRC:
+            raise self._crc_error(info, key)
+        self._verified.add(info.filename)
+        return data
+
+    def verify(self, info: zipfile.ZipInfo, key: str, data: memoryview, at: int) -> None:
+        """Check the CRC-32 of the record `data` was read from (its bytes from `at`): over
+        `data` when that is the whole record, else over the record streamed once."""
+        if info.filename in self._verified:
+            return
+        if at == 0 and len(data) == info.file_size:
+            crc = zlib.crc32(data)
+        else:
+            crc = self._stream_crc(info, key)
+        if crc != info.CRC:
+            raise self._crc_error(info, key)
+        self._verified.add(info.filename)
+
+    def _data_offset(self, info: zipfile.ZipInfo, key: str | None) -> int:
+        """Where a record's bytes start, from its local header (which must name it)."""
+        name = info.filename
+        if name not in self._data_offsets:
             header = self._file.read(30, info.header_offset)
             if len(header) < 30:
-                raise checkpoint_error(
-                    "corrupt",
-                    f"{self._path}: tensor {key!r} is truncated (its zip entry lies past the end "
-                    "of the file); the file is incomplete, re-download or re-save it",
-                )
+                raise self._truncated(info, key)
             if header[:4] != b"PK\x03\x04":
-                raise checkpoint_error(
-                    "corrupt",
-                    f"{self._path}: bad zip entry header for {info.filename}; the file is corrupt",
-                )
+                raise self._error(f"bad zip record header for {name}; the file is corrupt")
             name_len, extra_len = struct.unpack("<HH", header[26:30])
-            self._offsets[info.filename] = info.header_offset + 30 + name_len + extra_len
-        return self._offsets[info.filename], None
+            local_name = self._file.read(name_len, info.header_offset + 30)
+            if local_name not in (name.encode("utf-8"), name.encode("cp437", "replace")):
+                raise self._error(
+                    f"zip record {name} has another name in its local header; the file is corrupt"
+                )
+            start = info.header_offset + 30 + name_len + extra_len
+            if start + info.compress_size > self._file.size:
+                raise self._truncated(info, key)
+            self._data_offsets[name] = start
+        return self._data_offsets[name]
+
+    def _stream_crc(self, info: zipfile.ZipInfo, key: str) -> int:
+        """CRC-32 of a stored record, read in bounded chunks."""
+        start, crc, done = self._data_offset(info, key), 0, 0
+        chunk = bytearray(min(_READ_CHUNK, info.file_size))
+        view = memoryview(chunk)
+        while done < info.file_size:
+            part = view[: min(len(chunk), info.file_size - done)]
+            got = self._file.read_into(part, start + done)
+            if got != len(part):
+                raise self._truncated(info, key)
+            crc = zlib.crc32(part, crc)
+            done += got
+        return crc
+
+    def _inflate(self, info: zipfile.ZipInfo, start: int, key: str | None) -> tuple[bytearray, int]:
+        """(inflated bytes, their CRC-32) of a deflated record, in bounded steps: output is
+        never let past the declared size (one byte more proves the record lies about it)."""
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        out, crc, consumed = bytearray(), 0, 0
+        pending = b""
+        try:
+            while not inflater.eof:
+                if not pending and consumed < info.compress_size:
+                    pending = self._file.read(
+                        min(_READ_CHUNK, info.compress_size - consumed), start + consumed
+                    )
+                    if not pending:
+                        raise self._truncated(info, key)
+                    consumed += len(pending)
+                room = info.file_size - len(out) + 1  # max_length 0 would mean "unbounded"
+                piece = inflater.decompress(pending, min(room, _READ_CHUNK))
+                pending = inflater.unconsumed_tail
+                if len(out) + len(piece) > info.file_size:
+                    raise self._error(
+                        f"record {info.filename} inflates past its declared {info.file_size} "
+                        "bytes (a decompression bomb or a corrupt file); refused"
+                    )
+                if not piece and not pending and consumed == info.compress_size:
+                    break  # all input used and nothing more comes out: the stream ends early
+                crc = zlib.crc32(piece, crc)
+                out += piece
+        except zlib.error as exc:
+            raise self._error(
+                f"record {info.filename} does not inflate ({exc}); the file is corrupt, "
+                "re-save or re-download it"
+            ) from None
+        if not inflater.eof or len(out) != info.file_size:
+            raise self._error(
+                f"record {info.filename} inflates to {len(out)} of its declared "
+                f"{info.file_size} bytes; the file is corrupt, re-save or re-download it"
+            )
+        return out, crc
+
+    def _error(self, what: str) -> CheckpointError:
+        """A corrupt-file error naming the archive."""
+        return checkpoint_error("corrupt", f"{self._path}: {what}")
+
+    def _truncated(self, info: zipfile.ZipInfo, key: str | None) -> CheckpointError:
+        """The error for a record that lies (partly) past the end of the file."""
+        what = f"tensor {key!r}" if key is not None else f"record {info.filename}"
+        return self._error(
+            f"{what} is truncated (its zip record {info.filename} lies past the end of the "
+            "file); the file is incomplete, re-download or re-save it"
+        )
+
+    def _crc_error(self, info: zipfile.ZipInfo, key: str | None) -> CheckpointError:
+        """The error for a record whose bytes differ from what was written."""
+        what = f" (tensor {key!r})" if key is not None else ""
+        return self._error(
+            f"record {info.filename}{what} fails its CRC-32 check: the file is corrupt; "
+            "re-save or re-download it"
+        )
 
 
 def _parse_pickle(data_file: Any, path: Path, persistent: Callable[[Any], Any]) -> Any:
@@ -481,12 +660,6 @@ def _open_torch_zip(
                     "not-a-checkpoint",
                     f"{path}: a TorchScript archive, not a checkpoint; save model.state_dict() with torch.save",
                 )
-            data = zf.read(pkl)
-            byteorder = (
-                zf.read(prefix + "byteorder").decode("ascii", "replace")
-                if prefix + "byteorder" in names
-                else "little"
-            )
     except CheckpointError:
         raise
     except OSError as exc:
@@ -495,6 +668,14 @@ def _open_torch_zip(
         raise checkpoint_error(
             "corrupt", f"{path}: broken zip archive ({exc}); the file is corrupt or truncated"
         ) from None
+    # Records are read by us, not by zipfile: bounded, and checked against their CRC-32.
+    archive = _ZipArchive(path, file, infos)
+    data = archive.read_record(archive.infos[pkl])
+    byteorder = (
+        bytes(archive.read_record(archive.infos[prefix + "byteorder"])).decode("ascii", "replace")
+        if prefix + "byteorder" in archive.infos
+        else "little"
+    )
     if byteorder not in ("little", "big"):
         raise checkpoint_error("corrupt", f"{path}: unknown byte order {byteorder!r}")
     by_key = {
@@ -533,13 +714,26 @@ def _open_torch_zip(
                 "corrupt",
                 f"{path}: storage data/{key} holds {info.file_size} bytes, expected {ref.nbytes}; the file is corrupt",
             )
-    locator = _ZipLocator(path, file, by_key)
+        archive.check_declared(info)
+
+    def record(storage: StorageRef) -> zipfile.ZipInfo:
+        """The zip record holding a storage."""
+        return by_key[storage.root_key or storage.key]
+
     swap = byteorder != sys.byteorder
     return _torch_meta(
         path,
         top,
         "torch",
-        lambda tensors: _torch_entries(path, file, tensors, locator, swap, id_prefix),
+        lambda tensors: _torch_entries(
+            path,
+            file,
+            tensors,
+            lambda storage, key: archive.locate(record(storage), key),
+            swap,
+            id_prefix,
+            lambda storage, key, data, at: archive.verify(record(storage), key, data, at),
+        ),
     )
 
 
@@ -560,14 +754,25 @@ def _open_torch_legacy(
             raise pickle.UnpicklingError(f"unexpected persistent id {pid!r}")
         _, storage_type, root_key, location, numel, view = pid
         dtype, _untyped = storage_type_dtype(storage_type)
-        if not isinstance(root_key, str) or not isinstance(numel, int):
+        if not isinstance(root_key, str) or not _count(numel):
             raise pickle.UnpicklingError(f"unexpected persistent id {pid!r}")
         root = storages.setdefault(
             root_key, StorageRef(root_key, dtype, numel * dtype.itemsize, str(location))
         )
+        if root.nbytes != numel * dtype.itemsize:
+            raise pickle.UnpicklingError(f"storage {root_key} is declared with two sizes")
         if view is None:
             return root
+        if not isinstance(view, tuple) or len(view) != 3:
+            raise pickle.UnpicklingError(f"malformed storage view {view!r}")
         view_key, offset, size = view
+        if not isinstance(view_key, str) or not _count(offset) or not _count(size):
+            raise pickle.UnpicklingError(f"malformed storage view {view!r}")
+        if (offset + size) * dtype.itemsize > root.nbytes:
+            raise pickle.UnpicklingError(
+                f"storage view {view_key} (elements {offset}..{offset + size}) lies outside "
+                f"storage {root_key} ({numel} elements)"
+            )
         return StorageRef(
             view_key,
             dtype,
@@ -645,6 +850,11 @@ def _open_torch_legacy(
     )
 
 
+def _count(value: Any) -> bool:
+    """Whether a pickled value is a non-negative int (an element count or offset)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _open_torch(
     path: Path, file: _RandomAccessFile, id_prefix: tuple
 ) -> tuple[dict[str, _Entry], WeightsMeta]:
@@ -673,57 +883,272 @@ def _looks_like_tar(file: _RandomAccessFile) -> bool:
 # ----------------------------------------------------------------- safetensors
 
 
+# Dtype names the official reader knows (its error lists them), with their size in bits;
+# those torch cannot represent (sub-byte floats) are refused after validation.
+_SAFETENSORS_DTYPE_BITS = {
+    "BOOL": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "U8": 8, "I8": 8, "F8_E5M2": 8,
+    "F8_E4M3": 8, "F8_E8M0": 8, "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8, "I16": 16, "U16": 16,
+    "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "C64": 64, "F64": 64,
+    "I64": 64, "U64": 64,
+}  # fmt: skip
+_TENSOR_FIELDS = ("dtype", "shape", "data_offsets")
+_LONE_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+class _JsonObject(dict):
+    """A parsed JSON object that remembers the keys it held more than once (the last wins)."""
+
+    __slots__ = ("repeated",)
+
+
+class _HeaderRefused(Exception):
+    """Raised inside the JSON parser to stop it; carries the one-line reason."""
+
+
+def _safetensors_error(path: Path, reason: str) -> CheckpointError:
+    """The one-line error for a safetensors file the official library would refuse too."""
+    return checkpoint_error(
+        "corrupt", f"{path}: {reason}; the file is corrupt, re-save or re-download it"
+    )
+
+
+def _too_many_tensors(path: Path) -> CheckpointError:
+    """The error naming SAFETENSORS_MAX_TENSORS."""
+    return checkpoint_error(
+        "corrupt",
+        f"{path}: its safetensors header declares more than {SAFETENSORS_MAX_TENSORS} tensors "
+        "(limit SAFETENSORS_MAX_TENSORS); refused unread",
+    )
+
+
+def _count_in_file(file: _RandomAccessFile, start: int, length: int, needle: bytes) -> int:
+    """Occurrences of `needle` in bytes [start, start + length), read in bounded chunks."""
+    keep = len(needle) - 1  # a tail this short holds no whole match: carried to the next chunk
+    buf = bytearray(keep + min(_READ_CHUNK, length))
+    view = memoryview(buf)
+    count, done, carried = 0, 0, 0
+    while done < length:
+        got = file.read_into(
+            view[carried : carried + min(_READ_CHUNK, length - done)], start + done
+        )
+        if not got:
+            break
+        done += got
+        end = carried + got
+        count += buf.count(needle, 0, end)
+        carried = min(keep, end)
+        buf[:carried] = buf[end - carried : end]
+    return count
+
+
+def _parse_safetensors_json(path: Path, raw: bytes) -> dict:
+    """The header as a JSON object, parsed as strictly as serde_json parses it."""
+    objects = 0
+
+    def make_object(pairs: list[tuple[str, Any]]) -> _JsonObject:
+        nonlocal objects
+        objects += 1
+        if objects > SAFETENSORS_MAX_TENSORS + 2:  # + the root and __metadata__
+            raise _HeaderRefused("too many tensors")
+        obj = _JsonObject(pairs)
+        obj.repeated = set()
+        if len(obj) != len(pairs):
+            seen: set[str] = set()
+            for key, _value in pairs:
+                (obj.repeated if key in seen else seen).add(key)
+        return obj
+
+    def finite_float(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise _HeaderRefused(f"number {text} out of range")
+        return value
+
+    def no_constant(text: str) -> Any:
+        raise _HeaderRefused(f"{text} is not JSON")
+
+    def integer(text: str) -> int | float:
+        # serde_json reads "-0" as the float -0.0, which no size or offset may be
+        return -0.0 if text == "-0" else int(text)
+
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _safetensors_error(
+            path, f"its safetensors header is not UTF-8 ({exc.reason})"
+        ) from None
+    try:
+        header = json.loads(
+            text,
+            object_pairs_hook=make_object,
+            parse_float=finite_float,
+            parse_int=integer,
+            parse_constant=no_constant,
+        )
+    except _HeaderRefused as exc:
+        if objects > SAFETENSORS_MAX_TENSORS + 2:
+            raise _too_many_tensors(path) from None
+        raise _safetensors_error(path, f"unreadable safetensors header ({exc})") from None
+    except RecursionError:
+        raise _safetensors_error(
+            path, f"its safetensors header nests deeper than {SAFETENSORS_MAX_JSON_DEPTH} levels"
+        ) from None
+    except (json.JSONDecodeError, ValueError) as exc:
+        raise _safetensors_error(path, f"unreadable safetensors header ({exc})") from None
+    if not isinstance(header, _JsonObject):
+        raise _safetensors_error(path, "its safetensors header is not a JSON object")
+    if _LONE_SURROGATE_ESCAPE.search(raw) and not _json_is_utf8(header):
+        raise _safetensors_error(path, "its safetensors header escapes a lone UTF-16 surrogate")
+    return header
+
+
+def _json_is_utf8(value: Any) -> bool:
+    """Whether every string in a parsed JSON value can be encoded as UTF-8 (no lone surrogates)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
+
+
+def _json_depth_ok(value: Any, depth: int) -> bool:
+    """Whether `value`, found `depth` levels deep, nests no deeper than SAFETENSORS_MAX_JSON_DEPTH."""
+    stack = [(value, depth)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            if level + 1 > SAFETENSORS_MAX_JSON_DEPTH:
+                return False
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
+    return True
+
+
+def _is_u64(value: Any) -> bool:
+    """Whether a parsed JSON value is what serde reads as a usize (u64)."""
+    return type(value) is int and 0 <= value < _U64_LIMIT
+
+
+def _safetensors_tensor(path: Path, key: str, spec: Any) -> tuple[str, tuple[int, ...], int, int]:
+    """(dtype code, shape, begin, end) of one header entry, type-checked like serde does."""
+    if not isinstance(spec, _JsonObject):
+        raise _safetensors_error(path, f"safetensors entry {key!r} is not a tensor description")
+    repeated = [f for f in _TENSOR_FIELDS if f in spec.repeated]
+    if repeated:
+        raise _safetensors_error(
+            path, f"safetensors entry {key!r} repeats its field {repeated[0]!r}"
+        )
+    missing = [f for f in _TENSOR_FIELDS if f not in spec]
+    if missing:
+        raise _safetensors_error(path, f"safetensors entry {key!r} has no {missing[0]!r}")
+    dtype_code, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
+    if not isinstance(dtype_code, str) or dtype_code not in _SAFETENSORS_DTYPE_BITS:
+        raise _safetensors_error(path, f"tensor {key!r} has an unknown dtype {dtype_code!r}")
+    if not isinstance(shape, list) or not all(_is_u64(d) for d in shape):
+        raise _safetensors_error(path, f"tensor {key!r} has a malformed shape {shape!r}")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(map(_is_u64, offsets)):
+        raise _safetensors_error(path, f"tensor {key!r} has malformed data_offsets {offsets!r}")
+    extras = [v for f, v in spec.items() if f not in _TENSOR_FIELDS]
+    if not all(_json_depth_ok(v, 2) for v in extras):
+        raise _safetensors_error(
+            path, f"its safetensors header nests deeper than {SAFETENSORS_MAX_JSON_DEPTH} levels"
+        )
+    return dtype_code, tuple(shape), offsets[0], offsets[1]
+
+
+def _safetensors_nbytes(shape: tuple[int, ...], bits: int) -> int | None:
+    """Byte length of a tensor, or None where the official reader overflows (u64)."""
+    numel = 1
+    for size in shape:  # overflow is checked at each step, left to right, as it does
+        numel *= size
+        if numel >= _U64_LIMIT:
+            return None
+    total_bits = numel * bits
+    if total_bits >= _U64_LIMIT:
+        return None
+    return total_bits // 8
+
+
 def _open_safetensors(path: Path, file: _RandomAccessFile) -> tuple[dict[str, _Entry], WeightsMeta]:
-    """Parse a safetensors header (8-byte little-endian length, then JSON)."""
+    """Parse a safetensors header (8-byte little-endian length, then JSON) and validate it
+    as the official library does: tensors sorted by offset must tile the data exactly."""
     if file.size < 8:
         raise checkpoint_error(
             "corrupt", f"{path}: too short for a safetensors file ({file.size} bytes)"
         )
     (n,) = struct.unpack("<Q", file.read(8, 0))
-    if n > min(_MAX_HEADER, file.size - 8):
+    if n > SAFETENSORS_MAX_HEADER_BYTES:
+        raise checkpoint_error(
+            "corrupt",
+            f"{path}: its safetensors header of {n} bytes exceeds the {SAFETENSORS_MAX_HEADER_BYTES}"
+            "-byte limit (SAFETENSORS_MAX_HEADER_BYTES, as in the official library); refused unread",
+        )
+    if n > file.size - 8:
         raise checkpoint_error(
             "corrupt",
             f"{path}: safetensors header length {n} exceeds the file; the file is corrupt or truncated",
         )
-    try:
-        header = json.loads(file.read(n, 8))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    # Every tensor entry names "data_offsets": counting them first refuses a header bomb
+    # before it is parsed; the parser's own count (escapes cannot hide from it) is exact.
+    if _count_in_file(file, 8, n, b'"data_offsets"') > SAFETENSORS_MAX_TENSORS:
+        raise _too_many_tensors(path)
+    header = _parse_safetensors_json(path, file.read(n, 8))
+    if "__metadata__" in header.repeated:
+        raise _safetensors_error(path, "its safetensors header repeats __metadata__")
+    meta = header.pop("__metadata__", None)
+    if meta is not None and not (
+        isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())
+    ):
+        raise _safetensors_error(path, "its safetensors __metadata__ is not a map of strings")
+    if len(header) > SAFETENSORS_MAX_TENSORS:
+        raise _too_many_tensors(path)
+    specs = {key: _safetensors_tensor(path, key, spec) for key, spec in header.items()}
+    # The official rule: sorted by (begin, end), each tensor starts where the previous one
+    # ended (no overlap, no gap), holds exactly numel * itemsize bytes, and the last one
+    # ends at the end of the file.
+    data_start, covered = 8 + n, 0
+    for key, (code, shape, begin, end) in sorted(specs.items(), key=lambda kv: kv[1][2:]):
+        if begin != covered or end < begin:
+            raise _safetensors_error(
+                path,
+                f"tensor {key!r} has data_offsets [{begin}, {end}], which overlap another "
+                f"tensor or leave a gap (expected to start at {covered})",
+            )
+        nbytes = _safetensors_nbytes(shape, _SAFETENSORS_DTYPE_BITS[code])
+        if nbytes is None:
+            raise _safetensors_error(path, f"tensor {key!r} has a shape too large to address")
+        if end - begin != nbytes:
+            raise _safetensors_error(
+                path,
+                f"tensor {key!r} spans {end - begin} bytes but its shape and dtype need {nbytes}",
+            )
+        covered = end
+    if data_start + covered > file.size:
         raise checkpoint_error(
-            "corrupt", f"{path}: unreadable safetensors header ({exc})"
-        ) from None
-    if not isinstance(header, dict):
-        raise checkpoint_error("corrupt", f"{path}: safetensors header is not a JSON object")
-    data_start = 8 + n
-    meta = header.pop("__metadata__", None) or {}
+            "corrupt",
+            f"{path}: truncated: its tensors end at byte {data_start + covered} but the file has "
+            f"{file.size}; re-download or re-save it",
+        )
+    if data_start + covered < file.size:
+        raise _safetensors_error(
+            path, f"{file.size - data_start - covered} bytes follow its last tensor"
+        )
     entries: dict[str, _Entry] = {}
-    for key, spec in header.items():
-        try:
-            dtype_code, shape, (begin, end) = spec["dtype"], spec["shape"], spec["data_offsets"]
-            shape = tuple(int(d) for d in shape)
-            begin, end = int(begin), int(end)
-        except (TypeError, KeyError, ValueError):
-            raise checkpoint_error(
-                "corrupt", f"{path}: malformed safetensors entry {key!r}"
-            ) from None
-        dtype = _SAFETENSORS_DTYPES.get(dtype_code)
+    for key, (code, shape, begin, end) in specs.items():
+        dtype = _SAFETENSORS_DTYPES.get(code)
         if dtype is None:
             raise checkpoint_error(
                 "corrupt",
-                f"{path}: tensor {key!r} has dtype {dtype_code}, which this torch cannot represent",
-            )
-        if (
-            min(shape, default=0) < 0
-            or end - begin != math.prod(shape) * dtype.itemsize
-            or begin < 0
-        ):
-            raise checkpoint_error(
-                "corrupt", f"{path}: tensor {key!r} has inconsistent offsets; the file is corrupt"
-            )
-        if data_start + end > file.size:
-            raise checkpoint_error(
-                "corrupt",
-                f"{path}: truncated: tensor {key!r} ends at byte {data_start + end} but the file has "
-                f"{file.size}; re-download or re-save it",
+                f"{path}: tensor {key!r} has dtype {code}, which this torch cannot represent",
             )
         stride = tuple(math.prod(shape[i + 1 :]) for i in range(len(shape)))
         entries[key] = _Entry(
@@ -738,11 +1163,10 @@ def _open_safetensors(path: Path, file: _RandomAccessFile) -> tuple[dict[str, _E
             storage_id=None,
         )
     scalars = {}
-    if isinstance(meta, dict):
-        for k, v in meta.items():
-            number = _parse_number(v)
-            if isinstance(k, str) and number is not None:
-                scalars[k] = number
+    for k, v in (meta or {}).items():
+        number = _parse_number(v)
+        if number is not None:
+            scalars[k] = number
     return entries, WeightsMeta(format="safetensors", scalars=scalars)
 
 
@@ -767,9 +1191,14 @@ def _parse_number(value: Any) -> float | None:
 def read_index(index: Path) -> tuple[list[Path], dict[str, Path], dict[str, float]]:
     """Parse a ``*.index.json``: (shard files in order, key → shard, numeric metadata).
 
-    Refuses (CheckpointError, kind "unsafe-index") a weight_map entry that leaves the
-    index's folder: absolute paths, ``..``, or a symlink resolving outside (except the
-    Hugging Face cache's links from ``snapshots/<rev>/`` to the same repo's ``blobs/``).
+    The rule for ``weight_map`` entries (others are refused with CheckpointError, kind
+    "unsafe-index"): each is a plain relative name (``/``-separated; not absolute, no
+    ``..``, no backslash or NUL), joined lexically to the folder the index lies in. A
+    symlink along that name (a sub-folder or the shard itself) may not lead out of that
+    folder (as resolved), with one exception, the Hugging Face cache layout: a shard in
+    ``<cache>/models--<org>--<name>/snapshots/<revision>/…`` (also ``datasets--``,
+    ``spaces--``) may link to a file directly in the same repo's ``blobs/`` folder, when
+    neither ``blobs/`` nor any folder from ``snapshots/`` down is itself a symlink.
     """
     try:
         text = index.read_text(encoding="utf-8")
@@ -785,7 +1214,6 @@ def read_index(index: Path) -> tuple[list[Path], dict[str, Path], dict[str, floa
             "not-a-checkpoint", f"{index}: has no weight_map; not a sharded checkpoint index"
         )
     folder = index.parent
-    real_folder = folder.resolve()
     shards: dict[str, Path] = {}
     key_to_shard: dict[str, Path] = {}
     for key, name in weight_map.items():
@@ -794,34 +1222,69 @@ def read_index(index: Path) -> tuple[list[Path], dict[str, Path], dict[str, floa
                 "corrupt", f"{index}: weight_map entry for {key!r} is not a file name"
             )
         if name not in shards:
-            relative = Path(name)
-            target = folder / relative
-            if (
-                relative.is_absolute()
-                or ".." in relative.parts
-                or (target.exists() and not _stays_inside(target, real_folder, folder))
-            ):
-                raise checkpoint_error(
-                    "unsafe-index",
-                    f"{index}: refused: weight_map points outside its folder ({name}); keep shards beside the index",
-                )
-            shards[name] = target
+            shards[name] = _shard_path(index, folder, name)
         key_to_shard[key] = shards[name]
     meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
     scalars = {k: v for k, v in ((k, _parse_number(v)) for k, v in meta.items()) if v is not None}
     return list(shards.values()), key_to_shard, scalars
 
 
-def _stays_inside(target: Path, real_folder: Path, folder: Path) -> bool:
-    """Whether `target` (beside an index in `folder`) resolves inside that folder, or is a
-    Hugging Face cache link: ``<repo>/snapshots/<rev>/f`` → ``<repo>/blobs/<hash>``."""
-    real = target.resolve()
-    if real.is_relative_to(real_folder):
-        return True
-    for ancestor in (folder.absolute(), *folder.absolute().parents):
-        if ancestor.name == "snapshots" and (ancestor.parent / "blobs").is_dir():
-            return real.is_relative_to((ancestor.parent / "blobs").resolve())
-    return False
+_HF_REPO_FOLDER = re.compile(r"(models|datasets|spaces)--.+")
+
+
+def _shard_path(index: Path, folder: Path, name: str) -> Path:
+    """The shard a weight_map entry names, or an "unsafe-index" error (rule in `read_index`)."""
+
+    def refuse(why: str) -> CheckpointError:
+        return checkpoint_error(
+            "unsafe-index",
+            f"{index}: refused: weight_map points outside its folder ({name}: {why}); "
+            "keep shards beside the index",
+        )
+
+    if "\\" in name or "\0" in name:
+        raise refuse("a backslash or NUL is not a plain file name")
+    relative = PurePosixPath(name)
+    if relative.is_absolute():
+        raise refuse("an absolute path")
+    parts = [part for part in relative.parts if part != "."]
+    if ".." in parts:
+        raise refuse("'..' leaves the folder")
+    if not parts:
+        raise refuse("not a file name")
+    target = folder.joinpath(*parts)
+    steps = [folder.joinpath(*parts[: i + 1]) for i in range(len(parts))]
+    if not any(step.is_symlink() for step in steps):
+        return target  # lexically inside, and no link can lead anywhere else
+    if _is_hf_cache_link(target, steps):
+        return target
+    if target.resolve().is_relative_to(folder.resolve()):
+        return target
+    raise refuse("a symlink leads out of the folder")
+
+
+def _is_hf_cache_link(target: Path, steps: list[Path]) -> bool:
+    """Whether `target` is a Hugging Face cache snapshot file linking into its repo's blobs/:
+    ``<repo>/snapshots/<rev>/…/file`` → ``<repo>/blobs/<hash>`` (``<repo>`` =
+    ``models--org--name``), with no symlinked folder from ``snapshots/`` down."""
+    if any(step.is_symlink() for step in steps[:-1]):
+        return False
+    lexical = Path(os.path.abspath(target))
+    for snapshots in lexical.parents:
+        if snapshots.name == "snapshots" and _HF_REPO_FOLDER.fullmatch(snapshots.parent.name):
+            break
+    else:
+        return False
+    inside = lexical.relative_to(snapshots).parts  # (<rev>, …, file)
+    if len(inside) < 2:
+        return False
+    folders = [snapshots.joinpath(*inside[:i]) for i in range(len(inside))]
+    if any(f.is_symlink() for f in folders):
+        return False
+    blobs = snapshots.parent / "blobs"
+    if blobs.is_symlink() or not blobs.is_dir():
+        return False
+    return target.resolve().parent == blobs.resolve()
 
 
 def _open_sharded(index: Path) -> tuple[dict[str, _Entry], WeightsMeta, list[_RandomAccessFile]]:
