@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -169,4 +170,5 @@ def _under(path: str | None, root: str) -> bool:
     """Whether `path` lies in the folder `root`."""
     if path is None:
         return False
-    return Path(path).resolve().is_relative_to(Path(root))
+    # realpath, not Path.resolve: a note may name a symlink loop, which resolve() raises on
+    return Path(os.path.realpath(path)).is_relative_to(Path(root))

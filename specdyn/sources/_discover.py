@@ -19,7 +19,7 @@ from ._checkpoint import (
     probe,
 )
 from ._formats import error_kind, read_index
-from ._stepnames import checkpoint_name, is_generic_name
+from ._stepnames import MAX_STEP, checkpoint_name, is_generic_name, step_out_of_range
 
 __all__ = ["Discovery", "RunSource", "discover"]
 
@@ -100,6 +100,10 @@ def discover(path: str | Path) -> Discovery:
             notes.append(Note("unreadable", f"{cand.path}: cannot be read ({exc})", str(cand.path)))
             continue
         notes.extend(probe_notes)
+        unstorable = _unstorable_step(ckpt)
+        if unstorable is not None:
+            notes.append(Note("bad-step", unstorable, str(cand.path)))
+            continue
         found.append(ckpt)
     if not found:
         problems = "; ".join(n.message for n in notes[:3])
@@ -126,6 +130,23 @@ def discover(path: str | Path) -> Discovery:
         problems = "; ".join(n.message for n in notes[-3:])
         raise DiscoveryError(f"{root}: no checkpoint with a known step: {problems}")
     return Discovery(runs=runs, notes=notes)
+
+
+def _unstorable_step(ckpt: Checkpoint) -> str | None:
+    """Why a checkpoint's step or epoch cannot go on a store's int64 step axis, or None."""
+    for what, value, origin in (
+        ("step", ckpt.step, ckpt.step_origin),
+        ("epoch", ckpt.epoch, ckpt._epoch_origin),
+    ):
+        if step_out_of_range(value):
+            from_name = origin.startswith("name")
+            where = "its name" if from_name else f"its {origin or 'metadata'}"
+            fix = f"rename it with its real {what}" if from_name else f"fix the {what} it records"
+            return (
+                f"{ckpt.path}: skipped: {where} gives {what} {value}, more than a store can hold "
+                f"(at most {MAX_STEP}); {fix}"
+            )
+    return None
 
 
 # ----------------------------------------------------------------- walking

@@ -5,7 +5,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["NameSteps", "steps_from_name", "checkpoint_name", "is_generic_name"]
+__all__ = [
+    "MAX_STEP",
+    "NameSteps",
+    "steps_from_name",
+    "checkpoint_name",
+    "is_generic_name",
+    "step_out_of_range",
+]
+
+# The largest step (or epoch) a store can hold: its step axis is int64.
+MAX_STEP = 2**63 - 1
 
 _SEP = r"[=_\-]?"
 # Explicit step markers; (?<![a-z]) keeps "step" from matching inside another word.
@@ -67,3 +77,8 @@ def steps_from_name(name: str, *, trailing: bool = True) -> NameSteps:
 def is_generic_name(name: str) -> bool:
     """Whether a name is a role rather than a step (last, best, final, latest)."""
     return bool(_GENERIC.search(name))
+
+
+def step_out_of_range(value: int | None) -> bool:
+    """Whether a step or epoch cannot be stored (above MAX_STEP, or negative)."""
+    return value is not None and not 0 <= value <= MAX_STEP
