@@ -24,6 +24,7 @@ from . import plot as _plot_cmd
 from . import prune as _prune_cmd
 from . import pythia as _pythia_cmd
 from . import runs as _runs_cmd
+from ._output import printable
 
 __all__ = ["app", "main"]
 
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         code = command.main(args=argv, prog_name="specdyn", standalone_mode=False)
         code = code if isinstance(code, int) else 0
     except _UsageProblem as exc:
+        exc.message = printable(exc.message)  # it may quote a path or value as given
         exc.show()
         code = exc.exit_code
     except typer.Abort:
@@ -69,13 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     except SpecdynError as exc:
         if _debug():
             traceback.print_exc()
-        print(f"specdyn: error: {exc}", file=sys.stderr)
+        print(f"specdyn: error: {printable(exc)}", file=sys.stderr)
         code = exc.exit_code
     except Exception as exc:  # noqa: BLE001 - last resort: one line, not a traceback
         if _debug():
             traceback.print_exc()
         print(
-            f"specdyn: internal error: {type(exc).__name__}: {exc} "
+            f"specdyn: internal error: {type(exc).__name__}: {printable(exc)} "
             "(set SPECDYN_DEBUG=1 for the traceback, and please report it)",
             file=sys.stderr,
         )

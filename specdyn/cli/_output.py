@@ -1,13 +1,16 @@
 """The one output layer of the CLI: progress bars, tables, warnings and `--json`.
 
 Tables and JSON go to stdout; progress, warnings and errors to stderr, so that
-`specdyn ... --json | jq` stays clean.
+`specdyn ... --json | jq` stays clean. Every name, path and message printed passes
+through `printable` (control characters shown as escapes, so a checkpoint's name cannot
+drive the terminal or forge lines) and rich's markup escape (printed literally).
 """
 
 from __future__ import annotations
 
 import json
 import time
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
@@ -26,11 +29,58 @@ from rich.table import Table
 from .._types import Note
 from ..analyze import Progress as ProgressEvent
 
+__all__ = ["Output", "literal", "literal_table", "printable"]
+
 # Notes the user must act on are shown in red, the rest in yellow.
 _SERIOUS = {"unsafe-pickle", "corrupt", "unreadable", "changed-source", "nonfinite"}
 
 # Kinds that inform rather than warn (what was decided and why): shown as "note".
 _INFO = {"pairs", "reference", "vectors", "k", "same-run", "not-common", "training"}
+
+
+# Unicode categories a terminal may act on or that hide text: controls (C0, DEL, C1),
+# format characters (bidi overrides and isolates, zero-width marks), lone surrogates
+# (undecodable bytes of a file name), line and paragraph separators.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: object) -> str:
+    """`text` with every character a terminal could act on written as a visible escape.
+
+    Control characters (C0 including newline, tab and carriage return, DEL, C1 such as
+    ``\\x9b``), format characters (bidi overrides U+202A–U+202E and isolates
+    U+2066–U+2069, zero-width marks), lone surrogates and line/paragraph separators
+    become ``\\n``, ``\\x1b``, ``\\u202e``…; everything else is kept. Use it on
+    every user-controlled string before it is printed (`literal` also escapes markup).
+
+    Args:
+        text: anything; it is converted with ``str`` first.
+
+    Returns:
+        A single-line string that is safe to print.
+    """
+    text = str(text)
+    if text.isprintable():  # fast path: no control, format or separator characters
+        return text
+    return "".join(_visible(ch) for ch in text)
+
+
+def _visible(ch: str) -> str:
+    """One character, or its escape when a terminal could act on it."""
+    if ch in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[ch]
+    if unicodedata.category(ch) not in _UNSAFE_CATEGORIES:
+        return ch
+    code = ord(ch)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def literal(text: object) -> str:
+    """`printable(text)` with rich markup escaped: prints exactly as written."""
+    return escape(printable(text))
 
 
 class Output:
@@ -102,7 +152,7 @@ class Output:
                 total = event.n_steps if event.phase == "hashing" else event.n_matrices
                 if key not in tasks:
                     tasks[key] = progress.add_task(
-                        f"{escape(event.run)} {event.phase}", total=total, detail=""
+                        f"{literal(event.run)} {event.phase}", total=total, detail=""
                     )
                 done = event.step_index + 1 if event.phase == "hashing" else event.matrices_done
                 detail = where if event.phase == "hashing" else f"step {event.step} first"
@@ -110,7 +160,7 @@ class Output:
                 return
             total = event.n_steps * event.n_matrices
             if event.run not in tasks:
-                tasks[event.run] = progress.add_task(escape(event.run), total=total, detail="")
+                tasks[event.run] = progress.add_task(literal(event.run), total=total, detail="")
             completed = event.step_index * event.n_matrices + event.matrices_done
             progress.update(
                 tasks[event.run],
@@ -136,10 +186,14 @@ class Output:
             notes = [n for n in notes if n.kind in _SERIOUS]
         for note in notes:
             if note.kind in _INFO:
-                self.err.print(f"[cyan]note[/] [dim]({note.kind})[/] {escape(note.message)}")
+                self.err.print(
+                    f"[cyan]note[/] [dim]({literal(note.kind)})[/] {literal(note.message)}"
+                )
                 continue
             colour = "red" if note.kind in _SERIOUS else "yellow"
-            self.err.print(f"[{colour}]warning[/] [dim]({note.kind})[/] {escape(note.message)}")
+            self.err.print(
+                f"[{colour}]warning[/] [dim]({literal(note.kind)})[/] {literal(note.message)}"
+            )
 
     def json(self, payload: object) -> None:
         """The result as JSON on stdout."""
@@ -156,16 +210,38 @@ class Output:
         """A rich table on stdout (nothing when quiet)."""
         if self.quiet:
             return
-        table = Table(title=title, title_justify="left", show_header=header)
-        for col in columns:
-            table.add_column(col, overflow="fold")
-        for row in rows:
-            table.add_row(*(escape(str(c)) for c in row))
-        self.out.print(table)
+        self.out.print(literal_table(title, columns, rows, header=header))
 
     def fields(self, title: str, pairs: Iterable[tuple[str, object]]) -> None:
         """A two-column key/value table."""
         self.table(title, ("", ""), pairs, header=False)
+
+    def line(self, text: object, *, err: bool = False) -> None:
+        """One line of plain text (a path, a hint), printed literally, on stdout or stderr."""
+        (self.err if err else self.out).print(literal(text), highlight=False, soft_wrap=True)
+
+
+def literal_table(
+    title: str, columns: Sequence[object], rows: Iterable[Sequence[object]], *, header: bool = True
+) -> Table:
+    """A rich table whose title, headers and cells print literally (long cells fold onto
+    more lines instead of being cut with an ellipsis).
+
+    Args:
+        title: the table's title (names in it are escaped like the cells).
+        columns: the column headers.
+        rows: the cells, row by row; anything, converted with ``str``.
+        header: whether to show the headers.
+
+    Returns:
+        The table, ready for ``Console.print``.
+    """
+    table = Table(title=literal(title), title_justify="left", show_header=header)
+    for col in columns:
+        table.add_column(literal(col), overflow="fold")
+    for row in rows:
+        table.add_row(*(literal(c) for c in row))
+    return table
 
 
 def _plain(obj: object) -> object:

@@ -125,7 +125,9 @@ def _render(result: AnalyzeResult, out: Output) -> None:
 def _render_tables(result: AnalyzeResult, out: Output) -> None:
     """One summary table per run."""
     if len(result.runs) > 1:
-        out.err.print(f"{len(result.runs)} runs found: {', '.join(r.name for r in result.runs)}")
+        out.line(
+            f"{len(result.runs)} runs found: {', '.join(r.name for r in result.runs)}", err=True
+        )
     for run in result.runs:
         found = [n for n in result.notes if _under(n.path, run.source_root)]
         duplicates = [n for n in found if n.kind == "duplicate"]

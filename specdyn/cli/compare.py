@@ -249,10 +249,9 @@ def _render(out: Output, result: CompareResult) -> None:
             [("barrier", _fmt(b.barrier)), ("losses", " ".join(_fmt(x) for x in b.loss))],
         )
     if not out.quiet:
-        out.out.print(f"comparison store: {result.path}", highlight=False, soft_wrap=True)
-        out.out.print(
+        out.line(f"comparison store: {result.path}")
+        out.line(
             "figures: specdyn plot side-by-side|branch-agreement"
             + ("|split" if result.mode == "split" else "")
-            + f" {result.path.stem}",
-            highlight=False,
+            + f" {result.path.stem}"
         )

@@ -92,8 +92,7 @@ def grokking_command(
         ],
     )  # fmt: skip
     if not quiet:
-        output.out.print(
+        output.line(
             f"next: specdyn plot dynamics {result.run_name} --log-x · "
-            f"specdyn plot sv {result.run_name} --matrix mlp · specdyn info {result.run_name}",
-            highlight=False,
+            f"specdyn plot sv {result.run_name} --matrix mlp · specdyn info {result.run_name}"
         )

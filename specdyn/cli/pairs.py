@@ -6,8 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
 from ..pairs import Operand, pairs_for
 from ._options import JsonOption
@@ -44,8 +42,7 @@ def pairs_command(
             }
         )
         return
-    _folded_table(
-        out,
+    out.table(
         f"pairs (preset: {result.preset})",
         ("pair", "first", "second", "rule", "options"),
         [
@@ -54,19 +51,9 @@ def pairs_command(
         ],
     )
     if result.skipped:
-        _folded_table(out, "skipped pairs", ("pair", "reason"), result.skipped)
+        out.table("skipped pairs", ("pair", "reason"), result.skipped)
     for note in result.notes:
-        out.out.print(f"note: {note}", markup=False)
-
-
-def _folded_table(out: Output, title: str, columns, rows) -> None:
-    """A table whose long names fold onto more lines instead of being cut with an ellipsis."""
-    table = Table(title=title, title_justify="left")
-    for col in columns:
-        table.add_column(col, overflow="fold")
-    for row in rows:
-        table.add_row(*(escape(str(c)) for c in row))
-    out.out.print(table)
+        out.line(f"note: {note}")
 
 
 def _operand(op: Operand) -> str:

@@ -130,7 +130,7 @@ def plot_command(
         output.json({"files": [str(f) for f in files]})
         return
     for f in files:
-        output.out.print(str(f), highlight=False, soft_wrap=True)
+        output.line(f)
 
 
 def _parse_size(text: str | None) -> tuple[float, float] | None:

@@ -18,7 +18,9 @@ def runs_command(home: HomeOption = None, json_out: JsonOption = False) -> None:
         return
     folder = resolve_home(home)
     if not runs:
-        out.err.print(f"no runs in {folder}; create one with: specdyn analyze PATH --home {folder}")
+        out.line(
+            f"no runs in {folder}; create one with: specdyn analyze PATH --home {folder}", err=True
+        )
         return
     out.table(
         f"runs in {folder}",
