@@ -10,6 +10,13 @@ Offline (``HF_HUB_OFFLINE=1``, or ``Hub(offline=True)``) everything comes from t
 local cache: the branches and files it holds, their LFS sha256 read from the blob
 names. Errors are `HubError` one-liners saying what to do (no network → how to use
 the cache; a repo or branch that does not exist).
+
+Every value the endpoint (``HF_ENDPOINT``) sends that ends up in a cache path is checked
+before use: commits are 40 lowercase hex, LFS sha256s 64, step branches ``step<N>``, file
+names relative with plain components; the commit and ETag of each file answer are checked
+while the client downloads (`_check_file_answer`), since the client names its blob and lock
+files after them. Every file this module deletes or creates goes through `Hub._in_cache`,
+which refuses a path that does not lie inside the cache root once symlinks are resolved.
 """
 
 from __future__ import annotations
@@ -17,6 +24,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,14 +34,26 @@ from .errors import SpecdynError
 
 __all__ = ["HubError", "HubFile", "HubRevision", "Branch", "Hub", "is_offline"]
 
-STEP_BRANCH = re.compile(r"^step(\d+)$")
+# matched whole (fullmatch): ASCII digits without leading zeros, so "step5\n", "step05" or
+# "step" + a non-ASCII digit are not step branches
+STEP_BRANCH = re.compile(r"step(0|[1-9][0-9]*)")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_GIT_OID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # a git file's ETag: its blob id
+_FILE_PART = re.compile(r"[A-Za-z0-9._+=@,~-]+")  # one component of a repo file name
+_REPO_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_MAX_REPO_ID = 96  # the hub's own limit on "owner/name"
+_MAX_FILE_NAME = 255  # characters of a repo file name this module accepts
+_SHOWN = 80  # characters of a refused value quoted in an error
+_SHOWN_PATH = 400  # characters of a path quoted in an error
 
-# weight layouts in order of preference: one format per revision is downloaded
+# weight layouts in order of preference: one format per revision is downloaded; shard
+# names are matched whole (fullmatch) and in ASCII digits
 _LAYOUTS = (
     ("safetensors", "model.safetensors", None),
-    ("safetensors-sharded", "model.safetensors.index.json", r"^model-\d+-of-\d+\.safetensors$"),
+    ("safetensors-sharded", "model.safetensors.index.json", r"model-[0-9]+-of-[0-9]+\.safetensors"),
     ("torch", "pytorch_model.bin", None),
-    ("torch-sharded", "pytorch_model.bin.index.json", r"^pytorch_model-\d+-of-\d+\.bin$"),
+    ("torch-sharded", "pytorch_model.bin.index.json", r"pytorch_model-[0-9]+-of-[0-9]+\.bin"),
 )
 
 
@@ -96,6 +118,102 @@ class HubRevision:
         return self.weights[0].name
 
 
+def _shown(value: object, limit: int = _SHOWN) -> str:
+    """A value quoted for a one-line error: repr (escapes newlines, NULs), cut short."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _bad_file_name(name: object) -> bool:
+    """Whether `name` is not a plain relative repo path ("a/b.bin": no "..", ".", empty
+    or odd components, no absolute path, backslash, drive letter or control character)."""
+    if not isinstance(name, str) or not name or len(name) > _MAX_FILE_NAME:
+        return True
+    parts = name.split("/")
+    return any(p in (".", "..") or not _FILE_PART.fullmatch(p) for p in parts)
+
+
+def _check_repo_id(repo: object) -> str:
+    """`repo` if it is a hub repo id (owner/name; it names the cache folder), else HubError."""
+    ok = (
+        isinstance(repo, str)
+        and len(repo) <= _MAX_REPO_ID
+        and 1 <= len(parts := repo.split("/")) <= 2
+        and all(_REPO_PART.fullmatch(p) for p in parts)
+        and ".." not in repo
+        and "--" not in repo
+    )
+    if not ok:
+        raise HubError(
+            f"{_shown(repo)}: not a hub repo id (owner/name of letters, digits, '.', '_', "
+            "'-'); check --model"
+        )
+    return repo
+
+
+@dataclass(frozen=True)
+class _FileAnswer:
+    """What the hub must answer for one file while `Hub.fetch` downloads it."""
+
+    hub: Hub
+    branch: Branch
+    file: HubFile
+
+
+_ANSWER = threading.local()  # .expected: the _FileAnswer of the download on this thread
+
+
+def _check_file_answer(response) -> None:
+    """httpx response hook: refuse a file-metadata answer (HEAD) whose commit or ETag would
+    put a client file outside the cache, while `Hub.fetch` downloads on this thread.
+
+    The client stores a download as ``blobs/<etag>`` (``.incomplete`` while it runs), locks
+    ``.locks/<repo>/<etag>.lock``, links ``snapshots/<commit>/<file>`` and on a 404 touches
+    ``.no_exist/<commit>/<file>``, all from the answer's headers; an answer without
+    X-Repo-Commit is refused by the client itself.
+    """
+    expected: _FileAnswer | None = getattr(_ANSWER, "expected", None)
+    if expected is None or response.request.method != "HEAD":
+        return
+    hub, branch, f = expected.hub, expected.branch, expected.file
+    commit = response.headers.get("X-Repo-Commit")
+    if commit is None:
+        return
+    if commit != branch.commit:
+        what = f"answered {f.name} with commit {_shown(commit)}, not {branch.commit} as asked"
+        raise hub._refused(branch, what)
+    if response.status_code >= 400:
+        hub._check_client_paths(branch, f, None)
+        return
+    raw = response.headers.get("X-Linked-Etag") or response.headers.get("ETag")
+    if raw is None:
+        return
+    etag = raw.lstrip("W/").strip('"')  # exactly as the client normalizes it
+    if f.sha256 and etag != f.sha256:
+        what = f"answered {f.name} with ETag {_shown(etag)}, not its LFS sha256 {f.sha256}"
+        raise hub._refused(branch, what)
+    if not f.sha256 and not _GIT_OID.fullmatch(etag):
+        what = f"answered {f.name} with ETag {_shown(etag)}, not a git blob id (40/64 hex)"
+        raise hub._refused(branch, what)
+    hub._check_client_paths(branch, f, etag)
+
+
+@contextmanager
+def _expecting(answer: _FileAnswer) -> Iterator[None]:
+    """Check every file answer on this thread against `answer` while the block runs."""
+    from huggingface_hub import get_session
+
+    session = get_session()
+    hooks = session.event_hooks
+    if _check_file_answer not in hooks["response"]:
+        session.event_hooks = {**hooks, "response": [*hooks["response"], _check_file_answer]}
+    _ANSWER.expected = answer
+    try:
+        yield
+    finally:
+        _ANSWER.expected = None
+
+
 def _cache_dir(explicit: str | os.PathLike | None) -> Path | None:
     """The hub cache folder the client uses now (None: the client's own default)."""
     if explicit is not None:
@@ -122,7 +240,7 @@ class Hub:
         offline: bool | None = None,
         cache_dir: str | os.PathLike | None = None,
     ) -> None:
-        self.repo = repo
+        self.repo = _check_repo_id(repo)
         self.offline = is_offline(offline)
         self.cache_dir = _cache_dir(cache_dir)
         self.endpoint = os.environ.get("HF_ENDPOINT") or None
@@ -139,16 +257,20 @@ class Hub:
         refs = self._call(lambda: api.list_repo_refs(self.repo), "list its branches")
         out = []
         for ref in refs.branches:
-            m = STEP_BRANCH.match(ref.name)
+            m = STEP_BRANCH.fullmatch(ref.name) if isinstance(ref.name, str) else None
             if m:
-                out.append(Branch(ref.name, int(m.group(1)), ref.target_commit))
+                branch = Branch(ref.name, int(m.group(1)), ref.target_commit)
+                self._check_branch(branch)
+                out.append(branch)
         return sorted(out, key=lambda b: b.step)
 
     def revision(self, branch: Branch) -> HubRevision:
         """The files of one branch in the preferred weight format (metadata only).
 
-        Raises HubError when the branch has no weight file of a known layout.
+        Raises HubError when the branch has no weight file of a known layout, or when
+        the hub reports a commit, file name, size or LFS sha256 that is not well formed.
         """
+        self._check_branch(branch)
         if self.offline:
             files = self._cached_files(branch)
         else:
@@ -157,33 +279,88 @@ class Hub:
                 lambda: api.model_info(self.repo, revision=branch.commit, files_metadata=True),
                 f"read {branch.name}",
             )
-            files = {
-                s.rfilename: HubFile(
-                    s.rfilename,
-                    int(s.lfs.size if s.lfs is not None else (s.size or 0)),
-                    s.lfs.sha256 if s.lfs is not None else "",
-                )
-                for s in info.siblings or ()
-            }
+            files = {}
+            for sibling in info.siblings or ():
+                if not isinstance(sibling.rfilename, str):
+                    raise self._refused(branch, f"lists a file named {_shown(sibling.rfilename)}")
+                files[sibling.rfilename] = sibling
+
+        def pick(names: tuple[str, ...]) -> tuple[HubFile, ...]:
+            """The named listed files, checked (only these reach a cache path)."""
+            return tuple(self._hub_file(branch, files[n]) for n in names)
+
         for layout, entry, shard_pattern in _LAYOUTS:
             if entry not in files:
                 continue
             if shard_pattern is None:
-                weights = (files[entry],)
+                weights = (entry,)
                 extras = ()
             else:
-                shards = sorted(n for n in files if re.match(shard_pattern, n))
+                shards = sorted(n for n in files if re.fullmatch(shard_pattern, n))
                 if not shards:
                     continue
-                weights = tuple(files[n] for n in shards)
-                extras = (files[entry],)
+                weights = tuple(shards)
+                extras = (entry,)
             if "config.json" in files:
-                extras = (*extras, files["config.json"])
-            return HubRevision(branch, layout, weights, extras)
-        shown = ", ".join(sorted(files)[:6]) or "no files"
+                extras = (*extras, "config.json")
+            return HubRevision(branch, layout, pick(weights), pick(extras))
+        shown = ", ".join(_shown(n) for n in sorted(files)[:6]) or "no files"
         raise HubError(
             f"{self.repo}@{branch.name}: no weight file of a known layout "
             f"(model.safetensors, pytorch_model.bin, or their sharded forms); it holds {shown}"
+        )
+
+    def _hub_file(self, branch: Branch, sibling) -> HubFile:
+        """A listed file (a model-info sibling, or a HubFile from the cache), checked."""
+        if isinstance(sibling, HubFile):
+            self._check_file(branch, sibling)
+            return sibling
+        self._check_file(branch, HubFile(sibling.rfilename, 0, ""))  # the name, first
+        lfs = sibling.lfs
+        size = lfs.size if lfs is not None else sibling.size
+        sha256 = lfs.sha256 if lfs is not None else ""
+        if lfs is not None and not (isinstance(sha256, str) and _SHA256.fullmatch(sha256)):
+            what = f"reports LFS sha256 {_shown(sha256)} for {sibling.rfilename}, not 64 hex"
+            raise self._refused(branch, what)
+        if type(size) is not int or size < 0:
+            raise self._refused(branch, f"reports size {_shown(size)} for {sibling.rfilename}")
+        return HubFile(sibling.rfilename, size, sha256)
+
+    def _check_branch(self, branch: Branch) -> None:
+        """HubError unless the branch is ``step<N>`` at a 40-hex commit (they name cache paths)."""
+        if not (isinstance(branch.name, str) and STEP_BRANCH.fullmatch(branch.name)):
+            raise HubError(
+                f"{self.repo}@{_shown(branch.name)}: not a step<N> branch name; "
+                "specdyn reads step branches only"
+            )
+        if not (isinstance(branch.commit, str) and _COMMIT.fullmatch(branch.commit)):
+            raise self._refused(
+                branch, f"lists commit {_shown(branch.commit)}, not 40 lowercase hex"
+            )
+
+    def _check_file(self, branch: Branch, f: HubFile) -> None:
+        """HubError unless the file's name is a plain relative path and its sha256 is
+        empty (a git file) or 64 hex (they name cache paths)."""
+        if _bad_file_name(f.name):
+            raise self._refused(
+                branch, f"lists the file name {_shown(f.name)}, not a plain relative path"
+            )
+        if f.sha256 and not (isinstance(f.sha256, str) and _SHA256.fullmatch(f.sha256)):
+            what = f"reports LFS sha256 {_shown(f.sha256)} for {f.name}, not 64 hex"
+            raise self._refused(branch, what)
+
+    def _check_revision(self, revision: HubRevision) -> None:
+        """Check the branch and every file of a revision before any path is built from them."""
+        self._check_branch(revision.branch)
+        for f in (*revision.weights, *revision.extras):
+            self._check_file(revision.branch, f)
+
+    def _refused(self, branch: Branch, what: str) -> HubError:
+        """The HubError for a value the hub sent about `branch` that must not reach a path."""
+        return HubError(
+            f"{self.repo}@{branch.name}: the hub {what}; refused (a cache path is built from "
+            f"it); check that {self.endpoint or 'the hub endpoint'} (HF_ENDPOINT) is a "
+            "Hugging Face hub"
         )
 
     # ------------------------------------------------------------------ files
@@ -210,29 +387,33 @@ class Hub:
         path of `revision.entry`. Files already cached are used, never fetched again."""
         from huggingface_hub import hf_hub_download
 
-        fetched = self._downloaded.setdefault(revision.branch.name, set())
+        self._check_revision(revision)
+        branch = revision.branch
+        fetched = self._downloaded.setdefault(branch.name, set())
         entry = None
         for f in (*revision.extras, *revision.weights):
             if self.cached(revision, f.name) is None:
                 if self.offline:
                     raise HubError(
-                        f"{self.repo}@{revision.branch.name}: {f.name} is not in the cache and "
+                        f"{self.repo}@{branch.name}: {f.name} is not in the cache and "
                         "HF_HUB_OFFLINE is set; unset it to download"
                     )
                 fetched.add(f.name)
                 if f.sha256:
-                    self.reclaimed_bytes += self._clear_orphans(f.sha256)
-            path = self._call(
-                lambda f=f: hf_hub_download(
-                    self.repo,
-                    f.name,
-                    revision=revision.branch.commit,
-                    cache_dir=self.cache_dir,
-                    endpoint=self.endpoint,
-                    local_files_only=self.offline,
-                ),
-                f"download {f.name} of {revision.branch.name}",
-            )
+                    self.reclaimed_bytes += self._clear_orphans(f.sha256, branch.name)
+            with _expecting(_FileAnswer(self, branch, f)):
+                path = self._call(
+                    lambda f=f: hf_hub_download(
+                        self.repo,
+                        f.name,
+                        revision=branch.commit,
+                        cache_dir=self.cache_dir,
+                        endpoint=self.endpoint,
+                        local_files_only=self.offline,
+                    ),
+                    f"download {f.name} of {branch.name}",
+                )
+            self._check_fetched(Path(path), branch, f)
             if f.name == revision.entry:
                 entry = Path(path)
         if entry is None:  # pragma: no cover - entry is always one of the files
@@ -240,24 +421,29 @@ class Hub:
         self._remember_branch(revision.branch)
         return entry
 
-    def _clear_orphans(self, sha256: str) -> int:
+    def _clear_orphans(self, sha256: str, branch: str = "?") -> int:
         """Delete partial downloads of one blob left by killed processes; returns bytes freed.
 
         The client writes a blob into ``blobs/<sha256>.<random>.incomplete`` under a file
         lock and resumes only within one call, so a killed process leaves its part behind
         for good. Holding that same lock proves no download of the blob is under way.
+        `branch` names the revision in errors.
         """
         from filelock import FileLock, Timeout
-        from huggingface_hub import constants
 
+        if not (isinstance(sha256, str) and _SHA256.fullmatch(sha256)):
+            raise HubError(f"{self.repo}@{branch}: LFS sha256 {_shown(sha256)} is not 64 hex")
         folder = self._repo_cache()
         if folder is None or not (folder / "blobs").is_dir():
             return 0
-        orphans = list((folder / "blobs").glob(f"{sha256}*.incomplete"))
+        orphans = [
+            self._in_cache(path, folder / "blobs", branch, "delete", follow=False)
+            for path in (folder / "blobs").glob(f"{sha256}*.incomplete")
+        ]
         if not orphans:
             return 0
-        root = self.cache_dir or Path(constants.HF_HUB_CACHE)
-        lock = root / ".locks" / folder.name / f"{sha256}.lock"
+        lock = self._cache_root() / ".locks" / folder.name / f"{sha256}.lock"
+        self._in_cache(lock, self._cache_root() / ".locks", branch, "create")
         freed = 0
         try:
             lock.parent.mkdir(parents=True, exist_ok=True)
@@ -279,7 +465,7 @@ class Hub:
         folder = self._repo_cache()
         if folder is None:
             return
-        ref = folder / "refs" / branch.name
+        ref = self._in_cache(folder / "refs" / branch.name, folder / "refs", branch.name, "write")
         try:
             if not ref.is_file() or ref.read_text().strip() != branch.commit:
                 ref.parent.mkdir(parents=True, exist_ok=True)
@@ -293,26 +479,41 @@ class Hub:
         needed by a later revision). Files that were cached before are never touched.
         Returns the bytes freed."""
         freed = 0
-        names = self._downloaded.pop(revision.branch.name, set())
+        refused: list[HubError] = []
+        branch = revision.branch.name
+        names = self._downloaded.pop(branch, set())
         by_name = {f.name: f for f in (*revision.weights, *revision.extras)}
-        for name in names:
+        folder = self._repo_cache()
+        for name in sorted(names):
             f = by_name.get(name)
-            link = self.cached(revision, name)
+            link = self.cached(revision, name) if folder is not None else None
             if f is None or link is None:
                 continue
-            blob = link.resolve()
+            try:  # a refused file is kept and named; the others are still deleted
+                self._in_cache(link, folder / "snapshots", branch, "delete", follow=False)
+                blob = link.resolve() if link.is_symlink() else None
+                if blob is not None:
+                    self._in_cache(blob, folder / "blobs", branch, "delete", follow=False)
+            except HubError as exc:
+                refused.append(exc)
+                continue
             try:
+                size = link.stat().st_size if blob is None else 0
                 link.unlink()
+                freed += size
             except FileNotFoundError:
                 continue
             # identical files of different revisions share one blob: keep it while a later
             # revision needs it or any other snapshot (the user's own) still links to it
-            if not (f.sha256 and f.sha256 in keep) and not self._linked_elsewhere(blob):
-                try:
-                    freed += blob.stat().st_size
-                    blob.unlink()
-                except FileNotFoundError:
-                    pass
+            if blob is None or (f.sha256 and f.sha256 in keep) or self._linked_elsewhere(blob):
+                continue
+            try:
+                freed += blob.stat().st_size
+                blob.unlink()
+            except FileNotFoundError:
+                pass
+        if refused:
+            raise refused[0]
         return freed
 
     def _linked_elsewhere(self, blob: Path) -> bool:
@@ -339,6 +540,8 @@ class Hub:
 
         try:
             return fn()
+        except HubError:
+            raise  # a refused answer (_check_file_answer)
         except hf_errors.RepositoryNotFoundError:
             raise HubError(
                 f"{self.repo}: no such model repository on the hub (or it is private); "
@@ -378,13 +581,65 @@ class Hub:
                 ) from None
             raise
 
-    def _repo_cache(self) -> Path | None:
-        """The cache folder of this repo, if any."""
+    def _cache_root(self) -> Path:
+        """The hub cache folder (this Hub's, else the client's)."""
         from huggingface_hub import constants
 
-        root = self.cache_dir or Path(constants.HF_HUB_CACHE)
-        folder = root / ("models--" + self.repo.replace("/", "--"))
+        return Path(self.cache_dir or constants.HF_HUB_CACHE)
+
+    def _repo_folder(self) -> Path:
+        """Where this repo's cache folder is (whether or not it exists)."""
+        return self._cache_root() / ("models--" + self.repo.replace("/", "--"))
+
+    def _repo_cache(self) -> Path | None:
+        """The cache folder of this repo, if any."""
+        folder = self._repo_folder()
         return folder if folder.is_dir() else None
+
+    def _in_cache(
+        self, path: Path, area: Path, branch: str, action: str, *, follow: bool = True
+    ) -> Path:
+        """`path` if it lies inside `area` of the cache once symlinks are resolved, else
+        HubError: the one check before this module deletes, creates or reads a cache file.
+
+        area: a folder under the cache root (``blobs/``, ``.locks/``); it is taken from the
+        resolved root, so a symlink inside the cache that leads out is refused too.
+        follow: resolve `path` itself (a file that is opened or written); False for an
+        entry that is unlinked (a symlink is removed, not what it points to).
+        """
+        root = self._cache_root()
+        base = root.resolve() / area.relative_to(root)
+        target = path.resolve() if follow else path.parent.resolve() / path.name
+        if path.name in ("", ".", "..") or target == base or not target.is_relative_to(base):
+            raise HubError(
+                f"{self.repo}@{branch}: refusing to {action} {_shown(str(path), _SHOWN_PATH)}: "
+                f"it resolves to {_shown(str(target), _SHOWN_PATH)}, outside the hub cache's "
+                f"{_shown(str(area), _SHOWN_PATH)}; remove the symlink that leads there, or "
+                "the repo's cache folder"
+            )
+        return path
+
+    def _check_client_paths(self, branch: Branch, f: HubFile, etag: str | None) -> None:
+        """HubError unless every file the client is about to write for `f` lies inside the
+        cache (etag None: the hub said the file is missing, so the client records that)."""
+        folder = self._repo_folder()
+        locks = self._cache_root() / ".locks"
+        name = branch.name
+        if etag is None:
+            self._in_cache(folder / ".no_exist" / branch.commit / f.name, folder, name, "create")
+            return
+        self._in_cache(locks / folder.name / f"{etag}.lock", locks, name, "create")
+        self._in_cache(folder / "blobs" / f"{etag}.incomplete", folder / "blobs", name, "create")
+        self._in_cache(folder / "blobs" / etag, folder / "blobs", name, "create", follow=False)
+        pointer = folder / "snapshots" / branch.commit / f.name
+        self._in_cache(pointer, folder / "snapshots", name, "create", follow=False)
+
+    def _check_fetched(self, path: Path, branch: Branch, f: HubFile) -> None:
+        """HubError unless the client's file is in this repo's snapshots and links to a blob."""
+        folder = self._repo_folder()
+        self._in_cache(path, folder / "snapshots", branch.name, "use", follow=False)
+        if path.is_symlink():
+            self._in_cache(path.resolve(), folder / "blobs", branch.name, "use", follow=False)
 
     def _cached_branches(self) -> list[Branch]:
         """Step branches recorded in the cache's refs/ folder."""
@@ -395,9 +650,14 @@ class Hub:
             )
         out = []
         for ref in (folder / "refs").iterdir():
-            m = STEP_BRANCH.match(ref.name)
+            m = STEP_BRANCH.fullmatch(ref.name)
             if m and ref.is_file():
                 commit = ref.read_text().strip()
+                if not _COMMIT.fullmatch(commit):
+                    raise HubError(
+                        f"{self.repo}@{ref.name}: the cached ref {ref} holds {_shown(commit)}, "
+                        "not a 40-hex commit; delete that file and run online once"
+                    )
                 if (folder / "snapshots" / commit).is_dir():
                     out.append(Branch(ref.name, int(m.group(1)), commit))
         return sorted(out, key=lambda b: b.step)
@@ -411,9 +671,10 @@ class Hub:
         files = {}
         for path in snapshot.rglob("*"):
             if path.is_file():
+                self._in_cache(path, folder, branch.name, "read")
                 name = path.relative_to(snapshot).as_posix()
                 blob = path.resolve().name
-                sha = blob if len(blob) == 64 else ""
+                sha = blob if _SHA256.fullmatch(blob) else ""
                 files[name] = HubFile(name, path.stat().st_size, sha)
         return files
 

@@ -445,8 +445,14 @@ class HubSteps(StepStream):
         abort one) and delete what was fetched but never released (a sweep stopped by
         an error or an interrupt leaves nothing behind but the store)."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+        refused: list[HubError] = []
         for step in list(self._futures):
-            self.release(step)
+            try:  # a file the hub module refuses to delete must not keep the others
+                self.release(step)
+            except HubError as exc:
+                refused.append(exc)
+        if refused:
+            raise refused[0]
 
     def _prefetch(self, step: int) -> Future:
         """The (started) download of `step`."""

@@ -9,6 +9,12 @@
         hub.fail_after("EleutherAI/pythia-14m", "pytorch_model.bin", 4096)  # next GET truncated
         hub.offline = True                                   # connections refused
 
+A hostile hub (tests/test_hub_security.py) lies about what it serves:
+        hub.tamper_file(repo_id, "pytorch_model.bin", sha256="../../x")  # model info, tree
+        hub.tamper_file(repo_id, "config.json", headers={"ETag": '"../x"'})  # resolve answers
+        hub.tamper_file(repo_id, "config.json", missing=True)  # resolve answers 404
+        hub.tamper_ref(repo_id, "step4", "../../x", serves=commit)  # refs lists step4 → "../../x"
+
 Endpoints (model repos only; checked against huggingface_hub 2.4.0):
   GET  /api/models/{repo}[/revision/{rev}][?blobs=true]   ModelInfo: sha, siblings (+ size, blobId, lfs)
   GET  /api/models/{repo}/refs                             branches with targetCommit (no tags)
@@ -53,6 +59,7 @@ __all__ = [
 LFS_SUFFIXES = (".bin", ".safetensors", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")
 
 _COMMIT_RE_LEN = 40
+_UNSET = object()  # tamper_file: "report the truth" for this field
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -139,6 +146,7 @@ class FakeRepo:
         self.repo_id = repo_id
         self.branches: dict[str, str] = {}
         self.commits: dict[str, dict[str, FakeFile]] = {}
+        self.aliases: dict[str, str] = {}  # other revision strings the hub answers (tamper_ref)
         self._lock = threading.Lock()
 
     def add_commit(
@@ -196,6 +204,8 @@ class FakeRepo:
         with self._lock:
             if revision in self.branches:
                 return self.branches[revision]
+            if revision in self.aliases:
+                return self.aliases[revision]
             return revision if revision in self.commits else None
 
     def files(self, revision: str) -> dict[str, FakeFile]:
@@ -263,12 +273,20 @@ class _Server(ThreadingHTTPServer):
 class _HubError(Exception):
     """An error answer: status, X-Error-Code (or None) and message."""
 
-    def __init__(self, status: int, code: str | None, message: str, commit: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        code: str | None,
+        message: str,
+        commit: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.commit = commit
+        self.headers = dict(headers or {})
 
 
 def _is_true(value: str | None) -> bool:
@@ -384,7 +402,10 @@ class _Handler(BaseHTTPRequestHandler):
                 "disabled": False,
                 "gated": False,
                 "tags": [],
-                "siblings": [files[p].sibling(blobs) for p in sorted(files)],
+                "siblings": [
+                    self.server.hub._lie_about(repo.repo_id, files[p].sibling(blobs), "sibling")
+                    for p in sorted(files)
+                ],
             }
             if blobs:
                 info["usedStorage"] = sum(f.size for f in files.values())
@@ -392,9 +413,12 @@ class _Handler(BaseHTTPRequestHandler):
         elif method == "GET" and rest == ["refs"]:
             with repo._lock:
                 branches = sorted(repo.branches.items())
+            listed = dict(branches)
+            listed.update(self.server.hub._ref_lies.get(repo.repo_id, {}))
             refs = {
                 "branches": [
-                    {"name": n, "ref": f"refs/heads/{n}", "targetCommit": c} for n, c in branches
+                    {"name": n, "ref": f"refs/heads/{n}", "targetCommit": c}
+                    for n, c in listed.items()
                 ],
                 "converts": [],
                 "tags": [],
@@ -405,11 +429,14 @@ class _Handler(BaseHTTPRequestHandler):
         elif method == "GET" and len(rest) >= 2 and rest[0] == "tree":
             sha = self._commit(repo, rest[1])
             entries = _tree(repo.commits[sha], "/".join(rest[2:]), _is_true(query.get("recursive")))
-            self._send_json(entries, head=False)
+            lie = self.server.hub._lie_about
+            self._send_json([lie(repo.repo_id, e, "tree") for e in entries], head=False)
         elif method == "POST" and len(rest) == 2 and rest[0] == "paths-info":
             sha = self._commit(repo, rest[1])
             paths = _form_paths(self.headers.get("Content-Type") or "", body)
-            self._send_json(_paths_info(repo.commits[sha], paths), head=False)
+            lie = self.server.hub._lie_about
+            entries = _paths_info(repo.commits[sha], paths)
+            self._send_json([lie(repo.repo_id, e, "tree") for e in entries], head=False)
         else:
             raise _HubError(404, None, f"no API route {method} {'/'.join(rest)}")
 
@@ -423,9 +450,14 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HubError(404, "RepoNotFound", f"Repository not found: {repo_id}")
         sha = self._commit(repo, revision)
         f = repo.commits[sha].get(filename)
-        if f is None:
+        lies = hub._header_lies.get((repo_id, filename), {})
+        if f is None or (repo_id, filename) in hub._hidden:
             raise _HubError(
-                404, "EntryNotFound", f"{filename} does not exist on {revision!r}", commit=sha
+                404,
+                "EntryNotFound",
+                f"{filename} does not exist on {revision!r}",
+                commit=sha,
+                headers=lies,
             )
         headers = {
             "X-Repo-Commit": sha,
@@ -436,6 +468,7 @@ class _Handler(BaseHTTPRequestHandler):
         if f.lfs:
             headers["X-Linked-Etag"] = f'"{f.sha256}"'
             headers["X-Linked-Size"] = str(f.size)
+        headers.update(lies)
         start, end = 0, f.size - 1
         status = 200
         wanted = self.headers.get("Range")
@@ -482,6 +515,7 @@ class _Handler(BaseHTTPRequestHandler):
             headers["X-Error-Code"] = err.code
         if err.commit is not None:
             headers["X-Repo-Commit"] = err.commit
+        headers.update(err.headers)
         body = json.dumps({"error": err.message}).encode()
         if head:
             self._send(err.status, {**headers, "Content-Length": str(len(body))}, b"", head=True)
@@ -581,6 +615,10 @@ class FakeHub:
         self.max_active_gets = 0
         self._chunk_delay = 0.0
         self._faults: dict[tuple[str, str], list[int]] = {}
+        self._metadata_lies: dict[tuple[str, str], dict] = {}  # (repo, path) → field → value
+        self._header_lies: dict[tuple[str, str], dict[str, str]] = {}
+        self._hidden: set[tuple[str, str]] = set()
+        self._ref_lies: dict[str, dict[object, object]] = {}  # repo → name → targetCommit
         self._lock = threading.Lock()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -668,6 +706,76 @@ class FakeHub:
             raise ValueError("nbytes must be >= 0 and times >= 1")
         with self._lock:
             self._faults.setdefault((repo_id, filename), []).extend([nbytes] * times)
+
+    def tamper_file(
+        self,
+        repo_id: str,
+        path: str,
+        *,
+        sha256: object = _UNSET,
+        size: object = _UNSET,
+        headers: Mapping[str, str] | None = None,
+        missing: bool = False,
+    ) -> None:
+        """Lie about one file of every revision, as a hostile endpoint would.
+
+        sha256, size: what model info (``siblings[].lfs.sha256``/``size``) and the tree
+        (``lfs.oid``/``size``) report instead of the truth (any JSON value, also for a file
+        that is not an LFS file); headers: replace these headers of its resolve answers
+        (e.g. ``ETag``, ``X-Linked-Etag``, ``X-Repo-Commit``; error answers too);
+        missing: its resolve answers are 404 EntryNotFound (the listing still names it).
+        """
+        key = (repo_id, path)
+        with self._lock:
+            lie = self._metadata_lies.setdefault(key, {})
+            if sha256 is not _UNSET:
+                lie["sha256"] = sha256
+            if size is not _UNSET:
+                lie["size"] = size
+            if headers:
+                self._header_lies.setdefault(key, {}).update(headers)
+            if missing:
+                self._hidden.add(key)
+
+    def tamper_ref(
+        self, repo_id: str, name: object, target_commit: object, *, serves: str | None = None
+    ) -> None:
+        """List branch `name` (any JSON value) with `target_commit` in /refs.
+
+        serves: an existing commit whose files the hub answers when asked for
+        `target_commit` as a revision (a hostile hub backing its own lie); None: asking
+        for it gives RevisionNotFound.
+        """
+        repo = self.repos[repo_id]
+        with self._lock:
+            self._ref_lies.setdefault(repo_id, {})[name] = target_commit
+        if serves is not None and isinstance(target_commit, str):
+            if serves not in repo.commits:
+                raise KeyError(f"{repo_id}: no commit {serves}")
+            with repo._lock:
+                repo.aliases[target_commit] = serves
+
+    def _lie_about(self, repo_id: str, entry: dict, kind: str) -> dict:
+        """`entry` (a model-info sibling or a tree entry) with tamper_file's lies applied."""
+        path = entry.get("rfilename" if kind == "sibling" else "path")
+        with self._lock:
+            lie = dict(self._metadata_lies.get((repo_id, path), {}))
+        if not lie:
+            return entry
+        entry = json.loads(json.dumps(entry))
+        if "size" in lie:
+            entry["size"] = lie["size"]
+        if "sha256" in lie or "size" in lie:
+            lfs = entry.setdefault("lfs", {"size": entry.get("size"), "pointerSize": 134})
+            if kind == "sibling":
+                lfs.setdefault("sha256", lie.get("sha256"))
+            else:
+                lfs.setdefault("oid", lie.get("sha256"))
+            if "sha256" in lie:
+                lfs["sha256" if kind == "sibling" else "oid"] = lie["sha256"]
+            if "size" in lie:
+                lfs["size"] = lie["size"]
+        return entry
 
     def delay(self, seconds: float) -> None:
         """Sleep `seconds` after each content chunk of every GET (0 turns it off)."""
