@@ -41,7 +41,7 @@ _COMMIT = re.compile(r"[0-9a-f]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _GIT_OID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # a git file's ETag: its blob id
 _FILE_PART = re.compile(r"[A-Za-z0-9._+=@,~-]+")  # one component of a repo file name
-_REPO_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_REPO_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 _MAX_REPO_ID = 96  # the hub's own limit on "owner/name"
 _MAX_FILE_NAME = 255  # characters of a repo file name this module accepts
 _SHOWN = 80  # characters of a refused value quoted in an error
