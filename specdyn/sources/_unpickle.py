@@ -13,6 +13,15 @@ What a pickle may obtain through ``find_class``:
 - for every other global an inert stub class: calling it, ``NEWOBJ`` on it, ``BUILD``,
   item and list appends all just store the data they are given; nothing is imported.
 
+``BUILD`` (setting an object's state) applies only to objects this load created: stubs,
+lazy tensors, numpy arrays and dtypes (copies, never numpy's shared instances), and
+``OrderedDict``/``Counter``/``deque`` instances (plain attribute names only). A pickle that
+BUILDs a class, a function or any shared object is refused: with the C unpickler it could
+replace ``Counter.most_common`` or a rebuild function's defaults for the whole process.
+The work a pickle can cause is bounded by `PICKLE_MAX_CALL_ITEMS` (elements of the
+containers and ranges handed to calls, per load: ``list(range(4 * 10**8))`` is refused) and
+`PICKLE_MAX_MEMO` (memo entries, kept in a dict, not a table sized by the largest index).
+
 Globals that exist to run code (``os.system``, ``builtins.eval``/``exec``/``getattr``/
 ``__import__``, ``subprocess.*``, ``posix.system``, …) are refused as soon as the pickle
 names them, with an `UnsafePickleError` naming the file and the global: nothing was run.
@@ -25,6 +34,7 @@ import codecs
 import collections
 import math
 import pickle
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -323,7 +333,9 @@ def _safe_np_dtype(obj, align=False, copy=False):
     """numpy.dtype from a type string only."""
     if not isinstance(obj, str):
         raise pickle.UnpicklingError(f"numpy.dtype({type(obj).__name__})")
-    return np.dtype(obj)
+    # a copy: np.dtype("int64") is numpy's shared instance, and the BUILD that follows in
+    # a pickle sets its state (byte order...) for the whole process
+    return np.dtype(obj, copy=True)
 
 
 def _safe_np_scalar(dtype, data=None):
@@ -520,13 +532,35 @@ def _resolve_global(module: str, name: str, source: str) -> Any:
     return _stub_class(module, name)
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """pickle.Unpickler with the allow list above and a caller-supplied persistent_load."""
+# Work a pickle may cause, bounded (each refusal names its limit). A pickle of N bytes can
+# only push N objects, but a call can expand a small object into a large one: list(range(n)),
+# tuple(big_list) repeated through the memo, ... So the elements of every container or range
+# handed to a call (REDUCE, NEWOBJ) are counted, per load.
+PICKLE_MAX_CALL_ITEMS = 20_000_000
+# The memo is a dict (no preallocation by index, unlike the C unpickler's table, which a
+# LONG_BINPUT of 2**32 - 1 makes allocate gigabytes); its entries are bounded too.
+PICKLE_MAX_MEMO = 10_000_000
+# Containers whose instances a pickle may BUILD (set attributes of), besides our stubs, lazy
+# tensors and numpy arrays: the ones torch and Lightning pickles use, created by this load.
+_BUILDABLE_CONTAINERS = (collections.OrderedDict, collections.Counter, collections.deque)
+
+
+class _RestrictedUnpickler(pickle._Unpickler):
+    """The pure-Python unpickler with the allow list above, a caller-supplied
+    persistent_load, BUILD limited to objects this load created, and bounded work.
+
+    The C unpickler's BUILD cannot be overridden: it would set attributes on any object on
+    the stack, allowed classes and functions included (``Counter.most_common``,
+    ``_rebuild_tensor_v2.__defaults__``), changing the running process.
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def __init__(self, file: IO[bytes], source: str, persistent: Callable[[Any], Any] | None):
         super().__init__(file, encoding="utf-8")
         self._source = source
         self._persistent = persistent
+        self._call_items = 0
 
     def find_class(self, module: str, name: str) -> Any:
         """Resolve a global through the allow list; stub or refuse the rest."""
@@ -537,6 +571,117 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if self._persistent is None:
             raise pickle.UnpicklingError("unexpected persistent id in a plain pickle")
         return self._persistent(pid)
+
+    def _refuse(self, what: str) -> UnsafePickleError:
+        """The error for a pickle that tried `what` (nothing was run or changed)."""
+        return UnsafePickleError(
+            f"{self._source}: refused: its pickle {what} (nothing was run or changed); do not "
+            "load it with torch.load, get the weights from a trusted source"
+        )
+
+    def _count_call(self, args: Any) -> None:
+        """Count the elements of the containers and ranges a call receives."""
+        if not isinstance(args, tuple):
+            return
+        for arg in args:
+            if isinstance(arg, (list, tuple, dict, set, frozenset, range, collections.deque)):
+                try:
+                    self._call_items += len(arg)
+                except OverflowError:
+                    self._call_items = PICKLE_MAX_CALL_ITEMS + 1
+        if self._call_items > PICKLE_MAX_CALL_ITEMS:
+            raise self._refuse(
+                f"expands to more than PICKLE_MAX_CALL_ITEMS = {PICKLE_MAX_CALL_ITEMS:,} "
+                "container elements"
+            )
+
+    def load_reduce(self) -> None:
+        """REDUCE: count the arguments, then call (only allowed globals are callable)."""
+        args = self.stack.pop()
+        func = self.stack[-1]
+        self._count_call(args)
+        self.stack[-1] = func(*args)
+
+    def load_newobj(self) -> None:
+        """NEWOBJ: ``cls.__new__(cls, *args)`` with its arguments counted."""
+        args = self.stack.pop()
+        cls = self.stack.pop()
+        self._count_call(args)
+        self.append(cls.__new__(cls, *args))
+
+    def load_newobj_ex(self) -> None:
+        """NEWOBJ_EX: as NEWOBJ, with keyword arguments counted too."""
+        kwargs = self.stack.pop()
+        args = self.stack.pop()
+        cls = self.stack.pop()
+        self._count_call(args)
+        self._count_call(tuple(kwargs.values()) if isinstance(kwargs, dict) else ())
+        self.append(cls.__new__(cls, *args, **kwargs))
+
+    def load_build(self) -> None:
+        """BUILD only on instances this load created, of the documented kinds."""
+        state = self.stack.pop()
+        inst = self.stack[-1]
+        if isinstance(inst, (Stub, LazyTensor, np.ndarray, np.dtype)) and not isinstance(
+            inst, type
+        ):
+            inst.__setstate__(state)
+            return
+        if type(inst) not in _BUILDABLE_CONTAINERS:
+            raise self._refuse(f"sets the state of {_describe(inst)}, which it did not create")
+        slots = None
+        if isinstance(state, tuple) and len(state) == 2:
+            state, slots = state
+        if slots or (state is not None and not isinstance(state, dict)):
+            raise self._refuse(f"sets slots or non-dict state on a {type(inst).__name__}")
+        for key, value in (state or {}).items():
+            if not isinstance(key, str) or key.startswith("__"):
+                raise self._refuse(f"sets attribute {key!r} of a {type(inst).__name__}")
+            inst.__dict__[key] = value
+
+    def _memo_put(self, index: int) -> None:
+        """Store the top of the stack in the memo, within PICKLE_MAX_MEMO entries."""
+        if len(self.memo) >= PICKLE_MAX_MEMO and index not in self.memo:
+            raise self._refuse(f"memoises more than PICKLE_MAX_MEMO = {PICKLE_MAX_MEMO:,} objects")
+        self.memo[index] = self.stack[-1]
+
+    def load_put(self) -> None:
+        """PUT with a bounded memo."""
+        i = int(self.readline()[:-1])
+        if i < 0:
+            raise ValueError("negative PUT argument")
+        self._memo_put(i)
+
+    def load_binput(self) -> None:
+        """BINPUT with a bounded memo."""
+        self._memo_put(self.read(1)[0])
+
+    def load_long_binput(self) -> None:
+        """LONG_BINPUT with a bounded memo."""
+        (i,) = struct.unpack("<I", self.read(4))
+        self._memo_put(i)
+
+    def load_memoize(self) -> None:
+        """MEMOIZE with a bounded memo."""
+        self._memo_put(len(self.memo))
+
+    dispatch[pickle.REDUCE[0]] = load_reduce
+    dispatch[pickle.NEWOBJ[0]] = load_newobj
+    dispatch[pickle.NEWOBJ_EX[0]] = load_newobj_ex
+    dispatch[pickle.BUILD[0]] = load_build
+    dispatch[pickle.PUT[0]] = load_put
+    dispatch[pickle.BINPUT[0]] = load_binput
+    dispatch[pickle.LONG_BINPUT[0]] = load_long_binput
+    dispatch[pickle.MEMOIZE[0]] = load_memoize
+
+
+def _describe(obj: Any) -> str:
+    """A short name of what a pickle tried to change."""
+    if isinstance(obj, type):
+        return f"the class {getattr(obj, '__module__', '?')}.{obj.__qualname__}"
+    if callable(obj):
+        return f"the function {getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', '?')}"
+    return f"a shared {type(obj).__name__} object"
 
 
 def restricted_load(
