@@ -460,32 +460,49 @@ class StoreWriter:
         data += [(f[path], row, value) for path, row, value in vector_rows]
         flags = [(self._done_ds, i, np.uint8(1))] if value_rows is not None else []
         flags += [(f[f"{section}/done"], row, np.uint8(1)) for section, row in sections]
-        try:
-            # 1. the data, durable and read back from the file; 2. only then the flags,
-            # durable and read back: a done flag on disk always has its data beside it
-            hold = os.environ.get(HOLD_WRITE_ENV) if value_rows is not None else None
-            for n, (ds, row, value) in enumerate(data):
-                write_row(ds, row, value)
-                if hold and n == 0:
-                    f.flush()
-                    _hold_here(hold)
-            layout.fsync_file(f)
-            _verify_rows(data)
-            for ds, row, value in flags:
-                write_row(ds, row, value)
-            layout.fsync_file(f)
-            _verify_rows(flags)
-        except (OSError, RuntimeError, _LostWrite) as exc:
-            self._abandon()
-            raise StoreWriteError(
-                f"{self.path}: could not write step {step} ({layout.write_reason(exc)}); the step "
-                "stays not done and the store keeps every finished step: free disk space (or "
-                "fix the disk) and run the same command again to resume"
-            ) from None
+        # 1. the data, durable and read back from the file; 2. only then the flags,
+        # durable and read back: a done flag on disk always has its data beside it
+        hold = os.environ.get(HOLD_WRITE_ENV) if value_rows is not None else None
+        self._commit([data, flags], f"write step {step}", hold=hold, resume=True)
         if value_rows is not None:
             self._done[i] = True
         for section, row in sections:
             self._section_done[section][row] = True
+
+    def _commit(
+        self,
+        batches: Sequence[Sequence[tuple[h5py.Dataset, int, Any]]],
+        what: str,
+        *,
+        hold: str | None = None,
+        resume: bool = False,
+    ) -> None:
+        """Write each batch of (dataset, row, value), make it durable and read it back
+        before the next one starts; any failure closes the writer and raises
+        StoreWriteError naming `what` (`hold`: the test hook after the first row)."""
+        f = self._f
+        try:
+            for batch in batches:
+                for n, (ds, row, value) in enumerate(batch):
+                    write_row(ds, row, value)
+                    if hold and n == 0:
+                        f.flush()
+                        _hold_here(hold)
+                hold = None
+                layout.fsync_file(f)
+                _verify_rows(batch)
+        except (OSError, RuntimeError, _LostWrite) as exc:
+            self._abandon()
+            kept = (
+                " the step stays not done and the store keeps every finished step:"
+                if resume
+                else ""
+            )
+            raise StoreWriteError(
+                f"{self.path}: could not {what} ({layout.write_reason(exc)});{kept} free disk "
+                "space (or fix the disk) and run the same command again"
+                + (" to resume" if resume else "")
+            ) from None
 
     def _abandon(self) -> None:
         """Close the file after a failed write without letting HDF5's errors escape, and
@@ -576,17 +593,8 @@ class StoreWriter:
         data = layout.clean_text(str(flag)).encode("utf-8")
         if len(data) > layout.FLAG_BYTES:
             raise ValueError(f"flag {flag!r} is longer than {layout.FLAG_BYTES} bytes")
-        write = [(self._f["steps/flag"], self._index[int(step)], np.array(data, layout.FLAG_DTYPE))]
-        try:
-            write_row(*write[0])
-            layout.fsync_file(self._f)
-            _verify_rows(write)
-        except (OSError, RuntimeError, _LostWrite) as exc:
-            self._abandon()
-            raise StoreWriteError(
-                f"{self.path}: could not flag step {step} ({layout.write_reason(exc)}); free disk "
-                "space (or fix the disk) and run the same command again"
-            ) from None
+        row = (self._f["steps/flag"], self._index[int(step)], np.array(data, layout.FLAG_DTYPE))
+        self._commit([[row]], f"flag step {step}")
 
     def close(self) -> None:
         """Close the file and release the writer lock (idempotent)."""
@@ -609,19 +617,9 @@ class StoreWriter:
         free = np.flatnonzero(~used)
         slot = int(free[0])  # open() rebuilt the file with more slots if none was free
         data = np.array(layout.provenance_bytes(record), dtype=layout.PROVENANCE_DTYPE)
-        record_row = [(self._f["provenance/record"], slot, data)]
-        used_row = [(self._f["provenance/used"], slot, np.uint8(1))]
-        try:
-            for rows in (record_row, used_row):
-                write_row(*rows[0])
-                layout.fsync_file(self._f)
-                _verify_rows(rows)
-        except (OSError, RuntimeError, _LostWrite) as exc:
-            self._abandon()
-            raise StoreWriteError(
-                f"{self.path}: could not record this run in the store ({layout.write_reason(exc)}); "
-                "free disk space (or fix the disk) and run the same command again"
-            ) from None
+        record_row = (self._f["provenance/record"], slot, data)
+        used_row = (self._f["provenance/used"], slot, np.uint8(1))
+        self._commit([[record_row], [used_row]], "record this run in the store")
         self._slot = slot
 
 
