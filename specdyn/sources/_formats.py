@@ -21,6 +21,7 @@ by the named limits below (each error names the limit it hit):
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import math
@@ -893,6 +894,7 @@ _SAFETENSORS_DTYPE_BITS = {
 }  # fmt: skip
 _TENSOR_FIELDS = ("dtype", "shape", "data_offsets")
 _LONE_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_MINUS_ZERO = re.compile(rb"-0(?![0-9.eE])")  # the integer literal -0 (serde: a float)
 
 
 class _JsonObject(dict):
@@ -977,12 +979,14 @@ def _parse_safetensors_json(path: Path, raw: bytes) -> dict:
         raise _safetensors_error(
             path, f"its safetensors header is not UTF-8 ({exc.reason})"
         ) from None
+    collecting = gc.isenabled()
+    gc.disable()  # the parse only allocates; collections while it runs would double its time
     try:
         header = json.loads(
             text,
             object_pairs_hook=make_object,
             parse_float=finite_float,
-            parse_int=integer,
+            parse_int=integer if _MINUS_ZERO.search(raw) else None,
             parse_constant=no_constant,
         )
     except _HeaderRefused as exc:
@@ -995,6 +999,9 @@ def _parse_safetensors_json(path: Path, raw: bytes) -> dict:
         ) from None
     except (json.JSONDecodeError, ValueError) as exc:
         raise _safetensors_error(path, f"unreadable safetensors header ({exc})") from None
+    finally:
+        if collecting:
+            gc.enable()
     if not isinstance(header, _JsonObject):
         raise _safetensors_error(path, "its safetensors header is not a JSON object")
     if _LONE_SURROGATE_ESCAPE.search(raw) and not _json_is_utf8(header):
@@ -1038,30 +1045,45 @@ def _is_u64(value: Any) -> bool:
     return type(value) is int and 0 <= value < _U64_LIMIT
 
 
+def _u64_list(value: Any) -> bool:
+    """Whether a parsed JSON value is a list of usize values."""
+    if type(value) is not list:
+        return False
+    for item in value:
+        if type(item) is not int or not 0 <= item < _U64_LIMIT:
+            return False
+    return True
+
+
 def _safetensors_tensor(path: Path, key: str, spec: Any) -> tuple[str, tuple[int, ...], int, int]:
     """(dtype code, shape, begin, end) of one header entry, type-checked like serde does."""
     if not isinstance(spec, _JsonObject):
         raise _safetensors_error(path, f"safetensors entry {key!r} is not a tensor description")
-    repeated = [f for f in _TENSOR_FIELDS if f in spec.repeated]
-    if repeated:
+    if spec.repeated:
+        repeated = [f for f in _TENSOR_FIELDS if f in spec.repeated]
+        if repeated:
+            raise _safetensors_error(
+                path, f"safetensors entry {key!r} repeats its field {repeated[0]!r}"
+            )
+    try:
+        dtype_code, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
+    except KeyError as exc:
         raise _safetensors_error(
-            path, f"safetensors entry {key!r} repeats its field {repeated[0]!r}"
-        )
-    missing = [f for f in _TENSOR_FIELDS if f not in spec]
-    if missing:
-        raise _safetensors_error(path, f"safetensors entry {key!r} has no {missing[0]!r}")
-    dtype_code, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
+            path, f"safetensors entry {key!r} has no {exc.args[0]!r}"
+        ) from None
     if not isinstance(dtype_code, str) or dtype_code not in _SAFETENSORS_DTYPE_BITS:
         raise _safetensors_error(path, f"tensor {key!r} has an unknown dtype {dtype_code!r}")
-    if not isinstance(shape, list) or not all(_is_u64(d) for d in shape):
+    if not _u64_list(shape):
         raise _safetensors_error(path, f"tensor {key!r} has a malformed shape {shape!r}")
-    if not isinstance(offsets, list) or len(offsets) != 2 or not all(map(_is_u64, offsets)):
+    if not _u64_list(offsets) or len(offsets) != 2:
         raise _safetensors_error(path, f"tensor {key!r} has malformed data_offsets {offsets!r}")
-    extras = [v for f, v in spec.items() if f not in _TENSOR_FIELDS]
-    if not all(_json_depth_ok(v, 2) for v in extras):
-        raise _safetensors_error(
-            path, f"its safetensors header nests deeper than {SAFETENSORS_MAX_JSON_DEPTH} levels"
-        )
+    if len(spec) != len(_TENSOR_FIELDS):  # unknown fields are ignored, but not their depth
+        extras = [v for f, v in spec.items() if f not in _TENSOR_FIELDS]
+        if not all(_json_depth_ok(v, 2) for v in extras):
+            raise _safetensors_error(
+                path,
+                f"its safetensors header nests deeper than {SAFETENSORS_MAX_JSON_DEPTH} levels",
+            )
     return dtype_code, tuple(shape), offsets[0], offsets[1]
 
 
