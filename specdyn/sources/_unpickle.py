@@ -14,13 +14,25 @@ What a pickle may obtain through ``find_class``:
   item and list appends all just store the data they are given; nothing is imported.
 
 ``BUILD`` (setting an object's state) applies only to objects this load created: stubs,
-lazy tensors, numpy arrays and dtypes (copies, never numpy's shared instances), and
-``OrderedDict``/``Counter``/``deque`` instances (plain attribute names only). A pickle that
-BUILDs a class, a function or any shared object is refused: with the C unpickler it could
-replace ``Counter.most_common`` or a rebuild function's defaults for the whole process.
-The work a pickle can cause is bounded by `PICKLE_MAX_CALL_ITEMS` (elements of the
-containers and ranges handed to calls, per load: ``list(range(4 * 10**8))`` is refused) and
-`PICKLE_MAX_MEMO` (memo entries, kept in a dict, not a table sized by the largest index).
+lazy tensors, numpy arrays and dtypes (copies, never numpy's shared instances; their states
+checked against their data and against what numpy's own constructor builds, since numpy
+accepts field offsets past the item and forged flags), and ``OrderedDict``/``Counter``/
+``deque`` instances (plain attribute names only). A pickle that BUILDs a class, a function
+or any shared object is refused: with the C unpickler it could replace
+``Counter.most_common`` or a rebuild function's defaults for the whole process. Items and
+appends go only to dicts, sets, lists, deques and stubs.
+
+The work a pickle can cause is bounded, each refusal naming its limit:
+`PICKLE_MAX_CALL_ITEMS` + `PICKLE_CALL_ITEMS_PER_BYTE` per byte (elements of the
+containers, ranges, strings and arrays handed to calls or copied by a BUILD, per load:
+``list(range(4 * 10**8))`` is refused), `PICKLE_MAX_MEMO` (memo entries, kept in a dict,
+not a table sized by the largest index), `PICKLE_MAX_KEY_NODES` (the nested tuples hashed
+for one dict key or set element) and `PICKLE_MAX_HASH_COLLISIONS` (hash flooding). Call
+arguments must be a tuple (``f(*range(n))`` would expand first); ``str()`` takes no
+containers (the text of shared nested lists is exponentially long); a length that a record
+declares is checked against the bytes left before anything is allocated for it. Whatever
+fails inside an allowed call (an unknown codec, a bad device string) is a one-line
+``UnpicklingError``, and error messages describe values in a few words, never by repr.
 
 Globals that exist to run code (``os.system``, ``builtins.eval``/``exec``/``getattr``/
 ``__import__``, ``subprocess.*``, ``posix.system``, …) are refused as soon as the pickle
@@ -32,6 +44,7 @@ from __future__ import annotations
 import _compat_pickle
 import codecs
 import collections
+import io
 import math
 import pickle
 import struct
@@ -43,7 +56,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-from ..errors import UnsafePickleError
+from ..errors import CheckpointError, UnsafePickleError
 
 __all__ = [
     "LazyTensor",
@@ -212,13 +225,13 @@ class _BadTensor(pickle.UnpicklingError):
 
 
 def _ints(value: Any, what: str) -> tuple[int, ...]:
-    """Validate a tuple of non-negative ints (shape or stride)."""
+    """Validate a tuple of non-negative int64 values (shape or stride)."""
     if isinstance(value, int):
         value = (value,)
     if not isinstance(value, (tuple, list)) or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
+        isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= _INT64_MAX for v in value
     ):
-        raise _BadTensor(f"malformed tensor {what}: {value!r}")
+        raise _BadTensor(f"malformed tensor {what} ({_describe_value(value)})")
     return tuple(int(v) for v in value)
 
 
@@ -231,9 +244,9 @@ def _lazy(
     if not isinstance(storage, StorageRef):
         raise _BadTensor(f"tensor storage is {type(storage).__name__}, not a stored storage")
     if not isinstance(dtype, torch.dtype):
-        raise _BadTensor(f"malformed tensor dtype {dtype!r}")
-    if not isinstance(offset, int) or offset < 0:
-        raise _BadTensor(f"malformed storage offset {offset!r}")
+        raise _BadTensor(f"malformed tensor dtype ({_describe_value(dtype)})")
+    if not isinstance(offset, int) or not 0 <= offset <= _INT64_MAX:
+        raise _BadTensor(f"malformed storage offset ({_describe_value(offset)})")
     shape, strides = _ints(size, "shape"), _ints(stride, "stride")
     if len(shape) != len(strides):
         raise _BadTensor(f"shape {shape} and stride {strides} differ in length")
@@ -289,7 +302,7 @@ _REBUILDERS = (
 
 def _rebuild_from_type_v2(func, new_type, args, state):
     """torch._tensor._rebuild_from_type_v2: rebuild with one of ours, drop the subclass."""
-    if func in _REBUILDERS and isinstance(args, tuple):
+    if any(func is rebuilder for rebuilder in _REBUILDERS) and isinstance(args, tuple):
         return func(*args)
     return _stub_class("torch._tensor", "_rebuild_from_type_v2")(func, new_type, args, state)
 
@@ -534,15 +547,126 @@ def _resolve_global(module: str, name: str, source: str) -> Any:
 
 # Work a pickle may cause, bounded (each refusal names its limit). A pickle of N bytes can
 # only push N objects, but a call can expand a small object into a large one: list(range(n)),
-# tuple(big_list) repeated through the memo, ... So the elements of every container or range
-# handed to a call (REDUCE, NEWOBJ) are counted, per load.
-PICKLE_MAX_CALL_ITEMS = 20_000_000
-# The memo is a dict (no preallocation by index, unlike the C unpickler's table, which a
-# LONG_BINPUT of 2**32 - 1 makes allocate gigabytes); its entries are bounded too.
+# tuple(big_list) repeated through the memo, bytes(blob) a thousand times... So the elements
+# of every container, range, string or array handed to a call (REDUCE, NEWOBJ) or copied by
+# a BUILD are counted, per load, against a budget that grows with the pickle's size.
+PICKLE_MAX_CALL_ITEMS = 4_194_304
+"""Elements calls may receive in one pickle beyond `PICKLE_CALL_ITEMS_PER_BYTE` per byte
+of it (``list(range(4 * 10**8))`` from 40 bytes is refused)."""
+PICKLE_CALL_ITEMS_PER_BYTE = 4
+"""Elements calls may receive per byte of the pickle: a real checkpoint hands each stored
+value to at most two calls (protocol 2 numpy data: latin-1 text → bytes → array)."""
 PICKLE_MAX_MEMO = 10_000_000
+"""Memo entries. The memo is a dict, not the C unpickler's table (which a LONG_BINPUT of
+2**32 - 1 makes allocate gigabytes), and its entries are bounded too."""
+PICKLE_MAX_KEY_NODES = 256
+"""Tuples, slices and their elements walked to hash one dict key or set element. Python
+hashes nested tuples recursively and again at every insertion: a tuple of depth 40 built
+from shared halves takes hours to hash, and one nested 10**6 deep overflows the C stack."""
+PICKLE_MAX_HASH_COLLISIONS = 64
+"""Distinct non-text keys with one hash value, per pickle. Integer hashes are not
+randomised: n ints that differ by multiples of 2**61 - 1 make dict insertion quadratic
+(40 000 of them in 0.5 MB take 18 s); real pickles have next to none (-1 and -2)."""
+
+_INT64_MAX = 2**63 - 1  # torch sizes, strides and offsets are int64
+_FLAT_KEY_TYPES = frozenset({str, bytes, int, float, bool, complex, type(None)})
+_SCALAR_TYPES = (str, bytes, bytearray, int, float, complex, type(None), np.generic)
+_SIZED_ARGS = (
+    list,
+    tuple,
+    dict,
+    set,
+    frozenset,
+    range,
+    collections.deque,
+    str,
+    bytes,
+    bytearray,
+    np.ndarray,
+)
 # Containers whose instances a pickle may BUILD (set attributes of), besides our stubs, lazy
 # tensors and numpy arrays: the ones torch and Lightning pickles use, created by this load.
 _BUILDABLE_CONTAINERS = (collections.OrderedDict, collections.Counter, collections.deque)
+_DTYPE_BYTE_ORDERS = ("<", ">", "|", "=")
+
+
+class _BoundedReader:
+    """A file whose reads may not ask for more bytes than remain: a record that declares
+    a length past the end is refused before anything is allocated for it."""
+
+    def __init__(self, file: IO[bytes], remaining: int):
+        self._file = file
+        self.left = remaining
+
+    def read(self, n: int = -1) -> bytes:
+        """Read `n` bytes, refusing lengths beyond the end of the file."""
+        if n < 0 or n > self.left:
+            if n > 8:  # opcode and fixed-size argument reads come short at the end: EOF
+                raise pickle.UnpicklingError(
+                    f"a record declares {n:,} bytes but only {self.left:,} remain; "
+                    "the file is truncated or corrupt"
+                )
+            n = self.left if n < 0 else n
+        data = self._file.read(n)
+        self.left -= len(data)
+        return data
+
+    def readline(self) -> bytes:
+        """Read one line (protocol 0 arguments)."""
+        data = self._file.readline()
+        self.left -= len(data)
+        return data
+
+
+def _remaining_bytes(file: IO[bytes]) -> int:
+    """Bytes between the position of `file` and its end (the position is kept)."""
+    position = file.tell()
+    end = file.seek(0, 2)
+    file.seek(position)
+    return max(end - position, 0)
+
+
+def _describe_value(value: Any) -> str:
+    """A short description of a value from a pickle, at a cost bounded whatever its size
+    (a repr of shared nested lists is exponentially long)."""
+    if isinstance(value, bool) or value is None or isinstance(value, (float, complex)):
+        return repr(value)
+    if isinstance(value, int):
+        return repr(value) if abs(value) <= _INT64_MAX else f"an int of {value.bit_length()} bits"
+    if isinstance(value, (str, bytes, bytearray)):
+        return repr(value[:40]) + ("…" if len(value) > 40 else "")
+    if isinstance(value, (list, tuple, dict, set, frozenset, collections.deque)):
+        return f"a {type(value).__name__} of {len(value)} items"
+    if isinstance(value, Stub):
+        return f"a {value.stub_global}"
+    if isinstance(value, (torch.dtype, np.dtype)):
+        return str(value)
+    return f"a {type(value).__name__}"
+
+
+def _describe(obj: Any) -> str:
+    """A short name of what a pickle tried to change."""
+    if isinstance(obj, type) and issubclass(obj, Stub):
+        return f"the class {obj.stub_global}"
+    if isinstance(obj, type):
+        return f"the class {getattr(obj, '__module__', '?')}.{obj.__qualname__}"
+    if callable(obj):
+        return f"the function {getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', '?')}"
+    return f"a shared {type(obj).__name__} object"
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message as one line of at most 200 characters."""
+    text = " ".join(str(exc).split())
+    text = text if len(text) <= 200 else text[:200] + "…"
+    return text if isinstance(exc, pickle.UnpicklingError) else f"{type(exc).__name__}: {text}"
+
+
+def _flat_persistent_part(value: Any) -> bool:
+    """Whether `value` may be an element of a persistent id: text, a number, a class or a
+    storage type (torch writes ('storage', type, key, location, numel[, view]) and, in
+    legacy files, ('module', class, file name, source))."""
+    return value is None or isinstance(value, (str, bytes, int, type, _StorageType))
 
 
 class _RestrictedUnpickler(pickle._Unpickler):
@@ -557,19 +681,35 @@ class _RestrictedUnpickler(pickle._Unpickler):
     dispatch = dict(pickle._Unpickler.dispatch)
 
     def __init__(self, file: IO[bytes], source: str, persistent: Callable[[Any], Any] | None):
-        super().__init__(file, encoding="utf-8")
+        size = _remaining_bytes(file)
+        # An in-memory pickle never reads past its end (BytesIO.read(n) allocates what it
+        # returns); a real file's read(n) allocates n bytes first, so lengths are checked.
+        reader = file if isinstance(file, io.BytesIO) else _BoundedReader(file, size)
+        super().__init__(reader, encoding="utf-8")
         self._source = source
         self._persistent = persistent
+        self._size = size
         self._call_items = 0
+        self._call_budget = PICKLE_MAX_CALL_ITEMS + PICKLE_CALL_ITEMS_PER_BYTE * size
+        self._key_hashes: dict[tuple[type, int], Any] = {}
+        self._collisions = 0
 
     def find_class(self, module: str, name: str) -> Any:
         """Resolve a global through the allow list; stub or refuse the rest."""
         return _resolve_global(module, name, self._source)
 
     def persistent_load(self, pid: Any) -> Any:
-        """Delegate persistent ids (torch storages) to the format reader."""
+        """Delegate persistent ids (torch storages) to the format reader, once their shape
+        is known to be torch's (a short tuple of plain values)."""
         if self._persistent is None:
             raise pickle.UnpicklingError("unexpected persistent id in a plain pickle")
+        parts = pid if isinstance(pid, tuple) else (pid,)
+        if len(parts) > 8 or not all(
+            _flat_persistent_part(p)
+            or (isinstance(p, tuple) and len(p) <= 3 and all(map(_flat_persistent_part, p)))
+            for p in parts
+        ):
+            raise pickle.UnpicklingError(f"unexpected persistent id ({_describe_value(pid)})")
         return self._persistent(pid)
 
     def _refuse(self, what: str) -> UnsafePickleError:
@@ -579,53 +719,150 @@ class _RestrictedUnpickler(pickle._Unpickler):
             "load it with torch.load, get the weights from a trusted source"
         )
 
-    def _count_call(self, args: Any) -> None:
-        """Count the elements of the containers and ranges a call receives."""
-        if not isinstance(args, tuple):
-            return
-        for arg in args:
-            if isinstance(arg, (list, tuple, dict, set, frozenset, range, collections.deque)):
-                try:
-                    self._call_items += len(arg)
-                except OverflowError:
-                    self._call_items = PICKLE_MAX_CALL_ITEMS + 1
-        if self._call_items > PICKLE_MAX_CALL_ITEMS:
+    # ------------------------------------------------------------- work bounds
+
+    def _charge(self, items: int) -> None:
+        """Count `items` elements handed to calls against this load's budget."""
+        self._call_items += items
+        if self._call_items > self._call_budget:
             raise self._refuse(
-                f"expands to more than PICKLE_MAX_CALL_ITEMS = {PICKLE_MAX_CALL_ITEMS:,} "
-                "container elements"
+                f"expands to more than PICKLE_MAX_CALL_ITEMS = {PICKLE_MAX_CALL_ITEMS:,} + "
+                f"PICKLE_CALL_ITEMS_PER_BYTE = {PICKLE_CALL_ITEMS_PER_BYTE} × {self._size:,} "
+                "bytes of container elements"
             )
 
+    def _count_call(self, args: tuple) -> None:
+        """Count the elements of the containers, ranges, strings and arrays a call receives."""
+        items = 0
+        for arg in args:
+            if isinstance(arg, np.ndarray):
+                items += arg.shape[0] if arg.ndim else 1
+            elif isinstance(arg, _SIZED_ARGS):
+                try:
+                    items += len(arg)
+                except OverflowError:  # a range longer than sys.maxsize
+                    items += self._call_budget + 1
+        if items:
+            self._charge(items)
+
+    def _check_key(self, key: Any) -> None:
+        """Refuse a dict key or set element that is costly to hash (nested tuples beyond
+        PICKLE_MAX_KEY_NODES) or one of many distinct keys sharing a hash value."""
+        kind = type(key)
+        if kind is str or kind is bytes:  # randomised hashes, cached: nothing to bound
+            return
+        if kind not in _FLAT_KEY_TYPES:
+            nodes, pending = 0, [key]
+            while pending:
+                item = pending.pop()
+                nodes += 1
+                if nodes > PICKLE_MAX_KEY_NODES:
+                    raise self._refuse(
+                        f"uses a dict key or set element nested beyond "
+                        f"PICKLE_MAX_KEY_NODES = {PICKLE_MAX_KEY_NODES} elements"
+                    )
+                if isinstance(item, tuple):
+                    pending.extend(item)
+                elif isinstance(item, slice):
+                    pending.extend((item.start, item.stop, item.step))
+            if nodes > 1:
+                self._charge(nodes)
+        slot = (kind, hash(key))
+        first = self._key_hashes.setdefault(slot, key)
+        if first is not key and first != key:
+            self._collisions += 1
+            if self._collisions > PICKLE_MAX_HASH_COLLISIONS:
+                raise self._refuse(
+                    f"has more than PICKLE_MAX_HASH_COLLISIONS = {PICKLE_MAX_HASH_COLLISIONS} "
+                    "distinct keys sharing a hash value (a hash-flooding pattern)"
+                )
+
+    def _check_call(self, func: Any, args: Any, kwargs: Any = None) -> None:
+        """Check a call's arguments before it is made (REDUCE, NEWOBJ, NEWOBJ_EX)."""
+        if type(args) is not tuple:
+            # func(*args) would first expand any iterable into a tuple: *range(4e8)
+            raise pickle.UnpicklingError(f"call arguments are {_describe_value(args)}, not a tuple")
+        if kwargs is not None and (
+            type(kwargs) is not dict or not all(type(k) is str for k in kwargs)
+        ):
+            raise pickle.UnpicklingError("keyword arguments are not a dict of names")
+        self._count_call(args)
+        if kwargs:
+            self._count_call(tuple(kwargs.values()))
+        if func is str and not all(isinstance(a, _SCALAR_TYPES) for a in args):
+            raise self._refuse("calls str() on a container, whose text can be exponentially long")
+        if args and any(func is builder for builder in _HASHING_BUILDERS):
+            self._check_builder_keys(func, args[0])
+
+    def _check_builder_keys(self, func: Any, source: Any) -> None:
+        """Check the keys a set, dict or Counter built from `source` will hash."""
+        if isinstance(source, dict):
+            keys = source.keys()
+        elif (
+            func is set
+            or func is frozenset
+            or func is collections.Counter
+            or not isinstance(source, (list, tuple))
+        ):
+            keys = source if isinstance(source, (list, tuple, set, frozenset)) else ()
+        else:
+            keys = [
+                pair[0] for pair in source if isinstance(pair, (tuple, list)) and len(pair) == 2
+            ]
+        for key in keys:
+            self._check_key(key)
+
+    # ------------------------------------------------------------- calls
+
     def load_reduce(self) -> None:
-        """REDUCE: count the arguments, then call (only allowed globals are callable)."""
+        """REDUCE: check and count the arguments, then call (only allowed globals and
+        stubs are callable)."""
         args = self.stack.pop()
         func = self.stack[-1]
-        self._count_call(args)
+        self._check_call(func, args)
         self.stack[-1] = func(*args)
 
     def load_newobj(self) -> None:
-        """NEWOBJ: ``cls.__new__(cls, *args)`` with its arguments counted."""
+        """NEWOBJ: ``cls.__new__(cls, *args)`` with its arguments checked."""
         args = self.stack.pop()
         cls = self.stack.pop()
-        self._count_call(args)
+        self._check_call(cls, args)
         self.append(cls.__new__(cls, *args))
 
     def load_newobj_ex(self) -> None:
-        """NEWOBJ_EX: as NEWOBJ, with keyword arguments counted too."""
+        """NEWOBJ_EX: as NEWOBJ, with keyword arguments checked too."""
         kwargs = self.stack.pop()
         args = self.stack.pop()
         cls = self.stack.pop()
-        self._count_call(args)
-        self._count_call(tuple(kwargs.values()) if isinstance(kwargs, dict) else ())
+        self._check_call(cls, args, kwargs)
         self.append(cls.__new__(cls, *args, **kwargs))
+
+    def _instantiate(self, klass: Any, args: list) -> None:
+        """INST and OBJ (protocols 0 and 1): a checked call."""
+        args = tuple(args)
+        self._check_call(klass, args)
+        self.append(klass(*args))
+
+    def _refuse_extension(self) -> None:
+        """EXT1/2/4 name globals through copyreg's process-wide registry: never in checkpoints."""
+        raise pickle.UnpicklingError("extension codes (copyreg registry) are not supported")
+
+    # ------------------------------------------------------------- BUILD
 
     def load_build(self) -> None:
         """BUILD only on instances this load created, of the documented kinds."""
         state = self.stack.pop()
         inst = self.stack[-1]
-        if isinstance(inst, (Stub, LazyTensor, np.ndarray, np.dtype)) and not isinstance(
-            inst, type
-        ):
+        if isinstance(inst, type):
+            raise self._refuse(f"sets the state of {_describe(inst)}, which it did not create")
+        if isinstance(inst, (Stub, LazyTensor)):
             inst.__setstate__(state)
+            return
+        if isinstance(inst, np.dtype):
+            self._build_dtype(inst, state)
+            return
+        if isinstance(inst, np.ndarray):
+            self._build_array(inst, state)
             return
         if type(inst) not in _BUILDABLE_CONTAINERS:
             raise self._refuse(f"sets the state of {_describe(inst)}, which it did not create")
@@ -636,8 +873,147 @@ class _RestrictedUnpickler(pickle._Unpickler):
             raise self._refuse(f"sets slots or non-dict state on a {type(inst).__name__}")
         for key, value in (state or {}).items():
             if not isinstance(key, str) or key.startswith("__"):
-                raise self._refuse(f"sets attribute {key!r} of a {type(inst).__name__}")
+                raise self._refuse(
+                    f"sets attribute {_describe_value(key)} of a {type(inst).__name__}"
+                )
             inst.__dict__[key] = value
+
+    def _build_array(self, array: np.ndarray, state: Any) -> None:
+        """numpy's ndarray state, checked against its data: numpy itself accepts a dtype of
+        0 bytes with any shape (an array of 10**8 elements from no data)."""
+        if isinstance(state, tuple) and len(state) == 5:
+            _version, shape, dtype, _fortran, raw = state
+        elif isinstance(state, tuple) and len(state) == 4:
+            shape, dtype, _fortran, raw = state
+        else:
+            raise pickle.UnpicklingError(f"malformed numpy array state ({_describe_value(state)})")
+        if not isinstance(dtype, np.dtype) or dtype.itemsize == 0:
+            raise pickle.UnpicklingError(f"numpy array of dtype {_describe_value(dtype)}")
+        if not isinstance(shape, tuple) or not all(
+            type(n) is int and 0 <= n <= _INT64_MAX for n in shape
+        ):
+            raise pickle.UnpicklingError(f"malformed numpy array shape ({_describe_value(shape)})")
+        if dtype.hasobject:
+            declared, held = math.prod(shape), len(raw) if isinstance(raw, list) else -1
+        else:
+            declared = math.prod(shape) * dtype.itemsize
+            held = len(raw) if isinstance(raw, (bytes, bytearray)) else -1
+        if declared != held:
+            raise pickle.UnpicklingError(
+                f"numpy array declares {declared:,} elements or bytes, its data holds {held:,}"
+            )
+        self._charge(held)
+        array.__setstate__(state)
+
+    def _build_dtype(self, dtype: np.dtype, state: Any) -> None:
+        """numpy's dtype state, checked: numpy accepts field offsets past the item's end and
+        forged flags (a plain 8-byte dtype declared to hold Python objects)."""
+        if (
+            not isinstance(state, tuple)
+            or len(state) not in (8, 9)
+            or state[0] not in (3, 4)
+            or state[1] not in _DTYPE_BYTE_ORDERS
+            or not all(type(v) is int for v in state[5:8])
+        ):
+            raise pickle.UnpicklingError(f"malformed numpy dtype state ({_describe_value(state)})")
+        subarray, names, fields, size, alignment, flags = state[2:8]
+        if subarray is None and names is None and fields is None:
+            reference = dtype
+        else:
+            reference = _structured_reference(subarray, names, fields, size)
+        if (
+            size not in (-1, dtype.itemsize)
+            or reference.itemsize != dtype.itemsize
+            or alignment not in (-1, reference.alignment, 1)
+            or flags != reference.flags
+            or (len(state) == 9 and not _datetime_metadata(dtype, state[8]))
+        ):
+            raise pickle.UnpicklingError(f"inconsistent numpy dtype state for {dtype}")
+        dtype.__setstate__(state)
+
+    # ------------------------------------------------------------- containers
+
+    def load_setitem(self) -> None:
+        """SETITEM with its key checked; only dicts and stubs take items."""
+        value = self.stack.pop()
+        key = self.stack.pop()
+        self._check_key(key)
+        self._item_target()[key] = value
+
+    def load_setitems(self) -> None:
+        """SETITEMS with each key checked."""
+        items = self.pop_mark()
+        target = self._item_target()
+        for i in range(0, len(items), 2):
+            key = items[i]
+            if type(key) is not str:
+                self._check_key(key)
+            target[key] = items[i + 1]
+
+    def _item_target(self) -> Any:
+        """The object under a SETITEM(S): a dict or a stub made by this load."""
+        target = self.stack[-1]
+        if isinstance(target, dict) or (isinstance(target, Stub) and not isinstance(target, type)):
+            return target
+        raise self._refuse(f"sets items of {_describe(target)}")
+
+    def load_dict(self) -> None:
+        """DICT with each key checked."""
+        items = self.pop_mark()
+        for key in items[::2]:
+            self._check_key(key)
+        self.append({items[i]: items[i + 1] for i in range(0, len(items), 2)})
+
+    def load_additems(self) -> None:
+        """ADDITEMS: into a set only, each element checked."""
+        items = self.pop_mark()
+        target = self.stack[-1]
+        if type(target) is not set:
+            raise self._refuse(f"adds set elements to {_describe(target)}")
+        for item in items:
+            self._check_key(item)
+        target.update(items)
+
+    def load_frozenset(self) -> None:
+        """FROZENSET with each element checked."""
+        items = self.pop_mark()
+        for item in items:
+            self._check_key(item)
+        self.append(frozenset(items))
+
+    def load_append(self) -> None:
+        """APPEND: to a list, deque or stub only."""
+        value = self.stack.pop()
+        self._append_target().append(value)
+
+    def load_appends(self) -> None:
+        """APPENDS: to a list, deque or stub only."""
+        items = self.pop_mark()
+        self._append_target().extend(items)
+
+    def _append_target(self) -> Any:
+        """The object under an APPEND(S)."""
+        target = self.stack[-1]
+        if type(target) in (list, collections.deque) or (
+            isinstance(target, Stub) and not isinstance(target, type)
+        ):
+            return target
+        raise self._refuse(f"appends to {_describe(target)}")
+
+    def load_bytearray8(self) -> None:
+        """BYTEARRAY8 read before it is allocated (pickle allocates and zero-fills first:
+        9 bytes asked for gigabytes)."""
+        (n,) = struct.unpack("<Q", self.read(8))
+        if n > self._size:
+            raise pickle.UnpicklingError(
+                f"a bytearray declares {n:,} bytes, more than the {self._size:,} of the pickle"
+            )
+        data = self.read(n)
+        if len(data) != n:
+            raise pickle.UnpicklingError("pickle data was truncated")
+        self.append(bytearray(data))
+
+    # ------------------------------------------------------------- memo
 
     def _memo_put(self, index: int) -> None:
         """Store the top of the stack in the memo, within PICKLE_MAX_MEMO entries."""
@@ -646,10 +1022,11 @@ class _RestrictedUnpickler(pickle._Unpickler):
         self.memo[index] = self.stack[-1]
 
     def load_put(self) -> None:
-        """PUT with a bounded memo."""
+        """PUT with a bounded memo (and an index below PICKLE_MAX_MEMO: text indexes could
+        collide in the memo dict's hashes)."""
         i = int(self.readline()[:-1])
-        if i < 0:
-            raise ValueError("negative PUT argument")
+        if not 0 <= i < PICKLE_MAX_MEMO:
+            raise pickle.UnpicklingError(f"PUT index {_describe_value(i)} out of range")
         self._memo_put(i)
 
     def load_binput(self) -> None:
@@ -669,19 +1046,74 @@ class _RestrictedUnpickler(pickle._Unpickler):
     dispatch[pickle.NEWOBJ[0]] = load_newobj
     dispatch[pickle.NEWOBJ_EX[0]] = load_newobj_ex
     dispatch[pickle.BUILD[0]] = load_build
+    dispatch[pickle.SETITEM[0]] = load_setitem
+    dispatch[pickle.SETITEMS[0]] = load_setitems
+    dispatch[pickle.DICT[0]] = load_dict
+    dispatch[pickle.ADDITEMS[0]] = load_additems
+    dispatch[pickle.FROZENSET[0]] = load_frozenset
+    dispatch[pickle.APPEND[0]] = load_append
+    dispatch[pickle.APPENDS[0]] = load_appends
+    dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8
     dispatch[pickle.PUT[0]] = load_put
     dispatch[pickle.BINPUT[0]] = load_binput
     dispatch[pickle.LONG_BINPUT[0]] = load_long_binput
     dispatch[pickle.MEMOIZE[0]] = load_memoize
+    for _ext in (pickle.EXT1, pickle.EXT2, pickle.EXT4):
+        dispatch[_ext[0]] = _refuse_extension
+    del _ext
 
 
-def _describe(obj: Any) -> str:
-    """A short name of what a pickle tried to change."""
-    if isinstance(obj, type):
-        return f"the class {getattr(obj, '__module__', '?')}.{obj.__qualname__}"
-    if callable(obj):
-        return f"the function {getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', '?')}"
-    return f"a shared {type(obj).__name__} object"
+_HASHING_BUILDERS = (set, frozenset, dict, collections.OrderedDict, collections.Counter)
+
+
+def _structured_reference(subarray: Any, names: Any, fields: Any, size: int) -> np.dtype:
+    """The dtype numpy's own constructor makes from a structured or subarray dtype state
+    (it refuses fields outside the item); compared with the state before it is applied."""
+    try:
+        if subarray is not None:
+            if names is not None or fields is not None or not isinstance(subarray, tuple):
+                raise ValueError("subarray with fields")
+            base, shape = subarray
+            if not isinstance(base, np.dtype) or not isinstance(shape, tuple):
+                raise ValueError("malformed subarray")
+            return np.dtype((base, shape))
+        if (
+            not isinstance(names, tuple)
+            or not isinstance(fields, dict)
+            or set(names) != set(fields)
+        ):
+            raise ValueError("names and fields differ")
+        formats, offsets = [], []
+        for name in names:  # (titled fields, listed twice in `fields`, are not supported)
+            field = fields[name]
+            if not isinstance(field, tuple) or len(field) != 2:
+                raise ValueError(f"field {_describe_value(name)} is not (dtype, offset)")
+            if not isinstance(field[0], np.dtype) or type(field[1]) is not int:
+                raise ValueError(f"field {_describe_value(name)} is not (dtype, offset)")
+            formats.append(field[0])
+            offsets.append(field[1])
+        spec = {"names": list(names), "formats": formats, "offsets": offsets, "itemsize": size}
+        return np.dtype(spec)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise pickle.UnpicklingError(f"inconsistent numpy dtype state ({_one_line(exc)})") from None
+
+
+def _datetime_metadata(dtype: np.dtype, metadata: Any) -> bool:
+    """Whether a version-4 dtype state's last item is what numpy writes for datetimes:
+    (None, (unit, count, 1, 1))."""
+    if metadata is None:
+        return True
+    if dtype.kind not in "Mm" or not isinstance(metadata, tuple) or len(metadata) != 2:
+        return False
+    user, unit = metadata
+    return (
+        user is None
+        and isinstance(unit, tuple)
+        and len(unit) == 4
+        and isinstance(unit[0], (bytes, str))
+        and len(unit[0]) <= 8
+        and all(type(v) is int and 0 <= v <= _INT64_MAX for v in unit[1:])
+    )
 
 
 def restricted_load(
@@ -690,15 +1122,23 @@ def restricted_load(
     """Unpickle one object from `file` with the restricted unpickler.
 
     `source` names the file in error messages; `persistent` receives persistent ids.
-    Raises UnsafePickleError (nothing run) or pickle/value errors for malformed data.
+    Raises UnsafePickleError (nothing run or changed; also for a pickle that would exceed
+    one of the ``PICKLE_*`` limits), `CheckpointError` from `persistent`, RecursionError,
+    MemoryError, or pickle.UnpicklingError with a one-line message for malformed data
+    (whatever failed inside: a bad codec name, a bad device string, ...).
     """
-    return _RestrictedUnpickler(file, source, persistent).load()
+    try:
+        return _RestrictedUnpickler(file, source, persistent).load()
+    except (CheckpointError, RecursionError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - every failure of a hostile file is "corrupt"
+        raise pickle.UnpicklingError(_one_line(exc)) from None
 
 
 def storage_type_dtype(storage_type: Any) -> tuple[torch.dtype, bool]:
     """(element dtype, untyped?) of a storage type from a persistent id."""
     if not isinstance(storage_type, _StorageType):
-        raise pickle.UnpicklingError(f"unknown storage type {storage_type!r}")
+        raise pickle.UnpicklingError(f"unknown storage type ({_describe_value(storage_type)})")
     return storage_type.dtype, storage_type.untyped
 
 
@@ -751,7 +1191,7 @@ def _find(obj: Any, path: tuple[str, ...], depth: int):
     mapping = as_mapping(obj)
     if mapping is None:
         if isinstance(obj, Stub):
-            weights = _module_weights(obj, "", set())
+            weights = _module_weights(obj)
             return (weights, path) if weights else None
         return None
     for key in _NEST_KEYS:
@@ -763,27 +1203,35 @@ def _find(obj: Any, path: tuple[str, ...], depth: int):
     return (tensors, path) if tensors else None
 
 
-def _module_weights(stub: Stub, prefix: str, seen: set[int]) -> dict[str, LazyTensor]:
-    """The state dict of a pickled nn.Module (a stub whose state holds _parameters etc.)."""
-    if id(stub) in seen:
-        return {}
-    seen.add(id(stub))
-    state = stub.stub_state
-    if isinstance(state, tuple) and state and isinstance(state[0], dict):
-        state = state[0]
-    if not isinstance(state, dict) or "_parameters" not in state:
-        return {}
+def _module_weights(root: Stub) -> dict[str, LazyTensor]:
+    """The state dict of a pickled nn.Module (a stub whose state holds _parameters etc.),
+    walked without recursion: a pickle can nest modules deeper than Python's stack."""
     out: dict[str, LazyTensor] = {}
-    params = as_mapping(state.get("_parameters")) or {}
-    buffers = as_mapping(state.get("_buffers")) or {}
-    transient = state.get("_non_persistent_buffers_set")
-    transient = transient if isinstance(transient, (set, frozenset)) else set()
-    for name, value in list(params.items()) + [
-        (n, b) for n, b in buffers.items() if n not in transient
-    ]:
-        if isinstance(name, str) and isinstance(value, LazyTensor):
-            out[prefix + name] = value
-    for name, child in (as_mapping(state.get("_modules")) or {}).items():
-        if isinstance(name, str) and isinstance(child, Stub):
-            out.update(_module_weights(child, f"{prefix}{name}.", seen))
+    seen: set[int] = set()
+    pending = [(root, "")]
+    while pending:
+        stub, prefix = pending.pop()
+        if id(stub) in seen:
+            continue
+        seen.add(id(stub))
+        state = stub.stub_state
+        if isinstance(state, tuple) and state and isinstance(state[0], dict):
+            state = state[0]
+        if not isinstance(state, dict) or "_parameters" not in state:
+            continue
+        params = as_mapping(state.get("_parameters")) or {}
+        buffers = as_mapping(state.get("_buffers")) or {}
+        transient = state.get("_non_persistent_buffers_set")
+        transient = transient if isinstance(transient, (set, frozenset)) else set()
+        for name, value in list(params.items()) + [
+            (n, b) for n, b in buffers.items() if n not in transient
+        ]:
+            if isinstance(name, str) and isinstance(value, LazyTensor):
+                out[prefix + name] = value
+        children = [
+            (child, f"{prefix}{name}.")
+            for name, child in (as_mapping(state.get("_modules")) or {}).items()
+            if isinstance(name, str) and isinstance(child, Stub)
+        ]
+        pending.extend(reversed(children))  # depth first, in the modules' order
     return out
