@@ -881,12 +881,14 @@ class _RestrictedUnpickler(pickle._Unpickler):
     def _build_array(self, array: np.ndarray, state: Any) -> None:
         """numpy's ndarray state, checked against its data: numpy itself accepts a dtype of
         0 bytes with any shape (an array of 10**8 elements from no data)."""
-        if isinstance(state, tuple) and len(state) == 5:
-            _version, shape, dtype, _fortran, raw = state
+        if isinstance(state, tuple) and len(state) == 5 and type(state[0]) is int:
+            shape, dtype, fortran, raw = state[1:]
         elif isinstance(state, tuple) and len(state) == 4:
-            shape, dtype, _fortran, raw = state
+            shape, dtype, fortran, raw = state
         else:
             raise pickle.UnpicklingError(f"malformed numpy array state ({_describe_value(state)})")
+        if type(fortran) is not bool:
+            raise pickle.UnpicklingError("malformed numpy array state (Fortran order flag)")
         if not isinstance(dtype, np.dtype) or dtype.itemsize == 0:
             raise pickle.UnpicklingError(f"numpy array of dtype {_describe_value(dtype)}")
         if not isinstance(shape, tuple) or not all(
@@ -907,15 +909,20 @@ class _RestrictedUnpickler(pickle._Unpickler):
 
     def _build_dtype(self, dtype: np.dtype, state: Any) -> None:
         """numpy's dtype state, checked: numpy accepts field offsets past the item's end and
-        forged flags (a plain 8-byte dtype declared to hold Python objects)."""
+        forged flags (a plain 8-byte dtype declared to hold Python objects), and crashes
+        on a datetime state without its unit. Only the states numpy writes are applied:
+        (3, order, subarray, names, fields, size, alignment, flags), and for datetimes
+        (4, …, (None, (unit, count, 1, 1)))."""
+        datetime = dtype.kind in "Mm"
         if (
             not isinstance(state, tuple)
-            or len(state) not in (8, 9)
-            or state[0] not in (3, 4)
+            or len(state) != (9 if datetime else 8)
+            or state[0] != (4 if datetime else 3)
             or state[1] not in _DTYPE_BYTE_ORDERS
             or not all(type(v) is int for v in state[5:8])
+            or (datetime and not _datetime_metadata(state[8]))
         ):
-            raise pickle.UnpicklingError(f"malformed numpy dtype state ({_describe_value(state)})")
+            raise pickle.UnpicklingError(f"malformed numpy dtype state for {dtype}")
         subarray, names, fields, size, alignment, flags = state[2:8]
         if subarray is None and names is None and fields is None:
             reference = dtype
@@ -926,7 +933,6 @@ class _RestrictedUnpickler(pickle._Unpickler):
             or reference.itemsize != dtype.itemsize
             or alignment not in (-1, reference.alignment, 1)
             or flags != reference.flags
-            or (len(state) == 9 and not _datetime_metadata(dtype, state[8]))
         ):
             raise pickle.UnpicklingError(f"inconsistent numpy dtype state for {dtype}")
         dtype.__setstate__(state)
@@ -1098,21 +1104,19 @@ def _structured_reference(subarray: Any, names: Any, fields: Any, size: int) -> 
         raise pickle.UnpicklingError(f"inconsistent numpy dtype state ({_one_line(exc)})") from None
 
 
-def _datetime_metadata(dtype: np.dtype, metadata: Any) -> bool:
-    """Whether a version-4 dtype state's last item is what numpy writes for datetimes:
-    (None, (unit, count, 1, 1))."""
-    if metadata is None:
-        return True
-    if dtype.kind not in "Mm" or not isinstance(metadata, tuple) or len(metadata) != 2:
+def _datetime_metadata(metadata: Any) -> bool:
+    """Whether a datetime dtype state's last item is what numpy writes: (None, (unit,
+    count, 1, 1)) (numpy itself refuses a bad unit or count)."""
+    if not isinstance(metadata, tuple) or len(metadata) != 2 or metadata[0] is not None:
         return False
-    user, unit = metadata
+    unit = metadata[1]
     return (
-        user is None
-        and isinstance(unit, tuple)
+        isinstance(unit, tuple)
         and len(unit) == 4
-        and isinstance(unit[0], (bytes, str))
+        and isinstance(unit[0], bytes)
         and len(unit[0]) <= 8
-        and all(type(v) is int and 0 <= v <= _INT64_MAX for v in unit[1:])
+        and type(unit[1]) is int
+        and unit[2:] == (1, 1)
     )
 
 
