@@ -61,6 +61,16 @@ def make_checkpoints(folder: Path, n: int) -> list[Path]:
     ]
 
 
+def checkpoint_folder(folder: Path | None, n: int) -> tuple[Path, float]:
+    """`folder` (a new temporary one when None) holding n checkpoints, written unless some
+    are there already, and their size in MB."""
+    folder = folder or Path(tempfile.mkdtemp(prefix="bench-160m-"))
+    if not any(folder.glob("step*/pytorch_model.bin")):
+        print(f"writing {n} Pythia-160m-shaped checkpoints to {folder} …", file=sys.stderr)
+        make_checkpoints(folder, n)
+    return folder, sum(f.stat().st_size for f in folder.glob("step*/pytorch_model.bin")) / 1e6
+
+
 def _peak_rss_mb() -> float:
     """Peak resident set of this process, MB.
 
@@ -233,13 +243,16 @@ def _child(method: str, folder: Path) -> None:
     print("RESULT " + json.dumps(result))
 
 
-def run_child(script: str, mode: str, folder: Path) -> tuple[dict | None, str]:
-    """Run `script --child MODE --dir FOLDER` in its own process: (its RESULT JSON or None,
-    the last line of its stderr)."""
+def run_child(
+    script: str, mode: str, folder: Path, env: dict[str, str] | None = None
+) -> tuple[dict | None, str]:
+    """Run `script --child MODE --dir FOLDER` in its own process (environment `env`, else
+    this one's): (its RESULT JSON or None, the last line of its stderr)."""
     proc = subprocess.run(
         [sys.executable, script, "--child", mode, "--dir", str(folder)],
         capture_output=True,
         text=True,
+        env=env,
     )
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -280,14 +293,7 @@ def main() -> None:
     if args.child:
         _child(args.child, args.dir)
         return
-    folder = args.dir or Path(tempfile.mkdtemp(prefix="bench-160m-"))
-    if not any(folder.glob("step*/pytorch_model.bin")):
-        print(
-            f"writing {args.checkpoints} Pythia-160m-shaped checkpoints to {folder} …",
-            file=sys.stderr,
-        )
-        make_checkpoints(folder, args.checkpoints)
-    size = sum(f.stat().st_size for f in folder.glob("step*/pytorch_model.bin")) / 1e6
+    folder, size = checkpoint_folder(args.dir, args.checkpoints)
     print(
         f"checkpoints: {args.checkpoints} × Pythia-160m shape, {size:.0f} MB fp16 on disk; "
         f"cores: {os.cpu_count()}, torch threads: default"

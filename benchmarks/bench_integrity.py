@@ -20,12 +20,11 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench_analyze import make_checkpoints
+from bench_analyze import checkpoint_folder, run_child
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_BASELINE = "5610314"  # main before issue 22's checks
@@ -39,7 +38,9 @@ def _child(mode: str, folder: Path) -> None:
     home = Path(tempfile.mkdtemp(prefix="bench-integrity-ws-"))
     vectors = None if mode == "values" else specdyn.VectorOptions()
     start = time.perf_counter()
-    specdyn.analyze(folder, home=home, compute=specdyn.ComputeOptions(device="cpu"), vectors=vectors)
+    specdyn.analyze(
+        folder, home=home, compute=specdyn.ComputeOptions(device="cpu"), vectors=vectors
+    )
     seconds = time.perf_counter() - start
     print("RESULT " + json.dumps({"seconds": seconds, "package": specdyn.__file__}))
 
@@ -49,16 +50,10 @@ def _run(code_root: Path | None, mode: str, folder: Path) -> dict:
     env = dict(os.environ)
     if code_root is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(code_root), env.get("PYTHONPATH", "")])
-    proc = subprocess.run(
-        [sys.executable, __file__, "--child", mode, "--dir", str(folder)],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    raise SystemExit(f"child failed: {proc.stderr.strip().splitlines()[-1:]}")
+    result, tail = run_child(__file__, mode, folder, env)
+    if result is None:
+        raise SystemExit(f"child failed: {tail}")
+    return result
 
 
 def main() -> None:
@@ -74,9 +69,7 @@ def main() -> None:
     if args.child:
         _child(args.child, args.dir)
         return
-    folder = args.dir or Path(tempfile.mkdtemp(prefix="bench-160m-"))
-    if not any(folder.glob("step*/pytorch_model.bin")):
-        make_checkpoints(folder, args.checkpoints)
+    folder, size = checkpoint_folder(args.dir, args.checkpoints)
     worktree = Path(tempfile.mkdtemp(prefix="bench-baseline-")) / "tree"
     subprocess.run(
         ["git", "-C", str(REPO), "worktree", "add", "--detach", str(worktree), args.baseline],
@@ -94,7 +87,6 @@ def main() -> None:
                     if not result["package"].startswith(str(expected)):
                         raise SystemExit(f"{label}: specdyn came from {result['package']}")
                     times.setdefault((mode, label), []).append(result["seconds"])
-        size = sum(f.stat().st_size for f in folder.glob("step*/pytorch_model.bin")) / 1e6
         print(
             f"{args.checkpoints} × Pythia-160m-shaped fp16 checkpoints ({size:.0f} MB), "
             f"{os.cpu_count()} cores; baseline {args.baseline}; median of {args.repeat} turns"
