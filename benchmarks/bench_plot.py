@@ -9,7 +9,7 @@ over training, their metrics from `specdyn.metrics.spectral_metrics`, and two
 steps flagged as duplicates (as the Pythia preset flags them). Then measures,
 the methods taking turns, best and median of --repeat rounds:
 
-- ``import``: ``python -c "import specdyn.plots"`` in a fresh process, the
+- ``import``: ``python -c "from specdyn.plots import draw"`` in a fresh process, the
   floor every command pays (interpreter, numpy, h5py, matplotlib);
 - ``cli``: ``python -m specdyn plot rank RUN --home WS --out FILE`` in a fresh
   process, what a user waits for (imports, opening the store, drawing, PNG at
@@ -181,7 +181,7 @@ def main() -> None:
 
     import matplotlib
 
-    import specdyn.plots  # noqa: F401 - warm the in-process method's imports outside the timings
+    from specdyn.plots import draw  # noqa: F401 - warm the in-process method's imports outside the timings
 
     with tempfile.TemporaryDirectory(prefix="specdyn-bench-plot-") as scratch:
         home = options.home or Path(scratch)
@@ -189,7 +189,7 @@ def main() -> None:
         path, build_s = build_store(home)
         py = sys.executable
         methods: dict[str, Callable[[], float]] = {
-            "import": lambda: timed_process([py, "-c", "import specdyn.plots"]),
+            "import": lambda: timed_process([py, "-c", "from specdyn.plots import draw"]),
             "cli": lambda: timed_process(
                 [py, "-m", "specdyn", "plot", "rank", RUN, "--home", str(home),
                  "--out", str(Path(scratch) / "cli.png")]

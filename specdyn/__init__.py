@@ -12,10 +12,7 @@ training checkpoint, stored in HDF5 and drawn from there.
 
 # The figures need matplotlib (≈0.45 s to import): loaded on first use, so that
 # `specdyn analyze` and `import specdyn` do not pay for it.
-from ._plot_names import PLOT_NAMES as _PLOT_NAMES
-from ._types import Note, TensorInfo
-from ._version import __version__
-from .analyze import (
+from .analysis import (
     AnalyzeResult,
     ComputeOptions,
     MatrixSelection,
@@ -24,14 +21,16 @@ from .analyze import (
     VectorOptions,
     analyze,
 )
-from .compare import compare, open_comparison
+from .comparison import compare, open_comparison
 from .errors import SpecdynError
 from .metrics import METRIC_NAMES, spectral_metrics
+from .plots import PLOT_NAMES as _PLOT_NAMES
 from .pythia import plan_pythia
 from .sources import discover
 from .steps import select_steps
-from .store import Run, open_run
-from .workspace import list_runs, resolve_home
+from .store import Run, list_runs, open_run, resolve_home
+from .types import Note, TensorInfo
+from .version import __version__
 
 __all__ = [
     "__version__",

@@ -55,8 +55,8 @@ import numpy as np
 import torch
 
 from . import _linalg
-from ._types import Note
 from .errors import EngineError
+from .types import Note
 
 __all__ = ["Spectrum", "TopK", "SpectrumEngine", "singular_values", "METHODS", "VECTOR_METHODS"]
 

@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from ._types import TensorInfo
 from .errors import ViewError
 from .naming import canonicalize, forward_sort
+from .types import TensorInfo
 
 __all__ = ["MatrixView", "Skipped", "ViewPlan", "plan_views", "VIEW_KINDS"]
 

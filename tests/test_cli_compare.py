@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from specdyn.cli import main
-from specdyn.compare import open_comparison
+from specdyn.comparison import open_comparison
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 

@@ -19,7 +19,7 @@ import torch
 from _ckpt_factory import write_torch
 from rich.console import Console
 
-from specdyn.analyze import Progress
+from specdyn.analysis import Progress
 from specdyn.cli import main
 from specdyn.cli._output import Output, printable
 

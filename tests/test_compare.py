@@ -11,7 +11,7 @@ import torch
 from _fixture_script import make_fixtures
 
 import specdyn
-from specdyn.compare import BarrierOptions, chance_agreement, compare, open_comparison
+from specdyn.comparison import BarrierOptions, chance_agreement, compare, open_comparison
 from specdyn.errors import CompareError, StoreError
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"

@@ -15,9 +15,9 @@ import torch
 
 from specdyn import _linalg
 from specdyn import engine as engine_module
-from specdyn._types import Note
 from specdyn.engine import Spectrum, SpectrumEngine, singular_values
 from specdyn.errors import EngineError
+from specdyn.types import Note
 
 TOL = 1e-6
 

@@ -23,8 +23,7 @@ import torch
 from _fake_hub import FakeHub, hub_env
 
 from specdyn.cli import main
-from specdyn.hub import Branch, Hub, HubError, HubFile, HubRevision
-from specdyn.pythia import HubSteps, pythia
+from specdyn.pythia import Branch, Hub, HubError, HubFile, HubRevision, HubSteps, pythia
 
 REPO = "EleutherAI/pythia-evil"
 BIN = "pytorch_model.bin"

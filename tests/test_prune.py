@@ -145,7 +145,7 @@ def test_view_indices_invert_every_recipe():
         "rnn.weight_ih_l0": torch.randn(12, 5),
         "rnn.weight_hh_l0": torch.randn(12, 4),
     }
-    from specdyn._types import TensorInfo
+    from specdyn.types import TensorInfo
 
     plan = plan_views(
         {k: TensorInfo(tuple(v.shape), v.dtype) for k, v in tensors.items()}, config=config

@@ -32,13 +32,12 @@ import torch
 from _fake_hub import FakeHub, hub_env
 from huggingface_hub import constants
 
-import specdyn.pythia as pythia_mod
+import specdyn.pythia._sweep as pythia_mod
 from specdyn import analyze, open_run
-from specdyn.analyze import VectorOptions
+from specdyn.analysis import VectorOptions
 from specdyn.cli import main
 from specdyn.errors import CheckpointError, SpecdynError, StepSpecError
-from specdyn.hub import HubError
-from specdyn.pythia import CATALOG, plan_pythia, pythia, resolve_model
+from specdyn.pythia import CATALOG, HubError, plan_pythia, pythia, resolve_model
 
 REPO = "EleutherAI/pythia-tiny"
 SHARDED = "EleutherAI/pythia-tiny-sharded"
@@ -873,7 +872,7 @@ def test_duplicate_group_with_the_last_step_keeps_the_last_step(hub, tiny, env, 
 def test_partial_downloads_of_killed_processes_are_deleted_unless_locked(hub, tiny, env):
     from filelock import FileLock
 
-    from specdyn.hub import Hub
+    from specdyn.pythia import Hub
 
     h = Hub(REPO, cache_dir=env.cache_dir)
     branches = {b.step: b for b in h.branches()}
@@ -900,7 +899,7 @@ def test_partial_downloads_of_killed_processes_are_deleted_unless_locked(hub, ti
 
 
 def test_compare_a_pythia_run_uses_kept_vectors_and_names_deleted_revisions(hub, tiny, env, ws):
-    from specdyn.compare import compare
+    from specdyn.comparison import compare
 
     result = pythia(REPO, home=ws, vectors=VEC)
     store = result.analysis.store_path

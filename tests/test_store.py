@@ -18,10 +18,10 @@ import h5py
 import numpy as np
 import pytest
 
-from specdyn import _store_lock
 from specdyn.errors import StoreError, StoreLockedError, StoreMismatchError
 from specdyn.metrics import METRIC_NAMES, spectral_metrics
 from specdyn.store import SCHEMA_VERSION, StepRecord, StoreWriter, open_run
+from specdyn.store import _lock as _store_lock
 
 WORKER = Path(__file__).with_name("_store_crash_worker.py")
 HOOKS = ("SPECDYN_TEST_HOLD_WRITE", "SPECDYN_TEST_HOLD_REBUILD", "SPECDYN_NO_LOCK")

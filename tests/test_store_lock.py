@@ -22,11 +22,10 @@ import torch
 from _ckpt_factory import write_torch
 
 import specdyn
-from specdyn import _store_lock
-from specdyn._store_lock import WriterLock, is_being_written, lock_path_for
 from specdyn.errors import StoreError, StoreLockedError
-from specdyn.store import StoreWriter, open_run
-from specdyn.workspace import list_runs, store_path_for
+from specdyn.store import StoreWriter, list_runs, open_run, store_path_for
+from specdyn.store import _lock as _store_lock
+from specdyn.store._lock import WriterLock, is_being_written, lock_path_for
 
 HOOKS = ("SPECDYN_TEST_HOLD_WRITE", "SPECDYN_TEST_HOLD_REBUILD", "SPECDYN_NO_LOCK")
 WORKER = Path(__file__).with_name("_store_crash_worker.py")

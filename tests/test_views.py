@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from specdyn._types import TensorInfo
 from specdyn.errors import ViewError
+from specdyn.types import TensorInfo
 from specdyn.views import (
     VIEW_KINDS,
     MatrixView,

@@ -13,8 +13,15 @@ import h5py
 import pytest
 
 from specdyn.errors import RunNotFoundError, StoreError
-from specdyn.store import StoreWriter, open_run
-from specdyn.workspace import RunSummary, list_runs, resolve_home, resolve_run, store_path_for
+from specdyn.store import (
+    RunSummary,
+    StoreWriter,
+    list_runs,
+    open_run,
+    resolve_home,
+    resolve_run,
+    store_path_for,
+)
 
 
 @pytest.fixture(autouse=True)

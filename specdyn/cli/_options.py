@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ..analyze import ComputeOptions, VectorOptions
+from ..analysis import ComputeOptions, VectorOptions
 
 HomeOption = Annotated[
     Path | None,

@@ -26,8 +26,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from .._types import Note
-from ..analyze import Progress as ProgressEvent
+from ..analysis import Progress as ProgressEvent
+from ..types import Note
 
 __all__ = ["Output", "literal", "literal_table", "printable"]
 

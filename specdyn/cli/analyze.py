@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ..analyze import AnalyzeResult, MatrixSelection, analyze
+from ..analysis import AnalyzeResult, MatrixSelection, analyze
 from ._options import (
     DeviceOption,
     ExactOption,

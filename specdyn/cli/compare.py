@@ -8,7 +8,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from ..compare import COMPARE_MODES, BarrierOptions, CompareResult, compare
+from ..comparison import COMPARE_MODES, BarrierOptions, CompareResult, compare
 from ._options import DeviceOption, HomeOption, JsonOption, QuietOption
 from ._output import Output
 
@@ -76,7 +76,7 @@ def compare_command(
     quiet: QuietOption = False,
 ) -> None:
     """Compare runs: agreement of their singular vectors, metrics side by side, LMC splits."""
-    from .._barrier import load_evaluator
+    from ..comparison import load_evaluator
 
     if by not in COMPARE_MODES:
         raise typer.BadParameter(f"use one of {', '.join(COMPARE_MODES)}", param_hint="--by")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from ..workspace import list_runs, resolve_home
+from ..store import list_runs, resolve_home
 from ._options import HomeOption, JsonOption
 from ._output import Output
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..analyze import Progress, RunAnalysis, VectorOptions, analyze
-from ..workspace import resolve_home
+from ..analysis import Progress, RunAnalysis, VectorOptions, analyze
+from ..store import resolve_home
 from .grokking import GROKKING_QUICK, GrokkingRun, train_grokking
 
 __all__ = ["DemoResult", "grokking_demo"]

@@ -20,6 +20,7 @@ from ._checkpoint import Checkpoint, Fingerprint, open_checkpoint
 from ._discover import Discovery, RunSource, discover
 from ._formats import TensorReader
 from ._trainlog import read_metrics_file, read_training_log
+from ._writer import CheckpointOutput, plan_output
 
 __all__ = [
     "discover",
@@ -31,4 +32,6 @@ __all__ = [
     "TensorReader",
     "read_training_log",
     "read_metrics_file",
+    "CheckpointOutput",
+    "plan_output",
 ]

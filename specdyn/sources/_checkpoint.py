@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .._types import Note
+from ..types import Note
 from ._formats import TensorReader, checkpoint_error, open_weights, read_index
 from ._stepnames import checkpoint_name, steps_from_name
 

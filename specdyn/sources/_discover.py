@@ -9,8 +9,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .._types import Note
 from ..errors import CheckpointError, DiscoveryError
+from ..types import Note
 from ._checkpoint import (
     WEIGHT_SUFFIXES,
     Checkpoint,

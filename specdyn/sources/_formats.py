@@ -41,8 +41,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._types import TensorInfo
 from ..errors import CheckpointError, UnsafePickleError
+from ..types import TensorInfo
 from ._unpickle import (
     LazyTensor,
     StorageRef,

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .._types import Note, TrainingLog
 from ..errors import SpecdynError
+from ..types import Note, TrainingLog
 
 __all__ = ["read_training_log", "read_metrics_file", "LOG_FILE_NAMES"]
 

@@ -40,18 +40,17 @@ from pathlib import Path
 
 import numpy as np
 
+from ..analysis import analyze
+from ..engine import SpectrumEngine
+from ..errors import CompareError, RunNotFoundError, SpecdynError
+from ..sources import open_checkpoint
+from ..steps import select_steps
+from ..store import Run, resolve_run
+from ..types import Note
+from ..vectors import agreement_diagonal
+from ..views import plan_views
 from ._barrier import BarrierOptions, BarrierResult, barrier_between
-from ._compare_store import Comparison, comparison_path, open_comparison, write_comparison
-from ._types import Note
-from .analyze import analyze
-from .engine import SpectrumEngine
-from .errors import CompareError, RunNotFoundError, SpecdynError
-from .sources import open_checkpoint
-from .steps import select_steps
-from .store import Run
-from .vectors import agreement_diagonal
-from .views import plan_views
-from .workspace import resolve_run
+from ._store import Comparison, comparison_path, open_comparison, write_comparison
 
 __all__ = [
     "compare",

@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .naming import split_slice
-from .views import MatrixView, ViewPlan
+from ..naming import split_slice
+from ..views import MatrixView, ViewPlan
 
 GATE_LETTERS = ("i", "f", "g", "o", "r", "z", "n")
 

@@ -12,7 +12,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from . import _store_layout as layout
+from . import _layout as layout
 
 SAVE_MODES = ("all", "ends", "none")
 REFERENCE_RULES = ("last", "given")

@@ -39,8 +39,8 @@ def plot_prune(
     Raises:
         PlotError: no such results file, or an unknown / ambiguous matrix.
     """
-    from .plots import PlotError, short_names
-    from .prune import PruneError, read_prune_results
+    from ..prune import PruneError, read_prune_results
+    from ._figures import PlotError, short_names
 
     try:
         res = read_prune_results(results)

@@ -3,7 +3,7 @@
     plan = specdyn.plan_pythia("70m", steps="log:20")     # what would be fetched (no download)
     result = specdyn.pythia("160m", steps="0:143000:1000") # download, analyse, delete, repeat
 
-Per revision only the weight files of one format are fetched (`specdyn.hub`); the
+Per revision only the weight files of one format are fetched (`specdyn.pythia._hub`); the
 agreement's reference (the last revision) comes first, then the others in step
 order, the next one downloading in a background thread while the current one is
 analysed (one ahead at most, so the cache holds at most two revisions of this
@@ -24,9 +24,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ._stepstream import StepStream
-from ._types import Note
-from .analyze import (
+from ..analysis import StepStream
+from ..analysis._analyze import (
     ComputeOptions,
     MatrixSelection,
     Progress,
@@ -35,13 +34,13 @@ from .analyze import (
     _analyze_run,
     _check_vector_options,
 )
-from .engine import SpectrumEngine
-from .errors import SpecdynError
-from .hub import Branch, Hub, HubError, HubRevision, free_bytes
-from .sources import Checkpoint, open_checkpoint
-from .steps import select_steps
-from .store import StepRecord, open_run
-from .workspace import resolve_home, store_path_for
+from ..engine import SpectrumEngine
+from ..errors import SpecdynError
+from ..sources import Checkpoint, open_checkpoint
+from ..steps import select_steps
+from ..store import StepRecord, open_run, resolve_home, store_path_for
+from ..types import Note
+from ._hub import Branch, Hub, HubError, HubRevision, free_bytes
 
 __all__ = [
     "PythiaModel",

@@ -23,7 +23,7 @@ import struct
 import time
 from pathlib import Path
 
-from .errors import StoreError, StoreLockedError
+from ..errors import StoreError, StoreLockedError
 
 try:
     import fcntl

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import SpecdynError
+from ..errors import SpecdynError
 
 __all__ = ["HubError", "HubFile", "HubRevision", "Branch", "Hub", "is_offline"]
 

@@ -35,11 +35,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._types import Note
-from .errors import CheckpointError
-from .sources import Checkpoint
-from .sources._checkpoint import HF_WEIGHT_FILES, folder_weights, is_trainer_extra
-from .sources._formats import open_weights, read_index
+from ..errors import CheckpointError
+from ..types import Note
+from . import Checkpoint
+from ._checkpoint import HF_WEIGHT_FILES, folder_weights, is_trainer_extra
+from ._formats import open_weights, read_index
 
 __all__ = ["Transform", "CheckpointOutput", "plan_output"]
 

@@ -12,8 +12,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ._version import __version__
-from .errors import StoreError
+from ..errors import StoreError
+from ..version import __version__
 
 FORMAT = "specdyn-store"
 SCHEMA_VERSION = 2

@@ -12,16 +12,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._prune_write import CheckpointOutput
-from ._types import Note
-from .engine import SpectrumEngine
-from .errors import SpecdynError
-from .naming import canonicalize, forward_sort
-from .sources import Checkpoint, discover, open_checkpoint
-from .steps import select_steps
-from .vectors import agreement_diagonal
-from .views import MatrixView, ViewPlan, compile_patterns, plan_views
-from .workspace import resolve_home
+from ..engine import SpectrumEngine
+from ..errors import SpecdynError
+from ..naming import canonicalize, forward_sort
+from ..sources import Checkpoint, CheckpointOutput, discover, open_checkpoint
+from ..steps import select_steps
+from ..store import resolve_home
+from ..types import Note
+from ..vectors import agreement_diagonal
+from ..views import MatrixView, ViewPlan, compile_patterns, plan_views
 
 __all__ = [
     "PruneError",

@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import numpy as np
 
-from . import _store_layout as layout
-from ._version import __version__
-from .errors import RunNotFoundError, StoreError
-from .workspace import STORE_SUFFIX, resolve_home
+from ..errors import RunNotFoundError, StoreError
+from ..store import STORE_SUFFIX, resolve_home
+from ..store import _layout as layout
+from ..version import __version__
 
 if TYPE_CHECKING:
-    from .compare import CompareResult
-    from .store import Run
+    from ..store import Run
+    from ._compare import CompareResult
 
 __all__ = [
     "COMPARISON_FORMAT",

@@ -11,8 +11,8 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
-from . import _store_layout as layout
-from ._types import TrainingLog
+from ..types import TrainingLog
+from . import _layout as layout
 
 __all__ = ["write", "read", "copy"]
 

@@ -20,10 +20,29 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import _pair_presets
+from ..engine import SpectrumEngine
+from ..errors import CheckpointError, ShapeChangedError, SpecdynError, StepSpecError, ViewError
+from ..metrics import spectral_metrics
+from ..pairs import Operand, PairPlan, plan_pairs
+from ..pairs import _presets as _pair_presets
+from ..sources import Checkpoint, discover, read_training_log
+from ..steps import select_steps
+from ..store import (
+    MatrixAgreement,
+    MatrixRecord,
+    StepVectors,
+    StoreWriter,
+    VectorLayout,
+    open_run,
+    resolve_home,
+    store_path_for,
+)
+from ..store._vectors import SAVE_MODES
+from ..types import Note, TrainingLog
+from ..vectors import TopK
+from ..version import __version__
+from ..views import MatrixView, Skipped, ViewPlan, plan_views
 from ._stepstream import LocalSteps, StepStream
-from ._store_vectors import SAVE_MODES
-from ._types import Note, TrainingLog
 from ._vector_step import (
     VectorOptions,
     held_sides,
@@ -33,24 +52,6 @@ from ._vector_step import (
     pair_alignments,
     sliced_operands,
 )
-from ._version import __version__
-from .engine import SpectrumEngine
-from .errors import CheckpointError, ShapeChangedError, SpecdynError, StepSpecError, ViewError
-from .metrics import spectral_metrics
-from .pairs import Operand, PairPlan, plan_pairs
-from .sources import Checkpoint, discover, read_training_log
-from .steps import select_steps
-from .store import (
-    MatrixAgreement,
-    MatrixRecord,
-    StepVectors,
-    StoreWriter,
-    VectorLayout,
-    open_run,
-)
-from .vectors import TopK
-from .views import MatrixView, Skipped, ViewPlan, plan_views
-from .workspace import resolve_home, store_path_for
 
 __all__ = [
     "ComputeOptions",

@@ -14,9 +14,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .errors import SpecdynError
-from .sources import Checkpoint, RunSource
-from .store import StepRecord, open_run
+from ..errors import SpecdynError
+from ..sources import Checkpoint, RunSource
+from ..store import StepRecord, open_run
 
 
 class StepStream(ABC):

@@ -33,11 +33,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import _pair_presets
-from ._types import TensorInfo
-from .errors import SpecdynError
-from .naming import canonicalize, split_slice
-from .views import MatrixView, ViewPlan, plan_views
+from ..errors import SpecdynError
+from ..naming import canonicalize, split_slice
+from ..types import TensorInfo
+from ..views import MatrixView, ViewPlan, plan_views
+from . import _presets as _pair_presets
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -390,7 +390,7 @@ def pairs_for(
         PairsFileError: an invalid pairs file.
         SpecdynError: `gate` is not a gate letter.
     """
-    from .sources import discover
+    from ..sources import discover
 
     if gate not in _pair_presets.GATE_LETTERS:
         raise SpecdynError(

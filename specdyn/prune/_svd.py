@@ -12,9 +12,9 @@ Which matrices: every weight matrix view of `specdyn.views.plan_views` except th
 everything the plan skips are left untouched, and ``keep`` regexes leave more. A parameter
 with a whole-parameter view (linear, conv flattened, GPT-2 Conv1D, embedding, fused QKV) is
 pruned through that view; one with only part views (LSTM/GRU gate blocks, stacked experts)
-part by part. Pruned checkpoints are written in their input format (``specdyn._prune_write``).
-SVD pruning lives here; the masks in ``specdyn._prune_masks``; what both use (the layout of
-a checkpoint's views, result records, output checks) in ``specdyn._prune_common``.
+part by part. Pruned checkpoints are written in their input format (``specdyn.sources._writer``).
+SVD pruning lives here; the masks in ``_masks``; what both use (the layout of
+a checkpoint's views, result records, output checks) in ``_common``.
 User documentation: ``docs/prune.md``.
 """
 
@@ -28,7 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._prune_common import (
+from ..sources import plan_output
+from ..types import Note
+from ..views import MatrixView
+from ._common import (
     MagnitudePruneResult,
     MaskedMatrix,
     MaskedParameter,
@@ -49,10 +52,7 @@ from ._prune_common import (
     singular_vector_agreement,
     view_indices,
 )
-from ._prune_masks import MAGNITUDE_KINDS, prune_magnitude, read_prune_results
-from ._prune_write import plan_output
-from ._types import Note
-from .views import MatrixView
+from ._masks import MAGNITUDE_KINDS, prune_magnitude, read_prune_results
 
 __all__ = [
     "MAGNITUDE_KINDS",

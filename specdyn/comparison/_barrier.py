@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import CompareError, SpecdynError
-from .sources import open_checkpoint
+from ..errors import CompareError, SpecdynError
+from ..sources import open_checkpoint
 
 __all__ = ["BarrierOptions", "BarrierResult", "barrier_between", "barrier_value", "load_evaluator"]
 

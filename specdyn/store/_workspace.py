@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _store_layout as layout
-from ._store_lock import is_being_written
-from .errors import RunNotFoundError, StoreError
+from ..errors import RunNotFoundError, StoreError
+from . import _layout as layout
+from ._lock import is_being_written
 
 __all__ = [
     "HOME_ENV",

@@ -14,7 +14,13 @@ import numpy as np
 import safetensors.torch
 import torch
 
-from ._prune_common import (
+from ..engine import SpectrumEngine
+from ..sources import plan_output
+from ..types import Note
+from ..vectors import agreement_diagonal, agreement_score
+from ..version import __version__
+from ..views import MatrixView
+from ._common import (
     MagnitudePruneResult,
     MaskedMatrix,
     MaskedParameter,
@@ -28,12 +34,6 @@ from ._prune_common import (
     _mask_source,
     view_indices,
 )
-from ._prune_write import plan_output
-from ._types import Note
-from ._version import __version__
-from .engine import SpectrumEngine
-from .vectors import agreement_diagonal, agreement_score
-from .views import MatrixView
 
 __all__ = ["MAGNITUDE_KINDS", "MASKS", "prune_magnitude", "read_prune_results"]
 

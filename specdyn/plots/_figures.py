@@ -30,18 +30,13 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ._plot_compare import (
-    COMPARISON_KINDS,
-    plot_branch_agreement,
-    plot_side_by_side,
-    plot_split,
-)
-from ._plot_dynamics import plot_dynamics
-from ._plot_names import PLOT_NAMES
-from ._plot_prune import plot_prune
-from .errors import SpecdynError, StoreError
-from .steps import select_steps
-from .store import Run, open_run
+from ..errors import SpecdynError, StoreError
+from ..steps import select_steps
+from ..store import Run, open_run
+from ._compare import COMPARISON_KINDS, plot_branch_agreement, plot_side_by_side, plot_split
+from ._dynamics import plot_dynamics
+from ._names import PLOT_NAMES
+from ._prune import plot_prune
 
 __all__ = [*PLOT_NAMES, "FIGURE_KINDS", "default_output", "short_names"]
 
@@ -735,7 +730,7 @@ def plot_all(
     opts = {"steps": steps, "log_x": log_x}
     with _opened(run, home) as r:
         save(plot_rank(r, **opts).figure, "rank")
-        from ._plot_dynamics import default_training_metrics
+        from ._dynamics import default_training_metrics
 
         if default_training_metrics(r.training_names):
             save(plot_dynamics(r, scores=r.vectors_config is not None, **opts), "dynamics")
@@ -928,7 +923,7 @@ def draw(
 def _draw_comparison(kind: str, name, *, home, out, metric, matrix, pair, steps, matrices,
                      top, log_x, cmap, size, dpi, title) -> list[Path]:  # fmt: skip
     """`draw` for the figures of a comparison store (`specdyn compare`)."""
-    from ._plot_compare import _opened as _opened_comparison
+    from ._compare import _opened as _opened_comparison
 
     with _opened_comparison(name, home) as c:
         subject = metric if kind == "side-by-side" else matrix

@@ -33,22 +33,16 @@ from typing import Any
 import h5py
 import numpy as np
 
-from . import _store_layout as layout
-from . import _store_training as trainstore
-from . import _store_vectors as vecstore
-from ._store_lock import WriterLock
-from ._store_vectors import (
-    MatrixAgreement,
-    PairAlignment,
-    PairRecord,
-    StepVectors,
-    VectorLayout,
-)
-from ._types import TrainingLog
-from ._version import __version__
-from .errors import StoreError, StoreMismatchError, StoreWriteError
-from .metrics import METRIC_NAMES
-from .workspace import resolve_run
+from ..errors import StoreError, StoreMismatchError, StoreWriteError
+from ..metrics import METRIC_NAMES
+from ..types import TrainingLog
+from ..version import __version__
+from . import _layout as layout
+from . import _training as trainstore
+from . import _vectors as vecstore
+from ._lock import WriterLock
+from ._vectors import MatrixAgreement, PairAlignment, PairRecord, StepVectors, VectorLayout
+from ._workspace import resolve_run
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -244,7 +238,7 @@ class StoreWriter:
                 stays valid (values always; alignment when k, full matrices
                 and pairs are unchanged; agreement when k, full matrices and
                 the reference are); `vector_changes` says what changed.
-            training: the run's training metrics (`specdyn._types.TrainingLog`);
+            training: the run's training metrics (`specdyn.types.TrainingLog`);
                 None keeps what the store has. Different metrics than the stored
                 ones rebuild the store with them (never written in place).
 
@@ -1596,7 +1590,7 @@ class Run:
 
     @property
     def training_log(self) -> TrainingLog | None:
-        """Every training metric stored (`specdyn._types.TrainingLog`: steps int64 [L],
+        """Every training metric stored (`specdyn.types.TrainingLog`: steps int64 [L],
         values name → float64 [L] with NaN where not logged, sources), or None when the
         run has none (no metrics were found beside its checkpoints)."""
         try:

@@ -11,9 +11,9 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ._compare_store import Comparison, open_comparison
-from .errors import StoreError
-from .steps import select_steps
+from ..comparison import Comparison, open_comparison
+from ..errors import StoreError
+from ..steps import select_steps
 
 __all__ = ["plot_side_by_side", "plot_branch_agreement", "plot_split", "COMPARISON_KINDS"]
 
@@ -23,7 +23,7 @@ COMPARISON_KINDS = ("side-by-side", "branch-agreement", "split")
 @contextmanager
 def _opened(cmp: Comparison | str | os.PathLike | None, home) -> Iterator[Comparison]:
     """The comparison itself, or opened by name/path (and closed afterwards)."""
-    from .plots import PlotError
+    from ._figures import PlotError
 
     if isinstance(cmp, Comparison):
         yield cmp
@@ -42,7 +42,7 @@ def _rows(cmp: Comparison, pattern: str | None) -> list[int]:
     """Indices of the common matrices matching a regex (all when None)."""
     import re
 
-    from .plots import PlotError
+    from ._figures import PlotError
 
     if pattern is None:
         return list(range(len(cmp.matrices)))
@@ -87,7 +87,7 @@ def plot_side_by_side(
     Returns:
         The Figure (R heatmaps and the final-value panel).
     """
-    from .plots import _METRIC_LABELS, PlotError, _edges, _row_ticks, short_names
+    from ._figures import _METRIC_LABELS, PlotError, _edges, _row_ticks, short_names
 
     with _opened(cmp, home) as c:
         try:
@@ -167,7 +167,7 @@ def plot_branch_agreement(
     Returns:
         The Axes (colour bar "agreement |⟨uᵢ, u′ᵢ⟩|·|⟨vᵢ, v′ᵢ⟩|").
     """
-    from .plots import PlotError, _row_ticks, short_names
+    from ._figures import PlotError, _row_ticks, short_names
 
     with _opened(cmp, home) as c:
         if ax is None:
@@ -233,7 +233,7 @@ def plot_split(
     Returns:
         The Figure.
     """
-    from .plots import PlotError, short_names
+    from ._figures import PlotError, short_names
 
     with _opened(cmp, home) as c:
         try:

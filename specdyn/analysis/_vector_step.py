@@ -9,16 +9,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .pairs import Operand, Pair, PairPlan, head_pairs
-from .store import MatrixAgreement, PairAlignment, PairRecord, VectorLayout
-from .vectors import (
+from ..pairs import Operand, Pair, PairPlan, head_pairs
+from ..store import MatrixAgreement, PairAlignment, PairRecord, VectorLayout
+from ..vectors import (
     TopK,
     agreement_diagonal,
     agreement_matrix,
     alignment_diagonal,
     alignment_matrix,
 )
-from .views import MatrixView
+from ..views import MatrixView
 
 
 @dataclass(frozen=True)

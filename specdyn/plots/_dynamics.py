@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 
-from .store import Run
+from ..store import Run
 
 __all__ = ["plot_dynamics", "default_training_metrics"]
 
@@ -59,7 +59,7 @@ def plot_dynamics(
         PlotError: the run has no training metrics (naming ``--metrics``), an unknown
             metric name (listing the stored ones), or ``scores`` without vectors.
     """
-    from .plots import (
+    from ._figures import (
         PlotError,
         _need_vectors,
         _opened,

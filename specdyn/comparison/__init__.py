@@ -1,0 +1,33 @@
+"""Comparing runs: metrics on one step axis, branch agreement, split summaries and the loss
+barrier, written to a comparison store. User documentation: ``docs/compare.md``.
+"""
+
+from ._barrier import BarrierOptions, BarrierResult, barrier_between, load_evaluator
+from ._compare import (
+    COMPARE_MODES,
+    CompareResult,
+    PairAgreement,
+    RunEntry,
+    SplitSummary,
+    chance_agreement,
+    compare,
+)
+from ._store import Comparison, comparison_path, open_comparison, write_comparison
+
+__all__ = [
+    "BarrierOptions",
+    "BarrierResult",
+    "COMPARE_MODES",
+    "CompareResult",
+    "Comparison",
+    "PairAgreement",
+    "RunEntry",
+    "SplitSummary",
+    "barrier_between",
+    "chance_agreement",
+    "compare",
+    "comparison_path",
+    "load_evaluator",
+    "open_comparison",
+    "write_comparison",
+]

@@ -1,0 +1,35 @@
+"""Pairs of matrices whose singular vectors are compared (inter-layer alignment): presets
+per architecture, a pairs file, and the operand slices. User documentation: ``docs/pairs.md``.
+"""
+
+from ._plan import (
+    CONV_BASES,
+    RULES,
+    SIDES,
+    TAP_MODES,
+    ConvAlignment,
+    Operand,
+    OperandOp,
+    Pair,
+    PairPlan,
+    PairsFileError,
+    head_pairs,
+    pairs_for,
+    plan_pairs,
+)
+
+__all__ = [
+    "CONV_BASES",
+    "ConvAlignment",
+    "Operand",
+    "OperandOp",
+    "Pair",
+    "PairPlan",
+    "PairsFileError",
+    "RULES",
+    "SIDES",
+    "TAP_MODES",
+    "head_pairs",
+    "pairs_for",
+    "plan_pairs",
+]

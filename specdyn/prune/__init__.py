@@ -1,0 +1,40 @@
+"""Pruning by singular values (SVD truncation) and by magnitude masks, scored by singular
+vector agreement. User documentation: ``docs/prune.md``.
+"""
+
+from ._common import (
+    MagnitudePruneResult,
+    MaskedMatrix,
+    MaskedParameter,
+    PrunedCheckpoint,
+    PrunedMatrix,
+    PruneError,
+    PruneResults,
+    SvdPruneResult,
+    Untouched,
+    singular_vector_agreement,
+    view_indices,
+)
+from ._masks import MAGNITUDE_KINDS, prune_magnitude, read_prune_results
+from ._svd import SvdMode, parse_svd_mode, prune_svd, svd_truncate
+
+__all__ = [
+    "MAGNITUDE_KINDS",
+    "MagnitudePruneResult",
+    "MaskedMatrix",
+    "MaskedParameter",
+    "PruneError",
+    "PruneResults",
+    "PrunedCheckpoint",
+    "PrunedMatrix",
+    "SvdMode",
+    "SvdPruneResult",
+    "Untouched",
+    "parse_svd_mode",
+    "prune_magnitude",
+    "prune_svd",
+    "read_prune_results",
+    "singular_vector_agreement",
+    "svd_truncate",
+    "view_indices",
+]
