@@ -17,10 +17,12 @@ from ._plan import (
     pairs_for,
     plan_pairs,
 )
+from ._presets import GATE_LETTERS
 
 __all__ = [
     "CONV_BASES",
     "ConvAlignment",
+    "GATE_LETTERS",
     "Operand",
     "OperandOp",
     "Pair",

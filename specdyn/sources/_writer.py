@@ -37,8 +37,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..types import Note
-from . import Checkpoint
-from ._checkpoint import HF_WEIGHT_FILES, folder_weights, is_trainer_extra
+from ._checkpoint import HF_WEIGHT_FILES, Checkpoint, folder_weights, is_trainer_extra
 from ._formats import open_weights, read_index
 
 __all__ = ["Transform", "CheckpointOutput", "plan_output"]

@@ -4,7 +4,14 @@ workspace of stores. Schema: ``docs/store.md``.
 
 from ._lock import WriterLock, lock_path_for
 from ._store import SCHEMA_VERSION, MatrixRecord, Run, StepRecord, StoreWriter, open_run
-from ._vectors import MatrixAgreement, PairAlignment, PairRecord, StepVectors, VectorLayout
+from ._vectors import (
+    SAVE_MODES,
+    MatrixAgreement,
+    PairAlignment,
+    PairRecord,
+    StepVectors,
+    VectorLayout,
+)
 from ._workspace import (
     DEFAULT_HOME,
     HOME_ENV,
@@ -26,6 +33,7 @@ __all__ = [
     "PairRecord",
     "Run",
     "RunSummary",
+    "SAVE_MODES",
     "SCHEMA_VERSION",
     "STORE_SUFFIX",
     "StepRecord",
