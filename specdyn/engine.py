@@ -55,7 +55,7 @@ import numpy as np
 import torch
 
 from . import _linalg
-from .errors import EngineError
+from .errors import EngineError, option_ref
 from .types import Note
 
 __all__ = ["Spectrum", "TopK", "SpectrumEngine", "singular_values", "METHODS", "VECTOR_METHODS"]
@@ -171,7 +171,8 @@ def _resolve_device(device: str) -> torch.device:
         if not torch.cuda.is_available():
             raise EngineError(
                 f"device {device!r} asked for, but this torch build sees no CUDA GPU; "
-                "use --device cpu (or auto)"
+                f"use {option_ref('device')} cpu (or auto)",
+                option="device",
             )
         index = int(index_text)
         count = torch.cuda.device_count()
@@ -519,7 +520,9 @@ class SpectrumEngine:
                     raise EngineError(
                         f"matrix {item.index + 1} ({'×'.join(map(str, item.tall.shape))}) needs "
                         f"at least {_mib(need(1))} of device memory for {method}, more than "
-                        f"max_memory={budget}; raise --max-memory to at least {need(1)}"
+                        f"{option_ref('max_memory')}={budget}; raise {option_ref('max_memory')} to at least "
+                        f"{need(1)}",
+                        option="max_memory",
                     )
                 fitting = 1
             chunk = int(min(chunk, fitting))
@@ -623,8 +626,8 @@ class SpectrumEngine:
                 first = items[0].index + 1
                 raise EngineError(
                     f"the {method} solver did not converge on a batch starting at matrix "
-                    f"{first} ({str(exc).splitlines()[0][:120]}); retry with --exact or "
-                    "another --device"
+                    f"{first} ({str(exc).splitlines()[0][:120]}); retry with "
+                    f"{option_ref('exact')} or another {option_ref('device')}"
                 ) from exc
             certified = [True] * len(items)
         values = sigma.to(device="cpu", dtype=torch.float64).numpy()

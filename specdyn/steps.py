@@ -22,7 +22,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .errors import StepSpecError
+from .errors import StepSpecError, option_ref
+
+_STEPS = option_ref("steps")  # how a message names the option: steps=… or --steps
 
 __all__ = ["StepItem", "StepSpec", "parse_steps", "select_steps"]
 
@@ -67,7 +69,7 @@ class StepSpec:
         if not self.items:
             return steps
         if not steps:
-            raise StepSpecError(f"--steps {self.text!r}: the run has no steps to select from")
+            raise StepSpecError(f"{_STEPS} {self.text!r}: the run has no steps to select from")
         chosen: set[int] = set()
         for item in self.items:
             chosen.update(_select_item(item, steps))
@@ -86,7 +88,7 @@ def parse_steps(spec: str | None) -> StepSpec:
     for raw in spec.split(","):
         text = raw.strip()
         if not text:
-            raise StepSpecError(f"--steps {spec!r}: empty item between commas; {_GRAMMAR}")
+            raise StepSpecError(f"{_STEPS} {spec!r}: empty item between commas; {_GRAMMAR}")
         items.append(_parse_item(text, spec))
     return StepSpec(items=tuple(items), text=spec)
 
@@ -117,19 +119,19 @@ def _parse_item(text: str, spec: str) -> StepItem:
     if m:
         count = int(m.group(2))
         if count < 1:
-            raise StepSpecError(f"--steps item {text!r}: N must be at least 1")
+            raise StepSpecError(f"{_STEPS} item {text!r}: N must be at least 1")
         return StepItem(m.group(1).lower(), text, count=count)
     m = _RANGE.match(text)
     if m:
         start, stop, stride = (int(g) if g is not None else None for g in m.groups())
         if start is not None and stop is not None and start > stop:
-            raise StepSpecError(f"--steps item {text!r}: start {start} is after end {stop}")
+            raise StepSpecError(f"{_STEPS} item {text!r}: start {start} is after end {stop}")
         if stride is not None and stride == 0:
-            raise StepSpecError(f"--steps item {text!r}: the stride S in A:B:S must be positive")
+            raise StepSpecError(f"{_STEPS} item {text!r}: the stride S in A:B:S must be positive")
         if stride is not None and start is None:
-            raise StepSpecError(f"--steps item {text!r}: a stride needs a start (A:B:S)")
+            raise StepSpecError(f"{_STEPS} item {text!r}: a stride needs a start (A:B:S)")
         return StepItem("range", text, start=start, stop=stop, stride=stride)
-    raise StepSpecError(f"--steps {spec!r}: cannot parse {text!r}; {_GRAMMAR}")
+    raise StepSpecError(f"{_STEPS} {spec!r}: cannot parse {text!r}; {_GRAMMAR}")
 
 
 def _select_item(item: StepItem, steps: list[int]) -> list[int]:
@@ -138,7 +140,7 @@ def _select_item(item: StepItem, steps: list[int]) -> list[int]:
         if item.start in steps:
             return [item.start]
         raise StepSpecError(
-            f"--steps: step {item.start} is not available; nearest: "
+            f"{_STEPS}: step {item.start} is not available; nearest: "
             f"{', '.join(map(str, _nearest(steps, item.start)))}"
         )
     if item.kind == "range":
@@ -149,7 +151,7 @@ def _select_item(item: StepItem, steps: list[int]) -> list[int]:
             picked = [s for s in picked if (s - lo) % item.stride == 0]
         if not picked:
             raise StepSpecError(
-                f"--steps item {item.text!r} selects no available step "
+                f"{_STEPS} item {item.text!r} selects no available step "
                 f"(available: {_summary(steps)})"
             )
         return picked
@@ -162,7 +164,7 @@ def _spread(steps: list[int], count: int, *, log: bool) -> list[int]:
         return list(steps)
     if count == 1:
         raise StepSpecError(
-            f"--steps {'log' if log else 'lin'}:1 cannot include both the first and the last "
+            f"{_STEPS} {'log' if log else 'lin'}:1 cannot include both the first and the last "
             "step; use N >= 2 or name the step"
         )
     coords = [math.log1p(s) if log else float(s) for s in steps]

@@ -264,7 +264,10 @@ def test_too_small_memory_bound_names_the_smallest_that_works():
     with pytest.raises(EngineError) as info:
         SpectrumEngine("cpu", max_memory=1000).singular_values([w])
     message = str(info.value)
-    assert "\n" not in message and "--max-memory" in message
+    # a Python caller reads the parameter, the CLI the flag (errors.option_ref)
+    assert "\n" not in message and "raise max_memory to" in message
+    assert "raise --max-memory to" in info.value.render(cli=True)
+    assert info.value.option == "max_memory"
     smallest = int(re.search(r"at least (\d+)\s*$", message).group(1))
     spec = SpectrumEngine("cpu", max_memory=smallest).singular_values([w])[0]
     assert max_error(spec.sigma, w) <= TOL

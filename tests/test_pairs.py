@@ -139,8 +139,9 @@ def test_lstm_other_gate_and_unknown_gate(tmp_path):
     assert len(result.pairs) == 22
     none = pairs_for(folder, gate="z")  # a GRU letter on an LSTM
     assert none.pairs == [] and "not a gate block" in none.notes[0]
-    with pytest.raises(SpecdynError, match="--gate"):
+    with pytest.raises(SpecdynError, match="^gate 'q'") as info:
         pairs_for(folder, gate="q")
+    assert info.value.render(cli=True).startswith("--gate 'q'")
 
 
 # ------------------------------------------------------------------ transformers

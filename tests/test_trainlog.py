@@ -129,9 +129,11 @@ def test_explicit_log_without_step_column_is_an_error(tmp_path):
     path = tmp_path / "log.csv"
     path.write_text("epoch,loss\n0,1.0\n")
     with pytest.raises(
-        SpecdynError, match=r"--metrics .*log.csv: no step .* column \(columns: epoch, loss\)"
-    ):
+        SpecdynError, match=r"^metrics .*log.csv: no step .* column \(columns: epoch, loss\)"
+    ) as info:
         read_metrics_file(path)
+    assert info.value.render(cli=True).startswith("--metrics ")
+    assert info.value.file == str(path) and info.value.option == "metrics"
     with pytest.raises(SpecdynError, match="no such file"):
         read_metrics_file(tmp_path / "missing.csv")
 

@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     except SpecdynError as exc:
         if _debug():
             traceback.print_exc()
-        print(f"specdyn: error: {printable(exc)}", file=sys.stderr)
+        # the library names options as Python parameters; on the command line, as flags
+        print(f"specdyn: error: {printable(exc.render(cli=True))}", file=sys.stderr)
         code = exc.exit_code
     except Exception as exc:  # noqa: BLE001 - last resort: one line, not a traceback
         if _debug():

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import SpecdynError
+from ..errors import PairsFileError, SpecdynError, option_ref
 from ..naming import canonicalize, split_slice
 from ..types import TensorInfo
 from ..views import MatrixView, ViewPlan, plan_views
@@ -99,10 +99,6 @@ _ON_VECTORS = {"cols": "rows", "col_blocks": "row_blocks", "col_taps": "row_taps
 
 CONV_BASES = ("kernel", "slice")
 TAP_MODES = _pair_presets.TAP_MODES
-
-
-class PairsFileError(SpecdynError):
-    """A pairs file does not parse, names an unknown matrix or gives a bad option."""
 
 
 @dataclass(frozen=True)
@@ -394,7 +390,7 @@ def pairs_for(
 
     if gate not in _pair_presets.GATE_LETTERS:
         raise SpecdynError(
-            f"--gate {gate!r}: not a gate block; use one of "
+            f"{option_ref('gate')} {gate!r}: not a gate block; use one of "
             f"{', '.join(_pair_presets.GATE_LETTERS)} (LSTM i f g o, GRU r z n)"
         )
     discovery = discover(path)

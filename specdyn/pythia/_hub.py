@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import SpecdynError
+from ..errors import HubError, option_ref
 
 __all__ = ["HubError", "HubFile", "HubRevision", "Branch", "Hub", "is_offline"]
 
@@ -55,10 +55,6 @@ _LAYOUTS = (
     ("torch", "pytorch_model.bin", None),
     ("torch-sharded", "pytorch_model.bin.index.json", r"pytorch_model-[0-9]+-of-[0-9]+\.bin"),
 )
-
-
-class HubError(SpecdynError):
-    """The hub (or the local cache) cannot give what was asked."""
 
 
 def is_offline(flag: bool | None = None) -> bool:
@@ -146,7 +142,7 @@ def _check_repo_id(repo: object) -> str:
     if not ok:
         raise HubError(
             f"{_shown(repo)}: not a hub repo id (owner/name of letters, digits, '.', '_', "
-            "'-'); check --model"
+            f"'-'); check {option_ref('model')}"
         )
     return repo
 
@@ -545,7 +541,7 @@ class Hub:
         except hf_errors.RepositoryNotFoundError:
             raise HubError(
                 f"{self.repo}: no such model repository on the hub (or it is private); "
-                "check --model"
+                f"check {option_ref('model')}"
             ) from None
         except hf_errors.RevisionNotFoundError:
             raise HubError(f"{self.repo}: cannot {what}: the revision does not exist") from None

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SpecdynError
+from ..errors import SpecdynError, option_ref
 from ..types import Note, TrainingLog
 
 __all__ = ["read_training_log", "read_metrics_file", "LOG_FILE_NAMES"]
@@ -208,12 +208,16 @@ def _read_log(path: Path, key: str, notes: list[Note], *, explicit: bool) -> Ser
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         if explicit:
-            raise SpecdynError(f"--metrics {path}: no such file") from None
+            raise SpecdynError(
+                f"{option_ref('metrics')} {path}: no such file", file=path, option="metrics"
+            ) from None
         return None
     except (OSError, UnicodeDecodeError) as exc:
         message = f"{path}: cannot be read as text ({exc})"
         if explicit:
-            raise SpecdynError(f"--metrics {message}") from None
+            raise SpecdynError(
+                f"{option_ref('metrics')} {message}", file=path, option="metrics"
+            ) from None
         notes.append(Note("training-log", f"{message}; left out", str(path)))
         return None
     lines = text.splitlines()
@@ -292,7 +296,7 @@ def _rows_to_series(
             "the step of each row"
         )
         if explicit:
-            raise SpecdynError(f"--metrics {message}")
+            raise SpecdynError(f"{option_ref('metrics')} {message}", file=path, option="metrics")
         if rows:
             notes.append(Note("training-log", f"{message}; left out", str(path)))
         return {}
