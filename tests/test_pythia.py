@@ -641,7 +641,7 @@ def test_resume_fetches_only_new_steps(hub, tiny, env, ws):
 
     assert fetched == [1000, 2000], (
         f"the resumed values-only sweep downloaded steps {fetched}: step 0 is done in the "
-        "store but was fetched again, because _analyze_run acquires selected[0] to plan "
+        "store but was fetched again, because analyze_stream acquired selected[0] to plan "
         "the matrix views (plan_step) even when that step is done; a remote stream should "
         "plan from a step it analyses anyway (the first pending one)"
     )

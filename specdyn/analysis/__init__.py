@@ -1,10 +1,13 @@
 """Analysis: checkpoints → matrix views → spectra (and singular vectors) → one store per run.
 
-`analyze(path)` is the entry point; `StepStream` is what a step source (a local folder, the
-Pythia hub) provides to it. User documentation: ``docs/analyze.md``.
+`analyze(path)` is the entry point for checkpoints on disk; `analyze_stream(source, store)`
+analyses one run from any `StepStream` (a local folder, the Pythia hub). User
+documentation: ``docs/analyze.md``.
 """
 
-from ._analyze import AnalyzeResult, ComputeOptions, MatrixSelection, Progress, RunAnalysis, analyze
+from ._analyze import analyze
+from ._records import AnalyzeResult, ComputeOptions, MatrixSelection, Progress, RunAnalysis
+from ._run import analyze_stream
 from ._stepstream import LocalSteps, StepStream
 from ._vector_step import VectorOptions
 
@@ -18,4 +21,5 @@ __all__ = [
     "StepStream",
     "VectorOptions",
     "analyze",
+    "analyze_stream",
 ]

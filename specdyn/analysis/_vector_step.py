@@ -9,8 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..pairs import Operand, Pair, PairPlan, head_pairs
-from ..store import MatrixAgreement, PairAlignment, PairRecord, VectorLayout
+from ..errors import SpecdynError
+from ..pairs import GATE_LETTERS, Operand, Pair, PairPlan, head_pairs
+from ..store import SAVE_MODES, MatrixAgreement, PairAlignment, PairRecord, VectorLayout
 from ..vectors import (
     TopK,
     agreement_diagonal,
@@ -41,6 +42,36 @@ class VectorOptions:
     score_top: int = 10
     pairs_file: str | None = None
     gate: str = "g"
+
+    def validate(self) -> None:
+        """Check the options before anything is read.
+
+        Raises:
+            SpecdynError: one line naming the unusable option (k or score_top not a
+                positive int, an unknown save_vectors mode or gate letter, a
+                reference that is not an int step).
+        """
+
+        def positive(value: object) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+        if not positive(self.k):
+            raise SpecdynError(f"--vectors {self.k!r}: give a positive number of singular vectors")
+        if not positive(self.score_top):
+            raise SpecdynError(f"--score-top {self.score_top!r}: give a positive number")
+        if self.save_vectors not in SAVE_MODES:
+            raise SpecdynError(
+                f"--save-vectors {self.save_vectors!r}: use one of {', '.join(SAVE_MODES)}"
+            )
+        if self.gate not in GATE_LETTERS:
+            raise SpecdynError(
+                f"--gate {self.gate!r}: not a gate block; use one of "
+                f"{', '.join(GATE_LETTERS)} (LSTM i f g o, GRU r z n)"
+            )
+        if self.reference is not None and (
+            isinstance(self.reference, bool) or not isinstance(self.reference, int)
+        ):
+            raise SpecdynError(f"--reference {self.reference!r}: give a training step")
 
 
 def operand_key(op: Operand) -> tuple:
@@ -159,6 +190,64 @@ def matrix_agreement(top: TopK, ref: TopK, k: int, full_matrices: bool) -> Matri
     if full_matrices:
         matrix = agreement_matrix(top.u[:, :k], top.v[:, :k], ref.u[:, :k], ref.v[:, :k])
     return MatrixAgreement(diagonal=diag, matrix=matrix)
+
+
+class StepTops:
+    """What one step keeps of its matrices' top-k vectors, taken from each matrix as soon
+    as its vectors exist (then dropped: only what pairs compare is held to the step's end).
+
+    wanted: the step's pending sections ("alignment", "agreement", "vectors"), plus
+    "tops" on the reference pass. layout: the store's vector layout (None: no agreement).
+    reference: the reference step's full vectors, name → TopK (None on the reference
+    pass: each matrix is then its own reference). ranks: name → R = min(shape).
+    pair_sides: name → the sides ("u"/"v") of the whole matrix that pairs compare.
+
+    Filled by `take`: full (name → TopK, only with "tops"), agreement (name →
+    MatrixAgreement), kept (name → (u, v) float32), held (name → TopK of the sides
+    pairs compare).
+    """
+
+    def __init__(
+        self,
+        wanted: set[str],
+        layout: VectorLayout | None,
+        reference: Mapping[str, TopK] | None,
+        ranks: Mapping[str, int],
+        pair_sides: Mapping[str, set[str]],
+    ) -> None:
+        self.wanted = wanted
+        self.layout = layout
+        self.reference = reference
+        self.ranks = ranks
+        self.pair_sides = pair_sides
+        self.full: dict[str, TopK] = {}
+        self.agreement: dict[str, MatrixAgreement] = {}
+        self.kept: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.held: dict[str, TopK] = {}
+
+    def take(self, name: str, top: TopK) -> None:
+        """Use the top-k vectors of matrix `name` for every wanted section."""
+        if "tops" in self.wanted:
+            self.full[name] = top
+        if "agreement" in self.wanted and self.layout is not None:
+            ref = self.reference[name] if self.reference is not None else top
+            k = min(self.layout.k, self.ranks[name])
+            self.agreement[name] = matrix_agreement(top, ref, k, self.layout.full_matrices)
+        if "vectors" in self.wanted:
+            self.kept[name] = (top.u.astype(np.float32), top.v.astype(np.float32))
+        if "alignment" in self.wanted and name in self.pair_sides:
+            self.held[name] = held_sides(top, self.pair_sides[name])
+
+
+def whole_matrix_sides(pairs: Sequence[Pair]) -> dict[str, set[str]]:
+    """Per matrix name, the sides ("u"/"v") of the whole matrix that pairs compare (the
+    only vectors held per step besides the slices')."""
+    sides: dict[str, set[str]] = {}
+    for pair in pairs:
+        for operand in (pair.first, pair.second):
+            if not operand.ops:
+                sides.setdefault(operand.matrix, set()).add(operand.side)
+    return sides
 
 
 def held_sides(top: TopK, sides: set[str]) -> TopK:

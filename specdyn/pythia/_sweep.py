@@ -24,15 +24,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..analysis import StepStream
-from ..analysis._analyze import (
+from ..analysis import (
     ComputeOptions,
-    MatrixSelection,
     Progress,
     RunAnalysis,
+    StepStream,
     VectorOptions,
-    _analyze_run,
-    _check_vector_options,
+    analyze_stream,
 )
 from ..engine import SpectrumEngine
 from ..errors import SpecdynError
@@ -558,7 +556,7 @@ def pythia(
     """
     compute = compute or ComputeOptions()
     if vectors is not None:
-        _check_vector_options(vectors)
+        vectors.validate()
     if duplicates not in DUPLICATE_MODES:
         raise SpecdynError(f"--duplicates {duplicates!r}: use skip or analyze")
     repo, default_name, _ = resolve_model(model)
@@ -581,12 +579,11 @@ def pythia(
     if all(r.action == "done" for r in analysed) and _complete(store, vectors, revisions):
         return PythiaResult(plan, None, 0, notes)
     try:
-        analysis = _analyze_run(
+        analysis = analyze_stream(
             stream,
             store,
             run_name=plan.name,
             steps=sorted(revisions),
-            matrices=MatrixSelection(),
             compute=compute,
             vectors=vectors,
             engine=engine,

@@ -1,0 +1,102 @@
+"""What an analysis takes and gives: engine and matrix options, progress events, and the
+record of what was done for each run."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from ..types import Note
+
+__all__ = ["ComputeOptions", "MatrixSelection", "Progress", "RunAnalysis", "AnalyzeResult"]
+
+
+@dataclass(frozen=True)
+class ComputeOptions:
+    """How singular values are computed.
+
+    device: "auto" | "cpu" | "cuda" | "cuda:N"; precision: "float64" (σ within
+    1e-6·σ1 of float64 LAPACK) or "float32" (1e-4·σ1, faster on GPUs with weak
+    float64); exact: force float64 LAPACK; max_memory: bytes the engine may hold
+    on the device at once (None: no bound beyond what fits).
+    """
+
+    device: str = "auto"
+    precision: str = "float64"
+    exact: bool = False
+    max_memory: int | None = None
+
+
+@dataclass(frozen=True)
+class MatrixSelection:
+    """Which matrices are analysed: regexes on canonical matrix names (re.search).
+
+    transposed: regex of parameters that are ConvTranspose weights (besides
+    those recognised by name).
+    """
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    transposed: str | None = None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress event: `matrices_done` of `n_matrices` at step `step_index` of `n_steps`.
+
+    phase: "hashing" while checkpoint fingerprints are computed (before any
+    SVD; `matrices_done` is then 0), "reference" while the agreement's
+    reference checkpoint is decomposed (before the other steps), "analysing"
+    while steps are computed.
+    """
+
+    run: str
+    step: int
+    step_index: int
+    n_steps: int
+    matrices_done: int
+    n_matrices: int
+    phase: str = "analysing"
+
+
+@dataclass
+class RunAnalysis:
+    """What `analyze` did for one run."""
+
+    name: str
+    source_root: str
+    store_path: str
+    step_unit: str
+    steps_selected: list[int]
+    steps_computed: list[int]
+    steps_already_done: list[int]
+    n_matrices: int
+    skipped: dict[str, int]
+    aliases: dict[str, str]
+    methods: dict[str, int]
+    device: str
+    seconds: float
+    notes: list[Note] = field(default_factory=list)
+    k: int | None = None
+    reference: int | None = None
+    pairs: int = 0
+    pairs_preset: str = ""
+    steps_with_vectors: list[int] = field(default_factory=list)
+    steps_failed: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form (for `--json`)."""
+        d = asdict(self)
+        d["notes"] = [asdict(n) for n in self.notes]
+        return d
+
+
+@dataclass
+class AnalyzeResult:
+    """Result of `analyze`: one `RunAnalysis` per run found, and discovery notes."""
+
+    runs: list[RunAnalysis]
+    notes: list[Note]
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form (for `--json`)."""
+        return {"runs": [r.to_dict() for r in self.runs], "notes": [asdict(n) for n in self.notes]}

@@ -1,0 +1,753 @@
+"""One run's analysis: a stream of steps → matrix views → singular values (and vectors) →
+the run's store.
+
+`analyze_stream` is the entry point for any step source (`LocalSteps` for a folder,
+`specdyn.pythia.HubSteps` for the hub). It plans the matrix views from one checkpoint,
+opens (or extends) the store, orders the pending steps reference-first and analyses
+each step one parameter tensor at a time, writing each finished step to the store.
+Re-running adds only what is missing (SPEC §7 "Store evolution").
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..engine import SpectrumEngine
+from ..errors import CheckpointError, ShapeChangedError, SpecdynError, StepSpecError, ViewError
+from ..metrics import spectral_metrics
+from ..pairs import Operand, PairPlan, plan_pairs
+from ..sources import Checkpoint
+from ..steps import select_steps
+from ..store import MatrixRecord, StepRecord, StepVectors, StoreWriter, VectorLayout, open_run
+from ..types import Note, TrainingLog
+from ..vectors import TopK
+from ..version import __version__
+from ..views import MatrixView, Skipped, ViewPlan, plan_views
+from ._records import ComputeOptions, MatrixSelection, Progress, RunAnalysis
+from ._stepstream import StepStream
+from ._vector_step import (
+    StepTops,
+    VectorOptions,
+    layout_for,
+    operand_key,
+    pair_alignments,
+    sliced_operands,
+    whole_matrix_sides,
+)
+
+__all__ = ["analyze_stream"]
+
+# Matrices are sent to the engine in groups of at most this many bytes (as
+# stored), so that same-shape matrices batch while memory holds one group.
+_GROUP_BYTES = 64 * 2**20
+
+
+def analyze_stream(
+    source: StepStream,
+    store_path: str | Path,
+    *,
+    run_name: str,
+    steps: str | Sequence[int] | None = None,
+    matrices: MatrixSelection | None = None,
+    compute: ComputeOptions | None = None,
+    vectors: VectorOptions | None = VectorOptions(),
+    engine: SpectrumEngine | None = None,
+    overwrite: bool = False,
+    on_progress: Callable[[Progress], None] | None = None,
+    flags: dict[int, str] | None = None,
+    training: TrainingLog | None = None,
+) -> RunAnalysis:
+    """Analyse the steps of one run, as `source` provides them, into the store at `store_path`.
+
+    The views are planned from one checkpoint; the steps still to compute are visited
+    in order (the agreement's reference first when some step's agreement is missing),
+    each `acquire`d from `source`, analysed one parameter tensor at a time, written to
+    the store and `release`d. `specdyn.analyze` calls it once per local run,
+    `specdyn.pythia` once per sweep.
+
+    Args:
+        source: the run's steps (`LocalSteps`, `specdyn.pythia.HubSteps`, or another
+            `StepStream`). A stream with ``tolerate_failures`` has an unreadable
+            checkpoint flagged in the store and skipped; otherwise the error stops
+            the run.
+        store_path: the run's store (created, resumed or extended).
+        run_name: the name recorded in the store and in progress events.
+        steps: a SPEC §7 ``--steps`` value over `source.available`, or the exact
+            steps to analyse (a remote stream that already chose them); None: all.
+        matrices: which matrices to analyse (default: all).
+        compute: precision and exactness recorded in the store, and the engine's
+            options when `engine` is None.
+        vectors: singular-vector analysis, as in `specdyn.analyze`; None for values only.
+        engine: a `SpectrumEngine` to reuse across runs (default: one made from `compute`).
+        overwrite: rebuild a store whose options or matrices differ.
+        on_progress: called with a `Progress` while steps are hashed and after every
+            group of matrices.
+        flags: step → a short text the store keeps for plots to mark (a duplicate, a
+            suspect revision).
+        training: training metrics stored with the run.
+
+    Returns:
+        `RunAnalysis`: steps computed now and before, matrices, skips, methods used,
+        the vector layout's k, reference and pairs, and warnings.
+
+    Raises:
+        SpecdynError subclasses with one-line messages (bad options, a reference step
+        that is not a checkpoint, nothing to analyse, a shape that changes between
+        steps, a store from another run or made with other options, a locked store).
+    """
+    matrices = matrices or MatrixSelection()
+    compute = compute or ComputeOptions()
+    if vectors is not None:
+        vectors.validate()
+    if engine is None:
+        engine = SpectrumEngine(
+            device=compute.device,
+            precision=compute.precision,
+            exact=compute.exact,
+            max_memory=compute.max_memory,
+        )
+    run = _AnalysisRun(
+        source,
+        Path(store_path),
+        run_name=run_name,
+        matrices=matrices,
+        compute=compute,
+        vectors=vectors,
+        engine=engine,
+        on_progress=on_progress,
+    )
+    return run.run(steps, overwrite=overwrite, flags=flags or {}, training=training)
+
+
+@dataclass
+class _Decomposed:
+    """What one checkpoint gave: name → (σ float64 [R], method), the top-k vectors of
+    pair-operand slices (`operand_key` → one TopK per slice; None without vectors), and
+    its warnings."""
+
+    spectra: dict[str, tuple[np.ndarray, str]]
+    slices: dict[tuple, list[TopK]] | None
+    notes: list[Note]
+
+
+class _AnalysisRun:
+    """One run's analysis, in named steps that `run` takes in order.
+
+    The inputs are set in `__init__`. Each step sets the state it produces:
+
+    - `_select_steps`: selected (the steps asked for, with the reference) and reference
+      (the agreement's reference step; None without vectors).
+    - `_plan_views`: plan_step (the checkpoint the views are planned from), plan (its
+      `ViewPlan`), infos (raw key → TensorInfo of that checkpoint) and config.
+    - `_plan_pairs`: pair_plan, layout (the store's `VectorLayout`), and what the
+      per-step work needs from them: sliced, pair_sides, ranks.
+    - `_open_store`: step_records, unhashed (steps whose sha256 is computed while they
+      are analysed), store_options.
+    - `_take_store_state`: writer, sections (step → the sections still to compute) and
+      done_before.
+    - `_order_steps`: reference_first (the reference is analysed before the others).
+    - `_analyse_reference`: reference_tops (the reference's top-k vectors, name → TopK).
+
+    Accumulated while steps are analysed: notes, methods (method → matrices), computed,
+    with_vectors and failed (steps).
+    """
+
+    def __init__(
+        self,
+        source: StepStream,
+        store_path: Path,
+        *,
+        run_name: str,
+        matrices: MatrixSelection,
+        compute: ComputeOptions,
+        vectors: VectorOptions | None,
+        engine: SpectrumEngine,
+        on_progress: Callable[[Progress], None] | None,
+    ) -> None:
+        self.source = source
+        self.store_path = store_path
+        self.run_name = run_name
+        self.matrices = matrices
+        self.compute = compute
+        self.vectors = vectors
+        self.engine = engine
+        self.on_progress = on_progress
+        self.k = vectors.k if vectors is not None else 0
+        self.notes: list[Note] = []
+        self.methods: Counter[str] = Counter()
+        self.computed: list[int] = []
+        self.with_vectors: list[int] = []
+        self.failed: list[int] = []
+        self.reference_tops: dict[str, TopK] | None = None
+        self.hasher: ThreadPoolExecutor | None = None  # set while steps are analysed
+
+    def run(
+        self,
+        steps: str | Sequence[int] | None,
+        *,
+        overwrite: bool,
+        flags: dict[int, str],
+        training: TrainingLog | None,
+    ) -> RunAnalysis:
+        """Take every step of the analysis in order; the record of what was done."""
+        started = time.perf_counter()
+        self._select_steps(steps)
+        self._plan_views()
+        self._plan_pairs()
+        with self._open_store(overwrite, training) as writer:
+            self._take_store_state(writer, flags)
+            work = self._order_steps()
+            # A checkpoint is hashed in a second thread while its SVDs run (hashlib and
+            # file reads release the GIL; both threads read the same pages once).
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="specdyn-hash") as hasher:
+                self.hasher = hasher
+                if self.reference_first:
+                    self._analyse_reference(len(work))
+                    work = [s for s in work if s != self.reference]
+                for index, step in enumerate(work):
+                    self._visit(step, index, len(work), "analysing", self.sections[step])
+            self.hasher = None
+        self.notes.extend(self.engine.notes)
+        self.engine.notes.clear()
+        return self._record(time.perf_counter() - started)
+
+    # ------------------------------------------------------------------ planning
+
+    def _select_steps(self, steps: str | Sequence[int] | None) -> None:
+        """The steps to analyse and the agreement's reference (added when left out)."""
+        source = self.source
+        available = list(source.available)
+        if isinstance(steps, str) or steps is None:
+            self.selected = select_steps(available, steps)
+        else:
+            self.selected = sorted(int(s) for s in steps)
+        self.reference: int | None = None
+        if self.vectors is None:
+            return
+        self.reference = _reference_step(self.vectors.reference, available, source)
+        if self.reference not in self.selected:
+            # the agreement needs it anyway; stored, its row is the S_ii = 1 check
+            self.selected = sorted([*self.selected, self.reference])
+            self.notes.append(
+                Note(
+                    "reference",
+                    f"{source.step_unit} {self.reference}, the agreement's reference, is "
+                    "analysed too (--steps left it out)",
+                )
+            )
+
+    def _plan_views(self) -> None:
+        """Plan the matrix views from one checkpoint's metadata: the first selected, or,
+        when steps are fetched, one that has work left (the reference first: it is
+        needed first anyway)."""
+        source, reference = self.source, self.reference
+        self.plan_step = self.selected[0]
+        if source.tolerate_failures:
+            self.plan_step = _step_with_work(
+                self.store_path, reference, self.selected, self.vectors is not None
+            )
+        try:
+            plan_ckpt = source.acquire(self.plan_step)
+            with plan_ckpt.open() as reader:
+                keys = reader.keys()
+                self.infos = {k: reader.info(k) for k in keys}
+                unsupported = dict(getattr(reader, "unsupported", {}))
+        except CheckpointError as exc:
+            if not source.tolerate_failures:
+                raise
+            source.release(self.plan_step)
+            first = self.plan_step == reference
+            what = "the agreement's reference" if first else "the first revision"
+            raise SpecdynError(
+                f"{what} ({source.step_unit} {self.plan_step}) cannot be read ({exc}); "
+                + ("choose another --reference" if first else "check that revision")
+            ) from None
+        self.config = plan_ckpt.config
+        self.plan = plan_views(
+            self.infos,
+            config=self.config,
+            include=self.matrices.include,
+            exclude=self.matrices.exclude,
+            transposed=self.matrices.transposed,
+            source_order=keys,
+        )
+        for key, built_by in unsupported.items():
+            # quantised / sparse / subclass tensors are never read: count them, never drop silently
+            self.plan.skipped.append(
+                Skipped(key, key, f"unsupported tensor type (built by {built_by}); not read")
+            )
+        if not self.plan.matrices:
+            raise SpecdynError(
+                f"{plan_ckpt.path}: no weight matrix to analyse "
+                f"({_skip_summary(self.plan)}); check --include/--exclude"
+            )
+
+    def _plan_pairs(self) -> None:
+        """The pairs whose alignment is measured and the store's vector layout."""
+        self.pair_plan: PairPlan | None = None
+        self.layout: VectorLayout | None = None
+        vectors = self.vectors
+        if vectors is not None and self.reference is not None:
+            self.pair_plan = plan_pairs(
+                self.plan,
+                self.infos,
+                config=self.config,
+                pairs_file=vectors.pairs_file,
+                gate=vectors.gate,
+            )
+            rule = "last" if vectors.reference is None else "given"
+            self.layout = layout_for(
+                self.pair_plan, self.plan.matrices, vectors, self.reference, rule
+            )
+            self.notes.extend(Note("pairs", n) for n in self.pair_plan.notes)
+        pairs = self.pair_plan.pairs if self.pair_plan is not None else []
+        self.sliced: dict[str, list[Operand]] = sliced_operands(pairs)
+        self.pair_sides = whole_matrix_sides(pairs)
+        self.ranks = {m.name: int(min(m.shape)) for m in self.plan.matrices}
+
+    # ------------------------------------------------------------------ the store
+
+    def _open_store(self, overwrite: bool, training: TrainingLog | None) -> StoreWriter:
+        """Open (create, resume or grow) the run's store for the selected steps."""
+        plan, source = self.plan, self.source
+
+        def hashed(index: int, step: int) -> None:
+            if self.on_progress is not None:
+                n = len(plan.matrices)
+                self.on_progress(
+                    Progress(self.run_name, step, index, len(self.selected), 0, n, "hashing")
+                )
+
+        self.step_records: list[StepRecord] = source.records(
+            self.selected, self.store_path, on_hashed=hashed
+        )
+        self.unhashed = {r.step for r in self.step_records if not r.sha256}
+        self.store_options = {
+            "precision": self.compute.precision,
+            "exact": self.compute.exact,
+            "include": list(self.matrices.include),
+            "exclude": list(self.matrices.exclude),
+            "transposed": self.matrices.transposed,
+        }
+        return StoreWriter.open(
+            self.store_path,
+            run_name=self.run_name,
+            source_root=source.root,
+            step_unit=source.step_unit,
+            steps=self.step_records,
+            matrices=[_matrix_record(m) for m in plan.matrices],
+            skipped=[(s.param, s.reason) for s in plan.skipped],
+            aliases=plan.aliases,
+            options=self.store_options,
+            provenance=self._provenance(),
+            overwrite=overwrite,
+            vectors=self.layout,
+            training=training,
+        )
+
+    def _provenance(self) -> dict:
+        """This invocation's provenance record (version, command line, options, device)."""
+        return {
+            "specdyn_version": __version__,
+            "argv": list(sys.argv),
+            "options": self.store_options,
+            "vectors": None if self.layout is None else self.layout.config(),
+            "device": self.engine.device_name,
+            "torch": torch.__version__,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "pid": os.getpid(),
+        }
+
+    def _take_store_state(self, writer: StoreWriter, flags: dict[int, str]) -> None:
+        """What the open store holds already: notes on changes, the flags written, and per
+        step the sections still to compute."""
+        self.writer = writer
+        for step, old_source, what in writer.changed_steps:
+            self.notes.append(
+                Note(
+                    "changed-source",
+                    f"step {step}: {old_source} changed since it was analysed ({what}); "
+                    "kept the stored numbers; use --overwrite to recompute",
+                    path=str(old_source),
+                )
+            )
+        self.notes.extend(Note("vectors", line) for line in writer.vector_changes)
+        for step, flag in flags.items():
+            if step in self.selected:
+                writer.flag_step(step, flag)
+        pending = set(writer.pending_steps)
+        self.done_before = sorted(set(self.selected) - pending)
+        self.sections = {s: ({"values"} if s in pending else set()) for s in self.selected}
+        if self.layout is not None:
+            for section in ("alignment", "agreement", "vectors"):
+                for step in writer.pending(section):
+                    self.sections[step].add(section)
+        elif writer.vector_layout is not None and pending:
+            self.notes.append(
+                Note(
+                    "vectors-pending",
+                    f"{len(pending)} step(s) analysed without singular vectors (--values-only) "
+                    "in a store that has them; re-run without --values-only to add them",
+                )
+            )
+
+    # ------------------------------------------------------------------ the steps
+
+    def _order_steps(self) -> list[int]:
+        """The steps with work left, in order; tells the stream the visiting order (the
+        reference first when some step's agreement is missing)."""
+        work = [s for s in self.selected if self.sections[s]]
+        reference = self.reference
+        self.reference_first = reference is not None and any(
+            "agreement" in self.sections[s] for s in work
+        )
+        order = ([reference] if self.reference_first else []) + [s for s in work if s != reference]
+        if not self.reference_first and self.plan_step not in order:
+            self.source.release(self.plan_step)
+        self.source.schedule(order)
+        return work
+
+    def _analyse_reference(self, n_steps: int) -> None:
+        """Analyse the reference first: only its top-k vectors are held while the rest
+        streams; warn about matrices whose agreement is undefined."""
+        reference, unit = self.reference, self.source.step_unit
+        wanted = set(self.sections.get(reference, set())) | {"tops"}
+        self.reference_tops = self._visit(reference, 0, n_steps, "reference", wanted)
+        if self.reference_tops is None:
+            raise SpecdynError(
+                f"the agreement's reference ({unit} {reference}) could "
+                "not be read; choose another --reference"
+            )
+        undefined = [n for n, t in self.reference_tops.items() if t.method in ("nonfinite", "zero")]
+        if undefined:
+            self.notes.append(
+                Note(
+                    "reference-undefined",
+                    f"at the reference {unit} {reference}, "
+                    f"{_few(undefined)} hold NaN/Inf or only zeros: their agreement is "
+                    "NaN at every step; choose another --reference",
+                )
+            )
+
+    def _visit(
+        self, step: int, index: int, n_steps: int, phase: str, wanted: set[str]
+    ) -> dict[str, TopK] | None:
+        """Acquire, analyse and release one step; a remote stream's unreadable checkpoint
+        is flagged in the store and skipped (None)."""
+        source = self.source
+        try:
+            ckpt = source.acquire(step)
+            return self._analyse_step(ckpt, index, n_steps, phase, wanted)
+        except (CheckpointError, ViewError, ShapeChangedError) as exc:
+            if not source.tolerate_failures:
+                raise
+            self.writer.flag_step(step, f"failed: {str(exc)[:230]}")
+            self.failed.append(step)
+            self.notes.append(Note("failed", f"{source.step_unit} {step}: {exc}; skipped"))
+            return None
+        finally:
+            source.release(step)
+
+    def _analyse_step(
+        self, ckpt: Checkpoint, index: int, n_steps: int, phase: str, wanted: set[str]
+    ) -> dict[str, TopK]:
+        """Analyse one checkpoint and write what `wanted` asks; its full top-k vectors
+        when `wanted` holds "tops" (the reference pass), else {}."""
+        hashing = None
+        if ckpt.step in self.unhashed and "values" in wanted:
+            hashing = self.hasher.submit(ckpt.fingerprint)
+        tops = StepTops(wanted, self.layout, self.reference_tops, self.ranks, self.pair_sides)
+        result = self._decompose(
+            ckpt,
+            index,
+            n_steps,
+            phase,
+            k=self.k if wanted - {"values"} else 0,  # "tops": the reference's vectors only
+            sliced=self.sliced if "alignment" in wanted else {},
+            take=tops.take,
+        )
+        self._write_step(ckpt, wanted, result, tops, hashing)
+        return tops.full
+
+    def _write_step(
+        self,
+        ckpt: Checkpoint,
+        wanted: set[str],
+        result: _Decomposed,
+        tops: StepTops,
+        hashing: Future | None,
+    ) -> None:
+        """Write one analysed step's wanted sections (values, metrics, vectors) to the store."""
+        spectra = result.spectra if "values" in wanted else None
+        metrics = None
+        if spectra is not None:
+            metrics = {}
+            for matrix, (sigma, method) in spectra.items():
+                self.methods[method] += 1
+                metrics[matrix] = {k: float(v) for k, v in spectral_metrics(sigma).items()}
+        step_vec = None
+        if wanted & {"alignment", "agreement", "vectors"} and self.layout is not None:
+            alignment = None
+            if "alignment" in wanted and self.pair_plan is not None:
+                alignment = pair_alignments(
+                    self.pair_plan.pairs, self.layout, tops.held, result.slices or {}
+                )
+            step_vec = StepVectors(
+                alignment=alignment,
+                agreement=tops.agreement if "agreement" in wanted else None,
+                vectors=tops.kept if "vectors" in wanted else None,
+            )
+        if spectra is not None or step_vec is not None:
+            self.writer.write_step(
+                ckpt.step,
+                spectra,
+                metrics,
+                notes=[n.message for n in result.notes] if spectra is not None else (),
+                sha256=hashing.result().sha256 if hashing is not None else None,
+                vectors=step_vec,
+            )
+        if spectra is not None:
+            self.notes.extend(result.notes)
+            self.computed.append(ckpt.step)
+        if step_vec is not None:
+            self.with_vectors.append(ckpt.step)
+
+    def _decompose(
+        self,
+        ckpt: Checkpoint,
+        step_index: int,
+        n_steps: int,
+        phase: str,
+        *,
+        k: int,
+        sliced: dict[str, list[Operand]],
+        take: Callable[[str, TopK], None],
+    ) -> _Decomposed:
+        """Singular values of one checkpoint, reading one tensor at a time; with k ≥ 1 the
+        top-k vectors of every matrix (handed to `take(name, top)` as they are computed)
+        and of every pair-operand slice in `sliced` (returned)."""
+        by_key: dict[str, list[MatrixView]] = {}
+        for view in self.plan.matrices:
+            by_key.setdefault(view.key, []).append(view)
+        out = _Decomposed(spectra={}, slices={} if k else None, notes=[])
+        n_matrices = len(self.plan.matrices)
+        with ckpt.open() as reader:
+            _check_same_parameters(ckpt, reader, by_key, self.infos, out.notes)
+            group: list[tuple[MatrixView, torch.Tensor]] = []
+            group_bytes = 0
+            keys = list(by_key)
+            for i, key in enumerate(keys):
+                tensor = reader.get(key)
+                group.extend((view, view.extract(tensor)) for view in by_key[key])
+                group_bytes += tensor.numel() * tensor.element_size()
+                del tensor
+                if group_bytes >= _GROUP_BYTES or i == len(keys) - 1:
+                    self._decompose_group(group, ckpt, out, k=k, sliced=sliced, take=take)
+                    group, group_bytes = [], 0
+                    if self.on_progress is not None:
+                        done = len(out.spectra)  # matrices of this step decomposed so far
+                        self.on_progress(
+                            Progress(
+                                self.run_name,
+                                ckpt.step,
+                                step_index,
+                                n_steps,
+                                done,
+                                n_matrices,
+                                phase,
+                            )
+                        )
+        return out
+
+    def _decompose_group(
+        self,
+        group: list[tuple[MatrixView, torch.Tensor]],
+        ckpt: Checkpoint,
+        out: _Decomposed,
+        *,
+        k: int,
+        sliced: dict[str, list[Operand]],
+        take: Callable[[str, TopK], None],
+    ) -> None:
+        """Send one group of matrices to the engine (one batch) and add what it gives to `out`."""
+        engine = self.engine
+        batch = [m for _, m in group]
+        if k:
+            results = [(t.sigma, t.method, t) for t in engine.top_vectors(batch, k)]
+        else:
+            results = [(r.sigma, r.method, None) for r in engine.singular_values(batch)]
+        for (view, matrix), (sigma, method, top) in zip(group, results, strict=True):
+            out.spectra[view.name] = (sigma, method)
+            if top is not None and out.slices is not None:
+                take(view.name, top)
+                for op in sliced.get(view.name, []):
+                    out.slices[operand_key(op)] = engine.top_vectors(op.apply(matrix), k)
+            note = _degenerate_note(view, method, ckpt)
+            if note is not None:
+                out.notes.append(note)
+
+    def _record(self, seconds: float) -> RunAnalysis:
+        """What was done, for the caller."""
+        plan, layout, pair_plan = self.plan, self.layout, self.pair_plan
+        return RunAnalysis(
+            name=self.run_name,
+            source_root=self.source.root,
+            store_path=str(self.store_path),
+            step_unit=self.source.step_unit,
+            steps_selected=list(self.selected),
+            steps_computed=sorted(self.computed),
+            steps_already_done=self.done_before,
+            n_matrices=len(plan.matrices),
+            skipped=_skip_counts(plan),
+            aliases=dict(plan.aliases),
+            methods=dict(self.methods),
+            device=self.engine.device_name,
+            seconds=seconds,
+            notes=self.notes,
+            k=None if layout is None else layout.k,
+            reference=self.reference,
+            pairs=0 if pair_plan is None else len(pair_plan.pairs),
+            pairs_preset="" if pair_plan is None else pair_plan.preset,
+            steps_with_vectors=sorted(self.with_vectors),
+            steps_failed=sorted(self.failed),
+        )
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _reference_step(given: int | None, available: Sequence[int], source: StepStream) -> int:
+    """The agreement's reference step: `given`, checked to be a checkpoint, else the last."""
+    if given is None:
+        return int(available[-1])
+    if given in available:
+        return int(given)
+    below = [s for s in available if s < given]
+    above = [s for s in available if s > given]
+    nearest = ", ".join(str(s) for s in (below[-1:] + above[:1]))
+    raise StepSpecError(
+        f"--reference {given}: {source.root} has no checkpoint at {source.step_unit} {given} "
+        f"(nearest: {nearest}); give one of its steps"
+    )
+
+
+def _step_with_work(
+    store_path: Path, reference: int | None, selected: Sequence[int], vectors: bool
+) -> int:
+    """The step to plan the views from when steps are fetched: the reference when the
+    agreement of some step is missing (it is fetched first anyway), else the first step
+    the store does not hold completely, else the first."""
+    done: set[int] = set()
+    agreed: set[int] = set()
+    if store_path.exists():
+        try:
+            with open_run(store_path) as run:
+                done = set(run.steps.tolist())
+                if run.vectors_config is not None:
+                    agreed = set(run.section_steps("agreement").tolist())
+                    done &= agreed & set(run.section_steps("alignment").tolist())
+                elif vectors:
+                    done = set()
+        except SpecdynError:
+            done, agreed = set(), set()
+    if vectors and reference is not None and not set(selected) <= agreed:
+        return reference
+    return next((s for s in selected if s not in done), selected[0])
+
+
+def _check_same_parameters(
+    ckpt: Checkpoint,
+    reader,
+    by_key: dict[str, list[MatrixView]],
+    first_infos: dict,
+    notes: list[Note],
+) -> None:
+    """ShapeChangedError for a planned parameter that is missing or reshaped at this
+    step; a Note for parameters the first analysed step did not have."""
+    available = set(reader.keys())
+    extra = sorted(available - set(first_infos))
+    if extra:
+        shown = ", ".join(extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
+        notes.append(
+            Note(
+                "new-parameter",
+                f"step {ckpt.step} has parameters the first analysed step lacks ({shown}); "
+                "they are not analysed (analyse those steps as a run of their own)",
+                path=str(ckpt.path),
+            )
+        )
+    for key, views in by_key.items():
+        if key not in available:
+            raise ShapeChangedError(
+                f"{ckpt.path}: parameter {views[0].param!r} (step {ckpt.step}) is missing, "
+                "but the first analysed step has it; analyse the runs separately or "
+                "select matching steps with --steps"
+            )
+        info = reader.info(key)
+        if tuple(info.shape) != tuple(views[0].source_shape):
+            raise ShapeChangedError(
+                f"{ckpt.path}: parameter {views[0].param!r} has shape {tuple(info.shape)} at "
+                f"step {ckpt.step} but {tuple(views[0].source_shape)} at the first analysed "
+                "step; a run must keep its shapes (exclude it with --exclude)"
+            )
+
+
+def _degenerate_note(view: MatrixView, method: str, ckpt: Checkpoint) -> Note | None:
+    """The warning for a matrix with NaN/Inf weights or all zeros, else None."""
+    if method == "nonfinite":
+        return Note(
+            "nonfinite",
+            f"{view.name} at step {ckpt.step} has NaN/Inf weights; its metrics are NaN",
+            path=str(ckpt.path),
+        )
+    if method == "zero":
+        return Note(
+            "zero-matrix",
+            f"{view.name} at step {ckpt.step} is all zeros; "
+            "its normalised spectrum (entropy, ranks) is NaN",
+            path=str(ckpt.path),
+        )
+    return None
+
+
+def _matrix_record(view: MatrixView) -> MatrixRecord:
+    """The store's description of one matrix view."""
+    return MatrixRecord(
+        name=view.name,
+        param=view.param,
+        key=view.key,
+        kind=view.kind,
+        part=view.part,
+        shape=tuple(view.shape),
+        source_shape=tuple(view.source_shape),
+        source_dtype=view.source_dtype,
+    )
+
+
+def _skip_counts(plan: ViewPlan) -> dict[str, int]:
+    """Skipped parameters counted by reason."""
+    return dict(Counter(s.reason for s in plan.skipped))
+
+
+def _skip_summary(plan: ViewPlan) -> str:
+    """One-line summary of why parameters were skipped."""
+    counts = _skip_counts(plan)
+    if not counts:
+        return "no parameters"
+    return "; ".join(f"{n} {reason}" for reason, n in counts.items())
+
+
+def _few(names: Sequence[str], limit: int = 3) -> str:
+    """The first few names, comma-separated, with how many more."""
+    text = ", ".join(names[:limit])
+    return text + (f" and {len(names) - limit} more" if len(names) > limit else "")
