@@ -84,7 +84,7 @@ def plot_command(
     json_out: JsonOption = False,
 ) -> None:
     """Draw a figure of a run's spectral dynamics from its store (never from checkpoints)."""
-    from ..plots import FIGURE_KINDS, draw  # matplotlib only for this command
+    from ..plots import FIGURE_KINDS, FigureOptions, draw  # matplotlib only for this command
 
     if kind not in FIGURE_KINDS:
         raise typer.BadParameter(f"choose one of {', '.join(FIGURE_KINDS)}", param_hint="KIND")
@@ -103,9 +103,7 @@ def plot_command(
             raise typer.BadParameter(
                 f"{cmap!r} is not a matplotlib colour map", param_hint="--cmap"
             )
-    files = draw(
-        kind,
-        args[0] if args else None,
+    options = FigureOptions(
         home=home,
         out=out,
         metric=metric,
@@ -125,6 +123,7 @@ def plot_command(
         scores=scores,
         error=error,
     )
+    files = draw(kind, args[0] if args else None, options)
     output = Output(json_mode=json_out)
     if output.json_mode:
         output.json({"files": [str(f) for f in files]})

@@ -4,6 +4,7 @@ agreement against the split step (paper Fig. 6–8, 14)."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -14,17 +15,14 @@ from matplotlib.figure import Figure
 from ..comparison import Comparison, open_comparison
 from ..errors import StoreError
 from ..steps import select_steps
+from ._common import _METRIC_LABELS, PlotError, _edges, _row_ticks, _step_label, short_names
 
-__all__ = ["plot_side_by_side", "plot_branch_agreement", "plot_split", "COMPARISON_KINDS"]
-
-COMPARISON_KINDS = ("side-by-side", "branch-agreement", "split")
+__all__ = ["plot_side_by_side", "plot_branch_agreement", "plot_split"]
 
 
 @contextmanager
 def _opened(cmp: Comparison | str | os.PathLike | None, home) -> Iterator[Comparison]:
     """The comparison itself, or opened by name/path (and closed afterwards)."""
-    from ._figures import PlotError
-
     if isinstance(cmp, Comparison):
         yield cmp
         return
@@ -40,10 +38,6 @@ def _opened(cmp: Comparison | str | os.PathLike | None, home) -> Iterator[Compar
 
 def _rows(cmp: Comparison, pattern: str | None) -> list[int]:
     """Indices of the common matrices matching a regex (all when None)."""
-    import re
-
-    from ._figures import PlotError
-
     if pattern is None:
         return list(range(len(cmp.matrices)))
     try:
@@ -56,10 +50,6 @@ def _rows(cmp: Comparison, pattern: str | None) -> list[int]:
     if not hits:
         raise PlotError(f"{cmp.path}: no common matrix matches {pattern!r}")
     return hits
-
-
-def _step_label(cmp: Comparison) -> str:
-    return "epoch" if cmp.step_unit == "epoch" else "training step"
 
 
 def plot_side_by_side(
@@ -87,8 +77,6 @@ def plot_side_by_side(
     Returns:
         The Figure (R heatmaps and the final-value panel).
     """
-    from ._figures import _METRIC_LABELS, PlotError, _edges, _row_ticks, short_names
-
     with _opened(cmp, home) as c:
         try:
             data = c.metric(metric)
@@ -167,8 +155,6 @@ def plot_branch_agreement(
     Returns:
         The Axes (colour bar "agreement |⟨uᵢ, u′ᵢ⟩|·|⟨vᵢ, v′ᵢ⟩|").
     """
-    from ._figures import PlotError, _row_ticks, short_names
-
     with _opened(cmp, home) as c:
         if ax is None:
             fig = Figure(figsize=size or (7.0, 4.5), layout="constrained")
@@ -233,8 +219,6 @@ def plot_split(
     Returns:
         The Figure.
     """
-    from ._figures import PlotError, short_names
-
     with _opened(cmp, home) as c:
         try:
             s = c.split_summary()

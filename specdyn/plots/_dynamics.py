@@ -12,6 +12,8 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 
 from ..store import Run
+from ._common import PlotError, _need_vectors, _opened, _step_columns
+from ._run import plot_agreement_score, plot_alignment_score, plot_metric
 
 __all__ = ["plot_dynamics", "default_training_metrics"]
 
@@ -59,16 +61,6 @@ def plot_dynamics(
         PlotError: the run has no training metrics (naming ``--metrics``), an unknown
             metric name (listing the stored ones), or ``scores`` without vectors.
     """
-    from ._figures import (
-        PlotError,
-        _need_vectors,
-        _opened,
-        _step_columns,
-        plot_agreement_score,
-        plot_alignment_score,
-        plot_metric,
-    )
-
     with _opened(run, home) as r:
         stored = r.training_names
         if not stored:

@@ -1,8 +1,9 @@
-"""The public figure functions, named once: `specdyn.plots` exports them and
+"""The public names of the figures, named once: `specdyn.plots` exports them and
 `specdyn.__init__` loads them lazily (matplotlib is imported on first use only)."""
 
 PLOT_NAMES = (
     "PlotError",
+    "FigureOptions",
     "draw",
     "plot_rank",
     "plot_metric",

@@ -9,6 +9,9 @@ import os
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..prune import PruneError, read_prune_results
+from ._common import PlotError, short_names
+
 __all__ = ["plot_prune"]
 
 _STYLE = {"magnitude": {"color": "tab:blue"}, "random": {"color": "tab:red", "ls": "--"}}
@@ -39,8 +42,6 @@ def plot_prune(
     Raises:
         PlotError: no such results file, or an unknown / ambiguous matrix.
     """
-    from ..prune import PruneError, read_prune_results
-    from ._figures import PlotError, short_names
 
     try:
         res = read_prune_results(results)
