@@ -24,15 +24,16 @@ import torch
 
 from ..engine import SpectrumEngine
 from ..errors import CheckpointError, ShapeChangedError, SpecdynError, StepSpecError, ViewError
+from ..matrices import MatrixGroup, plan_checkpoint, read_matrices, views_by_parameter
 from ..metrics import spectral_metrics
 from ..pairs import Operand, PairPlan, plan_pairs
-from ..sources import Checkpoint
+from ..sources import Checkpoint, TensorReader
 from ..steps import select_steps
 from ..store import MatrixRecord, StepRecord, StepVectors, StoreWriter, VectorLayout, open_run
 from ..types import Note, TrainingLog
 from ..vectors import TopK
 from ..version import __version__
-from ..views import MatrixView, Skipped, ViewPlan, plan_views
+from ..views import MatrixView, ViewPlan
 from ._records import ComputeOptions, MatrixSelection, Progress, RunAnalysis
 from ._stepstream import StepStream
 from ._vector_step import (
@@ -258,10 +259,12 @@ class _AnalysisRun:
             )
         try:
             plan_ckpt = source.acquire(self.plan_step)
-            with plan_ckpt.open() as reader:
-                keys = reader.keys()
-                self.infos = {k: reader.info(k) for k in keys}
-                unsupported = dict(getattr(reader, "unsupported", {}))
+            planned = plan_checkpoint(
+                plan_ckpt,
+                include=self.matrices.include,
+                exclude=self.matrices.exclude,
+                transposed=self.matrices.transposed,
+            )
         except CheckpointError as exc:
             if not source.tolerate_failures:
                 raise
@@ -273,19 +276,8 @@ class _AnalysisRun:
                 + ("choose another --reference" if first else "check that revision")
             ) from None
         self.config = plan_ckpt.config
-        self.plan = plan_views(
-            self.infos,
-            config=self.config,
-            include=self.matrices.include,
-            exclude=self.matrices.exclude,
-            transposed=self.matrices.transposed,
-            source_order=keys,
-        )
-        for key, built_by in unsupported.items():
-            # quantised / sparse / subclass tensors are never read: count them, never drop silently
-            self.plan.skipped.append(
-                Skipped(key, key, f"unsupported tensor type (built by {built_by}); not read")
-            )
+        self.infos = planned.infos
+        self.plan = planned.plan
         if not self.plan.matrices:
             raise SpecdynError(
                 f"{plan_ckpt.path}: no weight matrix to analyse "
@@ -533,45 +525,27 @@ class _AnalysisRun:
         sliced: dict[str, list[Operand]],
         take: Callable[[str, TopK], None],
     ) -> _Decomposed:
-        """Singular values of one checkpoint, reading one tensor at a time; with k ≥ 1 the
-        top-k vectors of every matrix (handed to `take(name, top)` as they are computed)
-        and of every pair-operand slice in `sliced` (returned)."""
-        by_key: dict[str, list[MatrixView]] = {}
-        for view in self.plan.matrices:
-            by_key.setdefault(view.key, []).append(view)
+        """Singular values of one checkpoint, reading one group of tensors at a time; with
+        k ≥ 1 the top-k vectors of every matrix (handed to `take(name, top)` as they are
+        computed) and of every pair-operand slice in `sliced` (returned)."""
+        views = self.plan.matrices
         out = _Decomposed(spectra={}, slices={} if k else None, notes=[])
-        n_matrices = len(self.plan.matrices)
         with ckpt.open() as reader:
-            _check_same_parameters(ckpt, reader, by_key, self.infos, out.notes)
-            group: list[tuple[MatrixView, torch.Tensor]] = []
-            group_bytes = 0
-            keys = list(by_key)
-            for i, key in enumerate(keys):
-                tensor = reader.get(key)
-                group.extend((view, view.extract(tensor)) for view in by_key[key])
-                group_bytes += tensor.numel() * tensor.element_size()
-                del tensor
-                if group_bytes >= _GROUP_BYTES or i == len(keys) - 1:
-                    self._decompose_group(group, ckpt, out, k=k, sliced=sliced, take=take)
-                    group, group_bytes = [], 0
-                    if self.on_progress is not None:
-                        done = len(out.spectra)  # matrices of this step decomposed so far
-                        self.on_progress(
-                            Progress(
-                                self.run_name,
-                                ckpt.step,
-                                step_index,
-                                n_steps,
-                                done,
-                                n_matrices,
-                                phase,
-                            )
+            _check_same_parameters(ckpt, reader, views, self.infos, out.notes)
+            for group in read_matrices(reader, views, group_bytes=_GROUP_BYTES):
+                self._decompose_group(group, ckpt, out, k=k, sliced=sliced, take=take)
+                if self.on_progress is not None:
+                    done = len(out.spectra)  # matrices of this step decomposed so far
+                    self.on_progress(
+                        Progress(
+                            self.run_name, ckpt.step, step_index, n_steps, done, len(views), phase
                         )
+                    )
         return out
 
     def _decompose_group(
         self,
-        group: list[tuple[MatrixView, torch.Tensor]],
+        group: MatrixGroup,
         ckpt: Checkpoint,
         out: _Decomposed,
         *,
@@ -581,11 +555,10 @@ class _AnalysisRun:
     ) -> None:
         """Send one group of matrices to the engine (one batch) and add what it gives to `out`."""
         engine = self.engine
-        batch = [m for _, m in group]
         if k:
-            results = [(t.sigma, t.method, t) for t in engine.top_vectors(batch, k)]
+            results = [(t.sigma, t.method, t) for t in engine.top_vectors(group.matrices, k)]
         else:
-            results = [(r.sigma, r.method, None) for r in engine.singular_values(batch)]
+            results = [(r.sigma, r.method, None) for r in engine.singular_values(group.matrices)]
         for (view, matrix), (sigma, method, top) in zip(group, results, strict=True):
             out.spectra[view.name] = (sigma, method)
             if top is not None and out.slices is not None:
@@ -667,8 +640,8 @@ def _step_with_work(
 
 def _check_same_parameters(
     ckpt: Checkpoint,
-    reader,
-    by_key: dict[str, list[MatrixView]],
+    reader: TensorReader,
+    views: Sequence[MatrixView],
     first_infos: dict,
     notes: list[Note],
 ) -> None:
@@ -686,18 +659,19 @@ def _check_same_parameters(
                 path=str(ckpt.path),
             )
         )
-    for key, views in by_key.items():
+    for key, key_views in views_by_parameter(views).items():
         if key not in available:
             raise ShapeChangedError(
-                f"{ckpt.path}: parameter {views[0].param!r} (step {ckpt.step}) is missing, "
+                f"{ckpt.path}: parameter {key_views[0].param!r} (step {ckpt.step}) is missing, "
                 "but the first analysed step has it; analyse the runs separately or "
                 "select matching steps with --steps"
             )
         info = reader.info(key)
-        if tuple(info.shape) != tuple(views[0].source_shape):
+        planned = key_views[0]
+        if tuple(info.shape) != tuple(planned.source_shape):
             raise ShapeChangedError(
-                f"{ckpt.path}: parameter {views[0].param!r} has shape {tuple(info.shape)} at "
-                f"step {ckpt.step} but {tuple(views[0].source_shape)} at the first analysed "
+                f"{ckpt.path}: parameter {planned.param!r} has shape {tuple(info.shape)} at "
+                f"step {ckpt.step} but {tuple(planned.source_shape)} at the first analysed "
                 "step; a run must keep its shapes (exclude it with --exclude)"
             )
 

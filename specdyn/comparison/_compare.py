@@ -43,12 +43,12 @@ import numpy as np
 from ..analysis import analyze
 from ..engine import SpectrumEngine
 from ..errors import CompareError, RunNotFoundError, SpecdynError
+from ..matrices import plan_checkpoint, read_matrices
 from ..sources import open_checkpoint
 from ..steps import select_steps
 from ..store import Run, resolve_run
 from ..types import Note
 from ..vectors import agreement_diagonal
-from ..views import plan_views
 from ._barrier import BarrierOptions, BarrierResult, barrier_between
 from ._store import Comparison, comparison_path, open_comparison, write_comparison
 
@@ -600,27 +600,18 @@ class _VectorSource:
             self.engine = SpectrumEngine(device=self.device)
         ckpt = open_checkpoint(path)
         with ckpt.open() as reader:
-            infos = {key: reader.info(key) for key in reader.keys()}
-            options = run.options
-            plan = plan_views(infos, config=ckpt.config, transposed=options.get("transposed"))
-            views = {v.name: v for v in plan.matrices}
+            planned = plan_checkpoint(ckpt, transposed=run.options.get("transposed"), reader=reader)
+            views = {v.name: v for v in planned.plan.matrices}
             missing = [m for m in self.matrices if m not in views]
             if missing:
                 raise CompareError(f"{path}: matrices {missing[:3]} not found in the checkpoint")
-            out = []
             # one parameter read at a time; its views' vectors computed before the next
-            by_key: dict[str, list[str]] = {}
-            for m in self.matrices:
-                by_key.setdefault(views[m].key, []).append(m)
             found: dict[str, tuple] = {}
-            for key, names in by_key.items():
-                tensor = reader.get(key)
-                tops = self.engine.top_vectors([views[n].extract(tensor) for n in names], self.k)
-                for n, top in zip(names, tops, strict=True):
-                    found[n] = (top.u, top.v)
-                del tensor
-            out = [found[m] for m in self.matrices]
-        return out
+            for group in read_matrices(reader, [views[m] for m in self.matrices]):
+                tops = self.engine.top_vectors(group.matrices, self.k)
+                for view, top in zip(group.views, tops, strict=True):
+                    found[view.name] = (top.u, top.v)
+        return [found[m] for m in self.matrices]
 
 
 def _changed(source: tuple[Path, int, float]) -> bool:

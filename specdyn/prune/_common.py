@@ -14,13 +14,14 @@ import torch
 
 from ..engine import SpectrumEngine
 from ..errors import SpecdynError
+from ..matrices import plan_checkpoint
 from ..naming import canonicalize, forward_sort
 from ..sources import Checkpoint, CheckpointOutput, discover, open_checkpoint
 from ..steps import select_steps
 from ..store import resolve_home
 from ..types import Note
 from ..vectors import agreement_diagonal
-from ..views import MatrixView, ViewPlan, compile_patterns, plan_views
+from ..views import MatrixView, ViewPlan, compile_patterns
 
 __all__ = [
     "PruneError",
@@ -271,24 +272,18 @@ def _compile_keep(keep: Sequence[str] | str) -> list[re.Pattern]:
 
 def _layout(ckpt: Checkpoint, keep: list[re.Pattern], kinds: Iterable[str] | None) -> _Layout:
     """Plan the views of `ckpt` and pick what is pruned (`kinds`: view kinds allowed, or all)."""
-    with ckpt.open() as reader:
-        keys = reader.keys()
-        infos = {k: reader.info(k) for k in keys}
-        unsupported = dict(reader.unsupported)
-    plan = plan_views(infos, config=ckpt.config, source_order=keys)
+    planned = plan_checkpoint(ckpt)
+    plan = planned.plan
     if not plan.matrices:
         raise PruneError(f"{ckpt.path}: no weight matrix to prune")
-    canon = canonicalize(keys, config=ckpt.config)
+    canon = canonicalize(planned.keys, config=ckpt.config)
     raw_of = {c: k for k, c in canon.items()}
+    # unsupported tensors (never read) are among the plan's skipped entries
     untouched = [Untouched(s.matrix or s.param, s.key, s.reason) for s in plan.skipped]
-    untouched += [
-        Untouched(key, key, f"unsupported tensor type (built by {g}); not read")
-        for key, g in unsupported.items()
-    ]
     views_by_param: dict[str, list[MatrixView]] = {}
     for view in plan.matrices:
         views_by_param.setdefault(view.param, []).append(view)
-    source_order = [canon[k] for k in keys]
+    source_order = [canon[k] for k in planned.keys]
     last = forward_sort([*views_by_param, *plan.aliases], source_order)[-1]
     final = plan.aliases.get(last, last)
     allowed = set(kinds) if kinds is not None else None

@@ -15,6 +15,7 @@ import safetensors.torch
 import torch
 
 from ..engine import SpectrumEngine
+from ..matrices import read_matrices
 from ..sources import plan_output
 from ..types import Note
 from ..vectors import agreement_diagonal, agreement_score
@@ -110,12 +111,7 @@ def prune_magnitude(
             with several runs, output exists (without `overwrite`) or is the input.
         CheckpointError / DiscoveryError / StepSpecError: unreadable source, unknown step.
     """
-    fraction = _check_fraction(fraction)
-    if control not in (None, "random"):
-        raise PruneError(f"--control {control!r}: the only control is 'random'")
-    for option, value in (("--vectors", k), ("--score-top", score_top)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise PruneError(f"{option} {value!r}: give a whole number ≥ 1")
+    fraction = _check_options(fraction, control, k, score_top)
     keep_res = _compile_keep(keep)
     src = Path(source)
     ckpt, notes = _mask_source(src, step)
@@ -144,20 +140,9 @@ def prune_magnitude(
     if control:
         masks["random"] = _random_mask(masks["magnitude"], pools, counts, seed)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    mask_paths, ckpt_paths = {}, {}
-    for m in mask_names:
-        full = dict(masks[m])
-        full.update({a: full[t] for a, t in layout.alias_of.items() if t in full})
-        path = out_dir / f"masks-{m}.safetensors"
-        meta = {"source": label, "step": str(ckpt.step), "fraction": repr(fraction), "mask": m}
-        if m == "random":
-            meta["seed"] = str(seed)
-        safetensors.torch.save_file({k_: v.clone() for k_, v in full.items()}, str(path), meta)
-        mask_paths[m] = str(path)
-        notes.extend(outputs[m].write(_masker(layout, masks[m])))
-        ckpt_paths[m] = str(outputs[m].target)
-
+    mask_paths, ckpt_paths = _write_masks(
+        out_dir, ckpt, layout, masks, outputs, fraction, seed, notes
+    )
     engine = SpectrumEngine(device=device)
     parameters, matrices, diagonals = _agreements(
         ckpt, layout, masks, pools, counts, engine, k, score_top, notes, label
@@ -187,6 +172,18 @@ def prune_magnitude(
     )
     _write_results(result)
     return result
+
+
+def _check_options(fraction: float, control: str | None, k: int, score_top: int) -> float:
+    """P as a float in (0, 1); PruneError naming the option for a bad P, control, k or
+    score_top."""
+    fraction = _check_fraction(fraction)
+    if control not in (None, "random"):
+        raise PruneError(f"--control {control!r}: the only control is 'random'")
+    for option, value in (("--vectors", k), ("--score-top", score_top)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise PruneError(f"{option} {value!r}: give a whole number ≥ 1")
+    return fraction
 
 
 def _check_fraction(fraction: float) -> float:
@@ -286,6 +283,26 @@ def _random_mask(magnitude, pools, counts, seed) -> dict[str, torch.Tensor]:
     return masks
 
 
+def _write_masks(out_dir, ckpt, layout, masks, outputs, fraction, seed, notes):
+    """Write each mask (``masks-<mask>.safetensors``, tied aliases included) and the
+    checkpoint with it applied; (mask → masks file, mask → masked checkpoint)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    label = str(ckpt.path)
+    mask_paths, ckpt_paths = {}, {}
+    for m, mask in masks.items():
+        full = dict(mask)
+        full.update({a: full[t] for a, t in layout.alias_of.items() if t in full})
+        path = out_dir / f"masks-{m}.safetensors"
+        meta = {"source": label, "step": str(ckpt.step), "fraction": repr(fraction), "mask": m}
+        if m == "random":
+            meta["seed"] = str(seed)
+        safetensors.torch.save_file({k_: v.clone() for k_, v in full.items()}, str(path), meta)
+        mask_paths[m] = str(path)
+        notes.extend(outputs[m].write(_masker(layout, mask)))
+        ckpt_paths[m] = str(outputs[m].target)
+    return mask_paths, ckpt_paths
+
+
 def _masker(layout: _Layout, masks: Mapping[str, torch.Tensor]) -> Callable:
     """The write-back transform applying `masks` (zeros where False); ties share one result."""
     done: dict[str, torch.Tensor] = {}
@@ -310,52 +327,24 @@ def _agreements(ckpt, layout, masks, pools, counts, engine, k, score_top, notes,
     parameters: list[MaskedParameter] = []
     matrices: list[MaskedMatrix] = []
     rows: dict[str, list[np.ndarray]] = {m: [] for m in masks}
+    views = [view for key in layout.units for view in layout.views_of[key]]
     with ckpt.open() as reader:
-        for key in layout.units:
-            tensor = reader.get(key)
-            pool = pools[key]
-            size = tensor.numel() if pool is None else pool.numel()
-            parameters.append(
-                MaskedParameter(
-                    key=key,
-                    param=layout.param_of[key],
-                    size=size,
-                    kept=counts[key],
-                    kept_fraction=counts[key] / size if size else math.nan,
-                )
-            )
-            views = layout.views_of[key]
-            masked = {m: tensor.masked_fill(~masks[m][key], 0) for m in masks}
-            originals = [v.extract(tensor) for v in views]
-            batch = originals + [v.extract(masked[m]) for m in masks for v in views]
-            tops = engine.top_vectors(batch, k)
-            refs = tops[: len(views)]
-            finite = bool(torch.isfinite(tensor).all())
-            for i, view in enumerate(views):
-                scores = {}
-                for j, m in enumerate(masks):
-                    top, ref = tops[len(views) * (j + 1) + i], refs[i]
-                    diag = agreement_diagonal(top.u, top.v, ref.u, ref.v, k)
-                    rows[m].append(diag)
-                    scores[m] = agreement_score(diag, score_top)
-                    if top.method == "zero" and finite:
-                        notes.append(
-                            Note(
-                                "zero-matrix",
-                                f"{label}: the {m} mask keeps no weight of {view.name}; its SVA is NaN",
-                                view.name,
-                            )
-                        )
-                view_mask = view.extract(masks["magnitude"][key])
-                matrices.append(
-                    MaskedMatrix(
-                        name=view.name,
-                        param=view.param,
-                        kind=view.kind,
-                        shape=tuple(view.shape),
-                        kept_fraction=float(view_mask.float().mean()),
-                        scores=scores,
+        for group in read_matrices(reader, views):  # one parameter at a time
+            for key, tensor in group.tensors.items():
+                pool = pools[key]
+                size = tensor.numel() if pool is None else pool.numel()
+                parameters.append(
+                    MaskedParameter(
+                        key=key,
+                        param=layout.param_of[key],
+                        size=size,
+                        kept=counts[key],
+                        kept_fraction=counts[key] / size if size else math.nan,
                     )
+                )
+                originals = [(v, matrix) for v, matrix in group if v.key == key]
+                matrices += _view_agreements(
+                    tensor, originals, masks, engine, k, score_top, rows, notes, label
                 )
     diagonals = {}
     for m, diags in rows.items():
@@ -364,6 +353,48 @@ def _agreements(ckpt, layout, masks, pools, counts, engine, k, score_top, notes,
             table[i, : len(diag)] = diag
         diagonals[m] = table
     return parameters, matrices, diagonals
+
+
+def _view_agreements(tensor, originals, masks, engine, k, score_top, rows, notes, label):
+    """The `MaskedMatrix` of each view of one parameter (`originals`: (view, matrix) pairs),
+    its SVA diagonal per mask appended to `rows[mask]`."""
+    key = originals[0][0].key
+    views = [v for v, _ in originals]
+    masked = {m: tensor.masked_fill(~masks[m][key], 0) for m in masks}
+    batch = [matrix for _, matrix in originals] + [
+        v.extract(masked[m]) for m in masks for v in views
+    ]
+    tops = engine.top_vectors(batch, k)
+    refs = tops[: len(views)]
+    finite = bool(torch.isfinite(tensor).all())
+    out = []
+    for i, view in enumerate(views):
+        scores = {}
+        for j, m in enumerate(masks):
+            top, ref = tops[len(views) * (j + 1) + i], refs[i]
+            diag = agreement_diagonal(top.u, top.v, ref.u, ref.v, k)
+            rows[m].append(diag)
+            scores[m] = agreement_score(diag, score_top)
+            if top.method == "zero" and finite:
+                notes.append(
+                    Note(
+                        "zero-matrix",
+                        f"{label}: the {m} mask keeps no weight of {view.name}; its SVA is NaN",
+                        view.name,
+                    )
+                )
+        view_mask = view.extract(masks["magnitude"][key])
+        out.append(
+            MaskedMatrix(
+                name=view.name,
+                param=view.param,
+                kind=view.kind,
+                shape=tuple(view.shape),
+                kept_fraction=float(view_mask.float().mean()),
+                scores=scores,
+            )
+        )
+    return out
 
 
 # ----------------------------------------------------------------------------- results file

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..matrices import cut_matrices
 from ..sources import plan_output
 from ..types import Note
 from ..views import MatrixView
@@ -213,8 +214,7 @@ class _SvdPruner:
         out = tensor.detach().to("cpu").clone(memory_format=torch.contiguous_format)
         flat = out.view(-1)
         changed = False
-        for view in views:
-            matrix = view.extract(tensor)
+        for view, matrix in cut_matrices(tensor, views):
             if not bool(torch.isfinite(matrix).all()):
                 self.notes.append(
                     Note(
