@@ -22,7 +22,7 @@ import pytest
 
 import specdyn
 from specdyn.errors import StoreWriteError
-from specdyn.store import _store as store_module
+from specdyn.store import _writer as store_module
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "mlp-wd"
 STEPS = "0,1000,4000"  # the reference (4000) first, then two more: every section is written

@@ -21,6 +21,7 @@ from specdyn.store import (
     VectorLayout,
     open_run,
 )
+from specdyn.types import TrainingLog
 
 STEPS = [0, 10, 20]
 MATS = {m.name: m for m in worker.matrix_records()}
@@ -313,3 +314,66 @@ def test_step_flags_survive_growth_and_mark_pending_steps(tmp_path):
         w.flag_step(20, "")
     with open_run(path) as run:
         assert run.step_flags == {10: "duplicate of step 0"}
+
+
+def test_run_sections_read_what_the_flat_members_read(tmp_path):
+    path = tmp_path / "run.h5"
+    vl = _layout()
+    training = TrainingLog(
+        steps=np.array([0, 5, 20], dtype=np.int64),
+        values={"loss": np.array([2.0, np.nan, 0.5])},
+        sources={"loss": "test"},
+    )
+    with _open(path, STEPS, vectors=vl, training=training) as w:
+        for s in STEPS:
+            spectra, metrics, notes = worker.step_data(s)
+            w.write_step(s, spectra, metrics, notes, vectors=_vectors(s, vl))
+    pair, matrix = PAIRS[1].name, "embed_in.weight"
+    with open_run(path) as run:
+        values, alignment, agreement = run.values, run.alignment, run.agreement
+        same = [
+            (values.steps, run.steps),
+            (values.all_steps, run.all_steps),
+            (values.sigma("embed_in"), run.sigma("embed_in")),
+            (values.metric("stable_rank"), run.metric("stable_rank")),
+            (alignment.diagonal(pair), run.alignment(pair)),
+            (alignment.heads(pair), run.alignment_heads(pair)),
+            (alignment.matrix(pair), run.alignment_matrix(pair)),
+            (alignment.score(top=2), run.alignment_score(top=2)),
+            (alignment.steps, run.section_steps("alignment")),
+            (agreement.diagonal(matrix), run.agreement(matrix)),
+            (agreement.matrix(matrix), run.agreement_matrix(matrix)),
+            (agreement.score(matrix), run.agreement_score(matrix)),
+            (agreement.steps, run.section_steps("agreement")),
+            (run.vectors.steps, run.section_steps("vectors")),
+            (run.vectors.top_k(matrix, 20)[0], run.vectors(matrix, 20)[0]),
+            (run.training.series("loss")[1], run.training("loss")[1]),
+        ]
+        for i, (section, flat) in enumerate(same):
+            assert np.array_equal(section, flat, equal_nan=True), i
+        assert values.matrices == run.matrices and values.metric_names == run.metric_names
+        assert values.find_matrix("embed_in") == run.find_matrix("embed_in") == matrix
+        assert values.matrix_info("embed_in") == run.matrix_info("embed_in")
+        assert alignment.pairs == run.pairs and alignment.skipped_pairs == run.skipped_pairs
+        assert alignment.find_pair("heads") == run.find_pair("heads") == pair
+        assert agreement.reference == run.reference == 20
+        assert run.vectors.config == run.vectors_config and run.vectors.config["k"] == 10
+        assert run.training.names == run.training_names == ["loss"]
+        assert run.training.log.names == run.training_log.names
+        assert run.training("loss")[0].tolist() == [0, 20]
+    assert "kept for one release" in type(run).__dict__["sigma"].__doc__
+
+
+def test_a_values_only_run_has_empty_vector_sections(tmp_path):
+    path = tmp_path / "run.h5"
+    with _open(path, STEPS) as w:
+        _write(w, STEPS)
+    with open_run(path) as run:
+        assert run.vectors.config is None and run.agreement.reference is None
+        assert run.alignment.pairs == [] and run.alignment.skipped_pairs == []
+        assert run.training.log is None and run.training.names == []
+        for read in (lambda: run.alignment.steps, lambda: run.agreement("embed_in")):
+            with pytest.raises(StoreError, match="values-only"):
+                read()
+        with pytest.raises(StoreError, match="no training metrics stored"):
+            run.training("loss")

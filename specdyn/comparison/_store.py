@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 
 from ..errors import RunNotFoundError, StoreError
+from ..files import fsync_dir
 from ..store import STORE_SUFFIX, resolve_home
 from ..store import _layout as layout
 from ..version import __version__
@@ -59,7 +60,7 @@ def write_comparison(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    layout.fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _write(f: h5py.File, result: CompareResult, opened: Sequence[Run], name: str) -> None:

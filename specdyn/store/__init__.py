@@ -1,9 +1,20 @@
 """The run store: one HDF5 file per run (schema, crash-safe writer, reader, lock) and the
 workspace of stores. Schema: ``docs/store.md``.
+
+Modules: ``_layout`` (the schema: every path and type), ``_records`` (step and matrix
+records), ``_plan`` (what a store is built from; a request checked against a store),
+``_build`` (building a whole file, renamed over the store), ``_writer`` (`StoreWriter`),
+``_sections`` and ``_reader`` (`Run` and its sections), ``_vectors`` and ``_training``
+(the optional sections), ``_lock`` (one writer per store), ``_workspace`` and
+``_listing`` (where stores live, `list_runs`).
 """
 
-from ._lock import WriterLock, lock_path_for
-from ._store import SCHEMA_VERSION, MatrixRecord, Run, StepRecord, StoreWriter, open_run
+from ._layout import SCHEMA_VERSION
+from ._listing import RunSummary, list_runs
+from ._lock import WriterLock, is_being_written, lock_path_for
+from ._reader import Run, open_run
+from ._records import MatrixRecord, StepRecord
+from ._sections import RunAgreement, RunAlignment, RunTraining, RunValues, RunVectors
 from ._vectors import (
     SAVE_MODES,
     MatrixAgreement,
@@ -16,13 +27,11 @@ from ._workspace import (
     DEFAULT_HOME,
     HOME_ENV,
     STORE_SUFFIX,
-    RunSummary,
-    is_being_written,
-    list_runs,
     resolve_home,
     resolve_run,
     store_path_for,
 )
+from ._writer import StoreWriter
 
 __all__ = [
     "DEFAULT_HOME",
@@ -32,7 +41,12 @@ __all__ = [
     "PairAlignment",
     "PairRecord",
     "Run",
+    "RunAgreement",
+    "RunAlignment",
     "RunSummary",
+    "RunTraining",
+    "RunValues",
+    "RunVectors",
     "SAVE_MODES",
     "SCHEMA_VERSION",
     "STORE_SUFFIX",

@@ -1,10 +1,18 @@
-"""Store schema constants and low-level HDF5 helpers shared by the writer, the reader and
-the workspace listing (docs/store.md describes every path)."""
+"""The store's schema: every HDF5 path and fixed-size type of a run store, named once
+here, and the low-level HDF5 helpers shared by the builder, the writer and the reader
+(docs/store.md describes every path and the root attributes). Nothing outside
+``specdyn.store`` names a path of a run store.
+
+Two sub-tables are owned by one module each and name their columns there: the pair table
+(``/pairs``, `specdyn.store._vectors`) and the training metrics (``/training``,
+`specdyn.store._training`).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -43,6 +51,97 @@ SHA256_DTYPE = h5py.string_dtype("utf-8", SHA256_BYTES)
 NOTES_DTYPE = h5py.string_dtype("utf-8", NOTES_BYTES)
 FLAG_DTYPE = h5py.string_dtype("utf-8", FLAG_BYTES)
 PROVENANCE_DTYPE = h5py.string_dtype("utf-8", PROVENANCE_BYTES)
+# Saved vectors are stored as float32: half the bytes of float64, and an agreement
+# computed from them differs from the float64 one by ~1e-7 (far below 1e-6).
+VECTOR_DTYPE = np.float32
+
+# ----------------------------------------------------------------------------- paths
+# T steps, M matrices, R = min(out, in) of a matrix, K provenance slots, S kept-vector slots.
+
+# the step axis: one row per known step, done or pending
+STEPS = "steps"
+STEPS_STEP = "steps/step"  # int64 [T], ascending
+STEPS_EPOCH = "steps/epoch"  # int64 [T], EPOCH_UNKNOWN when unknown
+STEPS_SOURCE = "steps/source"  # vlen [T]: the checkpoint path
+STEPS_FORMAT = "steps/format"  # vlen [T]
+STEPS_SIZE = "steps/size"  # int64 [T]
+STEPS_MTIME = "steps/mtime"  # float64 [T]
+STEPS_SHA256 = "steps/sha256"  # SHA256_DTYPE [T]
+STEPS_NOTES = "steps/notes"  # NOTES_DTYPE [T]: a JSON list
+STEPS_FLAG = "steps/flag"  # FLAG_DTYPE [T]
+STEPS_INVOCATION = "steps/invocation"  # int32 [T]: row of /provenance, INVOCATION_NONE
+STEPS_DONE = "steps/done"  # uint8 [T]: only rows with 1 are valid; written last
+
+# the matrix table, in forward order
+MATRICES = "matrices"
+MATRICES_NAME = "matrices/name"  # vlen [M]
+MATRICES_PARAM = "matrices/param"
+MATRICES_KEY = "matrices/key"
+MATRICES_KIND = "matrices/kind"
+MATRICES_PART = "matrices/part"  # "" for a whole parameter
+MATRICES_SHAPE = "matrices/shape"  # int64 [M, 2]
+MATRICES_RANK = "matrices/rank"  # int64 [M]
+MATRICES_SOURCE_SHAPE = "matrices/source_shape"  # vlen [M]: a JSON list
+MATRICES_SOURCE_DTYPE = "matrices/source_dtype"  # vlen [M]
+MATRICES_METHOD = "matrices/method"  # METHOD_DTYPE [T, M]
+
+# the values: singular values per matrix, scalar metrics per metric
+SIGMA = "sigma"
+METRICS = "metrics"
+
+# what was left out, tied weights, and who wrote the store
+SKIPPED = "skipped"
+ALIASES = "aliases"
+PROVENANCE = "provenance"
+SKIPPED_PARAM = "skipped/param"  # vlen [S]
+SKIPPED_REASON = "skipped/reason"
+ALIASES_ALIAS = "aliases/alias"  # vlen [A]
+ALIASES_TARGET = "aliases/target"
+PROVENANCE_RECORD = "provenance/record"  # PROVENANCE_DTYPE [K]: JSON objects
+PROVENANCE_USED = "provenance/used"  # uint8 [K], a prefix of ones
+
+# the singular-vector sections (only when the root attribute "vectors" is set)
+PAIRS = "pairs"
+VECTOR_SECTIONS = ("alignment", "agreement", "vectors")
+ALIGNMENT_SCORE = "alignment/score"  # float64 [T, P]
+AGREEMENT_SCORE = "agreement/score"  # float64 [T, M]
+VECTORS_STEP = "vectors/step"  # int64 [S]: the steps whose vectors are kept
+
+
+def sigma_path(matrix: str) -> str:
+    """float64 [T, R]: the singular values of one matrix."""
+    return f"{SIGMA}/{matrix}"
+
+
+def metric_path(metric: str) -> str:
+    """float64 [T, M]: one scalar metric of every matrix."""
+    return f"{METRICS}/{metric}"
+
+
+def done_path(section: str) -> str:
+    """uint8 [T] ([S] for "vectors"): the done flags of a vector section."""
+    return f"{section}/done"
+
+
+def diagonal_path(section: str, name: str) -> str:
+    """float64 [T, k]: the alignment diagonal of a pair, or the agreement diagonal of a
+    matrix (`section` "alignment" or "agreement")."""
+    return f"{section}/diagonal/{name}"
+
+
+def full_matrix_path(section: str, name: str) -> str:
+    """float64 [T, k, k]: a whole alignment or agreement matrix (full matrices only)."""
+    return f"{section}/matrix/{name}"
+
+
+def heads_path(pair: str) -> str:
+    """float64 [T, H, k]: the alignment diagonal per block couple of a pair (H > 1 only)."""
+    return f"alignment/heads/{pair}"
+
+
+def vectors_path(side: str, matrix: str) -> str:
+    """VECTOR_DTYPE [S, out, k] (side "u") or [S, in, k] (side "v"): kept vectors."""
+    return f"vectors/{side}/{matrix}"
 
 
 def open_h5(path: Path, mode: str) -> h5py.File:
@@ -155,6 +254,12 @@ def h5_reason(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+def few(names: Sequence[str], limit: int = 5) -> str:
+    """The first few names, comma-separated, for messages."""
+    text = ", ".join(names[:limit])
+    return text + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 def damaged(path: Path, exc: BaseException) -> StoreError:
     """The error for a store whose expected content is missing or unreadable."""
     detail = str(exc).replace("\n", " ") or type(exc).__name__
@@ -167,7 +272,8 @@ def new_dataset(
     group: h5py.Group, name: str, shape: tuple[int, ...], dtype: Any, fill: Any = None
 ) -> h5py.Dataset:
     """A contiguous dataset allocated in full now (no allocation, hence no metadata
-    change, when it is written later); `fill`, when given, is written into all of it."""
+    change, when it is written later); `fill`, when given, is written into all of it.
+    `name` may be a path below `group` whose parent groups exist."""
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
     dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)  # every byte is written right after
@@ -218,7 +324,8 @@ def copy_rows(
 
 
 def vlen_strings(group: h5py.Group, name: str, values: list[str]) -> h5py.Dataset:
-    """A variable-length UTF-8 string dataset, written once at creation."""
+    """A variable-length UTF-8 string dataset, written once at creation (`name` may be a
+    path below `group` whose parent groups exist)."""
     return group.create_dataset(
         name,
         data=np.array([clean_text(v) for v in values], dtype=object),
@@ -232,6 +339,12 @@ def read_strings(ds: h5py.Dataset) -> list[str]:
     if ds.size == 0:
         return []
     return [str(v) for v in ds.asstr(errors="replace")[()].reshape(-1)]
+
+
+def read_string_pairs(f: h5py.File, first: str, second: str) -> list[tuple[str, str]]:
+    """Two string datasets of one table read as rows (``/skipped``: param, reason;
+    ``/aliases``: alias, target)."""
+    return list(zip(read_strings(f[first]), read_strings(f[second]), strict=True))
 
 
 def clean_text(text: str) -> str:
@@ -320,17 +433,3 @@ def fsync_file(f: h5py.File) -> None:
     the fsync also orders data before the done flag across a power loss)."""
     f.flush()
     os.fsync(f.id.get_vfd_handle())
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename in `folder` durable (best effort: not every filesystem allows it)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -17,10 +17,6 @@ from . import _layout as layout
 SAVE_MODES = ("all", "ends", "none")
 REFERENCE_RULES = ("last", "given")
 
-# Saved vectors are stored as float32: half the bytes of float64, and an agreement
-# computed from them differs from the float64 one by ~1e-7 (far below 1e-6).
-VECTOR_DTYPE = np.float32
-
 # The options of a pair that say how a conv operand compared on v is reduced to
 # c_in-vectors (`specdyn.pairs.ConvAlignment`); a pair has them iff it has a "tap".
 DEFINITION_KEYS = ("basis", "tap", "normalize")
@@ -248,7 +244,7 @@ def read_layout(f: h5py.File) -> VectorLayout | None:
     config = json.loads(raw) if raw else None
     if not config:
         return None
-    g = f["pairs"]
+    g = f[layout.PAIRS]
     names = layout.read_strings(g["name"])
     cols = {
         key: layout.read_strings(g[key])
@@ -336,7 +332,9 @@ def build(
     values are copied too).
     """
     old_vl = read_layout(old) if old is not None else None
-    old_steps = np.asarray(old["steps/step"][()], dtype=np.int64) if old_vl is not None else None
+    old_steps = (
+        np.asarray(old[layout.STEPS_STEP][()], dtype=np.int64) if old_vl is not None else None
+    )
     f.attrs["vectors"] = json.dumps(vl.config())
     _write_pair_table(f, vl)
     n_steps = len(step_values)
@@ -344,7 +342,7 @@ def build(
     def section_rows(name: str, compatible: bool) -> np.ndarray:
         if not compatible or old_vl is None:
             return np.zeros((0, 2), dtype=np.int64)
-        rows = _row_pairs(step_values, old_steps, np.asarray(old[f"{name}/done"][()], bool))
+        rows = _row_pairs(step_values, old_steps, np.asarray(old[layout.done_path(name)][()], bool))
         return rows[values_done[rows[:, 0]]] if len(rows) else rows
 
     # alignment
@@ -354,15 +352,17 @@ def build(
         g.create_group(sub)
     scores = np.full((n_steps, len(vl.pairs)), np.nan)
     for j, p in enumerate(vl.pairs):
-        diag = _copied(f, old, f"alignment/diagonal/{p.name}", (n_steps, p.k), rows)
+        diag = _copied(f, old, layout.diagonal_path("alignment", p.name), (n_steps, p.k), rows)
         if len(rows):
             scores[rows[:, 0], j] = head_mean(diag[rows[:, 0]], vl.score_top)
         if p.blocks > 1:
-            _copied(f, old, f"alignment/heads/{p.name}", (n_steps, p.blocks, p.k), rows)
+            _copied(f, old, layout.heads_path(p.name), (n_steps, p.blocks, p.k), rows)
         if vl.full_matrices:
-            _copied(f, old, f"alignment/matrix/{p.name}", (n_steps, p.k, p.k), rows)
-    layout.new_dataset(g, "score", (n_steps, len(vl.pairs)), np.float64)[...] = scores
-    _done_flags(g, n_steps, rows)
+            _copied(f, old, layout.full_matrix_path("alignment", p.name), (n_steps, p.k, p.k), rows)
+    layout.new_dataset(f, layout.ALIGNMENT_SCORE, (n_steps, len(vl.pairs)), np.float64)[...] = (
+        scores
+    )
+    _done_flags(f, "alignment", n_steps, rows)
 
     # agreement
     rows = section_rows("agreement", agreement_compatible(old_vl, vl))
@@ -373,13 +373,15 @@ def build(
     scores = np.full((n_steps, len(matrices)), np.nan)
     for j, m in enumerate(matrices):
         k = matrix_k(vl, m.rank)
-        diag = _copied(f, old, f"agreement/diagonal/{m.name}", (n_steps, k), rows)
+        diag = _copied(f, old, layout.diagonal_path("agreement", m.name), (n_steps, k), rows)
         if len(rows):
             scores[rows[:, 0], j] = head_mean(diag[rows[:, 0]], vl.score_top)
         if vl.full_matrices:
-            _copied(f, old, f"agreement/matrix/{m.name}", (n_steps, k, k), rows)
-    layout.new_dataset(g, "score", (n_steps, len(matrices)), np.float64)[...] = scores
-    _done_flags(g, n_steps, rows)
+            _copied(f, old, layout.full_matrix_path("agreement", m.name), (n_steps, k, k), rows)
+    layout.new_dataset(f, layout.AGREEMENT_SCORE, (n_steps, len(matrices)), np.float64)[...] = (
+        scores
+    )
+    _done_flags(f, "agreement", n_steps, rows)
 
     # saved vectors: one slot per kept step
     slots = np.array(vl.slots(step_values.tolist()), dtype=np.int64)
@@ -387,26 +389,25 @@ def build(
     if old_vl is not None and old_vl.k == vl.k:
         rows = _row_pairs(
             slots,
-            np.asarray(old["vectors/step"][()], dtype=np.int64),
-            np.asarray(old["vectors/done"][()], dtype=bool),
+            np.asarray(old[layout.VECTORS_STEP][()], dtype=np.int64),
+            np.asarray(old[layout.done_path("vectors")][()], dtype=bool),
         )
     g = f.create_group("vectors")
-    layout.new_dataset(g, "step", (len(slots),), np.int64)[...] = slots
+    layout.new_dataset(f, layout.VECTORS_STEP, (len(slots),), np.int64)[...] = slots
     for sub in ("u", "v"):
         g.create_group(sub)
     for m in matrices:
         k = matrix_k(vl, m.rank)
         out_dim, in_dim = m.shape
         for side, dim in (("u", out_dim), ("v", in_dim)):
-            _copied(
-                f, old, f"vectors/{side}/{m.name}", (len(slots), dim, k), rows, dtype=VECTOR_DTYPE
-            )
-    _done_flags(g, len(slots), rows)
+            path = layout.vectors_path(side, m.name)
+            _copied(f, old, path, (len(slots), dim, k), rows, dtype=layout.VECTOR_DTYPE)
+    _done_flags(f, "vectors", len(slots), rows)
 
 
 def _write_pair_table(f: h5py.File, vl: VectorLayout) -> None:
     """The ``/pairs`` group: one row per pair, plus the skipped pairs."""
-    g = f.create_group("pairs")
+    g = f.create_group(layout.PAIRS)
     g.attrs["preset"] = vl.pairs_preset
     for key in ("name", "first", "second", "first_side", "second_side", "rule"):
         layout.vlen_strings(g, key, [getattr(p, key) for p in vl.pairs])
@@ -435,12 +436,12 @@ def _copied(
     return ds
 
 
-def _done_flags(g: h5py.Group, n: int, rows: np.ndarray) -> None:
+def _done_flags(f: h5py.File, section: str, n: int, rows: np.ndarray) -> None:
     """The section's done flags: set for copied rows only."""
     done = np.zeros(n, dtype=np.uint8)
     if len(rows):
         done[rows[:, 0]] = 1
-    layout.new_dataset(g, "done", (n,), np.uint8)[...] = done
+    layout.new_dataset(f, layout.done_path(section), (n,), np.uint8)[...] = done
 
 
 @dataclass(frozen=True)
@@ -509,23 +510,23 @@ def checked_rows(
         for j, p in enumerate(vl.pairs):
             res = data.alignment[p.name]
             diag = shaped(f"alignment {p.name}", res.diagonal, (p.k,))
-            out.append((f"alignment/diagonal/{p.name}", diag))
+            out.append((layout.diagonal_path("alignment", p.name), diag))
             scores[j] = head_mean(diag, vl.score_top)
             if p.blocks > 1:
                 out.append(
                     (
-                        f"alignment/heads/{p.name}",
+                        layout.heads_path(p.name),
                         shaped(f"alignment heads {p.name}", res.heads, (p.blocks, p.k)),
                     )
                 )
             if vl.full_matrices:
                 out.append(
                     (
-                        f"alignment/matrix/{p.name}",
+                        layout.full_matrix_path("alignment", p.name),
                         shaped(f"alignment matrix {p.name}", res.matrix, (p.k, p.k)),
                     )
                 )
-        out.append(("alignment/score", scores))
+        out.append((layout.ALIGNMENT_SCORE, scores))
     if data.agreement is not None:
         names("agreement", data.agreement, [m.name for m in matrices])
         scores = np.empty(len(matrices))
@@ -533,25 +534,22 @@ def checked_rows(
             k = matrix_k(vl, m.rank)
             res = data.agreement[m.name]
             diag = shaped(f"agreement {m.name}", res.diagonal, (k,))
-            out.append((f"agreement/diagonal/{m.name}", diag))
+            out.append((layout.diagonal_path("agreement", m.name), diag))
             scores[j] = head_mean(diag, vl.score_top)
             if vl.full_matrices:
                 out.append(
                     (
-                        f"agreement/matrix/{m.name}",
+                        layout.full_matrix_path("agreement", m.name),
                         shaped(f"agreement matrix {m.name}", res.matrix, (k, k)),
                     )
                 )
-        out.append(("agreement/score", scores))
+        out.append((layout.AGREEMENT_SCORE, scores))
     if data.vectors is not None:
         names("vectors", data.vectors, [m.name for m in matrices])
         for m in matrices:
             k = matrix_k(vl, m.rank)
             u, v = data.vectors[m.name]
-            out.append(
-                (f"vectors/u/{m.name}", shaped(f"u of {m.name}", u, (m.shape[0], k), VECTOR_DTYPE))
-            )
-            out.append(
-                (f"vectors/v/{m.name}", shaped(f"v of {m.name}", v, (m.shape[1], k), VECTOR_DTYPE))
-            )
+            u = shaped(f"u of {m.name}", u, (m.shape[0], k), layout.VECTOR_DTYPE)
+            v = shaped(f"v of {m.name}", v, (m.shape[1], k), layout.VECTOR_DTYPE)
+            out += [(layout.vectors_path("u", m.name), u), (layout.vectors_path("v", m.name), v)]
     return out

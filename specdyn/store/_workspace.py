@@ -8,57 +8,24 @@ file; with neither, the workspace's only run (SPEC §7).
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import RunNotFoundError, StoreError
-from . import _layout as layout
-from ._lock import is_being_written
 
 __all__ = [
-    "HOME_ENV",
     "DEFAULT_HOME",
-    "RunSummary",
+    "HOME_ENV",
+    "STORE_SUFFIX",
     "resolve_home",
-    "store_path_for",
     "resolve_run",
-    "list_runs",
+    "store_files",
+    "store_path_for",
 ]
 
 HOME_ENV = "SPECDYN_HOME"
 DEFAULT_HOME = "specdyn-runs"
 STORE_SUFFIX = ".h5"
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """One store of the workspace, as `list_runs` sees it.
-
-    name: the run name (file name without ``.h5``); path: the store file;
-    steps_done / steps_total: finished and known steps; matrices: number of
-    matrices; schema_version: the store's schema (None when unreadable);
-    modified: the file's last modification, local time ``YYYY-MM-DD HH:MM:SS``;
-    status: ``"complete"``, ``"partial"`` (steps still pending, e.g. after an
-    interrupted analyze), ``"being written"`` (a specdyn process holds its
-    writer lock now) or ``"unreadable: <why>"``; vectors: ``"values only"``,
-    ``"top K"`` (alignment and agreement done for every done step) or ``"top K,
-    partial"`` (some done steps still lack them; re-run analyze), "" when unreadable.
-    """
-
-    name: str
-    path: str
-    steps_done: int
-    steps_total: int
-    matrices: int
-    schema_version: int | None
-    modified: str
-    status: str
-    vectors: str = ""
 
 
 def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
@@ -98,7 +65,7 @@ def _check_name(name: str) -> None:
         )
 
 
-def _store_files(folder: Path) -> list[Path]:
+def store_files(folder: Path) -> list[Path]:
     """The store files directly in `folder`, sorted by name (hidden files left out)."""
     try:
         entries = list(folder.iterdir())
@@ -139,7 +106,7 @@ def resolve_run(
             or says that the workspace is empty or missing and which folder was used.
     """
     folder = resolve_home(home)
-    stores = _store_files(folder)
+    stores = store_files(folder)
     if name_or_path is None:
         if len(stores) == 1:
             return stores[0]
@@ -180,64 +147,3 @@ def resolve_run(
         f"no run named {text!r} in the workspace {folder} ({listing}) and no store file "
         f"at {path}; check the name, --home, or the path"
     )
-
-
-def list_runs(home: str | os.PathLike[str] | None = None) -> list[RunSummary]:
-    """Every store in the workspace, sorted by name; never raises for one bad file.
-
-    Args:
-        home: the workspace (see `resolve_home`); a missing folder gives [].
-
-    Returns:
-        One `RunSummary` per ``*.h5`` file directly in the workspace; a file
-        that cannot be read as a specdyn store gets status ``"unreadable: …"``.
-    """
-    return [_summarize(p) for p in _store_files(resolve_home(home))]
-
-
-def _summarize(path: Path) -> RunSummary:
-    """A `RunSummary` of one store file (unreadable files included)."""
-    name = path.name[: -len(STORE_SUFFIX)]
-    try:
-        modified = datetime.fromtimestamp(path.stat().st_mtime).strftime("%Y-%m-%d %H:%M:%S")
-    except OSError:
-        modified = ""
-    try:
-        with layout.open_checked(path) as f:
-            try:
-                version = int(f.attrs["schema_version"])
-                done = np.asarray(f["steps/done"][()], dtype=bool)
-                n_matrices = int(f["matrices/name"].shape[0])
-                vectors = _vectors_state(f, done)
-            except (KeyError, OSError, ValueError, TypeError) as exc:
-                raise layout.damaged(path, exc) from None
-    except Exception as exc:  # StoreError, or anything else: list_runs lists every file
-        return RunSummary(name, str(path), 0, 0, 0, None, modified, f"unreadable: {exc}")
-    if is_being_written(path):
-        status = "being written"
-    else:
-        status = "complete" if bool(done.all()) else "partial"
-    return RunSummary(
-        name=name,
-        path=str(path),
-        steps_done=int(done.sum()),
-        steps_total=int(done.size),
-        matrices=n_matrices,
-        schema_version=version,
-        modified=modified,
-        status=status,
-        vectors=vectors,
-    )
-
-
-def _vectors_state(f, done: np.ndarray) -> str:
-    """ "values only", "top K" or "top K, partial" for an open store."""
-    raw = layout.attr_str(f, "vectors", "null")
-    config = json.loads(raw) if raw else None
-    if not config:
-        return "values only"
-    complete = all(
-        bool(np.asarray(f[f"{section}/done"][()], dtype=bool)[done].all())
-        for section in ("alignment", "agreement")
-    )
-    return f"top {int(config['k'])}" + ("" if complete else ", partial")
