@@ -1,7 +1,11 @@
 """Comparing runs: metrics on one step axis, branch agreement, split summaries and the loss
 barrier, written to a comparison store. User documentation: ``docs/compare.md``.
+
+The comparison store itself (`Comparison`, `open_comparison`, `write_comparison`,
+`comparison_path`) lives in `specdyn.store` with the run store; it is re-exported here.
 """
 
+from ..store import Comparison, comparison_path, open_comparison, write_comparison
 from ._barrier import BarrierOptions, BarrierResult, barrier_between, load_evaluator
 from ._compare import (
     COMPARE_MODES,
@@ -12,7 +16,6 @@ from ._compare import (
     chance_agreement,
     compare,
 )
-from ._store import Comparison, comparison_path, open_comparison, write_comparison
 
 __all__ = [
     "BarrierOptions",

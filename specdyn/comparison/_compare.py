@@ -46,11 +46,10 @@ from ..errors import CompareError, RunNotFoundError, SpecdynError
 from ..matrices import plan_checkpoint, read_matrices
 from ..sources import open_checkpoint
 from ..steps import select_steps
-from ..store import Run, resolve_run
+from ..store import Comparison, Run, comparison_path, open_comparison, resolve_run, write_comparison
 from ..types import Note
 from ..vectors import agreement_diagonal
 from ._barrier import BarrierOptions, BarrierResult, barrier_between
-from ._store import Comparison, comparison_path, open_comparison, write_comparison
 
 __all__ = [
     "compare",

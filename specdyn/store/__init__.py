@@ -1,14 +1,23 @@
-"""The run store: one HDF5 file per run (schema, crash-safe writer, reader, lock) and the
-workspace of stores. Schema: ``docs/store.md``.
+"""The run store: one HDF5 file per run (schema, crash-safe writer, reader, lock), the
+workspace of stores, and the comparison store. Schemas: ``docs/store.md``,
+``docs/compare.md``. Nothing outside this package names a path inside these files.
 
 Modules: ``_layout`` (the schema: every path and type), ``_records`` (step and matrix
 records), ``_plan`` (what a store is built from; a request checked against a store),
 ``_build`` (building a whole file, renamed over the store), ``_writer`` (`StoreWriter`),
 ``_sections`` and ``_reader`` (`Run` and its sections), ``_vectors`` and ``_training``
 (the optional sections), ``_lock`` (one writer per store), ``_workspace`` and
-``_listing`` (where stores live, `list_runs`).
+``_listing`` (where stores live, `list_runs`), ``_comparison`` (what `specdyn compare`
+writes, and `Comparison` to read it).
 """
 
+from ._comparison import (
+    Comparison,
+    ComparisonResult,
+    comparison_path,
+    open_comparison,
+    write_comparison,
+)
 from ._layout import SCHEMA_VERSION
 from ._listing import RunSummary, list_runs
 from ._lock import WriterLock, is_being_written, lock_path_for
@@ -34,6 +43,8 @@ from ._workspace import (
 from ._writer import StoreWriter
 
 __all__ = [
+    "Comparison",
+    "ComparisonResult",
     "DEFAULT_HOME",
     "HOME_ENV",
     "MatrixAgreement",
@@ -55,11 +66,14 @@ __all__ = [
     "StoreWriter",
     "VectorLayout",
     "WriterLock",
+    "comparison_path",
     "is_being_written",
     "list_runs",
     "lock_path_for",
+    "open_comparison",
     "open_run",
     "resolve_home",
     "resolve_run",
     "store_path_for",
+    "write_comparison",
 ]

@@ -1,34 +1,34 @@
 """The comparison store: what `specdyn compare` measured, in one HDF5 file (docs/compare.md).
 
-Written whole, into a temporary file renamed over the old one, so a reader never sees
-half a comparison; re-running a comparison replaces it.
+Written whole, into a temporary file renamed over the old one (`specdyn.files.atomic_output`),
+so a reader never sees half a comparison; re-running a comparison replaces it. The result
+written is any object with the fields `ComparisonResult` lists
+(`specdyn.comparison.CompareResult` in practice); the store does not import the comparison.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import h5py
 import numpy as np
 
 from ..errors import RunNotFoundError, StoreError
-from ..files import fsync_dir
-from ..store import STORE_SUFFIX, resolve_home
-from ..store import _layout as layout
+from ..files import atomic_output
 from ..version import __version__
-
-if TYPE_CHECKING:
-    from ..store import Run
-    from ._compare import CompareResult
+from . import _layout as layout
+from ._reader import Run
+from ._workspace import STORE_SUFFIX, resolve_home
 
 __all__ = [
     "COMPARISON_FORMAT",
     "COMPARISON_SCHEMA",
     "Comparison",
+    "ComparisonResult",
     "comparison_path",
     "open_comparison",
     "write_comparison",
@@ -39,6 +39,41 @@ COMPARISON_SCHEMA = 1
 COMPARISONS_DIR = "comparisons"
 
 
+class ComparisonResult(Protocol):
+    """What `write_comparison` reads of a comparison's result (the fields of
+    `specdyn.comparison.CompareResult`, which docs/compare.md describes): mode, k,
+    score_top, notes (each with a `message`), runs (each with label, store, trunk,
+    split, last_step), matrices, only_in, steps (int64 [S]), metrics (name → float
+    [R, M, S]), pairs (each with a, b, same_trunk, steps_a, steps_b, diagonal, score,
+    source), split (None, or the split summary's arrays) and barriers (each with pair,
+    alpha, loss, barrier)."""
+
+    @property
+    def mode(self) -> str: ...
+    @property
+    def k(self) -> int: ...
+    @property
+    def score_top(self) -> int: ...
+    @property
+    def notes(self) -> Sequence[Any]: ...
+    @property
+    def runs(self) -> Sequence[Any]: ...
+    @property
+    def matrices(self) -> Sequence[str]: ...
+    @property
+    def only_in(self) -> Mapping[str, Any]: ...
+    @property
+    def steps(self) -> np.ndarray: ...
+    @property
+    def metrics(self) -> Mapping[str, np.ndarray]: ...
+    @property
+    def pairs(self) -> Sequence[Any]: ...
+    @property
+    def split(self) -> Any: ...
+    @property
+    def barriers(self) -> Sequence[Any]: ...
+
+
 def comparison_path(name: str, home: str | os.PathLike[str] | None = None) -> Path:
     """``<home>/comparisons/<name>.h5``."""
     if not name or "/" in name or os.sep in name or name in (".", ".."):
@@ -47,23 +82,24 @@ def comparison_path(name: str, home: str | os.PathLike[str] | None = None) -> Pa
 
 
 def write_comparison(
-    path: Path, result: CompareResult, opened: Sequence[Run], *, name: str
+    path: Path, result: ComparisonResult, opened: Sequence[Run], *, name: str
 ) -> None:
-    """Write `result` to `path` (temporary file, then an atomic rename)."""
+    """Write a comparison store (temporary file, then an atomic rename over `path`).
+
+    Args:
+        path: the comparison store (see `comparison_path`); its folder is created.
+        result: what was measured (`specdyn.comparison.CompareResult`).
+        opened: the compared runs, open (the first one's step unit is recorded).
+        name: the comparison's name (attribute ``name``).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w", libver=layout.LIBVER) as f:
+    with atomic_output(path, temp_name=f".{path.name}.tmp-{os.getpid()}") as temp:
+        with h5py.File(temp, "w", libver=layout.LIBVER) as f:
             _write(f, result, opened, name)
             f.flush()
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
-def _write(f: h5py.File, result: CompareResult, opened: Sequence[Run], name: str) -> None:
+def _write(f: h5py.File, result: ComparisonResult, opened: Sequence[Run], name: str) -> None:
     """The datasets and attributes of docs/compare.md."""
     f.attrs["format"] = COMPARISON_FORMAT
     f.attrs["schema_version"] = COMPARISON_SCHEMA
@@ -142,15 +178,6 @@ def open_comparison(
         f"no comparison named {text!r} in {folder} (comparisons there: {listing}) and no "
         f"file at {path}; run specdyn compare first"
     )
-
-
-def is_comparison(path: str | os.PathLike[str]) -> bool:
-    """Whether `path` is an HDF5 file written by `specdyn compare`."""
-    try:
-        with h5py.File(path, "r") as f:
-            return layout.attr_str(f, "format") == COMPARISON_FORMAT
-    except OSError:
-        return False
 
 
 class Comparison:
