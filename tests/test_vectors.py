@@ -594,7 +594,8 @@ def test_max_memory_too_small_for_one_row_names_the_smallest_that_works():
     with pytest.raises(EngineError) as info:
         SpectrumEngine("cpu", max_memory=1000).top_vectors([w], 5)
     message = str(info.value)
-    assert "\n" not in message and "--max-memory" in message and "gram-eigh-f64" in message
+    assert "\n" not in message and "raise max_memory to" in message and "gram-eigh-f64" in message
+    assert "raise --max-memory to" in info.value.render(cli=True)  # the CLI's wording
     smallest = int(re.search(r"at least (\d+)\s*$", message).group(1))
     assert smallest == _linalg.gram_eigh_bytes(1, 300, 200, 1, 8, 5)
     top = SpectrumEngine("cpu", max_memory=smallest).top_vectors([w], 5)[0]
