@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SpecdynError
+from ..files import atomic_output
 from ._modular import ModularTransformer, is_prime, modular_addition_data, train_size
 
 __all__ = [
@@ -289,11 +290,11 @@ def _save_checkpoint(
 ) -> None:
     """torch.save the weights and the step's curves, atomically (temp file, then rename)."""
     path = out / _CHECKPOINT_NAME.format(step)
-    tmp = path.with_name(path.name + ".tmp")
     payload = {"model_state_dict": model.state_dict(), "step": step, **metrics}
     try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        # `<name>.tmp`: what a killed run leaves behind, cleared by `_prepare_folder`
+        with atomic_output(path, temp_name=path.name + ".tmp") as tmp:
+            torch.save(payload, tmp)
     except OSError as exc:
         raise DemoError(f"{path}: cannot write the checkpoint ({exc.strerror or exc})") from None
 

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
+from ..files import atomic_output
 from ..types import Note
 from ._checkpoint import HF_WEIGHT_FILES, Checkpoint, folder_weights, is_trainer_extra
 from ._formats import open_weights, read_index
@@ -92,15 +93,15 @@ class CheckpointOutput:
         notes = list(self.notes)
         for src, dst in self.weights:
             dst.parent.mkdir(parents=True, exist_ok=True)
-            if src.suffix == ".safetensors":
-                _atomic(dst, lambda tmp, s=src: _write_safetensors(s, tmp, transform))
-            else:
-                _atomic(
-                    dst, lambda tmp, s=src, d=dst: notes.extend(_write_torch(s, tmp, transform, d))
-                )
+            with atomic_output(dst, temp_name=_partial_name(dst)) as tmp:
+                if src.suffix == ".safetensors":
+                    _write_safetensors(src, tmp, transform)
+                else:
+                    notes.extend(_write_torch(src, tmp, transform, dst))
         for src, dst in self.copies + ([self.index] if self.index else []):
             dst.parent.mkdir(parents=True, exist_ok=True)
-            _atomic(dst, lambda tmp, s=src: shutil.copyfile(s, tmp))
+            with atomic_output(dst, temp_name=_partial_name(dst)) as tmp:
+                shutil.copyfile(src, tmp)
         return notes
 
 
@@ -168,18 +169,9 @@ def plan_output(ckpt: Checkpoint, target: Path) -> CheckpointOutput:
     return out
 
 
-# ----------------------------------------------------------------- atomic files
-
-
-def _atomic(dst: Path, write: Callable[[Path], Any]) -> None:
-    """Run `write(tmp)` then rename tmp onto `dst`; the partial file never survives a failure."""
-    tmp = dst.with_name(dst.name + ".partial")
-    try:
-        write(tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def _partial_name(dst: Path) -> str:
+    """The name `dst` is written under until complete: ``<name>.partial`` (docs/prune.md)."""
+    return dst.name + ".partial"
 
 
 def _checked(key: str, old: torch.Tensor, new: torch.Tensor | None) -> torch.Tensor | None:
