@@ -13,7 +13,7 @@ with like (every time is the best of --repeat runs):
   3072×768 and 768×3072; embed_in viewed 768×50304, embed_out 50304×768).
 - ``methods``: every method on the shapes of docs/methods.md (768×768 …
   16384×4096): time and max |Δσ|/σ1 against float64 LAPACK (numpy's, the
-  accuracy reference of SPEC §7, computed outside the timings).
+  accuracy reference of docs/methods.md#accuracy-contract, computed outside the timings).
 - ``accuracy``: constructed matrices (condition numbers 1e2–1e8, rank-deficient,
   repeated values): max |Δσ|/σ1 of the Gram route, its a-posteriori bound, and
   the method the engine records.

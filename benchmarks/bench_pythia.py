@@ -2,7 +2,7 @@
 
 For each size asked (`--sizes`, default 70m,160m,410m) this writes ONE synthetic
 revision with that size's exact Pythia layout: fp16 `pytorch_model.bin` with the
-GPT-NeoX parameter names and shapes (SPEC §6: H, layers, heads, I; the vocabulary
+GPT-NeoX parameter names and shapes (docs/pythia.md#catalog: H, layers, heads, I; the vocabulary
 of that size's config) and the non-weight buffers `attention.bias` ([1,1,2048,2048]
 bool), `attention.masked_bias` and `attention.rotary_emb.inv_freq`, plus its
 `config.json`. Weights are random N(0, 0.02²): the cost of an SVD does not depend
@@ -20,7 +20,7 @@ the store; neither includes a download. Runs take turns, `--repeat` rounds; the 
 and the median are printed.
 
 Then, for every size of `specdyn.pythia.CATALOG`, the needs of a full sweep of
-154 revisions (SPEC §6):
+154 revisions (docs/pythia.md#catalog):
 
 - disk: at most two revisions held at once (the one analysed and the next one
   downloading), 2 × revision_gb; 154 × revision_gb downloaded in all;
@@ -61,7 +61,8 @@ from pathlib import Path
 from _pythia_layout import write_pythia_checkpoint
 from bench_analyze import _peak_rss_mb, run_child
 
-SWEEP_REVISIONS = 154  # step0, 10 log-spaced steps 1 … 512, step1000 … step143000 (SPEC §6)
+# step0, 10 log-spaced steps 1 … 512, step1000 … step143000 (docs/pythia.md#catalog)
+SWEEP_REVISIONS = 154
 CONTEXT = 2048
 K = 100  # the default number of singular vectors
 # The 6.9b and 12b configs pad the vocabulary further than the smaller sizes' 50304.

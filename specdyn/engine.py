@@ -40,7 +40,8 @@ float64, whatever the precision):
   A·v_i/‖A·v_i‖ over row blocks (their error grows like u·σ1/σ_i).
 - ``nonfinite`` and ``zero``: as above, with NaN vectors (none is defined).
 
-Accuracy contract (SPEC §7), against ``numpy.linalg.svd`` of the same weights
+Accuracy contract (docs/methods.md#accuracy-contract), against ``numpy.linalg.svd`` of the same
+weights
 converted to float64: |Δσ_i| ≤ 1e-6·σ1 by default, ≤ 1e-4·σ1 with
 ``precision="float32"``; ``exact=True`` is float64 LAPACK itself.
 """

@@ -5,7 +5,7 @@ non-negative; R = min(m, n) of the matrix; any order, though the engine gives
 them descending) and returns a float64 array of shape ``[...]``: one value per
 spectrum, so a whole ``[T, R]`` history of one matrix is one call.
 
-Definitions (SPEC §2), with p_i = σ_i / Σ_j σ_j:
+Definitions (docs/metrics.md#spectral-metrics), with p_i = σ_i / Σ_j σ_j:
 
 - ``entropy``: H = −Σ_i p_i log p_i (natural log; terms with p_i = 0 count 0);
 - ``effective_rank``: exp(H) (Roy & Vetterli), between 1 and R;

@@ -1,4 +1,4 @@
-"""Canonical parameter names and forward-depth order (SPEC §7 "Matrix names").
+"""Canonical parameter names and forward-depth order (docs/views.md#canonical-names).
 
 Two rules, applied identically to every step of every run:
 

@@ -1,4 +1,5 @@
-"""The ``--steps`` grammar (SPEC §7): which training steps of a run to analyse or plot.
+"""The ``--steps`` grammar (docs/runs.md#steps-grammar): which training steps of a run to analyse
+or plot.
 
 A spec is a comma-separated union of items; every value is a training step (or an
 epoch, for runs whose step axis is epochs), never an index:
@@ -94,7 +95,7 @@ def parse_steps(spec: str | None) -> StepSpec:
 
 
 def select_steps(available: Sequence[int], spec: str | None) -> list[int]:
-    """Select training steps per the SPEC §7 ``--steps`` grammar.
+    """Select training steps per the ``--steps`` grammar (docs/runs.md#steps-grammar).
 
     Args:
         available: the steps a run holds (any order; repeats are ignored).

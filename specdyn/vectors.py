@@ -1,4 +1,5 @@
-"""Top-k singular vectors and the vector metrics built on them (SPEC §2, Eq. 3–5).
+"""Top-k singular vectors and the vector metrics built on them (Eq. 3–5;
+docs/metrics.md#vector-metrics).
 
     top = top_singular_vectors(w, k=100)          # TopK(sigma [R], u [m, k'], v [n, k'], method)
     a = alignment_diagonal(top_i.u, top_next.v)   # A_ii, Eq. 3, for the pair (W_i, W_{i+1})

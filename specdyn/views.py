@@ -1,4 +1,4 @@
-"""Parameters → named 2-D matrix views (SPEC §3).
+"""Parameters → named 2-D matrix views (docs/views.md).
 
 `plan_views` looks at tensor metadata only (names, shapes, dtypes, shared
 storage, ``config.json``) and decides, once per run, which 2-D matrices are
@@ -120,7 +120,7 @@ class Skipped:
 class ViewPlan:
     """What is analysed and what is not, for one run.
 
-    matrices: the views in forward order (SPEC §7); skipped: parameters and
+    matrices: the views in forward order (docs/views.md#forward-order); skipped: parameters and
     views left out, with reasons, in forward order; aliases: tied weights,
     alias parameter → the parameter analysed in its place.
     """
@@ -186,7 +186,7 @@ _EXPERT_ROLES = {
 _EXPERTS_IN_OUT_MODELS = {"llama4", "llama4_text", "gpt_oss"}
 _MAX_CONV_TAP = 31
 
-# Pythia (GPT-NeoX) head counts keyed on (hidden size, number of layers), SPEC §6.
+# Pythia (GPT-NeoX) head counts keyed on (hidden size, number of layers): docs/pythia.md#catalog.
 _PYTHIA_HEADS = {
     (512, 6): 8, (768, 12): 12, (1024, 24): 16, (2048, 16): 8, (2048, 24): 16,
     (2560, 32): 32, (4096, 32): 32, (5120, 36): 40,

@@ -1,8 +1,9 @@
-"""Singular-vector metrics written by `analyze` on the committed fixtures (SPEC §2 Eq. 3–5).
+"""Singular-vector metrics written by `analyze` on the committed fixtures (Eq. 3–5;
+docs/metrics.md#vector-metrics).
 
 Every stored alignment diagonal and matrix, agreement diagonal and matrix, score and kept
 vector is compared with an independent float64 `np.linalg.svd` of a matrix cut here from
-the raw checkpoint tensors, following SPEC §3 (views) and §4 (pairs) with no help from
+the raw checkpoint tensors, following docs/views.md and docs/pairs.md with no help from
 specdyn's slicing code: the pair list in the store only says which pair is meant (rule
 and options such as `tap`, `half`, `heads`).
 
@@ -31,13 +32,14 @@ from specdyn import VectorOptions
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())["fixtures"]
 
-RESIDUAL = 2e-6  # the engine's 1e-6·σ1 triplet residual (SPEC §7), doubled for safety
+# the engine's 1e-6·σ1 triplet residual (docs/methods.md#accuracy-contract), doubled for safety
+RESIDUAL = 2e-6
 CHECKED = 1e-3  # entries whose perturbation bound exceeds this are not compared
 COVERAGE = 0.8  # share of the leading `TOP` diagonal entries that must be compared
 TOP = 10  # the score's default number of diagonal entries
 K = 100  # VectorOptions.k used for every analysis here
 
-# Token embeddings (vocab, d): their view is the transpose (d, vocab), SPEC §3.
+# Token embeddings (vocab, d): their view is the transpose (d, vocab), docs/views.md#view-kinds.
 EMBEDDINGS = {"embed.weight", "gpt_neox.embed_in.weight"}
 LSTM_GATES = "ifgo"  # PyTorch's stacking order of the LSTM gate blocks
 QKV_PARTS = "qkv"  # GPT-NeoX: W.view(heads, 3, head_dim, H), index 0/1/2 = Q/K/V
@@ -83,7 +85,7 @@ def _heads(fixture: str) -> int | None:
 
 
 def _view(state: dict[str, np.ndarray], name: str, heads: int | None) -> np.ndarray:
-    """The (out, in) matrix a canonical matrix name stands for (SPEC §3)."""
+    """The (out, in) matrix a canonical matrix name stands for (docs/views.md)."""
     base, _, part = name.partition("[")
     part = part.rstrip("]")
     w = state[base]

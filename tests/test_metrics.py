@@ -23,7 +23,8 @@ SINGLE = {
 
 
 def _reference(sigma: list[float]) -> dict[str, float]:
-    """The SPEC §2 definitions written out plainly, one spectrum, Python floats."""
+    """The docs/metrics.md#spectral-metrics definitions written out plainly, one spectrum,
+    Python floats."""
     total = sum(sigma)
     h = 0.0
     for s in sigma:

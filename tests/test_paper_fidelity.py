@@ -3,7 +3,7 @@ checkpoints with the paper's own definitions in float64 numpy, agrees with the s
 
 The reimplementation here shares no code with specdyn: checkpoints are read with
 ``torch.load``, each matrix is decomposed with ``np.linalg.svd`` in float64, and the
-formulas are written out from the paper (SPEC §2 and appendix D):
+formulas are written out from the paper (docs/metrics.md and the paper's appendix D):
 
 - a linear layer is its (out, in) weight; a convolution (c_out, c_in, *k) is its kernel
   flattened to (c_out, c_in·∏k) (appendix D.1); a ConvTranspose, stored (c_in, c_out, *k),
@@ -92,7 +92,8 @@ class Decomposition:
 
 
 def paper_metrics(sigma: np.ndarray) -> dict[str, float]:
-    """The spectral statistics of SPEC §2, from the singular values alone."""
+    """The spectral statistics of docs/metrics.md#spectral-metrics, from the singular values
+    alone."""
     p = sigma / sigma.sum()
     nz = p[p > 0]
     h = float(-(nz * np.log(nz)).sum())

@@ -1,8 +1,8 @@
 """`specdyn pythia`: Pythia revisions streamed from a fake hub (tests/_fake_hub.py).
 
 Each test starts its own FakeHub on a loopback port holding tiny GPT-NeoX-layout "Pythia"
-repos (hidden 32, 2 layers, 4 heads, MLP 64, vocab 64; fp16 with the SPEC §6 buffers) and
-points the real `huggingface_hub` client at it with a private cache (hub_env). Repos are
+repos (hidden 32, 2 layers, 4 heads, MLP 64, vocab 64; fp16 with the buffers of
+docs/pythia.md#catalog) and points the real `huggingface_hub` client at it with a private cache (hub_env). Repos are
 addressed by full repo id, so no catalog entry is needed.
 
     EleutherAI/pythia-tiny          step0 step1 step2 (byte-identical, the known fault)
@@ -75,7 +75,7 @@ CONFIG = json.dumps(
 
 @functools.cache
 def _state_dict(step: int) -> dict[str, torch.Tensor]:
-    """The GPT-NeoX state dict of one step (SPEC §6 names and buffers), fp16.
+    """The GPT-NeoX state dict of one step (names and buffers of docs/pythia.md#catalog), fp16.
 
     Every step starts from the same base weights and drifts by 0.02·log(1 + step)
     of fresh noise, so consecutive revisions differ a little (step 0 is the base).

@@ -1,4 +1,4 @@
-"""The --steps grammar (SPEC §7): values are training steps, never indices."""
+"""The --steps grammar (docs/runs.md#steps-grammar): values are training steps, never indices."""
 
 from __future__ import annotations
 

@@ -328,7 +328,8 @@ def test_gpt_neox_real_model_split_matches_its_attention(transformers):
 
 
 def test_pythia_layout_with_buffers_and_head_table():
-    """Pythia-70m names and shapes (SPEC §6), no config: heads from the table, buffers skipped."""
+    """Pythia-70m names and shapes (docs/pythia.md#catalog), no config: heads from the table,
+    buffers skipped."""
     hidden, layers, inter, vocab = 512, 6, 2048, 50304
     infos = {"gpt_neox.embed_in.weight": _info(vocab, hidden, dtype=torch.float16)}
     for i in range(layers):

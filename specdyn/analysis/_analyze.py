@@ -3,7 +3,7 @@
 It discovers the runs, reads each one's training log, and hands each run's checkpoints
 (`LocalSteps`) to `analyze_stream`, which plans the matrix views, streams every pending
 step through the engine and writes the store. Re-running adds only what is missing
-(SPEC §7 "Store evolution").
+(docs/store.md#store-evolution).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def analyze(
         name: the store name for the run (default: the run folder's name). With
             several runs in `path`, a prefix: stores are named `<name>-<run>`.
         run: when `path` holds several runs, analyse only the one of this name.
-        steps: the SPEC §7 `--steps` grammar (training steps, not indices).
+        steps: the `--steps` grammar (docs/runs.md#steps-grammar) (training steps, not indices).
         matrices: which matrices to analyse (regexes on canonical names).
         compute: device, precision, exactness and memory bound of the engine.
         vectors: singular-vector analysis (alignment of every pair, agreement

@@ -5,7 +5,7 @@ the run's store.
 `specdyn.pythia.HubSteps` for the hub). It plans the matrix views from one checkpoint,
 opens (or extends) the store, orders the pending steps reference-first and analyses
 each step one parameter tensor at a time, writing each finished step to the store.
-Re-running adds only what is missing (SPEC §7 "Store evolution").
+Re-running adds only what is missing (docs/store.md#store-evolution).
 """
 
 from __future__ import annotations
@@ -83,7 +83,8 @@ def analyze_stream(
             the run.
         store_path: the run's store (created, resumed or extended).
         run_name: the name recorded in the store and in progress events.
-        steps: a SPEC §7 ``--steps`` value over `source.available`, or the exact
+        steps: a ``--steps`` value (docs/runs.md#steps-grammar) over `source.available`, or
+            the exact
             steps to analyse (a remote stream that already chose them); None: all.
         matrices: which matrices to analyse (default: all).
         compute: precision and exactness recorded in the store, and the engine's

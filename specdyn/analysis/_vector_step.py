@@ -1,6 +1,6 @@
 """Per-step singular-vector work of `analyze`: the store's vector layout from a pair plan,
 the operand slices each pair needs, and a step's alignment, agreement and kept vectors
-from the top-k vectors of its matrices (SPEC §2 Eq. 3–5, §4)."""
+from the top-k vectors of its matrices (docs/metrics.md#vector-metrics, docs/pairs.md)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from ..views import MatrixView
 
 @dataclass(frozen=True)
 class VectorOptions:
-    """How singular vectors are analysed (SPEC §2, §7).
+    """How singular vectors are analysed (docs/metrics.md#vector-options).
 
     k: top singular vectors per matrix (diagonals are min(k, R) long);
     reference: the step agreement compares against (None: the run's last

@@ -1,4 +1,5 @@
-"""The loss barrier along the straight line between two endpoints (SPEC §2, paper Eq. 6)."""
+"""The loss barrier along the straight line between two endpoints (paper Eq. 6;
+docs/compare.md#loss-barrier)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Runs side by side (SPEC §2 branch agreement and barrier, §5, §7).
+"""Runs side by side (docs/compare.md: branch agreement, loss barrier).
 
     result = compare(["run-a", "run-b"])                  # two runs: agreement at every
     result = compare(["wd0", "wd0.1", "wd1"])              #   shared step + metric differences
@@ -199,7 +199,7 @@ def compare(
         name: the comparison's name (default: the run labels joined by
             ``-vs-``, shortened); the store is ``<home>/comparisons/<name>.h5``.
         steps: in two-run mode, which shared steps to compare besides the
-            endpoints (SPEC §7 grammar on the shared steps; "none" for the
+            endpoints (docs/runs.md#steps-grammar on the shared steps; "none" for the
             endpoints only; default every shared step the stores or
             checkpoints allow).
         k: diagonal length (capped by the vectors the stores keep and by R).

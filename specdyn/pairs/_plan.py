@@ -1,4 +1,4 @@
-"""Pairs of matrices whose singular vectors are compared (SPEC §4).
+"""Pairs of matrices whose singular vectors are compared (docs/pairs.md).
 
 A `Pair` says which two matrix views feed each other, which side's singular
 vectors are compared (``u``: left, output space; ``v``: right, input space) and
@@ -302,7 +302,7 @@ def plan_pairs(
 ) -> PairPlan:
     """Choose the pairs of a run from its views, its config and a pairs file.
 
-    Presets (SPEC §4, detected in this order): transformers — GPT-NeoX (fused
+    Presets (docs/pairs.md#presets, detected in this order): transformers — GPT-NeoX (fused
     interleaved ``query_key_value``; parallel residual from
     ``use_parallel_residual``, default on), GPT-2 (``c_attn``), Llama-style
     (``q_proj``/``k_proj``/``v_proj``/``o_proj``, gated or plain MLP,

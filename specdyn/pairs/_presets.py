@@ -1,4 +1,4 @@
-"""Architecture presets for `specdyn.pairs`: which matrices feed which (SPEC §4)."""
+"""Architecture presets for `specdyn.pairs`: which matrices feed which (docs/pairs.md#presets)."""
 
 from __future__ import annotations
 

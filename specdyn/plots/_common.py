@@ -61,7 +61,8 @@ def _axes(ax: Axes | None, size: tuple[float, float] | None) -> Axes:
 
 
 def _step_columns(run: Run, steps: str | None) -> np.ndarray:
-    """Column indices of the done steps selected by a SPEC §7 ``--steps`` value."""
+    """Column indices of the done steps selected by a ``--steps`` value
+    (docs/runs.md#steps-grammar)."""
     done = run.steps
     if not done.size:
         raise PlotError(f"{run.path}: no step is done yet; run specdyn analyze first")

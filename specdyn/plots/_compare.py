@@ -72,7 +72,8 @@ def plot_side_by_side(
         cmp: an open `Comparison`, or its name / path (with `home`).
         metric: a stored metric ("normalized_effective_rank", "stable_rank", …, or
             "agreement_score" when every run has vectors).
-        steps: SPEC §7 ``--steps`` on the union step axis; matrices: regex on rows.
+        steps: ``--steps`` (docs/runs.md#steps-grammar) on the union step axis; matrices:
+            regex on rows.
 
     Returns:
         The Figure (R heatmaps and the final-value panel).

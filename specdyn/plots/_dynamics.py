@@ -50,7 +50,8 @@ def plot_dynamics(
         scores: add the alignment score a(t) and agreement score s(t) heatmaps below
             (a store with singular vectors).
         error: draw accuracies as errors, 1 − accuracy (as the paper's figures do).
-        steps: SPEC §7 ``--steps`` for the heatmaps; the curves span the same range.
+        steps: ``--steps`` (docs/runs.md#steps-grammar) for the heatmaps; the curves span
+            the same range.
         matrices: regex on the heatmap rows; log_x: symmetric-log step axis (step 0
             kept); cmap: the rank heatmap's colour map; size: (w, h) inches; title.
 

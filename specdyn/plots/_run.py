@@ -76,7 +76,8 @@ def plot_metric(
         metric: a name of `Run.metric_names` (default the normalised effective rank).
         home: workspace for a run given by name.
         ax: Axes to draw into (default: a new Figure).
-        steps: SPEC §7 ``--steps`` among the done steps; matrices: regex on names.
+        steps: ``--steps`` (docs/runs.md#steps-grammar) among the done steps; matrices: regex
+            on names.
         log_x: symmetric-log step axis (step 0 shown); cmap: colour map;
         title: axes title (default: run and metric); size: (w, h) inches of a new Figure.
 

@@ -69,7 +69,7 @@ def singular_vector_agreement(
     *,
     engine: SpectrumEngine | None = None,
 ) -> np.ndarray:
-    """The SVA diagonal (SPEC §2, Eq. 5) of `w` against the reference `w_ref`.
+    """The SVA diagonal (docs/metrics.md#agreement, Eq. 5) of `w` against the reference `w_ref`.
 
     S_ii = |⟨u_i, u_i^ref⟩|·|⟨v_i, v_i^ref⟩| for i ≤ min(k, R), from the top-k singular
     vectors of both (``SpectrumEngine.top_vectors``, float64). w, w_ref: 2-D tensors of one

@@ -81,8 +81,8 @@ def prune_magnitude(
     (parameters in forward order, elements in row-major order, earlier first). With
     ``control="random"``, a random mask (seeded by `seed`) keeps exactly as many weights in
     every parameter. For each mask and each view of a masked parameter (gate blocks and
-    Q/K/V parts included), the SVA diagonal S_ii, i ≤ k (SPEC §2, Eq. 5) between the masked
-    and the unmasked matrix, and its score (mean of the first `score_top`).
+    Q/K/V parts included), the SVA diagonal S_ii, i ≤ k (docs/metrics.md#agreement, Eq. 5)
+    between the masked and the unmasked matrix, and its score (mean of the first `score_top`).
 
     Args:
         source: a checkpoint or a folder of checkpoints of one run; the masks come from

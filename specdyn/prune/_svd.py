@@ -1,4 +1,4 @@
-"""SVD pruning and lottery-ticket masks of checkpoints (SPEC §5; the paper's Fig. 4, 12, 13).
+"""SVD pruning and lottery-ticket masks of checkpoints (docs/prune.md; the paper's Fig. 4, 12, 13).
 
     from specdyn.prune import prune_svd, prune_magnitude, read_prune_results
     prune_svd("ckpt.pt", "top-half", out="pruned.pt")        # keep σ_1..σ_⌈R/2⌉ of every matrix
@@ -257,7 +257,8 @@ def prune_svd(
         keep: regexes (``re.search``) on canonical parameter and matrix names: matching
             matrices are left untouched (a parameter pruned as a whole is kept when its
             name or any of its views' names matches; gate blocks and experts one by one).
-        steps: ``--steps`` grammar (SPEC §7), for a folder; default every checkpoint.
+        steps: ``--steps`` grammar (docs/runs.md#steps-grammar), for a folder; default every
+            checkpoint.
         home: the workspace (``resolve_home``), used only for the default `out`.
         overwrite: replace existing output files (never the input).
 

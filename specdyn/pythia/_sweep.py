@@ -1,4 +1,4 @@
-"""The Pythia training trajectories, streamed from the hub into a store (SPEC §6).
+"""The Pythia training trajectories, streamed from the hub into a store (docs/pythia.md).
 
     plan = specdyn.plan_pythia("70m", steps="log:20")     # what would be fetched (no download)
     result = specdyn.pythia("160m", steps="0:143000:1000") # download, analyse, delete, repeat
@@ -61,7 +61,8 @@ _DISK_MARGIN = 256 * 2**20
 
 @dataclass(frozen=True)
 class PythiaModel:
-    """One Pythia size (SPEC §6): hidden size, layers, heads, MLP width, GB per revision."""
+    """One Pythia size (docs/pythia.md#catalog): hidden size, layers, heads, MLP width, GB per
+    revision."""
 
     size: str
     hidden: int
@@ -193,7 +194,7 @@ def plan_pythia(
 
     Args:
         model: a Pythia size ("2.8b", "410m-deduped") or a GPT-NeoX repo id.
-        steps: the SPEC §7 ``--steps`` grammar over the branches' steps.
+        steps: the ``--steps`` grammar (docs/runs.md#steps-grammar) over the branches' steps.
         home, name: the workspace and store name (default: "pythia-<size>"); steps
             already done in that store are planned as "done".
         duplicates: "skip" (analyse byte-identical revisions once) or "analyze".

@@ -1,4 +1,4 @@
-"""Walk a folder, group files into checkpoints and runs, order them by step (SPEC §7)."""
+"""Walk a folder, group files into checkpoints and runs, order them by step (docs/runs.md)."""
 
 from __future__ import annotations
 
@@ -382,7 +382,7 @@ def _same_weights(a: Checkpoint, b: Checkpoint) -> bool:
 
 
 def _order_run(name: str, root: Path, members: list[Checkpoint], notes: list[Note]) -> RunSource:
-    """Steps, duplicates and order of one run's checkpoints (SPEC §7 duplicates)."""
+    """Steps, duplicates and order of one run's checkpoints (docs/runs.md#duplicates)."""
     unit = "step"
     stepped = [c for c in members if c.step is not None]
     if not stepped:

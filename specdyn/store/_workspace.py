@@ -3,7 +3,7 @@
 The workspace is ``--home DIR``, else the environment variable ``SPECDYN_HOME``,
 else ``./specdyn-runs`` (created only when a store is written). A run is
 addressed by its name (the store ``<home>/<name>.h5``) or by a path to a store
-file; with neither, the workspace's only run (SPEC §7).
+file; with neither, the workspace's only run (docs/runs.md#workspace-and-run-names).
 
 This module only deals in paths; `list_runs` (``_listing``) reads each store through
 `Run`.
