@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .errors import ViewError
+from .errors import SpecdynError, ViewError, option_ref
 from .naming import canonicalize, forward_sort
 from .types import TensorInfo
 
@@ -228,9 +228,9 @@ def plan_views(
         ViewError: an invalid regex (naming the option), or two keys with one
             canonical name.
     """
-    include_res = compile_patterns("--include", include)
-    exclude_res = compile_patterns("--exclude", exclude)
-    transposed_re = compile_patterns("--transposed", [transposed] if transposed else [])
+    include_res = compile_patterns("include", include)
+    exclude_res = compile_patterns("exclude", exclude)
+    transposed_re = compile_patterns("transposed", [transposed] if transposed else [])
     canon = canonicalize(list(infos), config=config)
     by_param = {canon[key]: key for key in infos}
     params = {canon[key]: info for key, info in infos.items()}
@@ -598,9 +598,10 @@ def _meta_shape(shape: tuple[int, ...], ops: tuple[ViewOp, ...]) -> tuple[int, i
 
 
 def compile_patterns(
-    option: str, patterns: Sequence[str] | str, error: type[Exception] = ViewError
+    option: str, patterns: Sequence[str] | str, error: type[SpecdynError] = ViewError
 ) -> list[re.Pattern]:
-    """Compile user regexes, naming the option on error."""
+    """Compile user regexes; an invalid one raises `error` naming `option` (the Python
+    parameter, ``include``; the CLI shows its flag, ``--include``)."""
     if isinstance(patterns, str):
         patterns = [patterns]
     compiled = []
@@ -608,7 +609,10 @@ def compile_patterns(
         try:
             compiled.append(re.compile(pattern))
         except re.error as exc:
-            raise error(f"{option}: invalid regular expression {pattern!r} ({exc})") from None
+            raise error(
+                f"{option_ref(option)}: invalid regular expression {pattern!r} ({exc})",
+                option=option,
+            ) from None
     return compiled
 
 

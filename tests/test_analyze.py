@@ -164,7 +164,8 @@ def test_analyze_a_store_of_another_run_is_refused(tmp_path):
     specdyn.analyze(tmp_path / "a" / "run", home=tmp_path / "ws")
     with pytest.raises(StoreMismatchError) as err:
         specdyn.analyze(tmp_path / "b" / "run", home=tmp_path / "ws")
-    assert "--name" in str(err.value) or "--overwrite" in str(err.value)
+    assert "use name to keep both runs or overwrite=True to replace it" in str(err.value)
+    assert "use --name to keep both runs or --overwrite" in err.value.render(cli=True)
     run = specdyn.analyze(tmp_path / "b" / "run", home=tmp_path / "ws", name="run-b").runs[0]
     assert run.name == "run-b"
     assert os.path.exists(run.store_path)

@@ -397,8 +397,10 @@ def test_values_only_store_has_no_vector_sections(home):
     specdyn.analyze(FIXTURES / "mlp-wd", home=home, name="plain", steps="0,4000", vectors=None)
     with specdyn.open_run("plain", home=home) as run:
         assert run.vectors_config is None and run.reference is None and run.pairs == []
-        with pytest.raises(specdyn.SpecdynError, match="values-only"):
+        with pytest.raises(specdyn.SpecdynError, match="analysed with vectors=None") as err:
             run.agreement("layers.1.weight")
+        # a Python caller reads the parameter, the CLI the flag (errors.option_ref)
+        assert "analysed with --values-only" in err.value.render(cli=True)
 
 
 def test_mlp_every_sequential_pair(mlp):

@@ -193,9 +193,13 @@ def test_the_reference_is_analysed_even_outside_steps(tmp_path):
     assert result.steps_selected == [0, 10, 20] and result.reference == 20
     assert any(n.kind == "reference" and "step 20" in n.message for n in result.notes)
     with pytest.raises(
-        StepSpecError, match=r"--reference 15: .* no checkpoint at step 15 \(nearest: 10, 20\)"
-    ):
+        StepSpecError,
+        match=r"^vectors\.reference 15: .* no checkpoint at step 15 \(nearest: 10, 20\)",
+    ) as err:
         specdyn.analyze(folder, home=tmp_path / "ws2", vectors=VectorOptions(reference=15))
+    # a Python caller reads the field, the CLI the flag (errors.option_ref)
+    assert err.value.render(cli=True).startswith("--reference 15: ")
+    assert (err.value.option, err.value.step) == ("vectors.reference", 15)
 
 
 def test_full_matrices_hold_the_diagonal(tmp_path):

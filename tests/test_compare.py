@@ -189,8 +189,10 @@ def test_endpoint_without_vectors_or_checkpoint_is_a_clear_error(tmp_path):
     assert result.pairs[0].source == ["checkpoint/checkpoint"]
     assert np.allclose(result.pairs[0].score, 1.0, atol=1e-6)
     (a / "step_00020.pt").unlink()
-    with pytest.raises(CompareError, match=r"step 20 .*--save-vectors"):
+    with pytest.raises(CompareError, match=r"step 20 .*vectors\.save_vectors ends") as err:
         compare(["a", "b"], home=home, steps="none")
+    # a Python caller reads the field, the CLI the flag (errors.option_ref)
+    assert "re-analyse with --save-vectors ends" in err.value.render(cli=True)
     # a missing middle checkpoint is a warned skip, not an error
     b2 = _write_run(tmp_path / "c", states)
     specdyn.analyze(b2, home=home)
@@ -269,8 +271,10 @@ def test_split_mode_groups_by_split_step_and_trunk(tmp_path):
 def test_split_step_from_mapping_or_error(tmp_path):
     a = _write_run(tmp_path / "left", _branch_states(1, 5, 1))
     b = _write_run(tmp_path / "right", _branch_states(1, 5, 2))
-    with pytest.raises(CompareError, match="--split NAME=STEP"):
+    with pytest.raises(CompareError, match=r"pass split=\{NAME: STEP\}$") as err:
         compare([a, b], by="split", home=tmp_path / "home")
+    assert err.value.render(cli=True).endswith("pass --split NAME=STEP")
+    assert err.value.option == "split"
     result = compare([a, b], by="split", split={"left": 5, "right": 5}, home=tmp_path / "home")
     assert result.split.steps.tolist() == [5]
     assert result.split.same_pairs.tolist() == [1]  # equal spectra at step 5: one trunk

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -215,8 +216,10 @@ def test_two_runs_are_byte_identical_and_seed_matters(tmp_path):
 def test_refuses_an_earlier_run_unless_overwrite(tmp_path):
     small = {**TINY, "steps": 3, "checkpoints": 2}
     train_grokking(tmp_path, **small)
-    with pytest.raises(DemoError, match="already holds a run.*--overwrite"):
+    with pytest.raises(DemoError, match=r"already holds a run.*overwrite=True$") as info:
         train_grokking(tmp_path, **small)
+    # a Python caller reads the parameter, the CLI the flag (errors.option_ref)
+    assert info.value.render(cli=True).endswith("pass --overwrite")
     (tmp_path / "step_000002.pt").write_bytes(b"stale")  # not in the new schedule: removed
     run = train_grokking(tmp_path, overwrite=True, **{**small, "steps": 5})
     assert sorted(p.name for p in tmp_path.glob("step_*.pt")) == [
@@ -257,8 +260,11 @@ def test_refuses_an_earlier_run_unless_overwrite(tmp_path):
 )
 def test_bad_options_are_one_line_errors(tmp_path, option, value, message):
     kwargs = {"modulus": 7, "steps": 3, "width": 8, "heads": 4, "mlp": 8, option: value}
-    with pytest.raises(DemoError, match=message) as info:
+    # `message` is the CLI's wording (flags); a Python caller reads the parameter name
+    with pytest.raises(DemoError) as info:
         train_grokking(tmp_path / "out", **kwargs)
+    assert re.search(message, info.value.render(cli=True))
+    assert str(info.value).startswith(f"{option} {value!r}: ") and info.value.option == option
     assert isinstance(info.value, SpecdynError) and "\n" not in str(info.value)
     assert not (tmp_path / "out").exists()  # refused before anything is written
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import ast
 import pickle
+import re
 from pathlib import Path
 
 import pytest
+import typer.main
 
 import specdyn
 from specdyn import errors
-from specdyn.cli import main
+from specdyn.cli import app, main
 from specdyn.errors import SpecdynError, StepSpecError, command_ref, option_ref
 
 
@@ -47,15 +50,29 @@ def test_a_steps_error_names_its_option_and_survives_pickling():
 
 
 def test_every_error_class_lives_in_errors_and_is_re_exported_where_it_is_raised():
+    import specdyn.demo
     import specdyn.pairs
+    import specdyn.plots
+    import specdyn.prune
     import specdyn.pythia
 
     assert specdyn.pairs.PairsFileError is errors.PairsFileError
     assert specdyn.pythia.HubError is errors.HubError
+    assert specdyn.prune.PruneError is errors.PruneError
+    assert specdyn.demo.DemoError is errors.DemoError
+    assert specdyn.plots.PlotError is errors.PlotError
     for name in errors.__all__:
         value = getattr(errors, name)
         if isinstance(value, type):
             assert issubclass(value, SpecdynError) and value.__module__ == "specdyn.errors"
+    elsewhere = [
+        f"{path.relative_to(LIBRARY.parent)}:{node.lineno}: {node.name}"
+        for path in sorted(LIBRARY.rglob("*.py"))
+        if path.name != "errors.py" or path.parent != LIBRARY
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.ClassDef) and node.name.endswith("Error")
+    ]
+    assert not elsewhere, elsewhere
 
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "mlp-wd"
@@ -65,3 +82,128 @@ def test_the_cli_words_a_library_error_in_flags(tmp_path, capsys):
     code = main(["analyze", str(FIXTURE), "--home", str(tmp_path / "h"), "--steps", "3:x"])
     err = capsys.readouterr().err
     assert code != 0 and "--steps '3:x'" in err and "Traceback" not in err
+
+
+# ------------------------------------------------- no CLI wording in library messages
+
+LIBRARY = Path(specdyn.__file__).resolve().parent
+COMMANDS = sorted(typer.main.get_command(app).commands)  # analyze, compare, info, ...
+# a flag (--steps), or "--" just before an f-string placeholder (f"--{name}")
+FLAG = re.compile(r"(?<![\w-])--([a-z]|$)")
+COMMAND = re.compile(rf"\bspecdyn ({'|'.join(COMMANDS)})\b")
+REFS = {"option_ref", "command_ref"}  # their arguments are where flags and commands belong
+FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
+
+
+def _texts(node: ast.AST):
+    """The string constants under `node` (f-string parts too), but for ref arguments."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in REFS:
+            continue
+        if isinstance(n, ast.Constant) and isinstance(n.value, str):
+            yield n
+        stack.extend(ast.iter_child_nodes(n))
+
+
+def _own_nodes(scope: ast.AST):
+    """The nodes of a module or function, without those of the functions and classes in it."""
+    stack = list(ast.iter_child_nodes(scope))
+    while stack:
+        n = stack.pop()
+        yield n
+        if not isinstance(n, (*FUNCTIONS, ast.ClassDef)):
+            stack.extend(ast.iter_child_nodes(n))
+
+
+def _assigned(nodes) -> dict[str, list[ast.AST]]:
+    """Variable name → the values assigned to it among `nodes`."""
+    values: dict[str, list[ast.AST]] = {}
+    for n in nodes:
+        if isinstance(n, (ast.Assign, ast.AnnAssign, ast.AugAssign)) and n.value is not None:
+            targets = n.targets if isinstance(n, ast.Assign) else [n.target]
+            for t in targets:
+                if isinstance(t, ast.Name):
+                    values.setdefault(t.id, []).append(n.value)
+    return values
+
+
+def cli_wording_in_raises(source: str) -> list[tuple[int, str]]:
+    """(line, text) of every string that a `raise` of `source` can put in its message and
+    that names a CLI flag or a ``specdyn <command>``: the raise's own strings, those of a
+    variable of the same function (or module) that it raises, and those a function of the
+    module returns when the raise calls it (a message built by a helper)."""
+    tree = ast.parse(source)
+    functions = {n.name: n for n in ast.walk(tree) if isinstance(n, FUNCTIONS[:2])}
+    module_values = _assigned(tree.body)
+    found = set()
+    for scope in [tree, *(n for n in ast.walk(tree) if isinstance(n, FUNCTIONS))]:
+        nodes = list(_own_nodes(scope))
+        raises = [n.exc for n in nodes if isinstance(n, ast.Raise) and n.exc is not None]
+        if not raises:
+            continue
+        names = {n.id for r in raises for n in ast.walk(r) if isinstance(n, ast.Name)}
+        called = {
+            n.func.id
+            for r in raises
+            for n in ast.walk(r)
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+        }
+        local_values = _assigned(nodes)
+        messages = list(raises)
+        for name in names:
+            messages += local_values.get(name) or module_values.get(name, [])
+        for name in called & set(functions):
+            messages += [n.value for n in ast.walk(functions[name]) if isinstance(n, ast.Return)]
+        for message in messages:
+            for text in _texts(message):
+                if text.value and (FLAG.search(text.value) or COMMAND.search(text.value)):
+                    found.add((text.lineno, text.value))
+    return sorted(found)
+
+
+def test_the_scan_finds_cli_wording_however_the_message_is_built():
+    source = """
+HINT = "use --home"
+def literal():
+    raise StoreError("no store; use --overwrite")
+def formatted(name):
+    raise StoreError(f"{name}: run specdyn analyze first")
+def placeholder(what):
+    raise PlotError(f"--{what} is not a regex")
+def variable(path):
+    message = f"{path}: pass --metrics LOG"
+    raise StoreError(message)
+def module_constant():
+    raise StoreError(HINT)
+def helper(kind):
+    return f"the {kind} figure needs --matrix NAME"
+def built(kind):
+    raise PlotError(helper(kind))
+def fine(path, notes):
+    notes.append(Note("k", "a note may say --values-only"))
+    raise StoreError(f"{path}: use {option_ref('overwrite=True', '--overwrite')}; "
+                     f"see {command_ref('analyze')} or the specdyn store docs")
+"""
+    # every way of building a message is caught; the refs, the note and "specdyn store" are not
+    assert cli_wording_in_raises(source) == [
+        (2, "use --home"),
+        (4, "no store; use --overwrite"),
+        (6, ": run specdyn analyze first"),
+        (8, "--"),
+        (10, ": pass --metrics LOG"),
+        (15, " figure needs --matrix NAME"),
+    ]
+
+
+def test_library_messages_name_flags_and_commands_only_through_refs():
+    """Library errors speak in parameter names; a flag or ``specdyn <command>`` written
+    into a message would reach a Python caller as is (use option_ref / command_ref)."""
+    offenders = []
+    for path in sorted(LIBRARY.rglob("*.py")):
+        if "cli" in path.relative_to(LIBRARY).parts:
+            continue
+        for line, text in cli_wording_in_raises(path.read_text(encoding="utf-8")):
+            offenders.append(f"{path.relative_to(LIBRARY.parent)}:{line}: {text!r}")
+    assert not offenders, "\n".join(offenders)

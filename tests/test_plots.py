@@ -356,8 +356,10 @@ def test_values_only_store_names_the_option(ws):
         lambda: specdyn.plot_alignment_matrix("mlp-nowd", "layers", home=ws),
     ]
     for call in calls:
-        with pytest.raises(specdyn.PlotError, match="without --values-only") as err:
+        with pytest.raises(specdyn.PlotError, match="without vectors=None") as err:
             call()
+        # a Python caller reads the parameter, the CLI the flag (errors.option_ref)
+        assert err.value.render(cli=True).endswith("without --values-only")
         assert isinstance(err.value, specdyn.SpecdynError)
         assert "\n" not in str(err.value)
     # values are still drawn
@@ -367,8 +369,9 @@ def test_values_only_store_names_the_option(ws):
 
 
 def test_alignment_matrix_needs_full_matrices(ws):
-    with pytest.raises(specdyn.PlotError, match="--full-matrices"):
+    with pytest.raises(specdyn.PlotError, match=r"vectors\.full_matrices=True$") as err:
         specdyn.plot_alignment_matrix("cnn-lightning", "conv1", home=ws)
+    assert err.value.render(cli=True).endswith("specdyn analyze with --full-matrices")
     # the diagonal is there without whole matrices
     with specdyn.open_run("cnn-lightning", home=ws) as run:
         ax = specdyn.plot_alignment(run, "conv1")
@@ -395,23 +398,29 @@ def test_ambiguous_or_unknown_names_list_candidates(ws):
 
 
 def test_bad_options_raise_plot_errors(ws, tmp_path):
-    with pytest.raises(specdyn.PlotError, match="regular expression"):
+    with pytest.raises(specdyn.PlotError, match="^matrices 'layers.\\(' is not a valid regular"):
         specdyn.plot_rank("mlp-wd", home=ws, matrices="layers.(")
     with pytest.raises(specdyn.PlotError, match="no matrix matches"):
         specdyn.plot_rank("mlp-wd", home=ws, matrices="^conv")
     with pytest.raises(specdyn.PlotError, match="unknown figure 'heat'"):
         specdyn.draw("heat", "mlp-wd", home=ws)
-    with pytest.raises(specdyn.PlotError, match=r"\.png, \.pdf or \.svg"):
+    with pytest.raises(specdyn.PlotError, match=r"^out .*: give a \.png, \.pdf or \.svg") as err:
         specdyn.draw("rank", "mlp-wd", home=ws, out=tmp_path / "rank.txt")
+    assert err.value.render(cli=True).startswith("--out ")
     assert not (tmp_path / "rank.txt").exists()
     with pytest.raises(specdyn.PlotError, match="stable_rank"):
         specdyn.draw("metric", "mlp-wd", home=ws, out=tmp_path / "m.png")
-    with pytest.raises(specdyn.PlotError, match="--matrix"):
+    with pytest.raises(specdyn.PlotError, match="needs matrix=NAME") as err:
         specdyn.draw("sv", "mlp-wd", home=ws, out=tmp_path / "s.png")
-    with pytest.raises(specdyn.PlotError, match="--pair"):
+    assert "needs --matrix NAME" in err.value.render(cli=True) and err.value.option == "matrix"
+    with pytest.raises(
+        specdyn.PlotError, match=r"needs pair=NAME \(see run\.alignment\.pairs\)"
+    ) as err:
         specdyn.draw("alignment-matrix", "mlp-wd", home=ws, out=tmp_path / "a.png")
-    with pytest.raises(specdyn.PlotError, match="png, pdf or svg"):
+    assert "needs --pair NAME (see info --pairs)" in err.value.render(cli=True)
+    with pytest.raises(specdyn.PlotError, match="^fmt 'gif': use png, pdf or svg") as err:
         specdyn.plot_all("mlp-wd", tmp_path / "all", home=ws, fmt="gif")
+    assert err.value.render(cli=True).startswith("--format 'gif'")
 
 
 # ----------------------------------------------------------------------------- draw and CLI

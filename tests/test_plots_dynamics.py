@@ -66,8 +66,10 @@ def test_errors_name_what_to_do(home, tmp_path):
     for step in (0, 1):
         torch.save({"w.weight": torch.randn(4, 3)}, folder / f"step_{step}.pt")
     specdyn.analyze(folder, home=tmp_path / "h", vectors=None)
-    with pytest.raises(PlotError, match="--metrics LOG"):
+    with pytest.raises(PlotError, match="metrics_file=LOG") as err:
         plot_dynamics("bare", home=tmp_path / "h")
+    # a Python caller reads the parameter, the CLI the flag (errors.option_ref)
+    assert "re-run specdyn analyze with --metrics LOG" in err.value.render(cli=True)
     (folder / "log.csv").write_text("step,lr\n0,0.1\n1,0.05\n")
     specdyn.analyze(folder, home=tmp_path / "h", vectors=None)
     with pytest.raises(PlotError, match=r"no loss, error or accuracy .*\(lr\)"):

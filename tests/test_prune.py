@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -93,9 +94,11 @@ def test_parse_svd_mode_and_errors():
         ("energy:0", "F must be"),
         ("energy:1.5", "F must be"),
     ):
-        with pytest.raises(PruneError, match="--svd") as info:
+        with pytest.raises(PruneError, match="^mode") as info:
             parse_svd_mode(bad)
         assert words in str(info.value) and "\n" not in str(info.value)
+        # a Python caller reads the parameter, the CLI the flag (errors.option_ref)
+        assert info.value.render(cli=True).startswith("--svd") and info.value.option == "mode"
 
 
 @pytest.mark.parametrize("shape", [(9, 7), (6, 11), (8, 8), (1, 5)])
@@ -489,8 +492,10 @@ def test_output_checks(tmp_path):
     with pytest.raises(PruneError, match="inside the input folder"):
         prune_svd(tmp_path / "in", "top-half", out=tmp_path / "in" / "pruned")
     prune_svd(src, "top-half", out=tmp_path / "o.pt")
-    with pytest.raises(PruneError, match="exists.*--overwrite"):
+    with pytest.raises(PruneError, match=r"^out .*exists.*overwrite=True") as info:
         prune_svd(src, "top-half", out=tmp_path / "o.pt")
+    assert re.search(r"^--out .*exists.*--overwrite", info.value.render(cli=True))
+    assert info.value.option == "out"
     prune_svd(src, "bottom-half", out=tmp_path / "o.pt", overwrite=True)
     _assert_spectrum(
         torch.load(tmp_path / "o.pt", weights_only=True)["fc1.weight"],
@@ -515,8 +520,9 @@ def test_output_checks(tmp_path):
         prune_svd(corrupt, "top-half", out=tmp_path / "y.pt")
     with pytest.raises(PruneError, match="keeps the input's format; give a .pt file name"):
         prune_svd(src, "top-half", out=tmp_path / "o.safetensors")
-    with pytest.raises(PruneError, match="--keep"):
+    with pytest.raises(PruneError, match="^keep: invalid regular expression") as info:
         prune_svd(src, "top-half", out=tmp_path / "z.pt", keep=["("])
+    assert info.value.render(cli=True).startswith("--keep: ") and info.value.option == "keep"
     assert not list(tmp_path.rglob("*.partial"))
 
 
@@ -654,12 +660,15 @@ def test_mlp_fixture_magnitude_preserves_top_vectors_better_than_random(tmp_path
 def test_magnitude_errors(tmp_path):
     src = write_torch(tmp_path / "s.pt", sample_state_dict())
     for bad in (0, 1, 1.5, -0.1, float("nan")):
-        with pytest.raises(PruneError, match="--magnitude"):
+        with pytest.raises(PruneError, match="^fraction ") as info:
             prune_magnitude(src, bad, out=tmp_path / "m")
-    with pytest.raises(PruneError, match="--control"):
+        assert info.value.render(cli=True).startswith("--magnitude ")
+    with pytest.raises(PruneError, match="^control ") as info:
         prune_magnitude(src, 0.1, control="shuffle", out=tmp_path / "m")
-    with pytest.raises(PruneError, match="--vectors"):
+    assert info.value.render(cli=True).startswith("--control ")
+    with pytest.raises(PruneError, match="^k 0: ") as info:
         prune_magnitude(src, 0.1, k=0, out=tmp_path / "m")
+    assert info.value.render(cli=True).startswith("--vectors 0: ") and info.value.option == "k"
     with pytest.raises(PruneError, match="single checkpoint"):
         prune_magnitude(src, 0.1, step=7, out=tmp_path / "m")
     prune_magnitude(src, 0.1, out=tmp_path / "m", k=3)
@@ -675,5 +684,7 @@ def test_magnitude_errors(tmp_path):
     assert any(n.kind == "nonfinite" and "fc1.weight" in n.message for n in res.notes)
     scores = {m.name: m.scores["magnitude"] for m in res.matrices}
     assert math.isnan(scores["fc1.weight"]) and math.isfinite(scores["conv.weight"])
-    with pytest.raises(PruneError, match="no such prune results"):
+    with pytest.raises(PruneError, match="no such prune results") as info:
         read_prune_results(tmp_path / "nowhere")
+    assert str(info.value).endswith("run specdyn.prune.prune_magnitude() first")
+    assert info.value.render(cli=True).endswith("run specdyn prune --magnitude first")

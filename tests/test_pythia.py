@@ -604,7 +604,8 @@ def test_corrupt_reference_stops_with_advice(hub, env, ws):
     leftover = _weight_blobs(env, REPO)
     # not a CheckpointError about a cache path: the advice names the option to change
     assert not isinstance(err.value, CheckpointError)
-    assert "step 1000" in msg and "choose another --reference" in msg, msg
+    assert "step 1000" in msg and "choose another vectors.reference" in msg, msg
+    assert "choose another --reference" in err.value.render(cli=True)
     assert not leftover, f"the corrupt download stays in the cache: {sorted(leftover)}"
 
 

@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -435,9 +436,11 @@ def test_a_store_of_another_run_is_refused(tmp_path):
         _write(w, [0])
     before = path.read_bytes()
     with pytest.raises(
-        StoreMismatchError, match=r"/ckpts/run, not of /other/run; use --name .* --overwrite"
-    ):
+        StoreMismatchError, match=r"/ckpts/run, not of /other/run; use name .* overwrite=True"
+    ) as err:
         _open(path, [0], source_root="/other/run")
+    # a Python caller reads the parameters, the CLI the flags (errors.option_ref)
+    assert re.search(r"; use --name .* --overwrite to replace it$", err.value.render(cli=True))
     assert path.read_bytes() == before
     with _open(path, [0]) as w:  # the refused open released the lock
         assert w.pending_steps == []
@@ -453,7 +456,8 @@ def test_changed_options_are_listed_and_refused(tmp_path):
     text = str(err.value)
     assert "exact: False in the store, True now" in text
     assert "precision: 'float64' in the store, 'float32' now" in text
-    assert "include" not in text and "use --overwrite to recompute" in text
+    assert "include" not in text and "use overwrite=True to recompute" in text
+    assert "use --overwrite to recompute" in err.value.render(cli=True)
     assert "\n" not in text
 
 
@@ -550,7 +554,8 @@ def test_a_second_writer_is_refused_while_the_first_writes(tmp_path):
         with pytest.raises(StoreLockedError) as err:
             _open(path, [0])
         assert f"being written by another specdyn process (pid {os.getpid()})" in str(err.value)
-        assert "wait for it or use another --home/name" in str(err.value)
+        assert "wait for it or use another home/name" in str(err.value)
+        assert "wait for it or use another --home/--name" in err.value.render(cli=True)
     with _open(path, [0]) as w:
         assert w.pending_steps == [0]
 
@@ -686,10 +691,14 @@ def test_kill_at_random_moments_never_damages_the_store(tmp_path):
 def test_not_an_hdf5_file(tmp_path):
     path = tmp_path / "run.h5"
     path.write_text("not hdf5 at all")
-    with pytest.raises(StoreError, match=r"run.h5 is not an HDF5 file .* specdyn analyze"):
+    with pytest.raises(
+        StoreError, match=r"run.h5 is not an HDF5 file .* specdyn\.analyze\(\)$"
+    ) as err:
         open_run(path)
-    with pytest.raises(StoreError, match="not a readable HDF5 file .* --overwrite"):
+    assert err.value.render(cli=True).endswith("pass a store written by specdyn analyze")
+    with pytest.raises(StoreError, match="not a readable HDF5 file .* overwrite=True") as err:
         _open(path, [0])
+    assert "use --overwrite to replace it or choose another --name" in err.value.render(cli=True)
     with _open(path, [0], overwrite=True) as w:
         _write(w, [0])
     with open_run(path) as run:
@@ -716,9 +725,11 @@ def test_a_newer_schema_asks_to_upgrade(tmp_path):
         f.attrs["schema_version"] = SCHEMA_VERSION + 1
     with pytest.raises(
         StoreError,
-        match="schema 3, newer than specdyn .* upgrade specdyn or re-run specdyn analyze",
-    ):
+        match=r"schema 3, newer than specdyn .* upgrade specdyn or re-run specdyn\.analyze\(\) "
+        "with overwrite=True",
+    ) as err:
         open_run(path)
+    assert err.value.render(cli=True).endswith("re-run specdyn analyze with --overwrite")
     with pytest.raises(StoreError, match="upgrade specdyn"):
         _open(path, [0])
 
@@ -729,8 +740,10 @@ def test_a_damaged_store_is_reported(tmp_path):
         pass
     with h5py.File(path, "r+") as f:
         del f["matrices/name"]
-    with pytest.raises(StoreError, match="damaged specdyn store .* --overwrite"):
+    with pytest.raises(StoreError, match="damaged specdyn store .* overwrite=True") as err:
         open_run(path)
+    assert err.value.render(cli=True).endswith("re-run specdyn analyze with --overwrite")
+    assert err.value.file == str(path)
 
 
 # ----------------------------------------------------------------------------- read API

@@ -143,9 +143,12 @@ def test_round_trip_of_every_vector_section(tmp_path):
         assert u.dtype == np.float32 and u.shape == (12, 10) and v.shape == (40, 10)
         assert np.allclose(u, want_u, atol=1e-7) and np.allclose(v, want_v, atol=1e-7)
         with pytest.raises(
-            StoreError, match="no singular vectors kept for step 10.*save-vectors all"
-        ):
+            StoreError, match="no singular vectors kept for step 10.*vectors.save_vectors='all'"
+        ) as err:
             run.vectors("embed_in", 10)
+        # a Python caller reads the parameter, the CLI the flag (errors.option_ref)
+        assert "with --save-vectors all to keep every step" in err.value.render(cli=True)
+        assert err.value.step == 10
         info = run.info()
         assert info["pairs"] == 2 and info["vector_steps"] == [0, 20]
 
@@ -165,9 +168,10 @@ def test_pending_sections_read_as_nan_rows(tmp_path):
         assert np.isnan(agreement[1]).all() and not np.isnan(agreement[[0, 2]]).any()
         assert run.section_steps("agreement").tolist() == [0, 20]
         with pytest.raises(
-            StoreError, match="whole alignment matrices are not stored.*--full-matrices"
-        ):
+            StoreError, match="whole alignment matrices are not stored.*full_matrices=True"
+        ) as err:
             run.alignment_matrix(PAIRS[0].name)
+        assert err.value.render(cli=True).endswith("specdyn analyze with --full-matrices")
 
 
 def test_vectors_are_added_to_a_values_only_store_keeping_its_values(tmp_path):
@@ -178,8 +182,9 @@ def test_vectors_are_added_to_a_values_only_store_keeping_its_values(tmp_path):
         sigma_before = f["sigma/embed_in.weight"][()]
     with open_run(path) as run:
         assert run.vectors_config is None and run.pairs == []
-        with pytest.raises(StoreError, match="no alignment.*without --values-only"):
+        with pytest.raises(StoreError, match="no alignment.*without vectors=None") as err:
             run.alignment("anything")
+        assert "on its checkpoints without --values-only" in err.value.render(cli=True)
     vl = _layout()
     with _open(path, STEPS, vectors=vl) as w:
         assert w.pending_steps == [] and w.pending("agreement") == STEPS
@@ -373,7 +378,8 @@ def test_a_values_only_run_has_empty_vector_sections(tmp_path):
         assert run.alignment.pairs == [] and run.alignment.skipped_pairs == []
         assert run.training.log is None and run.training.names == []
         for read in (lambda: run.alignment.steps, lambda: run.agreement("embed_in")):
-            with pytest.raises(StoreError, match="values-only"):
+            with pytest.raises(StoreError, match="vectors=None") as err:
                 read()
+            assert "--values-only" in err.value.render(cli=True)
         with pytest.raises(StoreError, match="no training metrics stored"):
             run.training("loss")

@@ -129,11 +129,11 @@ def test_explicit_log_without_step_column_is_an_error(tmp_path):
     path = tmp_path / "log.csv"
     path.write_text("epoch,loss\n0,1.0\n")
     with pytest.raises(
-        SpecdynError, match=r"^metrics .*log.csv: no step .* column \(columns: epoch, loss\)"
+        SpecdynError, match=r"^metrics_file .*log.csv: no step .* column \(columns: epoch, loss\)"
     ) as info:
         read_metrics_file(path)
     assert info.value.render(cli=True).startswith("--metrics ")
-    assert info.value.file == str(path) and info.value.option == "metrics"
+    assert info.value.file == str(path) and info.value.option == "metrics_file"
     with pytest.raises(SpecdynError, match="no such file"):
         read_metrics_file(tmp_path / "missing.csv")
 
@@ -175,8 +175,10 @@ def test_a_store_without_metrics_says_how_to_add_them(tmp_path):
     specdyn.analyze(_run(tmp_path / "r"), home=home, vectors=None)
     with specdyn.open_run("r", home) as stored:
         assert stored.training_log is None and stored.training_names == []
-        with pytest.raises(StoreError, match="--metrics LOG"):
+        with pytest.raises(StoreError, match="metrics_file=LOG") as err:
             stored.training("loss")
+        # a Python caller reads the parameter, the CLI the flag (errors.option_ref)
+        assert "re-run specdyn analyze with --metrics LOG" in err.value.render(cli=True)
 
 
 def test_cli_metrics_option(tmp_path, capsys):

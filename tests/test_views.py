@@ -592,8 +592,11 @@ def test_include_exclude_select_slices():
 @pytest.mark.parametrize("option", ["include", "exclude", "transposed"])
 def test_invalid_regex_names_the_option(option):
     value = "layers.(" if option == "transposed" else ["layers.("]
-    with pytest.raises(ViewError, match=f"--{option}: invalid regular expression"):
+    with pytest.raises(ViewError, match=f"^{option}: invalid regular expression") as info:
         plan_views({"a.weight": _info(2, 2)}, **{option: value})
+    # a Python caller reads the parameter, the CLI the flag (errors.option_ref)
+    assert info.value.render(cli=True).startswith(f"--{option}: invalid regular expression")
+    assert info.value.option == option
 
 
 def test_lightning_prefix_is_stripped_and_raw_key_kept():

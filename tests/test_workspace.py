@@ -88,8 +88,12 @@ def test_resolve_run_by_name_by_path_or_the_only_run(tmp_path, monkeypatch):
 
 def test_resolve_run_errors_name_the_workspace(tmp_path):
     missing = tmp_path / "nothing-here"
-    with pytest.raises(RunNotFoundError, match=f"workspace {missing} does not exist.*--home"):
+    with pytest.raises(
+        RunNotFoundError, match=f"workspace {missing} does not exist.* or pass home or a store"
+    ) as err:
         resolve_run(None, missing)
+    # a Python caller reads the parameter, the CLI the flag (errors.option_ref)
+    assert "(specdyn analyze) or pass --home or a store path" in err.value.render(cli=True)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(RunNotFoundError, match=f"workspace {empty} is empty"):

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..engine import SpectrumEngine
-from ..errors import SpecdynError
+from ..errors import SpecdynError, option_ref
 from ..sources import discover, read_training_log
 from ..store import resolve_home, store_path_for
 from ._records import AnalyzeResult, ComputeOptions, MatrixSelection, Progress
@@ -85,12 +85,17 @@ def analyze(
         sources = [r for r in sources if r.name == run]
         if not sources:
             names = ", ".join(r.name for r in discovery.runs)
-            raise SpecdynError(f"{path}: no run named {run!r}; runs found: {names}")
+            raise SpecdynError(
+                f"{path}: no run named {run!r}; runs found: {names}", file=path, option="run"
+            )
     if metrics_file is not None and len(sources) > 1:
         names = ", ".join(r.name for r in sources)
         raise SpecdynError(
-            f"--metrics {metrics_file}: {path} holds {len(sources)} runs ({names}); "
-            "name the run the log belongs to with --run"
+            f"{option_ref('metrics_file', '--metrics')} {metrics_file}: {path} holds "
+            f"{len(sources)} runs ({names}); name the run the log belongs to with "
+            f"{option_ref('run')}",
+            file=metrics_file,
+            option="metrics_file",
         )
     # one engine for every run (its device is set up once)
     engine = SpectrumEngine(

@@ -23,7 +23,14 @@ import numpy as np
 import torch
 
 from ..engine import SpectrumEngine
-from ..errors import CheckpointError, ShapeChangedError, SpecdynError, StepSpecError, ViewError
+from ..errors import (
+    CheckpointError,
+    ShapeChangedError,
+    SpecdynError,
+    StepSpecError,
+    ViewError,
+    option_ref,
+)
 from ..matrices import MatrixGroup, plan_checkpoint, read_matrices, views_by_parameter
 from ..metrics import spectral_metrics
 from ..pairs import Operand, PairPlan, plan_pairs
@@ -51,6 +58,9 @@ __all__ = ["analyze_stream"]
 # Matrices are sent to the engine in groups of at most this many bytes (as
 # stored), so that same-shape matrices batch while memory holds one group.
 _GROUP_BYTES = 64 * 2**20
+
+# How a message names the agreement's reference: vectors.reference (Python) or --reference.
+_REFERENCE = option_ref("vectors.reference", "--reference")
 
 
 def analyze_stream(
@@ -273,16 +283,22 @@ class _AnalysisRun:
             first = self.plan_step == reference
             what = "the agreement's reference" if first else "the first revision"
             raise SpecdynError(
-                f"{what} ({source.step_unit} {self.plan_step}) cannot be read ({exc}); "
-                + ("choose another --reference" if first else "check that revision")
+                f"{what} ({source.step_unit} {self.plan_step}) cannot be read ({exc.message}); "
+                + (f"choose another {_REFERENCE}" if first else "check that revision"),
+                file=exc.file,
+                step=self.plan_step,
+                option="vectors.reference" if first else None,
             ) from None
         self.config = plan_ckpt.config
         self.infos = planned.infos
         self.plan = planned.plan
         if not self.plan.matrices:
             raise SpecdynError(
-                f"{plan_ckpt.path}: no weight matrix to analyse "
-                f"({_skip_summary(self.plan)}); check --include/--exclude"
+                f"{plan_ckpt.path}: no weight matrix to analyse ({_skip_summary(self.plan)}); "
+                f"check {option_ref('matrices.include', '--include')}/"
+                f"{option_ref('matrices.exclude', '--exclude')}",
+                file=plan_ckpt.path,
+                option="matrices.include",
             )
 
     def _plan_pairs(self) -> None:
@@ -419,7 +435,9 @@ class _AnalysisRun:
         if self.reference_tops is None:
             raise SpecdynError(
                 f"the agreement's reference ({unit} {reference}) could "
-                "not be read; choose another --reference"
+                f"not be read; choose another {_REFERENCE}",
+                step=reference,
+                option="vectors.reference",
             )
         undefined = [n for n, t in self.reference_tops.items() if t.method in ("nonfinite", "zero")]
         if undefined:
@@ -610,8 +628,11 @@ def _reference_step(given: int | None, available: Sequence[int], source: StepStr
     above = [s for s in available if s > given]
     nearest = ", ".join(str(s) for s in (below[-1:] + above[:1]))
     raise StepSpecError(
-        f"--reference {given}: {source.root} has no checkpoint at {source.step_unit} {given} "
-        f"(nearest: {nearest}); give one of its steps"
+        f"{_REFERENCE} {given}: {source.root} has no checkpoint at {source.step_unit} {given} "
+        f"(nearest: {nearest}); give one of its steps",
+        file=source.root,
+        step=given,
+        option="vectors.reference",
     )
 
 
@@ -665,7 +686,9 @@ def _check_same_parameters(
             raise ShapeChangedError(
                 f"{ckpt.path}: parameter {key_views[0].param!r} (step {ckpt.step}) is missing, "
                 "but the first analysed step has it; analyse the runs separately or "
-                "select matching steps with --steps"
+                f"select matching steps with {option_ref('steps')}",
+                file=ckpt.path,
+                step=ckpt.step,
             )
         info = reader.info(key)
         planned = key_views[0]
@@ -673,7 +696,10 @@ def _check_same_parameters(
             raise ShapeChangedError(
                 f"{ckpt.path}: parameter {planned.param!r} has shape {tuple(info.shape)} at "
                 f"step {ckpt.step} but {tuple(planned.source_shape)} at the first analysed "
-                "step; a run must keep its shapes (exclude it with --exclude)"
+                f"step; a run must keep its shapes (exclude it with "
+                f"{option_ref('matrices.exclude', '--exclude')})",
+                file=ckpt.path,
+                step=ckpt.step,
             )
 
 

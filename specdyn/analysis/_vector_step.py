@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import SpecdynError
+from ..errors import SpecdynError, option_ref
 from ..pairs import GATE_LETTERS, Operand, Pair, PairPlan, head_pairs
 from ..store import SAVE_MODES, MatrixAgreement, PairAlignment, PairRecord, VectorLayout
 from ..vectors import (
@@ -56,22 +56,37 @@ class VectorOptions:
             return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
         if not positive(self.k):
-            raise SpecdynError(f"--vectors {self.k!r}: give a positive number of singular vectors")
+            raise SpecdynError(
+                f"{option_ref('vectors.k', '--vectors')} {self.k!r}: give a positive number "
+                "of singular vectors",
+                option="vectors.k",
+            )
         if not positive(self.score_top):
-            raise SpecdynError(f"--score-top {self.score_top!r}: give a positive number")
+            raise SpecdynError(
+                f"{option_ref('vectors.score_top', '--score-top')} {self.score_top!r}: "
+                "give a positive number",
+                option="vectors.score_top",
+            )
         if self.save_vectors not in SAVE_MODES:
             raise SpecdynError(
-                f"--save-vectors {self.save_vectors!r}: use one of {', '.join(SAVE_MODES)}"
+                f"{option_ref('vectors.save_vectors', '--save-vectors')} "
+                f"{self.save_vectors!r}: use one of {', '.join(SAVE_MODES)}",
+                option="vectors.save_vectors",
             )
         if self.gate not in GATE_LETTERS:
             raise SpecdynError(
-                f"--gate {self.gate!r}: not a gate block; use one of "
-                f"{', '.join(GATE_LETTERS)} (LSTM i f g o, GRU r z n)"
+                f"{option_ref('vectors.gate', '--gate')} {self.gate!r}: not a gate block; "
+                f"use one of {', '.join(GATE_LETTERS)} (LSTM i f g o, GRU r z n)",
+                option="vectors.gate",
             )
         if self.reference is not None and (
             isinstance(self.reference, bool) or not isinstance(self.reference, int)
         ):
-            raise SpecdynError(f"--reference {self.reference!r}: give a training step")
+            raise SpecdynError(
+                f"{option_ref('vectors.reference', '--reference')} {self.reference!r}: "
+                "give a training step",
+                option="vectors.reference",
+            )
 
 
 def operand_key(op: Operand) -> tuple:

@@ -14,12 +14,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import CompareError, SpecdynError
+from ..errors import CompareError, SpecdynError, option_ref
 from ..sources import open_checkpoint
 
 __all__ = ["BarrierOptions", "BarrierResult", "barrier_between", "barrier_value", "load_evaluator"]
 
 StateDict = dict[str, torch.Tensor]
+
+# How a message names the evaluator: load_evaluator's spec (Python) or --eval.
+_EVAL = option_ref("spec", "--eval")
 
 
 @dataclass(frozen=True)
@@ -73,12 +76,16 @@ def load_evaluator(spec: str) -> Callable[[StateDict], float]:
     """
     target, sep, attr = spec.rpartition(":")
     if not sep or not target or not attr:
-        raise CompareError(f"--eval {spec!r}: write module:function or path/to/file.py:function")
+        raise CompareError(
+            f"{_EVAL} {spec!r}: write module:function or path/to/file.py:function", option="spec"
+        )
     try:
         if target.endswith(".py") or "/" in target:
             path = Path(target).expanduser()
             if not path.is_file():
-                raise CompareError(f"--eval {spec!r}: no such file {path}")
+                raise CompareError(
+                    f"{_EVAL} {spec!r}: no such file {path}", file=path, option="spec"
+                )
             module_spec = importlib.util.spec_from_file_location(f"_specdyn_eval_{path.stem}", path)
             module = importlib.util.module_from_spec(module_spec)
             sys.modules[module_spec.name] = module
@@ -89,11 +96,12 @@ def load_evaluator(spec: str) -> Callable[[StateDict], float]:
         raise
     except Exception as exc:  # noqa: BLE001 - the user's module: report it in one line
         raise CompareError(
-            f"--eval {spec!r}: importing {target} failed: {type(exc).__name__}: {exc}"
+            f"{_EVAL} {spec!r}: importing {target} failed: {type(exc).__name__}: {exc}",
+            option="spec",
         ) from None
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise CompareError(f"--eval {spec!r}: {target} has no function {attr!r}")
+        raise CompareError(f"{_EVAL} {spec!r}: {target} has no function {attr!r}", option="spec")
     return fn
 
 
@@ -118,7 +126,11 @@ def barrier_between(
             evaluator raises or returns something that is not a number.
     """
     if options.points < 3:
-        raise CompareError("--barrier-points must be at least 3 (the endpoints and one between)")
+        raise CompareError(
+            f"{option_ref('barrier.points', '--barrier-points')} must be at least 3 "
+            "(the endpoints and one between)",
+            option="barrier.points",
+        )
     a, b = _state_dict(path_a), _state_dict(path_b)
     if a.keys() != b.keys():
         only = sorted(set(a) ^ set(b))

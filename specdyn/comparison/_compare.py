@@ -42,7 +42,7 @@ import numpy as np
 
 from ..analysis import analyze
 from ..engine import SpectrumEngine
-from ..errors import CompareError, RunNotFoundError, SpecdynError
+from ..errors import CompareError, RunNotFoundError, SpecdynError, command_ref, option_ref
 from ..matrices import plan_checkpoint, read_matrices
 from ..sources import open_checkpoint
 from ..steps import select_steps
@@ -222,11 +222,16 @@ def compare(
             neither a run, a store nor a folder.
     """
     if by not in COMPARE_MODES:
-        raise CompareError(f"--by {by!r}: use one of {', '.join(COMPARE_MODES)}")
+        raise CompareError(
+            f"{option_ref('by')} {by!r}: use one of {', '.join(COMPARE_MODES)}", option="by"
+        )
     if len(runs) < 2:
         raise CompareError("compare needs at least two runs (names, store paths or folders)")
     if k < 1 or score_top < 1:
-        raise CompareError("--vectors and --score-top must be at least 1")
+        raise CompareError(
+            f"{option_ref('k', '--vectors')} and {option_ref('score_top')} must be at least 1",
+            option="k" if k < 1 else "score_top",
+        )
     notes: list[Note] = []
     stores, labels, analysed = _resolve_inputs(runs, home, analyze_missing, notes, on_analyze)
     opened = [Run(p) for p in stores]
@@ -272,8 +277,10 @@ def _resolve_inputs(
     for i, folder in folders.items():
         if not analyze_missing:
             raise CompareError(
-                f"{folder}: not analysed yet; run specdyn analyze {folder} first "
-                "(or let compare analyse it)"
+                f"{folder}: not analysed yet; analyse it first ({command_ref('analyze')}) "
+                "or let compare analyse it",
+                file=folder,
+                option="analyze_missing",
             )
         result = analyze(folder, home=home, name=labels[i], on_progress=on_analyze)
         if len(result.runs) != 1:
@@ -324,7 +331,10 @@ def _compare_open(
     """`compare` once the stores are open."""
     for run in opened:
         if len(run.steps) == 0:
-            raise CompareError(f"{run.path}: no analysed steps yet; run specdyn analyze first")
+            raise CompareError(
+                f"{run.path}: no analysed steps yet; run {command_ref('analyze')} first",
+                file=run.path,
+            )
     units = {run.step_unit for run in opened}
     if len(units) > 1:
         which = ", ".join(
@@ -423,7 +433,8 @@ def _entries(
     if missing:
         raise CompareError(
             f"no split step for {', '.join(missing[:5])}: put it in the name (split500, "
-            "branch-500) or pass --split NAME=STEP"
+            f"branch-500) or pass {option_ref('split={NAME: STEP}', '--split NAME=STEP')}",
+            option="split",
         )
     return entries
 
@@ -575,14 +586,19 @@ class _VectorSource:
             try:
                 return "checkpoint", self._from_checkpoint(run, source[0])
             except SpecdynError as exc:
+                if required:  # the inner message keeps its option names for the CLI
+                    raise CompareError(
+                        _no_vectors(run, step, f"its checkpoint cannot be read ({exc.message})"),
+                        file=source[0],
+                        step=step,
+                    ) from None
                 problem = f"its checkpoint cannot be read ({exc})"
-        message = f"{run.name}: step {step} has no kept singular vectors and {problem}" + (
-            "; re-analyse with --save-vectors ends (the default) or all, or keep the "
-            "checkpoints where the store says they are"
-        )
         if required:
-            raise CompareError(message)
-        self.notes.append(Note("no-vectors", message, str(run.path)))
+            raise CompareError(_no_vectors(run, step, problem), file=run.path, step=step)
+        # a note is stored in the comparison file as written: its text stays as it was
+        self.notes.append(
+            Note("no-vectors", _no_vectors(run, step, problem, "--save-vectors"), str(run.path))
+        )
         return None
 
     @staticmethod
@@ -611,6 +627,21 @@ class _VectorSource:
                 for view, top in zip(group.views, tops, strict=True):
                     found[view.name] = (top.u, top.v)
         return [found[m] for m in self.matrices]
+
+
+def _no_vectors(
+    run: Run,
+    step: int,
+    problem: str,
+    save_vectors: str = option_ref("vectors.save_vectors", "--save-vectors"),
+) -> str:
+    """Why `step` of `run` has no vectors to compare, and how to keep them; `save_vectors`
+    names that option (an error through `option_ref`, a stored note as the flag)."""
+    return (
+        f"{run.name}: step {step} has no kept singular vectors and {problem}; re-analyse "
+        f"with {save_vectors} ends (the default) or all, or keep the checkpoints where the "
+        "store says they are"
+    )
 
 
 def _changed(source: tuple[Path, int, float]) -> bool:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import SpecdynError
+from ..errors import DemoError, option_ref
 from ..files import atomic_output
 from ._modular import ModularTransformer, is_prime, modular_addition_data, train_size
 
@@ -68,10 +68,6 @@ GROKKING_QUICK: Mapping[str, Any] = MappingProxyType(
 _CHECKPOINT_NAME = "step_{:06d}.pt"
 _METRICS_NAME = "metrics.jsonl"
 _CONFIG_NAME = "config.json"
-
-
-class DemoError(SpecdynError):
-    """A demo option is out of range, or the output folder holds another run."""
 
 
 @dataclass
@@ -333,7 +329,8 @@ def _prepare_folder(out: Path, overwrite: bool) -> None:
     if ours and not overwrite:
         raise DemoError(
             f"{out}: already holds a run ({ours[0].name}); choose another folder or "
-            "pass --overwrite"
+            f"pass {option_ref('overwrite=True', '--overwrite')}",
+            file=out,
         )
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -367,8 +364,7 @@ def _check_options(**o: Any) -> dict[str, Any]:
     """Validate the options (one-line DemoError naming the option); return them as settings."""
 
     def fail(name: str, what: str) -> None:
-        flag = "--" + name.replace("_", "-")
-        raise DemoError(f"{flag} {o[name]!r}: {what}")
+        raise DemoError(f"{option_ref(name)} {o[name]!r}: {what}", option=name)
 
     def integer(name: str, low: int, high: int | None = None) -> None:
         v = o[name]
@@ -404,7 +400,7 @@ def _check_options(**o: Any) -> dict[str, Any]:
     integer("heads", 1)
     integer("width", 1)
     if o["width"] % o["heads"]:
-        fail("width", f"must be a multiple of --heads ({o['heads']})")
+        fail("width", f"must be a multiple of {option_ref('heads')} ({o['heads']})")
     integer("mlp", 1)
     real("lr", 0.0, math.inf, low_open=True, high_open=True)
     real("weight_decay", 0.0, math.inf, low_open=False, high_open=True)

@@ -391,7 +391,8 @@ def pairs_for(
     if gate not in _pair_presets.GATE_LETTERS:
         raise SpecdynError(
             f"{option_ref('gate')} {gate!r}: not a gate block; use one of "
-            f"{', '.join(_pair_presets.GATE_LETTERS)} (LSTM i f g o, GRU r z n)"
+            f"{', '.join(_pair_presets.GATE_LETTERS)} (LSTM i f g o, GRU r z n)",
+            option="gate",
         )
     discovery = discover(path)
     ckpt = discovery.runs[0].checkpoints[0]
@@ -697,7 +698,7 @@ def _file_pair(
         a = _make_operand(first, sides[0], ops[0], convs[0])
         b = _make_operand(second, sides[1], ops[1], convs[1])
     except SpecdynError as exc:
-        raise PairsFileError(f"{where}: {exc}") from None
+        raise PairsFileError(f"{where}: {exc.message}", file=exc.file) from None
     if a.dim != b.dim:
         raise PairsFileError(
             f"{where}: {a.matrix} {a.side} vectors have length {a.dim} but {b.matrix} "

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from ..errors import option_ref
 from ..store import Run
 from ._common import FORMATS, PlotError, _opened
 from ._dynamics import default_training_metrics, plot_dynamics
@@ -58,7 +59,9 @@ def plot_all(
         PlotError: an unknown `fmt`, or a store lacking what a figure needs.
     """
     if fmt not in FORMATS:
-        raise PlotError(f"format {fmt!r}: use png, pdf or svg")
+        raise PlotError(
+            f"{option_ref('fmt', '--format')} {fmt!r}: use png, pdf or svg", option="fmt"
+        )
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []

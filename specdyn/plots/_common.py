@@ -18,7 +18,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ..errors import PlotError, StoreError
+from ..errors import PlotError, SpecdynError, StoreError, command_ref, option_ref
 from ..steps import select_steps
 from ..store import Run, open_run
 
@@ -65,7 +65,9 @@ def _step_columns(run: Run, steps: str | None) -> np.ndarray:
     (docs/runs.md#steps-grammar)."""
     done = run.steps
     if not done.size:
-        raise PlotError(f"{run.path}: no step is done yet; run specdyn analyze first")
+        raise PlotError(
+            f"{run.path}: no step is done yet; run {command_ref('analyze')} first", file=run.path
+        )
     if steps is None:
         return np.arange(done.size)
     chosen = set(select_steps(done.tolist(), steps))
@@ -276,7 +278,12 @@ def _filtered(names: Sequence[str], pattern: str | None, what: str, run: Run) ->
     try:
         rx = re.compile(pattern)
     except re.error as exc:
-        raise PlotError(f"--{what} {pattern!r} is not a valid regular expression ({exc})") from None
+        # `what` is the figure's parameter (matrices or pairs); `draw` fills it from --matrices
+        raise PlotError(
+            f"{option_ref(what, '--matrices')} {pattern!r} is not a valid regular expression "
+            f"({exc})",
+            option=what,
+        ) from None
     hits = [i for i, n in enumerate(names) if rx.search(n)]
     if not hits:
         raise PlotError(
@@ -291,7 +298,9 @@ def _need_vectors(run: Run, what: str) -> None:
     if run.vectors_config is None:
         raise PlotError(
             f"{run.path}: the {what} figure needs singular vectors, but this store holds "
-            "values only; re-run specdyn analyze on its checkpoints without --values-only"
+            f"values only; re-run {command_ref('analyze')} on its checkpoints without "
+            f"{option_ref('vectors=None', '--values-only')}",
+            file=run.path,
         )
 
 
@@ -300,4 +309,9 @@ def _resolve(call, *args):
     try:
         return call(*args)
     except StoreError as exc:
-        raise PlotError(str(exc)) from None
+        raise _as_plot_error(exc) from None
+
+
+def _as_plot_error(exc: SpecdynError) -> PlotError:
+    """A PlotError with the message (options still worded per caller) and fields of `exc`."""
+    return PlotError(exc.message, file=exc.file, step=exc.step, option=exc.option)

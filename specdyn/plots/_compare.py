@@ -13,9 +13,17 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from ..comparison import Comparison, open_comparison
-from ..errors import StoreError
+from ..errors import StoreError, command_ref, option_ref
 from ..steps import select_steps
-from ._common import _METRIC_LABELS, PlotError, _edges, _row_ticks, _step_label, short_names
+from ._common import (
+    _METRIC_LABELS,
+    PlotError,
+    _as_plot_error,
+    _edges,
+    _row_ticks,
+    _step_label,
+    short_names,
+)
 
 __all__ = ["plot_side_by_side", "plot_branch_agreement", "plot_split"]
 
@@ -27,11 +35,13 @@ def _opened(cmp: Comparison | str | os.PathLike | None, home) -> Iterator[Compar
         yield cmp
         return
     if cmp is None:
-        raise PlotError("name the comparison (specdyn compare writes <home>/comparisons/NAME.h5)")
+        raise PlotError(
+            f"name the comparison ({command_ref('compare')} writes <home>/comparisons/NAME.h5)"
+        )
     try:
         opened = open_comparison(cmp, home)
     except StoreError as exc:
-        raise PlotError(str(exc)) from None
+        raise _as_plot_error(exc) from None
     with opened:
         yield opened
 
@@ -44,7 +54,8 @@ def _rows(cmp: Comparison, pattern: str | None) -> list[int]:
         rx = re.compile(pattern)
     except re.error as exc:
         raise PlotError(
-            f"--matrices {pattern!r} is not a valid regular expression ({exc})"
+            f"{option_ref('matrices')} {pattern!r} is not a valid regular expression ({exc})",
+            option="matrices",
         ) from None
     hits = [i for i, m in enumerate(cmp.matrices) if rx.search(m)]
     if not hits:
@@ -82,7 +93,7 @@ def plot_side_by_side(
         try:
             data = c.metric(metric)
         except StoreError as exc:
-            raise PlotError(str(exc)) from None
+            raise _as_plot_error(exc) from None
         rows = _rows(c, matrices)
         cols = np.arange(c.steps.size)
         if steps is not None:
@@ -185,7 +196,7 @@ def plot_branch_agreement(
                 what = f"{c.labels[ia]} vs {c.labels[ib]} at their endpoints"
                 row_label = "matrix"
         except StoreError as exc:
-            raise PlotError(str(exc)) from None
+            raise _as_plot_error(exc) from None
         finite_cols = np.flatnonzero(np.isfinite(data).any(axis=0))
         data = data[:, : (finite_cols[-1] + 1 if finite_cols.size else 1)]
         if top is not None:
@@ -224,7 +235,7 @@ def plot_split(
         try:
             s = c.split_summary()
         except StoreError as exc:
-            raise PlotError(str(exc)) from None
+            raise _as_plot_error(exc) from None
         rows = _rows(c, matrices)
         has_barrier = np.isfinite(s["barrier"]).any()
         fig = Figure(figsize=size or (7.0, 6.0 if has_barrier else 4.5), layout="constrained")

@@ -11,6 +11,7 @@ import numpy as np
 from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 
+from ..errors import command_ref, option_ref
 from ..store import Run
 from ._common import PlotError, _need_vectors, _opened, _step_columns
 from ._run import plot_agreement_score, plot_alignment_score, plot_metric
@@ -59,22 +60,26 @@ def plot_dynamics(
         The Figure: curve panels, then the heatmaps, x shared.
 
     Raises:
-        PlotError: the run has no training metrics (naming ``--metrics``), an unknown
+        PlotError: the run has no training metrics (naming ``metrics_file``), an unknown
             metric name (listing the stored ones), or ``scores`` without vectors.
     """
     with _opened(run, home) as r:
         stored = r.training_names
         if not stored:
             raise PlotError(
-                f"{r.path}: no training metrics stored; re-run specdyn analyze with --metrics "
-                "LOG (CSV or JSONL with a step column), or keep the trainer's logs (metrics.csv, "
-                "trainer_state.json) or the loss inside the checkpoints"
+                f"{r.path}: no training metrics stored; re-run {command_ref('analyze')} with "
+                f"{option_ref('metrics_file=LOG', '--metrics LOG')} (CSV or JSONL with a step "
+                "column), or keep the trainer's logs (metrics.csv, trainer_state.json) or the "
+                "loss inside the checkpoints",
+                file=r.path,
             )
         names = list(training) if training else default_training_metrics(stored)
         if not names:
             raise PlotError(
                 f"{r.path}: no loss, error or accuracy among the training metrics "
-                f"({', '.join(stored)}); name the ones to draw"
+                f"({', '.join(stored)}); name the ones to draw ({option_ref('training')})",
+                file=r.path,
+                option="training",
             )
         unknown = [n for n in names if n not in stored]
         if unknown:

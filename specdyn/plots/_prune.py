@@ -9,8 +9,9 @@ import os
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..prune import PruneError, read_prune_results
-from ._common import PlotError, short_names
+from ..errors import PruneError, option_ref
+from ..prune import read_prune_results
+from ._common import PlotError, _as_plot_error, short_names
 
 __all__ = ["plot_prune"]
 
@@ -46,7 +47,7 @@ def plot_prune(
     try:
         res = read_prune_results(results)
     except PruneError as exc:
-        raise PlotError(str(exc)) from None
+        raise _as_plot_error(exc) from None
     names = res.matrices
     if not names:
         raise PlotError(f"{results}: the results hold no masked matrix")
@@ -59,7 +60,7 @@ def plot_prune(
         if len(hits) != 1:
             what = "matches several matrices" if hits else "matches no masked matrix"
             listing = ", ".join(names[i] for i in hits[:6]) if hits else ", ".join(names[:6])
-            raise PlotError(f"--matrix {matrix!r} {what}: {listing}")
+            raise PlotError(f"{option_ref('matrix')} {matrix!r} {what}: {listing}", option="matrix")
         j = hits[0]
     fig = Figure(figsize=size or (12.0, 4.5), layout="constrained")
     left, right = fig.subplots(1, 2, width_ratios=(1, 1.3))

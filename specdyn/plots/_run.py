@@ -26,7 +26,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ..errors import StoreError
+from ..errors import StoreError, command_ref, option_ref
 from ..store import Run
 from ._common import (
     _METRIC_LABELS,
@@ -312,7 +312,9 @@ def plot_alignment_score(
         names = [p["name"] for p in r.pairs]
         if not names:
             raise PlotError(
-                f"{r.path}: the store has no pairs; give analyze a pairs file (--pairs FILE)"
+                f"{r.path}: the store has no pairs; give {command_ref('analyze')} a pairs file "
+                f"({option_ref('vectors.pairs_file', '--pairs FILE')})",
+                file=r.path,
             )
         rows = _filtered(names, pairs, "pairs", r)
         cols = _step_columns(r, steps)
@@ -398,8 +400,10 @@ def plot_alignment_matrix(
             full = r.alignment_matrix(name)
         except StoreError:
             raise PlotError(
-                f"{r.path}: whole alignment matrices are not stored; re-run specdyn analyze "
-                "with --full-matrices"
+                f"{r.path}: whole alignment matrices are not stored; re-run "
+                f"{command_ref('analyze')} with "
+                f"{option_ref('vectors.full_matrices=True', '--full-matrices')}",
+                file=r.path,
             ) from None
         cols = _step_columns(r, steps if steps is not None else "lin:4")
         k = full.shape[1] if top is None else max(1, min(int(top), full.shape[1]))

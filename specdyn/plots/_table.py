@@ -208,7 +208,10 @@ def _branch_agreement_figure(cmp: Comparison, *, pair: str | None = None, **opti
     if pair:
         parts = [p.strip() for p in pair.split(",")]
         if len(parts) != 2:
-            raise PlotError(f"--pair {pair!r}: for branch-agreement give RUN_A,RUN_B")
+            raise PlotError(
+                f"{option_ref('pair')} {pair!r}: for branch-agreement give RUN_A,RUN_B",
+                option="pair",
+            )
         runs = (parts[0], parts[1])
     elif cmp.pairs:
         runs = (cmp.pairs[0][0], cmp.pairs[0][1])
@@ -270,9 +273,9 @@ COMPARISON_KINDS = tuple(k for k, entry in FIGURES.items() if entry.subject == "
 def _prune_results(results: str | os.PathLike | None, home) -> Iterator[str | os.PathLike]:
     """The results as given (`plot_prune` reads them); a folder on disk, so `home` plays no part."""
     if results is None:
-        raise PlotError(
-            "the prune figure needs the folder (or prune.h5) of specdyn prune --magnitude"
-        )
+        # the magnitude pruning has no specdyn.<command>() twin: both wordings given
+        pruning = option_ref("specdyn.prune.prune_magnitude()", "specdyn prune --magnitude")
+        raise PlotError(f"the prune figure needs the folder (or prune.h5) of {pruning}")
     yield results
 
 
@@ -341,8 +344,11 @@ def _missing(kind: str, option: str, run: Run) -> str:
     if option == "metric":
         return f"the {kind} figure needs a metric name: {', '.join(run.metric_names)}"
     if option == "matrix":
-        return f"the {kind} figure needs --matrix NAME (e.g. {', '.join(run.matrices[:3])})"
-    return f"the {kind} figure needs --pair NAME (see info --pairs)"
+        needed = option_ref("matrix=NAME", "--matrix NAME")
+        return f"the {kind} figure needs {needed} (e.g. {', '.join(run.matrices[:3])})"
+    # the listing of pairs has no specdyn.<command>() twin: both wordings given
+    listing = option_ref("run.alignment.pairs", "info --pairs")
+    return f"the {kind} figure needs {option_ref('pair=NAME', '--pair NAME')} (see {listing})"
 
 
 def draw(
@@ -395,7 +401,11 @@ def draw(
             named = getattr(options, entry.named_by) if entry.named_by else None
             path = _figure_file(figures_folder(opened), entry.file_stem or kind, named)
         if path.suffix.lower().lstrip(".") not in FORMATS:
-            raise PlotError(f"--out {path}: give a .png, .pdf or .svg file name", option="out")
+            raise PlotError(
+                f"{option_ref('out')} {path}: give a .png, .pdf or .svg file name",
+                file=path,
+                option="out",
+            )
         if entry.needs and not getattr(options, entry.needs):
             raise PlotError(_missing(kind, entry.needs, opened), option=entry.needs)
         drawn = entry.plot(opened, **keywords)

@@ -2,13 +2,13 @@
 vector agreement. User documentation: ``docs/prune.md``.
 """
 
+from ..errors import PruneError
 from ._common import (
     MagnitudePruneResult,
     MaskedMatrix,
     MaskedParameter,
     PrunedCheckpoint,
     PrunedMatrix,
-    PruneError,
     PruneResults,
     SvdPruneResult,
     Untouched,

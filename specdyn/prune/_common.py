@@ -1,5 +1,5 @@
-"""What SVD pruning and magnitude masks share: the error, the result records, which
-views of a checkpoint are touched, writing a view back, and input/output checks."""
+"""What SVD pruning and magnitude masks share: the result records, which views of a
+checkpoint are touched, writing a view back, and input/output checks."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..engine import SpectrumEngine
-from ..errors import SpecdynError
+from ..errors import PruneError, option_ref
 from ..matrices import plan_checkpoint
 from ..naming import canonicalize, forward_sort
 from ..sources import Checkpoint, CheckpointOutput, discover, open_checkpoint
@@ -24,7 +24,6 @@ from ..vectors import agreement_diagonal
 from ..views import MatrixView, ViewPlan, compile_patterns
 
 __all__ = [
-    "PruneError",
     "view_indices",
     "singular_vector_agreement",
     "Untouched",
@@ -37,9 +36,8 @@ __all__ = [
     "PruneResults",
 ]
 
-
-class PruneError(SpecdynError):
-    """A pruning request that cannot be carried out (bad mode, fraction, output path)."""
+# How a message names the output path: out (Python) or --out.
+_OUT = option_ref("out")
 
 
 def view_indices(view: MatrixView) -> torch.Tensor:
@@ -266,8 +264,8 @@ class _Layout:
 
 
 def _compile_keep(keep: Sequence[str] | str) -> list[re.Pattern]:
-    """Compile the --keep regexes (a one-line error naming the option)."""
-    return compile_patterns("--keep", keep, PruneError)
+    """Compile the `keep` regexes (a one-line error naming the option)."""
+    return compile_patterns("keep", keep, PruneError)
 
 
 def _layout(ckpt: Checkpoint, keep: list[re.Pattern], kinds: Iterable[str] | None) -> _Layout:
@@ -336,7 +334,11 @@ def _checkpoints(src: Path, steps: str | None) -> tuple[list[Checkpoint], list[N
     """The checkpoints to prune, discovery notes, and whether `src` is one checkpoint."""
     if src.is_file():
         if steps is not None:
-            raise PruneError(f"--steps {steps!r}: {src} is a single checkpoint; give a folder")
+            raise PruneError(
+                f"{option_ref('steps')} {steps!r}: {src} is a single checkpoint; give a folder",
+                file=src,
+                option="steps",
+            )
         return [open_checkpoint(src)], [], True
     discovery = discover(src)
     notes = list(discovery.notes)
@@ -353,7 +355,12 @@ def _mask_source(src: Path, step: int | None) -> tuple[Checkpoint, list[Note]]:
     if src.is_file():
         ckpt = open_checkpoint(src)
         if step is not None and ckpt.step != step:
-            raise PruneError(f"--step {step}: {src} is a single checkpoint (step {ckpt.step})")
+            raise PruneError(
+                f"{option_ref('step')} {step}: {src} is a single checkpoint (step {ckpt.step})",
+                file=src,
+                step=step,
+                option="step",
+            )
         return ckpt, []
     discovery = discover(src)
     if len(discovery.runs) > 1:
@@ -399,23 +406,35 @@ def _check_outputs(
     exists (without `overwrite`)."""
     inputs = {p.resolve() for o in outputs for p in o.inputs()}
     src_real, out_real = src.resolve(), out.resolve()
+    named = f"{_OUT} {out}"
     if out_real == src_real:
-        raise PruneError(f"--out {out}: is the input itself; choose another output path")
+        raise PruneError(
+            f"{named}: is the input itself; choose another output path", file=out, option="out"
+        )
     files = [p for o in outputs for p in o.outputs()] + list(extra)
     for path in files:
         if path.resolve() in inputs:
-            raise PruneError(f"--out {out}: would overwrite the input {path}; choose another --out")
+            raise PruneError(
+                f"{named}: would overwrite the input {path}; choose another {_OUT}",
+                file=path,
+                option="out",
+            )
     if src.is_dir() and out_real.is_relative_to(src_real):
         raise PruneError(
-            f"--out {out}: lies inside the input folder {src}; the pruned checkpoints would mix "
-            "into the run; choose a folder outside it"
+            f"{named}: lies inside the input folder {src}; the pruned checkpoints would mix "
+            "into the run; choose a folder outside it",
+            file=out,
+            option="out",
         )
     if not overwrite:
         existing = [p for p in files if p.exists()]
         if existing:
             more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
             raise PruneError(
-                f"--out {out}: {existing[0]} exists{more}; pass --overwrite or choose another --out"
+                f"{named}: {existing[0]} exists{more}; pass "
+                f"{option_ref('overwrite=True', '--overwrite')} or choose another {_OUT}",
+                file=existing[0],
+                option="out",
             )
 
 

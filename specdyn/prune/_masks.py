@@ -15,6 +15,7 @@ import safetensors.torch
 import torch
 
 from ..engine import SpectrumEngine
+from ..errors import PruneError, option_ref
 from ..matrices import read_matrices
 from ..sources import plan_output
 from ..types import Note
@@ -25,7 +26,6 @@ from ._common import (
     MagnitudePruneResult,
     MaskedMatrix,
     MaskedParameter,
-    PruneError,
     PruneResults,
     _check_outputs,
     _compile_keep,
@@ -53,6 +53,9 @@ MAGNITUDE_KINDS = (
 MASKS = ("magnitude", "random")
 _RESULTS_NAME = "prune.h5"
 _RESULTS_SCHEMA = 1
+# How a message names this pruning: prune_magnitude has no specdyn.<name>() twin for
+# command_ref, so both wordings are given.
+_PRUNE_MAGNITUDE = option_ref("specdyn.prune.prune_magnitude()", "specdyn prune --magnitude")
 
 # ----------------------------------------------------------------------------- magnitude masks
 
@@ -179,23 +182,29 @@ def _check_options(fraction: float, control: str | None, k: int, score_top: int)
     score_top."""
     fraction = _check_fraction(fraction)
     if control not in (None, "random"):
-        raise PruneError(f"--control {control!r}: the only control is 'random'")
-    for option, value in (("--vectors", k), ("--score-top", score_top)):
+        raise PruneError(
+            f"{option_ref('control')} {control!r}: the only control is 'random'",
+            option="control",
+        )
+    for option, flag, value in (("k", "--vectors", k), ("score_top", "--score-top", score_top)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise PruneError(f"{option} {value!r}: give a whole number ≥ 1")
+            raise PruneError(
+                f"{option_ref(option, flag)} {value!r}: give a whole number ≥ 1", option=option
+            )
     return fraction
 
 
 def _check_fraction(fraction: float) -> float:
-    """P as a float in (0, 1), or PruneError naming --magnitude."""
+    """P as a float in (0, 1), or PruneError naming the option (``fraction``, ``--magnitude``)."""
     try:
         value = float(fraction)
     except (TypeError, ValueError):
         value = math.nan
     if isinstance(fraction, bool) or not 0 < value < 1:
         raise PruneError(
-            f"--magnitude {fraction!r}: give the fraction of weights kept, between 0 and 1 "
-            "(exclusive), e.g. 0.05"
+            f"{option_ref('fraction', '--magnitude')} {fraction!r}: give the fraction of "
+            "weights kept, between 0 and 1 (exclusive), e.g. 0.05",
+            option="fraction",
         )
     return value
 
@@ -467,7 +476,7 @@ def read_prune_results(path: str | Path) -> PruneResults:
     if p.is_dir():
         p = p / _RESULTS_NAME
     if not p.is_file():
-        raise PruneError(f"{p}: no such prune results file; run specdyn prune --magnitude first")
+        raise PruneError(f"{p}: no such prune results file; run {_PRUNE_MAGNITUDE} first", file=p)
 
     def names(f: h5py.File, key: str) -> list[str]:
         return [s.decode() if isinstance(s, bytes) else str(s) for s in f[key][()]]
@@ -492,4 +501,4 @@ def read_prune_results(path: str | Path) -> PruneResults:
                 score={m: f[f"masks/{m}/score"][()] for m in masks},
             )
     except (OSError, KeyError) as exc:
-        raise PruneError(f"{p}: not a readable specdyn prune results file ({exc})") from None
+        raise PruneError(f"{p}: not a readable prune results file ({exc})", file=p) from None

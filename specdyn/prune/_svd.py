@@ -28,17 +28,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import PruneError, option_ref
 from ..matrices import cut_matrices
 from ..sources import plan_output
 from ..types import Note
 from ..views import MatrixView
 from ._common import (
+    _OUT,
     MagnitudePruneResult,
     MaskedMatrix,
     MaskedParameter,
     PrunedCheckpoint,
     PrunedMatrix,
-    PruneError,
     PruneResults,
     SvdPruneResult,
     Untouched,
@@ -76,7 +77,8 @@ __all__ = [
     "PruneResults",
 ]
 
-_SVD_USAGE = "--svd: use top-half, bottom-half, rank:K or energy:F"
+# How a message names the mode: prune_svd's mode (Python) or --svd.
+_MODE = option_ref("mode", "--svd")
 
 # ----------------------------------------------------------------------------- modes
 
@@ -121,7 +123,7 @@ class SvdMode:
 def parse_svd_mode(text: str | SvdMode) -> SvdMode:
     """Parse ``top-half``, ``bottom-half``, ``rank:K`` (K ≥ 1) or ``energy:F`` (0 < F ≤ 1).
 
-    Raises PruneError (one line, naming ``--svd``) for anything else.
+    Raises PruneError (one line, naming the option: ``mode``, ``--svd``) for anything else.
     """
     if isinstance(text, SvdMode):
         return text
@@ -132,7 +134,9 @@ def parse_svd_mode(text: str | SvdMode) -> SvdMode:
     if name == "rank" and value:
         if value.isdigit() and int(value) >= 1:
             return SvdMode("rank", int(value))
-        raise PruneError(f"--svd {text!r}: K must be a whole number ≥ 1, e.g. rank:16")
+        raise PruneError(
+            f"{_MODE} {text!r}: K must be a whole number ≥ 1, e.g. rank:16", option="mode"
+        )
     if name == "energy" and value:
         try:
             fraction = float(value)
@@ -140,8 +144,12 @@ def parse_svd_mode(text: str | SvdMode) -> SvdMode:
             fraction = math.nan
         if 0 < fraction <= 1:
             return SvdMode("energy", fraction)
-        raise PruneError(f"--svd {text!r}: F must be a fraction in (0, 1], e.g. energy:0.9")
-    raise PruneError(f"{_SVD_USAGE} (got {text!r})")
+        raise PruneError(
+            f"{_MODE} {text!r}: F must be a fraction in (0, 1], e.g. energy:0.9", option="mode"
+        )
+    raise PruneError(
+        f"{_MODE}: use top-half, bottom-half, rank:K or energy:F (got {text!r})", option="mode"
+    )
 
 
 # ----------------------------------------------------------------------------- linear algebra
@@ -270,7 +278,7 @@ def prune_svd(
         `SvdPruneResult`.
 
     Raises:
-        PruneError: bad mode or --keep regex, output exists (without `overwrite`), output
+        PruneError: bad mode or `keep` regex, output exists (without `overwrite`), output
             is or overwrites the input, no matrix to prune. CheckpointError /
             DiscoveryError / StepSpecError: unreadable source, no checkpoints, bad steps.
     """
@@ -290,8 +298,10 @@ def prune_svd(
         )
         if target.suffix != checkpoints[0].path.suffix:
             raise PruneError(
-                f"--out {out_path}: the output keeps the input's format; give a "
-                f"{checkpoints[0].path.suffix} file name (or a folder)"
+                f"{_OUT} {out_path}: the output keeps the input's format; give a "
+                f"{checkpoints[0].path.suffix} file name (or a folder)",
+                file=out_path,
+                option="out",
             )
         outputs = [plan_output(checkpoints[0], target)]
     else:

@@ -142,7 +142,8 @@ def _check_repo_id(repo: object) -> str:
     if not ok:
         raise HubError(
             f"{_shown(repo)}: not a hub repo id (owner/name of letters, digits, '.', '_', "
-            f"'-'); check {option_ref('model')}"
+            f"'-'); check {option_ref('model')}",
+            option="model",
         )
     return repo
 
@@ -541,7 +542,8 @@ class Hub:
         except hf_errors.RepositoryNotFoundError:
             raise HubError(
                 f"{self.repo}: no such model repository on the hub (or it is private); "
-                f"check {option_ref('model')}"
+                f"check {option_ref('model')}",
+                option="model",
             ) from None
         except hf_errors.RevisionNotFoundError:
             raise HubError(f"{self.repo}: cannot {what}: the revision does not exist") from None

@@ -33,7 +33,7 @@ from ..analysis import (
     analyze_stream,
 )
 from ..engine import SpectrumEngine
-from ..errors import SpecdynError
+from ..errors import SpecdynError, option_ref
 from ..sources import Checkpoint, open_checkpoint
 from ..steps import select_steps
 from ..store import StepRecord, open_run, resolve_home, store_path_for
@@ -91,7 +91,7 @@ CATALOG: dict[str, PythiaModel] = {
 
 
 def resolve_model(spec: str) -> tuple[str, str, PythiaModel | None]:
-    """(repo id, run name, catalog entry or None) for ``--model``.
+    """(repo id, run name, catalog entry or None) for the ``model`` option (``--model``).
 
     A catalog key ("2.8b", "410m-deduped", also with a "pythia-" prefix) names an
     EleutherAI repo; anything with a "/" is taken as the repo id of another
@@ -104,8 +104,9 @@ def resolve_model(spec: str) -> tuple[str, str, PythiaModel | None]:
     if key not in CATALOG:
         sizes = ", ".join(m.size for m in _SIZES)
         raise SpecdynError(
-            f"--model {spec!r}: not a Pythia size; use one of {sizes} (optionally -deduped), "
-            "or a full repo id such as EleutherAI/pythia-70m"
+            f"{option_ref('model')} {spec!r}: not a Pythia size; use one of {sizes} "
+            "(optionally -deduped), or a full repo id such as EleutherAI/pythia-70m",
+            option="model",
         )
     return f"EleutherAI/pythia-{key}", f"pythia-{key}", CATALOG[key]
 
@@ -207,11 +208,19 @@ def plan_pythia(
         HubError: the hub is unreachable (say how to use the cache), the repo does
             not exist, nothing is cached offline. SpecdynError: bad options.
     """
-    if duplicates not in DUPLICATE_MODES:
-        raise SpecdynError(f"--duplicates {duplicates!r}: use skip or analyze")
+    _check_duplicates(duplicates)
     repo, default_name, _ = resolve_model(model)
     hub = Hub(repo, offline=offline, cache_dir=cache_dir)
     return _plan(hub, name or default_name, steps, home, duplicates)
+
+
+def _check_duplicates(duplicates: str) -> None:
+    """SpecdynError naming the option unless `duplicates` is one of `DUPLICATE_MODES`."""
+    if duplicates not in DUPLICATE_MODES:
+        raise SpecdynError(
+            f"{option_ref('duplicates')} {duplicates!r}: use skip or analyze",
+            option="duplicates",
+        )
 
 
 def _plan(hub: Hub, name: str, steps: str | None, home, duplicates: str) -> PythiaPlan:
@@ -553,13 +562,12 @@ def pythia(
     Raises:
         HubError (no network, unknown repo, too little disk for a revision),
         SpecdynError (the reference revision unreadable: choose another
-        --reference) and the other errors of `analyze`.
+        ``vectors.reference``) and the other errors of `analyze`.
     """
     compute = compute or ComputeOptions()
     if vectors is not None:
         vectors.validate()
-    if duplicates not in DUPLICATE_MODES:
-        raise SpecdynError(f"--duplicates {duplicates!r}: use skip or analyze")
+    _check_duplicates(duplicates)
     repo, default_name, _ = resolve_model(model)
     hub = Hub(repo, offline=offline, cache_dir=cache_dir)
     plan = _plan(hub, name or default_name, steps, home, duplicates)

@@ -48,6 +48,8 @@ _BOOKKEEPING = {
     "_runtime", "_timestamp",
 }  # fmt: skip
 _MAX_DEPTH = 3
+# How an error names the log the user gave: metrics_file (Python) or --metrics.
+_METRICS_FILE = option_ref("metrics_file", "--metrics")
 
 Series = dict[str, dict[int, float]]  # metric → step → value
 
@@ -209,14 +211,14 @@ def _read_log(path: Path, key: str, notes: list[Note], *, explicit: bool) -> Ser
     except FileNotFoundError:
         if explicit:
             raise SpecdynError(
-                f"{option_ref('metrics')} {path}: no such file", file=path, option="metrics"
+                f"{_METRICS_FILE} {path}: no such file", file=path, option="metrics_file"
             ) from None
         return None
     except (OSError, UnicodeDecodeError) as exc:
         message = f"{path}: cannot be read as text ({exc})"
         if explicit:
             raise SpecdynError(
-                f"{option_ref('metrics')} {message}", file=path, option="metrics"
+                f"{_METRICS_FILE} {message}", file=path, option="metrics_file"
             ) from None
         notes.append(Note("training-log", f"{message}; left out", str(path)))
         return None
@@ -296,7 +298,7 @@ def _rows_to_series(
             "the step of each row"
         )
         if explicit:
-            raise SpecdynError(f"{option_ref('metrics')} {message}", file=path, option="metrics")
+            raise SpecdynError(f"{_METRICS_FILE} {message}", file=path, option="metrics_file")
         if rows:
             notes.append(Note("training-log", f"{message}; left out", str(path)))
         return {}

@@ -57,8 +57,9 @@ def replace_with(path: Path, plan: StorePlan, old: h5py.File | None, lock: Write
             build(temp, plan, old)
     except (OSError, RuntimeError) as exc:
         raise StoreError(
-            f"cannot write the store {path} ({layout.write_reason(exc)}); check free disk space and "
-            "permissions, or use another --home"
+            f"cannot write the store {path} ({layout.write_reason(exc)}); check free disk space "
+            f"and permissions, or use another {layout.HOME}",
+            file=path,
         ) from None
 
 

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import h5py
 import numpy as np
 
-from ..errors import RunNotFoundError, StoreError
+from ..errors import RunNotFoundError, StoreError, command_ref, option_ref
 from ..files import atomic_output
 from ..version import __version__
 from . import _layout as layout
@@ -176,7 +176,8 @@ def open_comparison(
     listing = ", ".join(known[:10]) if known else "none"
     raise RunNotFoundError(
         f"no comparison named {text!r} in {folder} (comparisons there: {listing}) and no "
-        f"file at {path}; run specdyn compare first"
+        f"file at {path}; run {command_ref('compare')} first",
+        file=path,
     )
 
 
@@ -200,18 +201,22 @@ class Comparison:
             if fmt != COMPARISON_FORMAT:
                 raise StoreError(
                     f"{self.path} is not a comparison store (format {fmt!r}); "
-                    "write one with specdyn compare"
+                    f"write one with {command_ref('compare')}",
+                    file=self.path,
                 )
             if int(self._f.attrs["schema_version"]) > COMPARISON_SCHEMA:
                 raise StoreError(
                     f"{self.path}: comparison schema {int(self._f.attrs['schema_version'])} is "
-                    "newer than this specdyn reads; upgrade specdyn or re-run specdyn compare"
+                    f"newer than this specdyn reads; upgrade specdyn or re-run "
+                    f"{command_ref('compare')}",
+                    file=self.path,
                 )
             self._load()
         except (KeyError, ValueError, TypeError) as exc:
             self.close()
             raise StoreError(
-                f"{self.path}: damaged comparison store ({exc}); re-run compare"
+                f"{self.path}: damaged comparison store ({exc}); re-run {command_ref('compare')}",
+                file=self.path,
             ) from None
         except BaseException:
             self.close()
@@ -341,8 +346,11 @@ class Comparison:
         """Mode "split": steps [G], barrier [G], and for "same"/"other" trunk pairs:
         score [G, M], diagonal [G, M, k], pairs [G] (see `specdyn.compare.SplitSummary`)."""
         if "split" not in self._f:
+            by_split = option_ref("by='split'", "--by split")
             raise StoreError(
-                f"{self.path}: not a split comparison; run specdyn compare BRANCHES --by split"
+                f"{self.path}: not a split comparison; run {command_ref('compare')} on the "
+                f"branches with {by_split}",
+                file=self.path,
             )
         g = self._f["split"]
         out: dict[str, np.ndarray] = {

@@ -20,7 +20,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..errors import StoreError
+from ..errors import StoreError, command_ref, option_ref
 from ..version import __version__
 
 FORMAT = "specdyn-store"
@@ -54,6 +54,16 @@ PROVENANCE_DTYPE = h5py.string_dtype("utf-8", PROVENANCE_BYTES)
 # Saved vectors are stored as float32: half the bytes of float64, and an agreement
 # computed from them differs from the float64 one by ~1e-7 (far below 1e-6).
 VECTOR_DTYPE = np.float32
+
+# ----------------------------------------------------------------------------- hints
+# What store messages tell the caller to run or pass, worded for Python or the CLI
+# (`specdyn.errors.option_ref`). `list_runs` has no ``specdyn.<command>()`` twin for
+# `command_ref`, so both wordings are given.
+HOME = option_ref("home")
+NAME = option_ref("name")
+OVERWRITE = option_ref("overwrite=True", "--overwrite")
+LIST_RUNS = option_ref("specdyn.list_runs()", "specdyn runs")
+REBUILD = f"re-run {command_ref('analyze')} with {OVERWRITE}"
 
 # ----------------------------------------------------------------------------- paths
 # T steps, M matrices, R = min(out, in) of a matrix, K provenance slots, S kept-vector slots.
@@ -193,15 +203,19 @@ def open_checked(path: Path) -> h5py.File:
         f = open_h5(path, "r")
     except FileNotFoundError:
         raise StoreError(
-            f"{path}: no such store file; check the path or list runs with specdyn runs"
+            f"{path}: no such store file; check the path or list runs with {LIST_RUNS}",
+            file=path,
         ) from None
     except IsADirectoryError:
         raise StoreError(
-            f"{path} is a folder, not a store file; pass a run name or a .h5 store path"
+            f"{path} is a folder, not a store file; pass a run name or a .h5 store path",
+            file=path,
         ) from None
     except OSError as exc:
         raise StoreError(
-            f"{path} is not an HDF5 file ({h5_reason(exc)}); pass a store written by specdyn analyze"
+            f"{path} is not an HDF5 file ({h5_reason(exc)}); pass a store written by "
+            f"{command_ref('analyze')}",
+            file=path,
         ) from None
     try:
         check_header(f, path)
@@ -217,33 +231,38 @@ def check_header(f: h5py.File, path: Path) -> None:
     if isinstance(fmt, bytes):
         fmt = fmt.decode("utf-8", "replace")
     if fmt == "specdyn-comparison":
+        # the comparison figures have no specdyn.<command>() twin: both wordings given
+        figures = option_ref(
+            "specdyn.plot_side_by_side(), plot_branch_agreement() or plot_split()",
+            "specdyn plot side-by-side|branch-agreement|split",
+        )
         raise StoreError(
-            f"{path} is a comparison store (written by specdyn compare), not a run; draw it "
-            "with specdyn plot side-by-side|branch-agreement|split, or open it with "
-            "specdyn.open_comparison"
+            f"{path} is a comparison store (written by {command_ref('compare')}), not a run; "
+            f"draw it with {figures}, or open it with specdyn.open_comparison",
+            file=path,
         )
     if fmt != FORMAT:
         raise StoreError(
             f"{path} is an HDF5 file but not a specdyn store (format attribute {fmt!r}); "
-            "if a newer specdyn wrote it, upgrade specdyn, else re-run specdyn analyze"
+            f"if a newer specdyn wrote it, upgrade specdyn, else re-run {command_ref('analyze')}",
+            file=path,
         )
     version = f.attrs.get("schema_version")
     try:
         version = int(version)
     except (TypeError, ValueError):
         raise StoreError(
-            f"{path}: specdyn store without a valid schema_version ({version!r}); "
-            "re-run specdyn analyze with --overwrite"
+            f"{path}: specdyn store without a valid schema_version ({version!r}); {REBUILD}",
+            file=path,
         ) from None
     if version > SCHEMA_VERSION:
         raise StoreError(
             f"{path} uses store schema {version}, newer than specdyn {__version__} reads "
-            f"(schema {SCHEMA_VERSION}); upgrade specdyn or re-run specdyn analyze with --overwrite"
+            f"(schema {SCHEMA_VERSION}); upgrade specdyn or {REBUILD}",
+            file=path,
         )
     if version < 1:
-        raise StoreError(
-            f"{path}: unknown store schema {version}; re-run specdyn analyze with --overwrite"
-        )
+        raise StoreError(f"{path}: unknown store schema {version}; {REBUILD}", file=path)
 
 
 def h5_reason(exc: BaseException) -> str:
@@ -263,9 +282,7 @@ def few(names: Sequence[str], limit: int = 5) -> str:
 def damaged(path: Path, exc: BaseException) -> StoreError:
     """The error for a store whose expected content is missing or unreadable."""
     detail = str(exc).replace("\n", " ") or type(exc).__name__
-    return StoreError(
-        f"{path}: damaged specdyn store ({detail}); re-run specdyn analyze with --overwrite"
-    )
+    return StoreError(f"{path}: damaged specdyn store ({detail}); {REBUILD}", file=path)
 
 
 def new_dataset(

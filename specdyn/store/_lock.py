@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from ..errors import StoreError, StoreLockedError
+from ._layout import HOME, NAME
 
 try:
     import fcntl
@@ -179,7 +180,8 @@ def _take_lock_file(store_path: Path, path: Path) -> int:
                 ) from None
             raise StoreError(
                 f"cannot create the lock file {path} ({exc.strerror}); "
-                "check that the workspace folder is writable or use another --home"
+                f"check that the workspace folder is writable or use another {HOME}",
+                file=path,
             ) from None
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -197,7 +199,9 @@ def _take_lock_file(store_path: Path, path: Path) -> int:
             os.close(fd)
             if exc.errno in _UNSUPPORTED:
                 raise _unsupported(store_path, exc.strerror or "locking unsupported") from None
-            raise StoreError(f"cannot lock {path} ({exc.strerror}); use another --home") from None
+            raise StoreError(
+                f"cannot lock {path} ({exc.strerror}); use another {HOME}", file=path
+            ) from None
         except BaseException:
             os.close(fd)
             raise
@@ -234,7 +238,8 @@ def _take_store(store_path: Path, lock_path: Path) -> int | None:
         except OSError as exc:
             raise StoreError(
                 f"cannot open the store {store_path} to lock it ({exc.strerror}); check its "
-                "permissions or use another --home"
+                f"permissions or use another {HOME}",
+                file=store_path,
             ) from None
         try:
             got = _lock_range(fd, writable)
@@ -243,7 +248,8 @@ def _take_store(store_path: Path, lock_path: Path) -> int | None:
             if exc.errno in _RANGE_UNSUPPORTED:
                 return None
             raise StoreError(
-                f"cannot lock the store {store_path} ({exc.strerror}); use another --home"
+                f"cannot lock the store {store_path} ({exc.strerror}); use another {HOME}",
+                file=store_path,
             ) from None
         if not got:
             os.close(fd)
@@ -352,7 +358,8 @@ def _busy(store_path: Path, who: str) -> StoreLockedError:
     """The error for a store another process writes."""
     return StoreLockedError(
         f"store {store_path} is being written by another specdyn process ({who}); "
-        "wait for it or use another --home/name"
+        f"wait for it or use another {HOME}/{NAME}",
+        file=store_path,
     )
 
 
@@ -369,7 +376,8 @@ def _unsupported(store_path: Path, why: str) -> StoreError:
     return StoreError(
         f"cannot lock store {store_path}: the filesystem does not support file locks ({why}); "
         f"set {NO_LOCK_ENV}=1 to write without a lock if you make sure only one specdyn "
-        "process writes this store, or use a local --home"
+        f"process writes this store, or use a local {HOME}",
+        file=store_path,
     )
 
 

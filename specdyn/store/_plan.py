@@ -188,12 +188,16 @@ def check_compatible(path: Path, stored: StorePlan, request: StorePlan) -> None:
     ) != os.path.realpath(request.source_root):
         raise StoreMismatchError(
             f"store {path} holds run {stored.run_name!r} of {stored.source_root}, not of "
-            f"{request.source_root}; use --name to keep both runs or --overwrite to replace it"
+            f"{request.source_root}; use {layout.NAME} to keep both runs or "
+            f"{layout.OVERWRITE} to replace it",
+            file=path,
         )
     if stored.step_unit != request.step_unit:
         raise StoreMismatchError(
             f"store {path} counts {stored.step_unit}s but these checkpoints count "
-            f"{request.step_unit}s; use --overwrite to recompute or --name for a separate store"
+            f"{request.step_unit}s; use {layout.OVERWRITE} to recompute or {layout.NAME} "
+            "for a separate store",
+            file=path,
         )
     if stored.options != request.options:
         keys = sorted(set(stored.options) | set(request.options))
@@ -204,18 +208,21 @@ def check_compatible(path: Path, stored: StorePlan, request: StorePlan) -> None:
         ]
         raise StoreMismatchError(
             f"store {path} was made with other options ({'; '.join(diffs)}); "
-            "use --overwrite to recompute"
+            f"use {layout.OVERWRITE} to recompute",
+            file=path,
         )
     if sorted(stored.metric_names) != sorted(request.metric_names):
         raise StoreMismatchError(
             f"store {path} holds metrics {stored.metric_names}, this specdyn computes "
-            f"{request.metric_names}; use --overwrite to recompute"
+            f"{request.metric_names}; use {layout.OVERWRITE} to recompute",
+            file=path,
         )
     problems = _matrix_differences(stored.matrices, request.matrices)
     if problems:
         raise StoreMismatchError(
             f"store {path} has other matrices than these checkpoints ({'; '.join(problems[:5])}); "
-            "use --overwrite to recompute or --name for a separate store"
+            f"use {layout.OVERWRITE} to recompute or {layout.NAME} for a separate store",
+            file=path,
         )
 
 

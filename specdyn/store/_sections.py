@@ -15,7 +15,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..errors import StoreError
+from ..errors import StoreError, command_ref, option_ref
 from ..types import TrainingLog
 from . import _layout as layout
 from . import _training as trainstore
@@ -30,6 +30,15 @@ __all__ = [
     "RunValues",
     "RunVectors",
 ]
+
+# How a message says which analysis adds a missing section, and where to list names:
+# Python wording for a caller, flags and commands on the CLI (`specdyn.errors.option_ref`;
+# the listings have no ``specdyn.<command>()`` twin for `command_ref`).
+_ANALYZE = command_ref("analyze")
+_VALUES_ONLY = option_ref("vectors=None", "--values-only")
+_LIST_MATRICES = option_ref("run.values.matrices", "specdyn info RUN --matrices")
+_LIST_PAIRS = option_ref("run.alignment.pairs", "specdyn info RUN --pairs")
+_SAVE_EVERY_STEP = option_ref("vectors.save_vectors='all'", "--save-vectors all")
 
 
 class OpenStore:
@@ -91,9 +100,10 @@ class OpenStore:
         """StoreError when the store has no singular-vector sections."""
         if self.vector_layout is None:
             raise StoreError(
-                f"{self.path}: the store has no {what} (analysed with --values-only, or by "
-                "an older specdyn); re-run specdyn analyze on its checkpoints without "
-                "--values-only to add it (values are kept)"
+                f"{self.path}: the store has no {what} (analysed with {_VALUES_ONLY}, or by "
+                f"an older specdyn); re-run {_ANALYZE} on its checkpoints without "
+                f"{_VALUES_ONLY} to add it (values are kept)",
+                file=self.path,
             )
 
     def section_steps(self, section: str) -> np.ndarray:
@@ -121,8 +131,9 @@ class OpenStore:
         path = layout.full_matrix_path(section, name)
         if path not in self.file:
             raise StoreError(
-                f"{self.path}: whole {section} matrices are not stored; re-run specdyn "
-                "analyze with --full-matrices"
+                f"{self.path}: whole {section} matrices are not stored; re-run {_ANALYZE} "
+                f"with {option_ref('vectors.full_matrices=True', '--full-matrices')}",
+                file=self.path,
             )
         return self.section_rows(section, path)
 
@@ -178,7 +189,8 @@ class RunValues:
             )
         raise StoreError(
             f"{store.path}: no matrix matches {pattern!r} (matrices include {layout.few(store.matrices, 5)}); "
-            "list them with specdyn info RUN --matrices"
+            f"list them with {_LIST_MATRICES}",
+            file=store.path,
         )
 
     def sigma(self, matrix: str) -> np.ndarray:
@@ -318,8 +330,8 @@ class RunAlignment:
             )
         listing = f"pairs include {layout.few(names, 5)}" if names else "the store has no pairs"
         raise StoreError(
-            f"{store.path}: no pair matches {pattern!r} ({listing}); "
-            "list them with specdyn info RUN --pairs"
+            f"{store.path}: no pair matches {pattern!r} ({listing}); list them with {_LIST_PAIRS}",
+            file=store.path,
         )
 
     def diagonal(self, pair: str) -> np.ndarray:
@@ -484,7 +496,7 @@ class RunVectors:
 
         Raises:
             StoreError: no vectors kept for that step (the steps kept are
-                listed; `--save-vectors all` keeps every step).
+                listed; ``vectors.save_vectors="all"`` keeps every step).
         """
         store = self._store
         store.need_vectors("vectors")
@@ -495,7 +507,9 @@ class RunVectors:
             listing = ", ".join(str(s) for s in kept[:10]) or "none"
             raise StoreError(
                 f"{store.path}: no singular vectors kept for step {step} (kept: {listing}); "
-                "re-run specdyn analyze with --save-vectors all to keep every step"
+                f"re-run {_ANALYZE} with {_SAVE_EVERY_STEP} to keep every step",
+                file=store.path,
+                step=step,
             )
         row = int(np.flatnonzero(slots == int(step))[0])
         return (
@@ -549,9 +563,10 @@ class RunTraining:
         path = self._store.path
         if log is None:
             raise StoreError(
-                f"{path}: no training metrics stored; re-run specdyn analyze with "
-                "--metrics LOG (a CSV or JSONL with a step column), or keep the trainer's "
-                "logs beside the checkpoints"
+                f"{path}: no training metrics stored; re-run {_ANALYZE} with "
+                f"{option_ref('metrics_file=LOG', '--metrics LOG')} (a CSV or JSONL with a step "
+                "column), or keep the trainer's logs beside the checkpoints",
+                file=path,
             )
         if name not in log.values:
             raise StoreError(f"{path}: no training metric {name!r}; stored: {', '.join(log.names)}")

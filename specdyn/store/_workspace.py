@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import RunNotFoundError, StoreError
+from ..errors import RunNotFoundError, StoreError, command_ref
+from ._layout import HOME
 
 __all__ = [
     "DEFAULT_HOME",
@@ -113,15 +114,12 @@ def resolve_run(
     if name_or_path is None:
         if len(stores) == 1:
             return stores[0]
-        if not folder.is_dir():
-            raise RunNotFoundError(
-                f"no runs: the workspace {folder} does not exist; analyse checkpoints first "
-                f"(specdyn analyze PATH --home {folder}) or pass --home or a store path"
-            )
         if not stores:
+            state = "is empty" if folder.is_dir() else "does not exist"
             raise RunNotFoundError(
-                f"no runs: the workspace {folder} is empty; analyse checkpoints first "
-                f"(specdyn analyze PATH --home {folder}) or pass --home or a store path"
+                f"no runs: the workspace {folder} {state}; analyse checkpoints into it first "
+                f"({command_ref('analyze')}) or pass {HOME} or a store path",
+                file=folder,
             )
         raise RunNotFoundError(
             f"{len(stores)} runs in {folder}: {_names_line(stores)}; name the one you want"
@@ -148,5 +146,6 @@ def resolve_run(
         )
     raise RunNotFoundError(
         f"no run named {text!r} in the workspace {folder} ({listing}) and no store file "
-        f"at {path}; check the name, --home, or the path"
+        f"at {path}; check the name, {HOME}, or the path",
+        file=path,
     )

@@ -166,7 +166,10 @@ class StoreWriter:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(
-                f"cannot create the workspace folder {path.parent} ({exc.strerror}); use another --home"
+                f"cannot create the workspace folder {path.parent} ({exc.strerror}); "
+                f"use another {layout.HOME}",
+                file=path.parent,
+                option="home",
             ) from None
         lock = WriterLock.acquire(path)
         try:
@@ -550,7 +553,8 @@ def _open_existing(path: Path) -> h5py.File:
     except OSError as exc:
         raise StoreError(
             f"{path} exists but is not a readable HDF5 file ({layout.h5_reason(exc)}); "
-            "use --overwrite to replace it or choose another --name"
+            f"use {layout.OVERWRITE} to replace it or choose another {layout.NAME}",
+            file=path,
         ) from None
     try:
         layout.check_header(f, path)
@@ -571,5 +575,6 @@ def _refuse_foreign(path: Path) -> None:
     if fmt != layout.FORMAT:
         raise StoreError(
             f"{path} is an HDF5 file that specdyn did not write (format {fmt!r}); it was left "
-            "untouched: move it away or choose another --name"
+            f"untouched: move it away or choose another {layout.NAME}",
+            file=path,
         )
