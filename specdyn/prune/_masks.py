@@ -16,6 +16,7 @@ import torch
 
 from ..engine import SpectrumEngine
 from ..errors import PruneError, option_ref
+from ..files import atomic_output
 from ..matrices import read_matrices
 from ..sources import plan_output
 from ..types import Note
@@ -412,9 +413,8 @@ def _view_agreements(tensor, originals, masks, engine, k, score_top, rows, notes
 def _write_results(result: MagnitudePruneResult) -> None:
     """Write ``prune.h5`` (layout in docs/prune.md), atomically."""
     path = Path(result.results)
-    tmp = path.with_name(path.name + ".partial")
     text = h5py.string_dtype("utf-8")
-    try:
+    with atomic_output(path, temp_name=path.name + ".partial") as tmp:
         with h5py.File(tmp, "w", locking=False) as f:
             attrs = {
                 "schema": _RESULTS_SCHEMA,
@@ -454,10 +454,6 @@ def _write_results(result: MagnitudePruneResult) -> None:
                 group.create_dataset(
                     "score", data=np.array([x.scores[m] for x in mats], dtype=np.float64)
                 )
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def read_prune_results(path: str | Path) -> PruneResults:
