@@ -177,3 +177,33 @@ def test_no_module_shares_a_name_with_a_top_level_function():
         if len(parts) == 2:
             value = getattr(specdyn, parts[1], None)
             assert value is None or isinstance(value, type(specdyn)), module
+
+
+def test_the_tests_mirror_the_packages():
+    tests = Path(__file__).resolve().parent
+    packages = {
+        m.split(".")[1] for m in MODULES if m.count(".") == 1 and MODULES[m].name == "__init__.py"
+    }
+    assert packages, "no sub-packages found"
+    missing = [p for p in sorted(packages) if not list((tests / p).glob("test_*.py"))]
+    assert missing == []
+    # pytest imports test files by base name (no __init__.py in tests/): they must be unique
+    names = [p.name for p in tests.rglob("test_*.py")]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []
+
+
+def test_only_the_store_opens_hdf5_files():
+    # the store package owns every HDF5 schema: runs, comparisons, prune results
+    outside = [
+        m
+        for m in MODULES
+        if not m.startswith("specdyn.store")
+        and any(
+            isinstance(n, (ast.Import, ast.ImportFrom))
+            and any(a.name.split(".")[0] == "h5py" for a in n.names)
+            or isinstance(n, ast.ImportFrom)
+            and (n.module or "").split(".")[0] == "h5py"
+            for n in ast.walk(ast.parse(MODULES[m].read_text(encoding="utf-8")))
+        )
+    ]
+    assert outside == []

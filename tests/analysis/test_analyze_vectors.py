@@ -29,7 +29,7 @@ import torch
 import specdyn
 from specdyn import VectorOptions
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())["fixtures"]
 
 # the engine's 1e-6·σ1 triplet residual (docs/methods.md#accuracy-contract), doubled for safety

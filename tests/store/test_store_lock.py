@@ -28,7 +28,7 @@ from specdyn.store import _lock as _store_lock
 from specdyn.store._lock import WriterLock, is_being_written, lock_path_for
 
 HOOKS = ("SPECDYN_TEST_HOLD_WRITE", "SPECDYN_TEST_HOLD_REBUILD", "SPECDYN_NO_LOCK")
-WORKER = Path(__file__).with_name("_store_crash_worker.py")
+WORKER = Path(__file__).resolve().parents[1] / "_store_crash_worker.py"
 BUSY = "being written by another specdyn process"
 
 pytestmark = pytest.mark.skipif(

@@ -14,7 +14,7 @@ from specdyn.cli import main
 from specdyn.errors import SpecdynError, StoreError
 from specdyn.sources import discover, read_metrics_file, read_training_log
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 
 
 def _weights(seed: int) -> dict[str, torch.Tensor]:

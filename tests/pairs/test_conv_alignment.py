@@ -25,7 +25,7 @@ from specdyn import MatrixSelection, VectorOptions
 from specdyn.cli import main
 from specdyn.pairs import PairsFileError, pairs_for
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CNN = ROOT / "fixtures" / "cnn-lightning"
 # A store written by specdyn before definitions were recorded (tests/assets/README.md).
 OLD_STORE = ROOT / "tests" / "assets" / "cnn-before-conv-definitions.h5"

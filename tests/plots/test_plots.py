@@ -23,7 +23,7 @@ import specdyn
 from specdyn.cli import main
 from specdyn.plots import short_names
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -548,7 +548,7 @@ def test_the_gallery_script_draws_every_figure_of_the_page(tmp_path):
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     out = tmp_path / "gallery"
     proc = subprocess.run(
         [sys.executable, str(root / "docs" / "make_gallery.py"), "--out", str(out)],

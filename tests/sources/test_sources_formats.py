@@ -25,7 +25,7 @@ from _ckpt_factory import (
 
 from specdyn.sources import Checkpoint, Fingerprint, TensorReader, open_checkpoint
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 SD = sample_state_dict(seed=3)
 
 

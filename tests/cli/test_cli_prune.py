@@ -14,10 +14,10 @@ import torch
 from specdyn.cli import main
 from specdyn.prune import read_prune_results
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _ckpt_factory import sample_state_dict, write_torch  # noqa: E402
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 MLP_FINAL = FIXTURES / "mlp-wd" / "step_004000.pt"
 
 

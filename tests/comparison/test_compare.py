@@ -14,7 +14,7 @@ import specdyn
 from specdyn.comparison import BarrierOptions, chance_agreement, compare, open_comparison
 from specdyn.errors import CompareError, StoreError
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 
 
 def _spectrum_matrix(rng: np.random.Generator, m: int, n: int) -> np.ndarray:

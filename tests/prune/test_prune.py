@@ -33,7 +33,7 @@ from specdyn.prune import (
 from specdyn.sources import open_checkpoint
 from specdyn.views import plan_views
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _ckpt_factory import (  # noqa: E402
     HParams,
     sample_state_dict,
@@ -46,7 +46,7 @@ from _ckpt_factory import (  # noqa: E402
 )
 from _fixture_script import make_fixtures  # noqa: E402
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 MLP_FINAL = FIXTURES / "mlp-wd" / "step_004000.pt"
 
 

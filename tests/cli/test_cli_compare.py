@@ -12,7 +12,7 @@ import torch
 from specdyn.cli import main
 from specdyn.comparison import open_comparison
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 
 
 def _run(folder: Path, seed: int, steps=(0, 5)) -> Path:

@@ -24,7 +24,7 @@ from specdyn.metrics import METRIC_NAMES, spectral_metrics
 from specdyn.store import SCHEMA_VERSION, StepRecord, StoreWriter, open_run
 from specdyn.store import _lock as _store_lock
 
-WORKER = Path(__file__).with_name("_store_crash_worker.py")
+WORKER = Path(__file__).resolve().parents[1] / "_store_crash_worker.py"
 HOOKS = ("SPECDYN_TEST_HOLD_WRITE", "SPECDYN_TEST_HOLD_REBUILD", "SPECDYN_NO_LOCK")
 STEPS = [0, 10, 20, 30, 40, 50]
 
@@ -593,7 +593,7 @@ def test_readers_open_the_store_while_it_is_being_written(tmp_path):
     path = tmp_path / "run.h5"
     with _open(path, [0, 10, 20]) as w:
         _write(w, [10])
-        code = _READER.format(tests=str(Path(__file__).parent))
+        code = _READER.format(tests=str(Path(__file__).resolve().parents[1]))
         out = subprocess.run(
             [sys.executable, "-c", code, str(path)],
             capture_output=True,

@@ -187,7 +187,7 @@ def test_kill_9_inside_a_store_write_then_resume_equals_uninterrupted(tmp_path):
     import time
     from pathlib import Path
 
-    fixture = Path(__file__).resolve().parent.parent / "fixtures" / "mlp-wd"
+    fixture = Path(__file__).resolve().parents[2] / "fixtures" / "mlp-wd"
     clean = specdyn.analyze(fixture, home=tmp_path / "clean").runs[0]
 
     home = tmp_path / "ws"

@@ -24,7 +24,7 @@ import specdyn
 from specdyn.errors import StoreWriteError
 from specdyn.store import _writer as store_module
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "mlp-wd"
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "mlp-wd"
 STEPS = "0,1000,4000"  # the reference (4000) first, then two more: every section is written
 # what differs between two correct runs: who ran them and when
 VOLATILE = ("/provenance", "/steps/invocation")

@@ -12,7 +12,7 @@ import specdyn
 from specdyn.cli import main
 from specdyn.plots import PlotError, plot_dynamics
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 
 
 @pytest.fixture(scope="module")

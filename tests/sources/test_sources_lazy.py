@@ -19,7 +19,7 @@ from specdyn.errors import CheckpointError
 from specdyn.sources import open_checkpoint
 
 BIG = 4_000_000  # float32 elements: 16 MB
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _bytes_read() -> int:

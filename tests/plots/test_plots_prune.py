@@ -11,7 +11,7 @@ from specdyn.cli import main
 from specdyn.plots import PlotError, plot_prune
 from specdyn.prune import prune_magnitude, read_prune_results
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ import specdyn.sources._formats as formats
 from specdyn.errors import CheckpointError, DiscoveryError, UnsafePickleError
 from specdyn.sources import Discovery, RunSource, discover, open_checkpoint
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 
 
 def _sd(seed: int) -> dict[str, torch.Tensor]:
