@@ -4,7 +4,8 @@ A refactor of the store must not change what it writes. Both trees analyse the s
 fixtures in their own process (the older one checked out into a temporary git worktree and
 put first on the child's ``PYTHONPATH``), through the paths that write a store: a fresh
 store with singular vectors, a values-only store grown into a full one (a rebuild that
-copies done rows), ``--overwrite``, a run with training metrics, and a comparison store.
+copies done rows), ``--overwrite``, a run with training metrics, a comparison store and the
+results file of magnitude pruning (``prune.h5``).
 Every group, dataset (shape, dtype, storage layout, values bit for bit, NaN included) and
 attribute must match; provenance records, creation times and the package version are
 left out, since they describe the invocation.
@@ -48,6 +49,9 @@ def _write_stores(home: Path) -> None:
     specdyn.analyze(FIXTURES / "cnn-lightning", home=home, name="lightning", compute=cpu)
     specdyn.analyze(FIXTURES / "mlp-nowd", home=home, name="nowd", compute=cpu)
     specdyn.compare(["fresh", "nowd"], home=home, name="wd-vs-nowd", device="cpu")
+    from specdyn.prune import prune_magnitude
+
+    prune_magnitude(mlp, 0.2, out=home / "masks", control="random", k=16, device="cpu")
     print(specdyn.__file__)
 
 

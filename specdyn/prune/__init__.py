@@ -3,19 +3,19 @@ vector agreement. User documentation: ``docs/prune.md``.
 """
 
 from ..errors import PruneError
+from ..store import PruneResults, read_prune_results
 from ._common import (
     MagnitudePruneResult,
     MaskedMatrix,
     MaskedParameter,
     PrunedCheckpoint,
     PrunedMatrix,
-    PruneResults,
     SvdPruneResult,
     Untouched,
     singular_vector_agreement,
     view_indices,
 )
-from ._masks import MAGNITUDE_KINDS, prune_magnitude, read_prune_results
+from ._masks import MAGNITUDE_KINDS, prune_magnitude
 from ._svd import SvdMode, parse_svd_mode, prune_svd, svd_truncate
 
 __all__ = [

@@ -33,7 +33,6 @@ __all__ = [
     "MaskedParameter",
     "MaskedMatrix",
     "MagnitudePruneResult",
-    "PruneResults",
 ]
 
 # How a message names the output path: out (Python) or --out.
@@ -216,32 +215,6 @@ class MagnitudePruneResult:
     def to_dict(self) -> dict:
         """JSON-friendly dict (arrays as lists, NaN → None)."""
         return _jsonable(self)
-
-
-@dataclass
-class PruneResults:
-    """The contents of a ``prune.h5`` (layout in docs/prune.md).
-
-    attrs: file attributes (source, checkpoint, step, fraction, seed, k, score_top,
-    control, specdyn_version, created); matrices / matrix_param / matrix_kind: [M] names;
-    matrix_shape: int64 [M, 2]; matrix_kept_fraction: float64 [M]; parameters /
-    parameter_names: [P] raw keys and canonical names; parameter_size, kept: int64 [P];
-    kept_fraction: float64 [P]; diagonal: mask → float32 [M, k]; score: mask → float64 [M].
-    """
-
-    attrs: dict
-    matrices: list[str]
-    matrix_param: list[str]
-    matrix_kind: list[str]
-    matrix_shape: np.ndarray
-    matrix_kept_fraction: np.ndarray
-    parameters: list[str]
-    parameter_names: list[str]
-    parameter_size: np.ndarray
-    kept: np.ndarray
-    kept_fraction: np.ndarray
-    diagonal: dict[str, np.ndarray]
-    score: dict[str, np.ndarray]
 
 
 # ----------------------------------------------------------------------------- layout

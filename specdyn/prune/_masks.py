@@ -9,16 +9,15 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-import h5py
 import numpy as np
 import safetensors.torch
 import torch
 
 from ..engine import SpectrumEngine
 from ..errors import PruneError, option_ref
-from ..files import atomic_output
 from ..matrices import read_matrices
 from ..sources import plan_output
+from ..store import PRUNE_RESULTS_NAME, PruneResults, write_prune_results
 from ..types import Note
 from ..vectors import agreement_diagonal, agreement_score
 from ..version import __version__
@@ -27,7 +26,6 @@ from ._common import (
     MagnitudePruneResult,
     MaskedMatrix,
     MaskedParameter,
-    PruneResults,
     _check_outputs,
     _compile_keep,
     _default_out,
@@ -37,7 +35,7 @@ from ._common import (
     view_indices,
 )
 
-__all__ = ["MAGNITUDE_KINDS", "MASKS", "prune_magnitude", "read_prune_results"]
+__all__ = ["MAGNITUDE_KINDS", "MASKS", "prune_magnitude"]
 
 MAGNITUDE_KINDS = (
     "linear",
@@ -52,8 +50,6 @@ MAGNITUDE_KINDS = (
 """View kinds a magnitude mask covers (the paper's "linear and convolutional weights")."""
 
 MASKS = ("magnitude", "random")
-_RESULTS_NAME = "prune.h5"
-_RESULTS_SCHEMA = 1
 # How a message names this pruning: prune_magnitude has no specdyn.<name>() twin for
 # command_ref, so both wordings are given.
 _PRUNE_MAGNITUDE = option_ref("specdyn.prune.prune_magnitude()", "specdyn prune --magnitude")
@@ -123,7 +119,9 @@ def prune_magnitude(
     mask_names = ["magnitude"] + (["random"] if control else [])
     name = ckpt.path.parent.name if ckpt.path.name.endswith(".index.json") else ckpt.path.name
     outputs = {m: plan_output(ckpt, out_dir / f"masked-{m}" / name) for m in mask_names}
-    extra = [out_dir / f"masks-{m}.safetensors" for m in mask_names] + [out_dir / _RESULTS_NAME]
+    extra = [out_dir / f"masks-{m}.safetensors" for m in mask_names] + [
+        out_dir / PRUNE_RESULTS_NAME
+    ]
     _check_outputs(src, out_dir, list(outputs.values()), overwrite, extra)
 
     layout = _layout(ckpt, keep_res, MAGNITUDE_KINDS)
@@ -163,7 +161,7 @@ def prune_magnitude(
         k=int(k),
         score_top=int(score_top),
         out=str(out_dir),
-        results=str(out_dir / _RESULTS_NAME),
+        results=str(out_dir / PRUNE_RESULTS_NAME),
         masks=mask_paths,
         checkpoints=ckpt_paths,
         kept=kept,
@@ -411,90 +409,33 @@ def _view_agreements(tensor, originals, masks, engine, k, score_top, rows, notes
 
 
 def _write_results(result: MagnitudePruneResult) -> None:
-    """Write ``prune.h5`` (layout in docs/prune.md), atomically."""
-    path = Path(result.results)
-    text = h5py.string_dtype("utf-8")
-    with atomic_output(path, temp_name=path.name + ".partial") as tmp:
-        with h5py.File(tmp, "w", locking=False) as f:
-            attrs = {
-                "schema": _RESULTS_SCHEMA,
-                "source": result.source,
-                "checkpoint": result.checkpoint,
-                "step": -1 if result.step is None else int(result.step),
-                "fraction": float(result.fraction),
-                "seed": int(result.seed),
-                "k": int(result.k),
-                "score_top": int(result.score_top),
-                "control": result.control or "",
-                "specdyn_version": __version__,
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            }
-            f.attrs.update(attrs)
-            mats, params = result.matrices, result.parameters
-            f.create_dataset("matrices", data=[m.name for m in mats], dtype=text)
-            f.create_dataset("matrix_param", data=[m.param for m in mats], dtype=text)
-            f.create_dataset("matrix_kind", data=[m.kind for m in mats], dtype=text)
-            f.create_dataset(
-                "matrix_shape",
-                data=np.array([m.shape for m in mats], dtype=np.int64).reshape(-1, 2),
-            )
-            f.create_dataset(
-                "matrix_kept_fraction", data=np.array([m.kept_fraction for m in mats], np.float64)
-            )
-            f.create_dataset("parameters", data=[p.key for p in params], dtype=text)
-            f.create_dataset("parameter_names", data=[p.param for p in params], dtype=text)
-            f.create_dataset("parameter_size", data=np.array([p.size for p in params], np.int64))
-            f.create_dataset("kept", data=np.array([p.kept for p in params], np.int64))
-            f.create_dataset(
-                "kept_fraction", data=np.array([p.kept_fraction for p in params], np.float64)
-            )
-            for m, table in result.diagonals.items():
-                group = f.create_group(f"masks/{m}")
-                group.create_dataset("diagonal", data=table.astype(np.float32))
-                group.create_dataset(
-                    "score", data=np.array([x.scores[m] for x in mats], dtype=np.float64)
-                )
-
-
-def read_prune_results(path: str | Path) -> PruneResults:
-    """Read a ``prune.h5`` written by `prune_magnitude` (layout in docs/prune.md).
-
-    Args:
-        path: the file, or the output folder holding it.
-
-    Returns:
-        `PruneResults` (numpy arrays, lists of names, the file's attributes).
-
-    Raises:
-        PruneError: missing file or not a specdyn prune results file.
-    """
-    p = Path(path)
-    if p.is_dir():
-        p = p / _RESULTS_NAME
-    if not p.is_file():
-        raise PruneError(f"{p}: no such prune results file; run {_PRUNE_MAGNITUDE} first", file=p)
-
-    def names(f: h5py.File, key: str) -> list[str]:
-        return [s.decode() if isinstance(s, bytes) else str(s) for s in f[key][()]]
-
-    try:
-        with h5py.File(p, "r", locking=False) as f:
-            attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
-            masks = sorted(f["masks"]) if "masks" in f else []
-            return PruneResults(
-                attrs=attrs,
-                matrices=names(f, "matrices"),
-                matrix_param=names(f, "matrix_param"),
-                matrix_kind=names(f, "matrix_kind"),
-                matrix_shape=f["matrix_shape"][()],
-                matrix_kept_fraction=f["matrix_kept_fraction"][()],
-                parameters=names(f, "parameters"),
-                parameter_names=names(f, "parameter_names"),
-                parameter_size=f["parameter_size"][()],
-                kept=f["kept"][()],
-                kept_fraction=f["kept_fraction"][()],
-                diagonal={m: f[f"masks/{m}/diagonal"][()] for m in masks},
-                score={m: f[f"masks/{m}/score"][()] for m in masks},
-            )
-    except (OSError, KeyError) as exc:
-        raise PruneError(f"{p}: not a readable prune results file ({exc})", file=p) from None
+    """Write ``prune.h5`` through the store (layout in docs/prune.md), atomically."""
+    mats, params = result.matrices, result.parameters
+    attrs = {
+        "source": result.source,
+        "checkpoint": result.checkpoint,
+        "step": -1 if result.step is None else int(result.step),
+        "fraction": float(result.fraction),
+        "seed": int(result.seed),
+        "k": int(result.k),
+        "score_top": int(result.score_top),
+        "control": result.control or "",
+        "specdyn_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    results = PruneResults(
+        attrs=attrs,
+        matrices=[m.name for m in mats],
+        matrix_param=[m.param for m in mats],
+        matrix_kind=[m.kind for m in mats],
+        matrix_shape=np.array([m.shape for m in mats], dtype=np.int64).reshape(-1, 2),
+        matrix_kept_fraction=np.array([m.kept_fraction for m in mats], np.float64),
+        parameters=[p.key for p in params],
+        parameter_names=[p.param for p in params],
+        parameter_size=np.array([p.size for p in params], np.int64),
+        kept=np.array([p.kept for p in params], np.int64),
+        kept_fraction=np.array([p.kept_fraction for p in params], np.float64),
+        diagonal=dict(result.diagonals),
+        score={m: np.array([x.scores[m] for x in mats], np.float64) for m in result.diagonals},
+    )
+    write_prune_results(result.results, results)

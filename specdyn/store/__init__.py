@@ -8,7 +8,8 @@ records), ``_plan`` (what a store is built from; a request checked against a sto
 ``_sections`` and ``_reader`` (`Run` and its sections), ``_vectors`` and ``_training``
 (the optional sections), ``_lock`` (one writer per store), ``_workspace`` and
 ``_listing`` (where stores live, `list_runs`), ``_comparison`` (what `specdyn compare`
-writes, and `Comparison` to read it).
+writes, and `Comparison` to read it), ``_prune_results`` (``prune.h5`` of
+`specdyn.prune.prune_magnitude`).
 """
 
 from ._comparison import (
@@ -21,6 +22,12 @@ from ._comparison import (
 from ._layout import SCHEMA_VERSION
 from ._listing import RunSummary, list_runs
 from ._lock import WriterLock, is_being_written, lock_path_for
+from ._prune_results import (
+    PRUNE_RESULTS_NAME,
+    PruneResults,
+    read_prune_results,
+    write_prune_results,
+)
 from ._reader import Run, open_run
 from ._records import MatrixRecord, StepRecord
 from ._sections import RunAgreement, RunAlignment, RunTraining, RunValues, RunVectors
@@ -43,6 +50,10 @@ from ._workspace import (
 from ._writer import StoreWriter
 
 __all__ = [
+    "PRUNE_RESULTS_NAME",
+    "PruneResults",
+    "read_prune_results",
+    "write_prune_results",
     "Comparison",
     "ComparisonResult",
     "DEFAULT_HOME",
