@@ -144,45 +144,47 @@ class FigureKind:
     writes_folder: bool = False
 
 
-def _alignment_figure(
+def _alignment_figure(run: Run, *, pair: str | None = None, **options) -> Figure | Axes:
+    """The alignment score a(t) of every pair; with `pair`, that pair's A_ii beside it."""
+    return _detail_beside_scores(
+        run, pair, plot_alignment, plot_alignment_score, "pairs", run.find_pair, "every pair",
+        **options,
+    )  # fmt: skip
+
+
+def _agreement_figure(run: Run, *, matrix: str | None = None, **options) -> Figure | Axes:
+    """The agreement score s(t) of every matrix; with `matrix`, its S_ii beside it."""
+    return _detail_beside_scores(
+        run, matrix, plot_agreement, plot_agreement_score, "matrices", run.find_matrix,
+        "every matrix", **options,
+    )  # fmt: skip
+
+
+def _detail_beside_scores(
     run: Run,
+    subject: str | None,
+    detail: Callable[..., Axes],
+    scores: Callable[..., Axes],
+    rows_option: str,
+    find: Callable[[str], str],
+    everything: str,
     *,
-    pair: str | None = None,
     matrices: str | None = None,
     top: int | None = None,
     size: tuple[float, float] | None = None,
     title: str | None = None,
     **shared,
 ) -> Figure | Axes:
-    """The alignment score a(t) of every pair; with `pair`, that pair's A_ii beside it
-    (`shared`: steps, log_x, cmap)."""
-    if not pair:
-        return plot_alignment_score(run, pairs=matrices, size=size, title=title, **shared)
+    """The score heatmap of every row alone, or, with `subject`, its diagonal (`detail`)
+    on the left of the scores (`shared`: steps, log_x, cmap; `matrices` filters the score
+    rows through the figure's `rows_option`)."""
+    rows = {rows_option: matrices}
+    if not subject:
+        return scores(run, size=size, title=title, **rows, **shared)
     fig, (left, right) = _two_panels(size)
-    plot_alignment(run, pair, ax=left, top=top, title="", **shared)
-    plot_alignment_score(run, ax=right, pairs=matrices, title="", **shared)
-    _title_panels(fig, run, left, _resolve(run.find_pair, pair), right, "every pair", title)
-    return fig
-
-
-def _agreement_figure(
-    run: Run,
-    *,
-    matrix: str | None = None,
-    matrices: str | None = None,
-    top: int | None = None,
-    size: tuple[float, float] | None = None,
-    title: str | None = None,
-    **shared,
-) -> Figure | Axes:
-    """The agreement score s(t) of every matrix; with `matrix`, its S_ii beside it
-    (`shared`: steps, log_x, cmap)."""
-    if not matrix:
-        return plot_agreement_score(run, matrices=matrices, size=size, title=title, **shared)
-    fig, (left, right) = _two_panels(size)
-    plot_agreement(run, matrix, ax=left, top=top, title="", **shared)
-    plot_agreement_score(run, ax=right, matrices=matrices, title="", **shared)
-    _title_panels(fig, run, left, _resolve(run.find_matrix, matrix), right, "every matrix", title)
+    detail(run, subject, ax=left, top=top, title="", **shared)
+    scores(run, ax=right, title="", **rows, **shared)
+    _title_panels(fig, run, left, _resolve(find, subject), right, everything, title)
     return fig
 
 

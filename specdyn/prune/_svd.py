@@ -35,12 +35,8 @@ from ..types import Note
 from ..views import MatrixView
 from ._common import (
     _OUT,
-    MagnitudePruneResult,
-    MaskedMatrix,
-    MaskedParameter,
     PrunedCheckpoint,
     PrunedMatrix,
-    PruneResults,
     SvdPruneResult,
     Untouched,
     _check_outputs,
@@ -51,31 +47,9 @@ from ._common import (
     _layout,
     _relative_target,
     _write_view,
-    singular_vector_agreement,
-    view_indices,
 )
-from ._masks import MAGNITUDE_KINDS, prune_magnitude, read_prune_results
 
-__all__ = [
-    "MAGNITUDE_KINDS",
-    "PruneError",
-    "SvdMode",
-    "parse_svd_mode",
-    "svd_truncate",
-    "view_indices",
-    "singular_vector_agreement",
-    "prune_svd",
-    "prune_magnitude",
-    "read_prune_results",
-    "Untouched",
-    "PrunedMatrix",
-    "PrunedCheckpoint",
-    "SvdPruneResult",
-    "MaskedParameter",
-    "MaskedMatrix",
-    "MagnitudePruneResult",
-    "PruneResults",
-]
+__all__ = ["SvdMode", "parse_svd_mode", "prune_svd", "svd_truncate"]
 
 # How a message names the mode: prune_svd's mode (Python) or --svd.
 _MODE = option_ref("mode", "--svd")
