@@ -207,3 +207,34 @@ def test_only_the_store_opens_hdf5_files():
         )
     ]
     assert outside == []
+
+
+def _functions(module: str):
+    tree = ast.parse(MODULES[module].read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            for item in node.body:
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    yield f"{node.name}.{item.name}", item
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield node.name, node
+
+
+def test_no_function_is_over_120_lines():
+    long = [
+        f"{module}:{name} {node.end_lineno - node.lineno + 1}"
+        for module in MODULES
+        for name, node in _functions(module)
+        if node.end_lineno - node.lineno + 1 > 120
+    ]
+    assert long == []
+
+
+def test_the_analysis_run_is_made_of_short_named_steps():
+    methods = {
+        name: node.end_lineno - node.lineno + 1
+        for name, node in _functions("specdyn.analysis._run")
+        if name.startswith("_AnalysisRun.")
+    }
+    assert len(methods) >= 8  # plan views, pairs, open the store, order, analyse one step…
+    assert {n: length for n, length in methods.items() if length >= 60} == {}
