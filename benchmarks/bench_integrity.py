@@ -19,11 +19,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+from _baseline import baseline_worktree
 from bench_analyze import checkpoint_folder, run_child
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,13 +70,7 @@ def main() -> None:
         _child(args.child, args.dir)
         return
     folder, size = checkpoint_folder(args.dir, args.checkpoints)
-    worktree = Path(tempfile.mkdtemp(prefix="bench-baseline-")) / "tree"
-    subprocess.run(
-        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(worktree), args.baseline],
-        check=True,
-        capture_output=True,
-    )
-    try:
+    with baseline_worktree(args.baseline) as worktree:
         modes = [m.strip() for m in args.modes.split(",")]
         times: dict[tuple[str, str], list[float]] = {}
         for _ in range(args.repeat):
@@ -96,11 +90,6 @@ def main() -> None:
             now = statistics.median(times[(mode, "now")])
             base = statistics.median(times[(mode, "baseline")])
             print(f"{mode:<10}{now:>10.2f}{base:>12.2f}{now / base:>8.3f}")
-    finally:
-        subprocess.run(
-            ["git", "-C", str(REPO), "worktree", "remove", "--force", str(worktree)],
-            capture_output=True,
-        )
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from _baseline import baseline_worktree
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "fixtures"
@@ -142,13 +143,7 @@ def main() -> None:
         _write_stores(args.child)
         return
     scratch = Path(tempfile.mkdtemp(prefix="check-store-bytes-"))
-    worktree = scratch / "tree"
-    subprocess.run(
-        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(worktree), args.baseline],
-        check=True,
-        capture_output=True,
-    )
-    try:
+    with baseline_worktree(args.baseline) as worktree:
         homes = {"now": scratch / "now", "baseline": scratch / "baseline"}
         for label, root in (("now", None), ("baseline", worktree)):
             homes[label].mkdir()
@@ -172,11 +167,6 @@ def main() -> None:
                 print(f"    {line}")
         print(f"{len(stores) - failures}/{len(stores)} stores equal to {args.baseline}'s")
         raise SystemExit(1 if failures else 0)
-    finally:
-        subprocess.run(
-            ["git", "-C", str(REPO), "worktree", "remove", "--force", str(worktree)],
-            capture_output=True,
-        )
 
 
 if __name__ == "__main__":
