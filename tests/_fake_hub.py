@@ -9,7 +9,7 @@
         hub.fail_after("EleutherAI/pythia-14m", "pytorch_model.bin", 4096)  # next GET truncated
         hub.offline = True                                   # connections refused
 
-A hostile hub (tests/test_hub_security.py) lies about what it serves:
+A hostile hub (tests/pythia/test_hub_security.py) lies about what it serves:
         hub.tamper_file(repo_id, "pytorch_model.bin", sha256="../../x")  # model info, tree
         hub.tamper_file(repo_id, "config.json", headers={"ETag": '"../x"'})  # resolve answers
         hub.tamper_file(repo_id, "config.json", missing=True)  # resolve answers 404

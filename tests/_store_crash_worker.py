@@ -1,4 +1,4 @@
-"""Writes a store with deterministic data, for the kill -9 tests of tests/test_store.py.
+"""Writes a store with deterministic data, for the kill -9 tests of tests/store/test_store.py.
 
     python tests/_store_crash_worker.py STORE '{"known": [0, 10, 20], ...}'
 
