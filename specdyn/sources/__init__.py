@@ -2,8 +2,10 @@
 
 - `discover(path)` walks a folder (or takes one file), groups files into checkpoints
   (one weight file; a sharded set with its ``*.index.json``; a Hugging Face model folder
-  or Trainer ``checkpoint-N/`` folder as one checkpoint), finds each checkpoint's step
-  (metadata first, then the name), resolves duplicates and splits a folder of runs.
+  or Trainer ``checkpoint-N/`` folder as one checkpoint, diffusers' ``unet/`` and the
+  like included), finds each checkpoint's step (metadata first, then its name, then the
+  nearest folder above it whose name gives one), resolves duplicates and splits a folder
+  of runs (and of models, ``checkpoint-N/unet/`` beside ``checkpoint-N/text_encoder/``).
 - `open_checkpoint(path)` opens one checkpoint (file, index or folder).
 - `Checkpoint.open()` gives a `TensorReader` that reads one tensor at a time with a
   positioned read: memory holds the tensor being read, not the checkpoint.

@@ -21,6 +21,7 @@ __all__ = [
     "Fingerprint",
     "open_checkpoint",
     "probe",
+    "assign_ancestor_step",
     "folder_weights",
     "is_trainer_extra",
     "HF_WEIGHT_FILES",
@@ -28,16 +29,23 @@ __all__ = [
 ]
 
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
-# Weight files of a Hugging Face model folder, in the order they are preferred.
+# Weight files of a Hugging Face model folder (transformers, then diffusers' model
+# components such as unet/), in the order they are preferred.
 HF_WEIGHT_FILES = (
     "model.safetensors.index.json",
     "model.safetensors",
     "pytorch_model.bin.index.json",
     "pytorch_model.bin",
+    "diffusion_pytorch_model.safetensors.index.json",
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.bin.index.json",
+    "diffusion_pytorch_model.bin",
 )
-# Files a Trainer or training script keeps beside the weights: never weights themselves.
+# Files a Trainer, Accelerate's save_state or a training script keeps beside the weights:
+# never weights themselves.
 _TRAINER_EXTRA = re.compile(
-    r"^(optimizer\.pt|optimizer\.bin|scheduler\.pt|scaler\.pt|training_args\.bin|rng_state.*\.pth)$"
+    r"^(optimizer(_\d+)?\.(pt|bin)|scheduler(_\d+)?\.(pt|bin)|scaler\.pt|training_args\.bin"
+    r"|rng_state.*\.pth)$"
 )
 _HASH_CHUNK = 8 * 2**20
 
@@ -76,7 +84,9 @@ class Checkpoint:
     "torch-legacy", "safetensors", "torch-sharded" or "safetensors-sharded".
     step / epoch: the training step and epoch (None when unknown); step_origin says where
     the step came from ("metadata:global_step", "metadata:step", "trainer_state.json",
-    "name", "metadata:epoch" / "name:epoch" for epoch-unit runs, "default").
+    "name", "ancestor name" for a folder above it such as ``checkpoint-500/`` in
+    ``checkpoint-500/unet/``, "metadata:epoch" / "name:epoch" / "ancestor name:epoch"
+    for epoch-unit runs, "default").
     config: ``config.json`` in the folder or beside the file. scalars: numeric top-level
     metadata (e.g. loss, global_step; for Trainer folders trainer_state.json's numbers).
     """
@@ -92,6 +102,7 @@ class Checkpoint:
     _index: Path | None = field(default=None, repr=False)
     _name_step: int | None = field(default=None, repr=False)
     _epoch_origin: str = field(default="", repr=False)
+    _step_folder: Path | None = field(default=None, repr=False)
     _signature: str = field(default="", repr=False)
     _fingerprint: Fingerprint | None = field(default=None, repr=False)
     _digest: str | None = field(default=None, repr=False)
@@ -216,12 +227,32 @@ def probe(path: Path, kind: str) -> tuple[Checkpoint, list[Note]]:
     _assign_step(ckpt, state, from_name, notes)
     if ckpt.step is None and ckpt.epoch is None and kind == "file":
         # model.pt inside step_1200/: the folder names the step (explicit markers only).
-        parent = steps_from_name(path.parent.name, trailing=False)
-        if parent.step is not None:
-            ckpt.step, ckpt.step_origin, ckpt._name_step = parent.step, "name", parent.step
-        elif parent.epoch is not None:
-            ckpt.epoch, ckpt._epoch_origin = parent.epoch, "name:epoch"
+        _take_folder_step(ckpt, path.parent, "name")
     return ckpt, notes
+
+
+def assign_ancestor_step(ckpt: Checkpoint, root: Path) -> None:
+    """Give a checkpoint with neither step nor epoch those of its nearest ancestor folder
+    strictly below `root` whose name has an explicit marker (``checkpoint-500/unet/``,
+    ``step_500/model/``, ``epoch=3-step=500/``); step origin "ancestor name"."""
+    if ckpt.step is not None or ckpt.epoch is not None or not ckpt.path.is_relative_to(root):
+        return
+    for folder in ckpt.path.parents:
+        if folder == root or not folder.is_relative_to(root):
+            return
+        if _take_folder_step(ckpt, folder, "ancestor name"):
+            ckpt._step_folder = folder
+            return
+
+
+def _take_folder_step(ckpt: Checkpoint, folder: Path, origin: str) -> bool:
+    """Take the step (else the epoch) a folder's explicit name markers give; whether any did."""
+    named = steps_from_name(folder.name, trailing=False)
+    if named.step is not None:
+        ckpt.step, ckpt.step_origin, ckpt._name_step = named.step, origin, named.step
+    elif named.epoch is not None:
+        ckpt.epoch, ckpt._epoch_origin = named.epoch, f"{origin}:epoch"
+    return named.step is not None or named.epoch is not None
 
 
 def _assign_step(ckpt: Checkpoint, trainer_state: dict, from_name, notes: list[Note]) -> None:
@@ -254,6 +285,15 @@ def _assign_step(ckpt: Checkpoint, trainer_state: dict, from_name, notes: list[N
     epoch_origin = "metadata:epoch" if epoch is not None else ""
     if epoch is None and from_name.epoch is not None:
         epoch, epoch_origin = from_name.epoch, "name:epoch"
+    if from_name.init and (origin == "name" or (step is None and epoch_origin == "name:epoch")):
+        unit = "step" if origin == "name" else "epoch"
+        notes.append(
+            Note(
+                "init-name",
+                f"{ckpt.path}: its name marks the initialisation; analysed as {unit} 0",
+                str(ckpt.path),
+            )
+        )
     ckpt.step, ckpt.step_origin, ckpt.epoch, ckpt._epoch_origin = step, origin, epoch, epoch_origin
 
 

@@ -14,6 +14,7 @@ from ..types import Note
 from ._checkpoint import (
     WEIGHT_SUFFIXES,
     Checkpoint,
+    assign_ancestor_step,
     folder_weights,
     is_trainer_extra,
     probe,
@@ -65,9 +66,12 @@ def discover(path: str | Path) -> Discovery:
     skipped), groups files into checkpoints (one weight file; a sharded set with its
     ``*.index.json``; an HF model folder or Trainer ``checkpoint-N/`` as one checkpoint,
     ignoring optimizer/scheduler/RNG state), finds each step (metadata first, then the
-    name), resolves duplicates (same step and same weights: kept once, noted; a file with
-    no step is matched to a step by its weights or skipped with a note), and splits a
-    folder whose subfolders each hold a trajectory into several runs.
+    name, then the nearest folder below `path` whose name gives one, as in
+    ``checkpoint-500/unet/``), resolves duplicates (same step and same weights: kept once,
+    noted; a file with no step is matched to a step by its weights or skipped with a
+    note), splits a folder whose subfolders each hold a trajectory into several runs, and
+    splits a run whose step folders each hold several models (``checkpoint-N/unet/``,
+    ``checkpoint-N/text_encoder/``) into one run per model (``<run>-unet``).
 
     Returns:
         Discovery(runs, notes); every run has at least one checkpoint.
@@ -100,6 +104,8 @@ def discover(path: str | Path) -> Discovery:
             notes.append(Note("unreadable", f"{cand.path}: cannot be read ({exc})", str(cand.path)))
             continue
         notes.extend(probe_notes)
+        if root.is_dir():
+            assign_ancestor_step(ckpt, root)
         unstorable = _unstorable_step(ckpt)
         if unstorable is not None:
             notes.append(Note("bad-step", unstorable, str(cand.path)))
@@ -111,8 +117,16 @@ def discover(path: str | Path) -> Discovery:
             f"{root}: no readable checkpoint ({len(candidates)} tried): {problems}"
         )
 
-    groups = _split_runs(root, found, notes)
-    names = _run_names(root, [g for g, _ in groups])
+    folders = _split_runs(root, found, notes)
+    names = _run_names(root, [g for g, _ in folders])
+    groups = _split_models(
+        [
+            (run_root, members, name)
+            for (run_root, members), name in zip(folders, names, strict=True)
+        ],
+        notes,
+    )
+    names = [name for _, _, name in groups]
     if len(groups) > 1:
         notes.append(
             Note(
@@ -122,7 +136,7 @@ def discover(path: str | Path) -> Discovery:
             )
         )
     runs = []
-    for (run_root, members), name in zip(groups, names, strict=True):
+    for run_root, members, name in groups:
         run = _order_run(name, run_root, members, notes)
         if run.checkpoints:
             runs.append(run)
@@ -139,8 +153,11 @@ def _unstorable_step(ckpt: Checkpoint) -> str | None:
         ("epoch", ckpt.epoch, ckpt._epoch_origin),
     ):
         if step_out_of_range(value):
-            from_name = origin.startswith("name")
-            where = "its name" if from_name else f"its {origin or 'metadata'}"
+            from_name = origin.startswith(("name", "ancestor name"))
+            if origin.startswith("ancestor name"):
+                where = f"the name of {ckpt._step_folder}"
+            else:
+                where = "its name" if from_name else f"its {origin or 'metadata'}"
             fix = f"rename it with its real {what}" if from_name else f"fix the {what} it records"
             return (
                 f"{ckpt.path}: skipped: {where} gives {what} {value}, more than a store can hold "
@@ -315,6 +332,53 @@ def _split_runs(
             continue
         out.extend(_split_runs(base / child, members, notes))
     return out
+
+
+def _split_models(
+    runs: list[tuple[Path, list[Checkpoint], str]], notes: list[Note]
+) -> list[tuple[Path, list[Checkpoint], str]]:
+    """Split each (run root, checkpoints, name) whose step folders hold several models
+    (``checkpoint-N/unet/`` and ``checkpoint-N/text_encoder/``: different models, not
+    duplicates of one step) into one run per model, named ``<name>-<model>``."""
+    out = []
+    for run_root, members, name in runs:
+        models = {_model_below_step_folder(c) for c in members} - {None}
+        if len(models) < 2:
+            out.append((run_root, members, name))
+            continue
+        by_model: dict[str, list[Checkpoint]] = defaultdict(list)
+        for c in members:
+            model = _model_below_step_folder(c)
+            if model is None and c.path.name in models:  # a final model saved as <out>/unet/
+                model = c.path.name
+            if model is not None:
+                by_model[model].append(c)
+            elif _claimed(c) is not None:
+                by_model[""].append(c)
+            else:
+                notes.append(
+                    Note(
+                        "no-step",
+                        f"{c.path}: skipped: no step in its metadata or name, and {run_root} holds "
+                        f"several models ({', '.join(sorted(models))}); analyse it on its own or "
+                        "rename it (e.g. step_1000.pt)",
+                        str(c.path),
+                    )
+                )
+        for model in sorted(by_model):
+            suffix = "-" + model.replace("/", "-") if model else ""
+            out.append((run_root, by_model[model], name + suffix))
+    return out
+
+
+def _model_below_step_folder(ckpt: Checkpoint) -> str | None:
+    """Where a checkpoint lies below the folder that gave its step ("unet" for
+    ``checkpoint-500/unet/``), or None when its step did not come from a folder above it."""
+    if ckpt._step_folder is None:
+        return None
+    holder = ckpt.path if ckpt.path.is_dir() else ckpt.path.parent
+    parts = holder.relative_to(ckpt._step_folder).parts
+    return "/".join(parts) if parts else None
 
 
 def _separate(groups: dict[str, list[Checkpoint]]) -> bool:

@@ -29,16 +29,22 @@ _EPOCH = re.compile(rf"(?<![a-z])epoch{_SEP}(\d+)", re.IGNORECASE)
 # A bare trailing number (model_500, 1200): a step, unless it is a shard counter.
 _TRAILING = re.compile(r"(?:^|[_\-])(\d+)$")
 _SHARD = re.compile(r"\d+-of-\d+$", re.IGNORECASE)
+# Initialisation names (the whole name): step 0, or epoch 0 for epoch_init. Anchored so that
+# initializer_run or init_lr_0.1 are not taken for one.
+_INIT_STEP = re.compile(r"^(?:init|initial|untrained|step_init|.+_init)$", re.IGNORECASE)
+_INIT_EPOCH = re.compile(r"^epoch_init$", re.IGNORECASE)
 _GENERIC = re.compile(r"(?<![a-z])(last|best|final|latest)(?![a-z])", re.IGNORECASE)
 _WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
 
 @dataclass(frozen=True)
 class NameSteps:
-    """What a name says: `step` and `epoch` (None when absent)."""
+    """What a name says: `step` and `epoch` (None when absent); `init`: the name marks the
+    initialisation (``init``, ``epoch_init``, ``model_init``…), which is step or epoch 0."""
 
     step: int | None
     epoch: int | None
+    init: bool = False
 
 
 def checkpoint_name(filename: str) -> str:
@@ -57,7 +63,10 @@ def steps_from_name(name: str, *, trailing: bool = True) -> NameSteps:
 
     Recognises ``step_1200``, ``step-1200``, ``step1200``, ``epoch=3-step=500`` (step 500,
     epoch 3), ``checkpoint-500``, ``ckpt_000100``, ``iter_0000500``, ``epoch_7`` (epoch
-    only) and, with `trailing`, a bare trailing number (``model_500``, ``1200``).
+    only) and, with `trailing` (a checkpoint's own name, not a folder above it), a bare
+    trailing number (``model_500``, ``1200``) and initialisation names: step 0 (``init``, ``initial``,
+    ``untrained``, ``step_init``, ``model_init``, any ``*_init``) or epoch 0
+    (``epoch_init``), with `init` set.
     """
     step = None
     for pattern in _STEP_PATTERNS:
@@ -71,6 +80,11 @@ def steps_from_name(name: str, *, trailing: bool = True) -> NameSteps:
         m = _TRAILING.search(name)
         if m:
             step = int(m.group(1))
+    if step is None and epoch is None and trailing:
+        if _INIT_EPOCH.match(name):
+            return NameSteps(None, 0, init=True)
+        if _INIT_STEP.match(name):
+            return NameSteps(0, None, init=True)
     return NameSteps(step, epoch)
 
 
