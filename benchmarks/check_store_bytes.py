@@ -12,6 +12,10 @@ left out, since they describe the invocation.
 
     python benchmarks/check_store_bytes.py                  # against HEAD
     python benchmarks/check_store_bytes.py --baseline 8edf5e5
+    python benchmarks/check_store_bytes.py --baseline 30079fc --added /steps/origin
+
+``--added PATH`` names a dataset or group that this tree adds on purpose (a schema
+addition): it is listed, and everything else must still match.
 """
 
 from __future__ import annotations
@@ -56,8 +60,9 @@ def _write_stores(home: Path) -> None:
     print(specdyn.__file__)
 
 
-def _differences(a: h5py.File, b: h5py.File) -> list[str]:
-    """Every way the two files differ, one line each (empty when they are equal)."""
+def _differences(a: h5py.File, b: h5py.File, added: frozenset[str] = frozenset()) -> list[str]:
+    """Every way the two files differ, one line each (empty when they are equal); members
+    of `a` named in `added` are left out of the comparison."""
     out: list[str] = []
 
     def attributes(x: h5py.HLObject, y: h5py.HLObject) -> None:
@@ -72,10 +77,11 @@ def _differences(a: h5py.File, b: h5py.File) -> list[str]:
 
     def visit(x: h5py.Group, y: h5py.Group) -> None:
         attributes(x, y)
-        if list(x.keys()) != list(y.keys()):
-            out.append(f"{x.name}: members {list(x.keys())} != {list(y.keys())}")
+        mine = [k for k in x.keys() if f"{x.name.rstrip('/')}/{k}" not in added]
+        if mine != list(y.keys()):
+            out.append(f"{x.name}: members {mine} != {list(y.keys())}")
             return
-        for key in x:
+        for key in mine:
             u, v = x[key], y[key]
             if isinstance(u, h5py.Group) != isinstance(v, h5py.Group):
                 out.append(f"{u.name}: a group on one side only")
@@ -137,6 +143,12 @@ def main() -> None:
     """Write the stores with both trees and report every difference."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", default="HEAD", help="git revision to compare with")
+    parser.add_argument(
+        "--added",
+        action="append",
+        default=[],
+        help="an HDF5 path this tree adds on purpose (repeatable), e.g. /steps/origin",
+    )
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -160,9 +172,11 @@ def main() -> None:
                 h5py.File(homes["now"] / rel, "r") as a,
                 h5py.File(homes["baseline"] / rel, "r") as b,
             ):
-                diffs = _differences(a, b)
+                diffs = _differences(a, b, frozenset(args.added))
+                extra = [p for p in args.added if p in a and p not in b]
             failures += bool(diffs)
-            print(f"{rel}: " + ("equal" if not diffs else "DIFFERENT"))
+            note = f" (added: {', '.join(extra)})" if extra else ""
+            print(f"{rel}: " + ("equal" if not diffs else "DIFFERENT") + note)
             for line in diffs[:20]:
                 print(f"    {line}")
         print(f"{len(stores) - failures}/{len(stores)} stores equal to {args.baseline}'s")

@@ -8,19 +8,27 @@ step through the engine and writes the store. Re-running adds only what is missi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import fnmatch
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..engine import SpectrumEngine
 from ..errors import SpecdynError, option_ref
-from ..sources import discover, read_training_log
-from ..store import resolve_home, store_path_for
+from ..sources import Discovery, RunSource, discover, read_training_log
+from ..store import CheckpointProblem, resolve_home, store_path_for
 from ._records import AnalyzeResult, ComputeOptions, MatrixSelection, Progress
 from ._run import analyze_stream
 from ._stepstream import LocalSteps
 from ._vector_step import VectorOptions
 
 __all__ = ["analyze"]
+
+# Discovery note kinds that mean "a checkpoint was found and could not be analysed"
+# (specdyn.sources): kept in the store's /problems and counted as such by `runs`.
+PROBLEM_KINDS = frozenset(
+    {"missing", "unreadable", "corrupt", "unsafe-index", "unsafe-pickle", "bad-step", "no-step"}
+)
 
 
 def analyze(
@@ -44,7 +52,8 @@ def analyze(
         home: the workspace folder (default `SPECDYN_HOME`, else ./specdyn-runs).
         name: the store name for the run (default: the run folder's name). With
             several runs in `path`, a prefix: stores are named `<name>-<run>`.
-        run: when `path` holds several runs, analyse only the one of this name.
+        run: when `path` holds several runs, analyse only those whose name matches
+            this glob (``runA``, ``run*``, ``*-unet``).
         steps: the `--steps` grammar (docs/runs.md#steps-grammar) (training steps, not indices).
         matrices: which matrices to analyse (regexes on canonical names).
         compute: device, precision, exactness and memory bound of the engine.
@@ -66,8 +75,12 @@ def analyze(
     Returns:
         AnalyzeResult with, per run, the store path, steps computed now and
         before, matrices analysed, skipped parameters by reason, methods used
-        (name → number of matrices), and warnings (`Note`s: NaN/Inf weights,
-        all-zero matrices, duplicates, engine fallbacks, changed sources).
+        (name → number of matrices), warnings (`Note`s: NaN/Inf weights,
+        all-zero matrices, duplicates, engine fallbacks, changed sources) and
+        `problems`: the run's checkpoints that were found but could not be
+        analysed (corrupt, unsafe, unreadable, no step), also written to its store
+        (``/problems``) so that ``specdyn runs`` does not call it complete.
+        `AnalyzeResult.incomplete` is what ``--strict`` exits 1 on.
 
     Raises:
         SpecdynError subclasses with one-line messages (no checkpoints, unsafe
@@ -80,14 +93,7 @@ def analyze(
     if vectors is not None:
         vectors.validate()
     discovery = discover(path)
-    sources = discovery.runs
-    if run is not None:
-        sources = [r for r in sources if r.name == run]
-        if not sources:
-            names = ", ".join(r.name for r in discovery.runs)
-            raise SpecdynError(
-                f"{path}: no run named {run!r}; runs found: {names}", file=path, option="run"
-            )
+    sources = _chosen_runs(discovery, run, path)
     if metrics_file is not None and len(sources) > 1:
         names = ", ".join(r.name for r in sources)
         raise SpecdynError(
@@ -124,7 +130,59 @@ def analyze(
                 overwrite=overwrite,
                 on_progress=on_progress,
                 training=training,
+                problems=_problems_of(source, discovery),
             )
         )
         results[-1].notes[:0] = training_notes
     return AnalyzeResult(runs=results, notes=list(discovery.notes))
+
+
+def _chosen_runs(discovery: Discovery, pattern: str | None, path: str | Path) -> list[RunSource]:
+    """The runs whose name matches the ``--run`` glob (all without one)."""
+    if pattern is None:
+        return list(discovery.runs)
+    chosen = [r for r in discovery.runs if fnmatch.fnmatchcase(r.name, pattern)]
+    if not chosen:
+        names = ", ".join(r.name for r in discovery.runs)
+        raise SpecdynError(
+            f"{path}: no run matches {option_ref('run')} {pattern!r}; runs found: {names}",
+            file=path,
+            option="run",
+        )
+    return chosen
+
+
+def _problems_of(source: RunSource, discovery: Discovery) -> list[CheckpointProblem]:
+    """The checkpoints found in `source`'s folder that no run analyses (unreadable,
+    unsafe, no step), from the discovery notes: one in a run's own folder belongs to that
+    run, one in a folder shared by several runs (or beside their folders) to each."""
+    analysed = {str(c.path) for r in discovery.runs for c in r.checkpoints}
+    roots = [Path(r.root) for r in discovery.runs]
+    out = []
+    for note in discovery.notes:
+        if note.kind not in PROBLEM_KINDS or not note.path or note.path in analysed:
+            continue
+        if note.path.endswith(".json") and not note.path.endswith(".index.json"):
+            continue  # a config or trainer-state sidecar: a note, not a lost checkpoint
+        # a file in no run's folder (beside the runs' subfolders) belongs to every run
+        owners = _owner_roots(Path(note.path), roots) or roots
+        if Path(source.root) in owners:
+            out.append(CheckpointProblem(note.path, note.kind, note.message))
+    return out
+
+
+def _owner_roots(file: Path, roots: Sequence[Path]) -> list[Path]:
+    """The deepest run roots that hold `file` (several when runs share a folder)."""
+    holding = [r for r in roots if r == file or _is_below(file, r)]
+    if not holding:
+        return []
+    depth = max(len(r.parts) for r in holding)
+    return [r for r in holding if len(r.parts) == depth]
+
+
+def _is_below(file: Path, root: Path) -> bool:
+    """Whether `file` lies inside the folder `root` (by path, without resolving links)."""
+    try:
+        return os.path.commonpath([str(file), str(root)]) == str(root)
+    except ValueError:
+        return False

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from ..store import CheckpointProblem
 from ..types import Note
 
 __all__ = ["ComputeOptions", "MatrixSelection", "Progress", "RunAnalysis", "AnalyzeResult"]
@@ -82,6 +83,14 @@ class RunAnalysis:
     pairs_preset: str = ""
     steps_with_vectors: list[int] = field(default_factory=list)
     steps_failed: list[int] = field(default_factory=list)
+    # checkpoints of the run that were found but could not be analysed (also in the store)
+    problems: list[CheckpointProblem] = field(default_factory=list)
+
+    @property
+    def incomplete(self) -> bool:
+        """Whether a checkpoint of the run could not be analysed (unreadable, unsafe, no
+        step, or failed while read): what ``--strict`` turns into exit status 1."""
+        return bool(self.problems or self.steps_failed)
 
     def to_dict(self) -> dict:
         """JSON-serialisable form (for `--json`)."""
@@ -96,6 +105,11 @@ class AnalyzeResult:
 
     runs: list[RunAnalysis]
     notes: list[Note]
+
+    @property
+    def incomplete(self) -> bool:
+        """Whether any run has a checkpoint that could not be analysed (``--strict``)."""
+        return any(r.incomplete for r in self.runs)
 
     def to_dict(self) -> dict:
         """JSON-serialisable form (for `--json`)."""

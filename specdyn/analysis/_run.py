@@ -36,7 +36,15 @@ from ..metrics import spectral_metrics
 from ..pairs import Operand, PairPlan, plan_pairs
 from ..sources import Checkpoint, TensorReader
 from ..steps import select_steps
-from ..store import MatrixRecord, StepRecord, StepVectors, StoreWriter, VectorLayout, open_run
+from ..store import (
+    CheckpointProblem,
+    MatrixRecord,
+    StepRecord,
+    StepVectors,
+    StoreWriter,
+    VectorLayout,
+    open_run,
+)
 from ..types import Note, TrainingLog
 from ..vectors import TopK
 from ..version import __version__
@@ -77,6 +85,7 @@ def analyze_stream(
     on_progress: Callable[[Progress], None] | None = None,
     flags: dict[int, str] | None = None,
     training: TrainingLog | None = None,
+    problems: Sequence[CheckpointProblem] | None = None,
 ) -> RunAnalysis:
     """Analyse the steps of one run, as `source` provides them, into the store at `store_path`.
 
@@ -107,6 +116,9 @@ def analyze_stream(
         flags: step → a short text the store keeps for plots to mark (a duplicate, a
             suspect revision).
         training: training metrics stored with the run.
+        problems: the run's checkpoints that were found but cannot be analysed, kept in
+            the store (``/problems``) so that it is not listed as complete; None keeps
+            what the store has (a stream that does not discover checkpoints).
 
     Returns:
         `RunAnalysis`: steps computed now and before, matrices, skips, methods used,
@@ -138,6 +150,8 @@ def analyze_stream(
         engine=engine,
         on_progress=on_progress,
     )
+    problems = None if problems is None else list(problems)
+    run.problems = problems
     return run.run(steps, overwrite=overwrite, flags=flags or {}, training=training)
 
 
@@ -200,6 +214,7 @@ class _AnalysisRun:
         self.computed: list[int] = []
         self.with_vectors: list[int] = []
         self.failed: list[int] = []
+        self.problems: list[CheckpointProblem] | None = None
         self.reference_tops: dict[str, TopK] | None = None
         self.hasher: ThreadPoolExecutor | None = None  # set while steps are analysed
 
@@ -362,6 +377,7 @@ class _AnalysisRun:
             overwrite=overwrite,
             vectors=self.layout,
             training=training,
+            problems=self.problems,
         )
 
     def _provenance(self) -> dict:
@@ -612,6 +628,7 @@ class _AnalysisRun:
             pairs_preset="" if pair_plan is None else pair_plan.preset,
             steps_with_vectors=sorted(self.with_vectors),
             steps_failed=sorted(self.failed),
+            problems=list(self.problems or []),
         )
 
 

@@ -123,6 +123,7 @@ class LocalSteps(StepStream):
                     size=size,
                     mtime=mtime,
                     sha256=sha,
+                    origin=ckpt.step_origin,
                 )
             )
         return records

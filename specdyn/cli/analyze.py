@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
@@ -41,7 +42,11 @@ def analyze_command(
         str | None, typer.Option(help="Store name (default: the run folder's name).")
     ] = None,
     run: Annotated[
-        str | None, typer.Option(help="When PATH holds several runs, analyse only this one.")
+        str | None,
+        typer.Option(
+            help="When PATH holds several runs, analyse only those whose name matches this "
+            "glob (runA, 'run*', '*-unet')."
+        ),
     ] = None,
     steps: Annotated[
         str | None,
@@ -82,9 +87,17 @@ def analyze_command(
             "stored beside the spectra. Logs next to the checkpoints are found without it.",
         ),
     ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Exit with status 1 when any checkpoint found could not be analysed "
+            "(corrupt, unsafe, unreadable, no step); the others are still analysed.",
+        ),
+    ] = False,
     json_out: JsonOption = False,
     quiet: QuietOption = False,
-) -> None:
+) -> int:
     """Analyse a directory of checkpoints: singular values and spectral metrics of every matrix at every step."""
     compute = compute_options(device, precision, exact, max_memory)
     vector_options = vector_options_from(
@@ -109,6 +122,15 @@ def analyze_command(
             metrics_file=metrics,
         )
     _render(result, out)
+    if strict and result.incomplete:
+        lost = sum(len(r.problems) + len(r.steps_failed) for r in result.runs)
+        out.line(
+            f"specdyn: error: {lost} checkpoint{'s' if lost > 1 else ''} could not be analysed "
+            "(see the warnings above; the stores record them); exit 1 (--strict)",
+            err=True,
+        )
+        return 1
+    return 0
 
 
 def _render(result: AnalyzeResult, out: Output) -> None:
@@ -149,6 +171,7 @@ def _render_tables(result: AnalyzeResult, out: Output) -> None:
                 ("skipped parameters", skipped),
                 ("tied weights", ", ".join(f"{a} → {b}" for a, b in run.aliases.items()) or "none"),
                 ("duplicates", len(duplicates)),
+                ("unreadable", _unreadable_summary(run)),
                 ("warnings", len(warnings)),
                 ("methods", ", ".join(f"{m} ×{n}" for m, n in sorted(run.methods.items())) or "-"),
                 ("device", run.device),
@@ -156,6 +179,20 @@ def _render_tables(result: AnalyzeResult, out: Output) -> None:
                 ("store", run.store_path),
             ],
         )
+
+
+def _unreadable_summary(run) -> str:
+    """The run's checkpoints not analysed, by kind (kept in its store), and failed steps."""
+    if not run.incomplete:
+        return "none"
+    kinds = Counter(p.kind for p in run.problems)
+    parts = [f"{n} {kind}" for kind, n in sorted(kinds.items())]
+    if run.steps_failed:
+        parts.append(
+            f"{len(run.steps_failed)} failed while read ({run.step_unit}s "
+            f"{', '.join(map(str, run.steps_failed[:5]))})"
+        )
+    return ", ".join(parts)
 
 
 def _vector_summary(run) -> str:

@@ -46,8 +46,15 @@ def info_command(
         return
     out.fields(
         f"run {summary.get('name')}",
-        [(k, _short(v)) for k, v in summary.items() if k not in ("provenance",)],
+        [(k, _short(v)) for k, v in summary.items() if k not in ("provenance", "problems")]
+        + [("unreadable checkpoints", len(summary.get("problems", [])) or "none")],
     )
+    if summary.get("problems"):
+        out.table(
+            "checkpoints found but not analysed (re-run analyze once they are fixed)",
+            ("source", "kind", "reason"),
+            ((p["source"], p["kind"], p["message"]) for p in summary["problems"]),
+        )
     if matrices:
         out.table(
             "matrices (forward order)",

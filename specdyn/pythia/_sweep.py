@@ -413,6 +413,7 @@ class HubSteps(StepStream):
                     size=sum(f.size for f in rev.weights),
                     mtime=0.0,
                     sha256=sha,
+                    origin="hub branch",
                 )
             )
         return out

@@ -29,7 +29,7 @@ from ._prune_results import (
     write_prune_results,
 )
 from ._reader import Run, open_run
-from ._records import MatrixRecord, StepRecord
+from ._records import CheckpointProblem, MatrixRecord, StepRecord
 from ._sections import RunAgreement, RunAlignment, RunTraining, RunValues, RunVectors
 from ._vectors import (
     SAVE_MODES,
@@ -54,6 +54,7 @@ __all__ = [
     "PruneResults",
     "read_prune_results",
     "write_prune_results",
+    "CheckpointProblem",
     "Comparison",
     "ComparisonResult",
     "DEFAULT_HOME",

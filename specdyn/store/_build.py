@@ -182,6 +182,7 @@ def _write_step_table(
     epoch_ds[...] = np.array(epochs, dtype=np.int64)
     layout.vlen_strings(f, layout.STEPS_SOURCE, [r.source for r in steps])
     layout.vlen_strings(f, layout.STEPS_FORMAT, [r.format for r in steps])
+    layout.vlen_strings(f, layout.STEPS_ORIGIN, [r.origin for r in steps])
     layout.new_dataset(f, layout.STEPS_SIZE, (n_steps,), np.int64)[...] = np.array(
         [r.size for r in steps], dtype=np.int64
     )
@@ -254,13 +255,19 @@ def _write_values(f: h5py.File, plan: StorePlan, carried: _Carried) -> None:
 
 
 def _write_left_out(f: h5py.File, plan: StorePlan) -> None:
-    """``/skipped`` (parameters not analysed) and ``/aliases`` (tied weights)."""
+    """``/skipped`` (parameters not analysed), ``/aliases`` (tied weights) and
+    ``/problems`` (checkpoints not analysed)."""
     f.create_group(layout.SKIPPED)
     layout.vlen_strings(f, layout.SKIPPED_PARAM, [p for p, _ in plan.skipped])
     layout.vlen_strings(f, layout.SKIPPED_REASON, [r for _, r in plan.skipped])
     f.create_group(layout.ALIASES)
     layout.vlen_strings(f, layout.ALIASES_ALIAS, list(plan.aliases))
     layout.vlen_strings(f, layout.ALIASES_TARGET, list(plan.aliases.values()))
+    if plan.problems:  # absent when every checkpoint found was analysed
+        f.create_group(layout.PROBLEMS)
+        layout.vlen_strings(f, layout.PROBLEMS_SOURCE, [p.source for p in plan.problems])
+        layout.vlen_strings(f, layout.PROBLEMS_KIND, [p.kind for p in plan.problems])
+        layout.vlen_strings(f, layout.PROBLEMS_MESSAGE, [p.message for p in plan.problems])
 
 
 def _write_provenance(f: h5py.File, plan: StorePlan, carried: _Carried) -> None:

@@ -81,6 +81,8 @@ STEPS_NOTES = "steps/notes"  # NOTES_DTYPE [T]: a JSON list
 STEPS_FLAG = "steps/flag"  # FLAG_DTYPE [T]
 STEPS_INVOCATION = "steps/invocation"  # int32 [T]: row of /provenance, INVOCATION_NONE
 STEPS_DONE = "steps/done"  # uint8 [T]: only rows with 1 are valid; written last
+# optional (absent in stores written by specdyn 0.1.0): where each step came from
+STEPS_ORIGIN = "steps/origin"  # vlen [T]: "name", "metadata:global_step", "ancestor name", ...
 
 # the matrix table, in forward order
 MATRICES = "matrices"
@@ -109,6 +111,13 @@ ALIASES_ALIAS = "aliases/alias"  # vlen [A]
 ALIASES_TARGET = "aliases/target"
 PROVENANCE_RECORD = "provenance/record"  # PROVENANCE_DTYPE [K]: JSON objects
 PROVENANCE_USED = "provenance/used"  # uint8 [K], a prefix of ones
+
+# checkpoints found beside the run's but not analysed (unreadable, unsafe, no step): a
+# table written only while a file is built, absent when there were none
+PROBLEMS = "problems"
+PROBLEMS_SOURCE = "problems/source"  # vlen [N]: the file or folder
+PROBLEMS_KIND = "problems/kind"  # vlen [N]: "corrupt", "unsafe-pickle", "no-step", ...
+PROBLEMS_MESSAGE = "problems/message"  # vlen [N]: the one-line reason
 
 # the singular-vector sections (only when the root attribute "vectors" is set)
 PAIRS = "pairs"

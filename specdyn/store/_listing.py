@@ -25,8 +25,12 @@ class RunSummary:
     matrices; schema_version: the store's schema (None when unreadable);
     modified: the file's last modification, local time ``YYYY-MM-DD HH:MM:SS``;
     status: ``"complete"``, ``"partial"`` (steps still pending, e.g. after an
-    interrupted analyze), ``"being written"`` (a specdyn process holds its
-    writer lock now) or ``"unreadable: <why>"``; vectors: ``"values only"``,
+    interrupted analyze), ``"N unreadable checkpoint(s)"`` (every step found is done
+    but N checkpoints of the run could not be analysed: `Run.problems`; ``"partial, N
+    unreadable checkpoint(s)"`` when both), ``"being
+    written"`` (a specdyn process holds its writer lock now) or ``"unreadable:
+    <why>"`` (the store itself); problems: the number of checkpoints not analysed;
+    vectors: ``"values only"``,
     ``"top K"`` (alignment and agreement done for every done step) or ``"top K,
     partial"`` (some done steps still lack them; re-run analyze), "" when unreadable.
     """
@@ -40,6 +44,7 @@ class RunSummary:
     modified: str
     status: str
     vectors: str = ""
+    problems: int = 0
 
 
 def list_runs(home: str | os.PathLike[str] | None = None) -> list[RunSummary]:
@@ -68,6 +73,7 @@ def _summarize(path: Path) -> RunSummary:
                 steps_done, steps_total = run.values.steps.size, run.values.all_steps.size
                 n_matrices = len(run.values.matrices)
                 vectors = _vectors_state(run)
+                problems = len(run.problems)
             except (KeyError, OSError, ValueError, TypeError) as exc:
                 raise layout.damaged(path, exc) from None
     except Exception as exc:  # StoreError, or anything else: list_runs lists every file
@@ -76,6 +82,9 @@ def _summarize(path: Path) -> RunSummary:
         status = "being written"
     else:
         status = "complete" if steps_done == steps_total else "partial"
+        if problems:
+            lost = f"{problems} unreadable checkpoint{'s' if problems > 1 else ''}"
+            status = lost if status == "complete" else f"{status}, {lost}"
     return RunSummary(
         name=name,
         path=str(path),
@@ -86,6 +95,7 @@ def _summarize(path: Path) -> RunSummary:
         modified=modified,
         status=status,
         vectors=vectors,
+        problems=problems,
     )
 
 

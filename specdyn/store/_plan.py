@@ -8,7 +8,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,14 @@ from ..types import TrainingLog
 from . import _layout as layout
 from . import _training as trainstore
 from . import _vectors as vecstore
-from ._records import MatrixRecord, StepRecord, read_matrix_records, read_step_records
+from ._records import (
+    CheckpointProblem,
+    MatrixRecord,
+    StepRecord,
+    read_matrix_records,
+    read_problems,
+    read_step_records,
+)
 from ._vectors import VectorLayout
 
 __all__ = [
@@ -51,6 +58,8 @@ class StorePlan:
     provenance_slots: int
     vectors: VectorLayout | None = None
     training: TrainingLog | None = None
+    # None in a request: keep the store's (a writer that does not discover checkpoints)
+    problems: list[CheckpointProblem] | None = field(default_factory=list)
 
 
 @dataclass
@@ -76,9 +85,10 @@ def requested_plan(
     metric_names: Sequence[str],
     vectors: VectorLayout | None,
     training: TrainingLog | None,
+    problems: Sequence[CheckpointProblem] | None = None,
 ) -> StorePlan:
     """The plan of a fresh store for a writer's request (`StoreWriter.open`'s arguments),
-    checked; `vectors` and `training` None mean "keep what the store has".
+    checked; `vectors`, `training` and `problems` None mean "keep what the store has".
 
     Raises:
         ValueError: duplicate steps, duplicate or invalid matrix or metric names, an
@@ -103,6 +113,7 @@ def requested_plan(
         provenance_slots=layout.PROVENANCE_SLOTS,
         vectors=vectors,
         training=training,
+        problems=None if problems is None else _checked_problems(problems),
     )
 
 
@@ -125,9 +136,11 @@ def updated_plan(
     if request.training is not None:
         training = request.training.over(stored.plan.training)
         new_training = not training.same_as(stored.plan.training)
+    problems = stored.plan.problems if request.problems is None else request.problems
     rebuild = (
         grow
         or new_training
+        or problems != stored.plan.problems
         or wanted != old_vectors
         or stored.schema < layout.SCHEMA_VERSION
         or stored.provenance_used >= stored.plan.provenance_slots
@@ -140,6 +153,7 @@ def updated_plan(
         steps=merged,
         vectors=wanted,
         training=training,
+        problems=problems,
         provenance_slots=max(layout.PROVENANCE_SLOTS, 2 * stored.provenance_used),
     )
     return plan, changed, vector_changes
@@ -168,6 +182,7 @@ def read_contents(f: h5py.File, path: Path) -> StoreContents:
             provenance_slots=int(f[layout.PROVENANCE_USED].shape[0]),
             vectors=vecstore.read_layout(f),
             training=trainstore.read(f),
+            problems=read_problems(f),
         )
         used = np.asarray(f[layout.PROVENANCE_USED][()], dtype=bool)
         schema = int(f.attrs["schema_version"])
@@ -266,6 +281,16 @@ def _checked_steps(steps: Sequence[StepRecord]) -> list[StepRecord]:
     return records
 
 
+def _checked_problems(problems: Sequence[CheckpointProblem]) -> list[CheckpointProblem]:
+    """The problems as records of strings, one per source, in source order."""
+    by_source = {}
+    for p in problems:
+        by_source.setdefault(
+            str(p.source), CheckpointProblem(str(p.source), str(p.kind), str(p.message))
+        )
+    return [by_source[s] for s in sorted(by_source)]
+
+
 def _checked_matrices(matrices: Sequence[MatrixRecord]) -> list[MatrixRecord]:
     """The matrix records; ValueError on a duplicate or unusable name."""
     names = Counter(m.name for m in matrices)
@@ -332,6 +357,9 @@ def _merge_steps(
             what = _fingerprint_change(old, rec)
             if what:
                 changed.append((rec.step, old.source, what))
+            elif not old.origin and rec.origin:
+                # a store from before step origins were recorded learns them at its next rebuild
+                merged[rec.step] = replace(old, origin=rec.origin)
         elif old != rec:
             merged[rec.step] = rec
             rebuild = True

@@ -14,13 +14,14 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import _layout as layout
-from ._records import read_step_records
+from ._records import CheckpointProblem, read_problems, read_step_records
 from ._sections import (
     OpenStore,
     RunAgreement,
@@ -64,7 +65,7 @@ class Run:
     - `training` (`RunTraining`): log, names, series (also ``run.training(name)``).
 
     The run itself holds what describes the store: `path`, `name`, `step_unit`,
-    `schema_version`, `options`, `provenance`, `skipped`, `aliases`, `step_sources`,
+    `schema_version`, `options`, `provenance`, `skipped`, `aliases`, `problems`, `step_sources`,
     `notes`, `step_flags`, `info`. The flat names of earlier releases (``run.steps``,
     ``run.sigma``, ``run.alignment_score``, ``run.vectors_config``, ...) are aliases of
     the section members, kept for one release.
@@ -130,9 +131,16 @@ class Run:
         return dict(layout.read_string_pairs(f, layout.ALIASES_ALIAS, layout.ALIASES_TARGET))
 
     @property
+    def problems(self) -> list[CheckpointProblem]:
+        """The run's checkpoints that were found but not analysed (unreadable, unsafe, no
+        step), as the latest analysis saw them; [] when every one was analysed."""
+        return read_problems(self._store.file)
+
+    @property
     def step_sources(self) -> list[dict[str, Any]]:
         """One dict per known step (done or not): step, epoch, source, format, size,
-        mtime, sha256, done, invocation (index into `provenance`, -1 if not done)."""
+        mtime, sha256, origin (where the step number came from, "" when not recorded),
+        done, invocation (index into `provenance`, -1 if not done)."""
         f = self._store.file
         done = set(self._store.done_rows.tolist())
         invocation = f[layout.STEPS_INVOCATION][()]
@@ -145,6 +153,7 @@ class Run:
                 "size": r.size,
                 "mtime": r.mtime,
                 "sha256": r.sha256,
+                "origin": r.origin,
                 "done": i in done,
                 "invocation": int(invocation[i]) if i in done else layout.INVOCATION_NONE,
             }
@@ -203,7 +212,8 @@ class Run:
         size_bytes, notes (count), provenance (records), vectors (the settings,
         None for values only), pairs (count), alignment_steps and
         agreement_steps (counts), vector_steps (the steps whose vectors are
-        kept), training_metrics (names).
+        kept), training_metrics (names), problems (the checkpoints not
+        analysed: source, kind, message).
         """
         store = self._store
         steps = self.values.steps
@@ -238,6 +248,7 @@ class Run:
             "agreement_steps": int(self.agreement.steps.size) if has_vectors else 0,
             "vector_steps": self.vectors.steps.tolist() if has_vectors else [],
             "training_metrics": self.training.names,
+            "problems": [asdict(p) for p in self.problems],
         }
 
     def close(self) -> None:

@@ -10,7 +10,14 @@ import h5py
 
 from . import _layout as layout
 
-__all__ = ["MatrixRecord", "StepRecord", "read_matrix_records", "read_step_records"]
+__all__ = [
+    "CheckpointProblem",
+    "MatrixRecord",
+    "StepRecord",
+    "read_matrix_records",
+    "read_problems",
+    "read_step_records",
+]
 
 
 @dataclass(frozen=True)
@@ -21,7 +28,9 @@ class StepRecord:
     epoch when known, else None; source: the checkpoint path (file or folder);
     format: the checkpoint format tag; size: total bytes of its weight files;
     mtime: newest modification time of those files (seconds since the epoch);
-    sha256: hex content hash ("" when not computed).
+    sha256: hex content hash ("" when not computed); origin: where the step number came
+    from ("name", "metadata:global_step", "ancestor name", "hub branch", ...; "" when
+    unknown, as in stores written before it was recorded).
     """
 
     step: int
@@ -31,6 +40,21 @@ class StepRecord:
     size: int
     mtime: float
     sha256: str
+    origin: str = ""
+
+
+@dataclass(frozen=True)
+class CheckpointProblem:
+    """A checkpoint of the run that could not be analysed, kept visible in the store.
+
+    source: the file or folder; kind: the discovery note's kind ("corrupt",
+    "unsafe-pickle", "unreadable", "missing", "no-step", "bad-step", ...); message:
+    the one-line reason, naming the file and what to do.
+    """
+
+    source: str
+    kind: str
+    message: str
 
 
 @dataclass(frozen=True)
@@ -67,6 +91,11 @@ def read_step_records(f: h5py.File) -> list[StepRecord]:
     sizes = f[layout.STEPS_SIZE][()]
     mtimes = f[layout.STEPS_MTIME][()]
     hashes = layout.read_strings(f[layout.STEPS_SHA256])
+    origins = (
+        layout.read_strings(f[layout.STEPS_ORIGIN])
+        if layout.STEPS_ORIGIN in f
+        else [""] * len(steps)
+    )
     return [
         StepRecord(
             step=int(steps[i]),
@@ -76,9 +105,19 @@ def read_step_records(f: h5py.File) -> list[StepRecord]:
             size=int(sizes[i]),
             mtime=float(mtimes[i]),
             sha256=hashes[i],
+            origin=origins[i],
         )
         for i in range(len(steps))
     ]
+
+
+def read_problems(f: h5py.File) -> list[CheckpointProblem]:
+    """The store's unanalysed checkpoints (``/problems``), [] when it has none."""
+    if layout.PROBLEMS not in f:
+        return []
+    columns = (layout.PROBLEMS_SOURCE, layout.PROBLEMS_KIND, layout.PROBLEMS_MESSAGE)
+    rows = zip(*(layout.read_strings(f[c]) for c in columns), strict=True)
+    return [CheckpointProblem(*row) for row in rows]
 
 
 def read_matrix_records(f: h5py.File) -> list[MatrixRecord]:

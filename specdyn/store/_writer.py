@@ -28,7 +28,7 @@ from . import _vectors as vecstore
 from ._build import remove_partial_builds, replace_with
 from ._lock import WriterLock
 from ._plan import StorePlan, check_compatible, read_contents, requested_plan, updated_plan
-from ._records import MatrixRecord, StepRecord, read_matrix_records
+from ._records import CheckpointProblem, MatrixRecord, StepRecord, read_matrix_records
 from ._vectors import StepVectors, VectorLayout
 
 __all__ = ["StoreWriter", "write_row"]
@@ -103,6 +103,7 @@ class StoreWriter:
         metric_names: Sequence[str] = METRIC_NAMES,
         vectors: VectorLayout | None = None,
         training: TrainingLog | None = None,
+        problems: Sequence[CheckpointProblem] | None = None,
     ) -> StoreWriter:
         """Open (create, resume or grow) the store at `path` for writing.
 
@@ -135,6 +136,11 @@ class StoreWriter:
             training: the run's training metrics (`specdyn.types.TrainingLog`);
                 None keeps what the store has. Different metrics than the stored
                 ones rebuild the store with them (never written in place).
+            problems: the run's checkpoints that could not be analysed
+                (`CheckpointProblem`: unreadable, unsafe, no step), stored under
+                ``/problems`` so that listings do not call the store complete; None
+                keeps what the store has. Another list than the stored one rebuilds
+                the store (never written in place).
 
         Returns:
             The writer, holding the store's lock until `close`.
@@ -161,6 +167,7 @@ class StoreWriter:
             metric_names=metric_names,
             vectors=vectors,
             training=training,
+            problems=problems,
         )
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
