@@ -21,6 +21,7 @@ with an `.index.json`), diffusers `save_pretrained(root/"checkpoint-N"/"unet")`,
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ __all__ = [
     "ZOO",
     "operator_weights",
     "tied_groups",
+    "saved_operator_keys",
     "train_step",
     "save_trajectory",
     "output_loss",
@@ -99,6 +101,11 @@ def _module_weights(module: nn.Module) -> list[str]:
             for n in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
             if n in own
         ]  # fmt: skip  (out_proj is an nn.Linear child)
+    if type(module).__name__.endswith("Router"):
+        # transformers 5's MoE routers (MixtralTopKRouter): a bare (experts, d) `weight`
+        # applied with F.linear
+        w = getattr(module, "weight", None)
+        return ["weight"] if isinstance(w, nn.Parameter) and w.dim() == 2 else []
     if type(module).__name__.endswith("Experts"):
         # transformers 5's stacked mixture-of-experts tensors (E, out, in)
         return [n for n, p in module.named_parameters(recurse=False) if p.dim() == 3]
@@ -118,8 +125,9 @@ def operator_weights(model: nn.Module) -> set[str]:
 
     Operators: nn.Linear, nn.Conv1d/2d/3d, nn.ConvTranspose1d/2d/3d, nn.Embedding(Bag),
     nn.RNN/LSTM/GRU `weight_ih_l*`/`weight_hh_l*`/`weight_hr_l*`, transformers' `Conv1D`,
-    nn.MultiheadAttention `in_proj_weight` (its `out_proj` is a Linear) and transformers 5's
-    stacked expert tensors (3-D parameters of an `…Experts` module). A tensor tied under
+    nn.MultiheadAttention `in_proj_weight` (its `out_proj` is a Linear), transformers 5's
+    stacked expert tensors (3-D parameters of an `…Experts` module) and MoE routers (the 2-D
+    `weight` of a `…Router` module). A tensor tied under
     several names is returned once, under its first name in `named_parameters` order.
     """
     found: set[str] = set()
@@ -134,6 +142,39 @@ def operator_weights(model: nn.Module) -> set[str]:
                 continue
             seen.add(id(p))
             found.add(first_name.get(id(p), f"{prefix}.{local}" if prefix else local))
+    return found
+
+
+def saved_operator_keys(model: nn.Module, saved: dict[str, torch.Tensor]) -> dict[str, list[str]]:
+    """Operator weight (model name) → the keys of `saved` (a state dict read back from the
+    saved files) that hold its values, found by value, not by name.
+
+    transformers 5 renames on save (ViT's `layers.N.attention.q_proj` is saved as
+    `encoder.layer.N.attention.attention.query`, GPT-NeoX's `lm_head` as `embed_out`, Mixtral's
+    stacked experts as `block_sparse_moe.experts.E.w1/w2/w3`), so names cannot be trusted. A
+    stacked expert tensor (E, a, b) maps to the keys of each expert e: the key equal to its
+    [e] slice, else the two keys equal to its halves [e, :a/2] and [e, a/2:] (gate, up). Tied
+    weights saved under several names map to all of them. An operator found nowhere maps to [].
+    """
+    by_shape: dict[tuple[int, ...], list[str]] = {}
+    for key, t in saved.items():
+        by_shape.setdefault(tuple(t.shape), []).append(key)
+
+    def equal(target: torch.Tensor) -> list[str]:
+        target = target.detach()
+        return [k for k in by_shape.get(tuple(target.shape), [])
+                if saved[k].dtype == target.dtype and torch.equal(saved[k], target)]  # fmt: skip
+
+    params = dict(model.named_parameters(remove_duplicate=False))
+    found: dict[str, list[str]] = {}
+    for name in sorted(operator_weights(model)):
+        p = params[name]
+        keys = equal(p)
+        if not keys and p.dim() == 3:
+            for e in range(p.shape[0]):
+                half = p.shape[1] // 2
+                keys += equal(p[e]) or (equal(p[e, :half]) + equal(p[e, half:]))
+        found[name] = keys
     return found
 
 
@@ -212,11 +253,12 @@ def _save_pretrained(**kwargs: Any) -> Callable[[nn.Module, Path, int], Path]:
 
 def _save_legacy_bin(model: nn.Module, root: Path, step: int) -> Path:
     """What transformers < 5 `save_pretrained(safe_serialization=False)` wrote (transformers 5
-    writes only safetensors): config.json + torch.save(state_dict) as pytorch_model.bin, tied
-    weights kept under every name with one storage."""
+    writes only safetensors): its config.json + torch.save(state_dict) as pytorch_model.bin,
+    tied weights kept under every name with one storage."""
     folder = Path(root) / f"checkpoint-{step}"
-    folder.mkdir(parents=True, exist_ok=True)
-    model.config.save_pretrained(folder)
+    model.save_pretrained(folder)  # the config.json exactly as transformers writes it
+    for weights in folder.glob("*.safetensors*"):
+        weights.unlink()
     torch.save(model.state_dict(), folder / "pytorch_model.bin")
     return folder
 
@@ -241,8 +283,11 @@ def _save_safetensors(pattern: str) -> Callable[[nn.Module, Path, int], Path]:
 
 
 def _hf_config(model: nn.Module) -> dict:
-    """The config.json transformers' save_pretrained writes (use_diff=True)."""
-    return json.loads(model.config.to_json_string(use_diff=True))
+    """The config.json transformers' save_pretrained writes (it adds `architectures` and
+    `dtype` to the model's config), read back from a scratch save."""
+    with tempfile.TemporaryDirectory(prefix="zoo-config-") as tmp:
+        model.save_pretrained(tmp)
+        return json.loads((Path(tmp) / "config.json").read_text(encoding="utf-8"))
 
 
 def _diffusers_config(model: nn.Module) -> dict:
