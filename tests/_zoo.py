@@ -38,6 +38,7 @@ __all__ = [
     "operator_weights",
     "tied_groups",
     "saved_operator_keys",
+    "forward_order",
     "train_step",
     "save_trajectory",
     "output_loss",
@@ -143,6 +144,34 @@ def operator_weights(model: nn.Module) -> set[str]:
             seen.add(id(p))
             found.add(first_name.get(id(p), f"{prefix}.{local}" if prefix else local))
     return found
+
+
+def forward_order(model: nn.Module, inputs: dict[str, Any]) -> list[str]:
+    """Operator weights (`operator_weights` names) in the order the model's own forward first
+    uses them on `inputs` (a pre-hook on every module that owns one; a module's weights in
+    `named_parameters` order). Operators the forward never reaches are left out."""
+    first_name = {
+        id(p): n for n, p in reversed(list(model.named_parameters(remove_duplicate=False)))
+    }
+    order: list[str] = []
+    handles = []
+
+    def hook(module: nn.Module, args: Any) -> None:
+        for local in _module_weights(module):
+            name = first_name[id(getattr(module, local))]
+            if name not in order:
+                order.append(name)
+
+    for _, module in model.named_modules():
+        if _module_weights(module):
+            handles.append(module.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return order
 
 
 def saved_operator_keys(model: nn.Module, saved: dict[str, torch.Tensor]) -> dict[str, list[str]]:
