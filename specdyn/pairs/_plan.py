@@ -78,6 +78,12 @@ RULES = (
     "parallel-residual:o-to-next-qkv",
     "parallel-residual:o-to-next-mlp-in",
     "parallel-residual:mlp-out-to-next-mlp-in",
+    "o-to-cross-q",
+    "encoder-out-to-cross-kv",
+    "block-in-to-shortcut",
+    "time-embed",
+    "time-embed-to-resnet",
+    "unet-skip",
     "shape-chain",
     "file",
 )
@@ -261,8 +267,9 @@ class PairPlan:
 
     pairs: in forward order of their first operand; skipped: (description,
     reason) of every pair a rule wanted but could not make; preset: the
-    detected architecture ("sequential", "lstm", "gpt-neox", "gpt2", "llama",
-    "shape-chain", "none"), with ``+file`` when a pairs file changed the
+    detected architecture ("unet", "gpt-neox", "gpt2", "llama", "bert", "vit", "t5",
+    "whisper", "mixtral", "transformer", "lstm", "resnet", "sequential", "shape-chain",
+    "none"), with ``+file`` when a pairs file changed the
     result; notes: one-line observations (matrices in no pair, a hint to write
     a pairs file, pairs a file replaced or removed).
     """
@@ -302,13 +309,18 @@ def plan_pairs(
 ) -> PairPlan:
     """Choose the pairs of a run from its views, its config and a pairs file.
 
-    Presets (docs/pairs.md#presets, detected in this order): transformers — GPT-NeoX (fused
+    Presets (docs/pairs.md#presets, detected in this order): diffusers UNets (resnets,
+    attention and transformer blocks, time embedding, the up path's skip concat); transformers
+    — any attention block recognised by its parameter names, one chain per encoder/decoder
+    stack, cross-attention K/V from the encoder output, experts as MLPs of their own
+    (BERT, ViT, T5, Whisper, Mixtral, …), and as before GPT-NeoX (fused
     interleaved ``query_key_value``; parallel residual from
     ``use_parallel_residual``, default on), GPT-2 (``c_attn``), Llama-style
     (``q_proj``/``k_proj``/``v_proj``/``o_proj``, gated or plain MLP,
-    grouped-query attention); LSTM (gate-block views); sequential MLP/VGG (only
-    linear and conv views); otherwise a shape chain when consecutive matrices
-    in forward order all chain, else no pairs and a note asking for a pairs file.
+    grouped-query attention); LSTM (gate-block views); ResNets (shortcuts are side
+    branches); sequential MLP/VGG (only linear and conv views); otherwise a shape chain
+    when consecutive matrices in forward order all chain, else no pairs and a note asking
+    for a pairs file.
 
     Args:
         plan: the run's `ViewPlan` (`specdyn.views.plan_views`).
@@ -497,7 +509,10 @@ def _finish(
         definition = None
         if side == "v" and _pair_presets.is_conv(view):
             tap_ops, conv_options = _conv_operand_ops(where, view, conv, PairsFileError)
-            ops = (*tap_ops, *ops)
+            # a preset's ops on a conv select input channels: kernel columns c·∏k … (c+1)·∏k
+            taps = _pair_presets.conv_taps(view)
+            channels = tuple(("cols", op[1] * taps, op[2] * taps, 1) for op in ops)
+            ops = (*channels, *tap_ops)
             options.update(conv_options)
             definition = conv
         operands.append(_make_operand(view, side, ops, definition))
