@@ -8,12 +8,12 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from ..types import Note
-from ._formats import TensorReader, checkpoint_error, open_weights, read_index
+from ._dcp import is_dcp_folder, open_dcp
+from ._formats import TensorReader, WeightsMeta, checkpoint_error, open_weights, read_index
 from ._stepnames import checkpoint_name, steps_from_name
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "probe",
     "assign_ancestor_step",
     "folder_weights",
+    "accelerate_models",
     "is_trainer_extra",
     "HF_WEIGHT_FILES",
     "WEIGHT_SUFFIXES",
@@ -64,6 +65,32 @@ def folder_weights(names: set[str] | list[str]) -> str | None:
     return None
 
 
+# Accelerate's save_state names the weights of its second, third… prepared model
+# model_1.safetensors, model_2.safetensors (pytorch_model_1.bin… without safetensors).
+_ACCELERATE_MODEL = re.compile(r"^(?:model|pytorch_model)(?:_(\d+))?\.(?:safetensors|bin)$")
+
+
+def _accelerate_model(filename: str) -> str | None:
+    """The Accelerate model slot a weight file name stands for ("model", "model_1"), or None."""
+    m = _ACCELERATE_MODEL.match(filename)
+    if m is None:
+        return None
+    return f"model_{int(m.group(1))}" if m.group(1) else "model"
+
+
+def accelerate_models(names: set[str] | list[str]) -> dict[str, str] | None:
+    """The models of an Accelerate ``save_state`` folder holding more than one model:
+    model name ("model", "model_1", …) → its weight file; None for one model or none."""
+    models: dict[str, str] = {}
+    for name in sorted(names):
+        model = _accelerate_model(name)
+        if model is not None:
+            models.setdefault(model, name)  # model.safetensors before pytorch_model.bin
+    if len(models) < 2 or "model" not in models:
+        return None
+    return models
+
+
 @dataclass(frozen=True)
 class Fingerprint:
     """Identity of a checkpoint's weight files: total `size` in bytes, newest `mtime`
@@ -89,6 +116,10 @@ class Checkpoint:
     for epoch-unit runs, "default").
     config: ``config.json`` in the folder or beside the file. scalars: numeric top-level
     metadata (e.g. loss, global_step; for Trainer folders trainer_state.json's numbers).
+    model: for one of several models saved side by side in one folder (Accelerate's
+    ``model.safetensors``, ``model_1.safetensors``), which one ("model", "model_1"), else
+    None. state_entries: for a torch.distributed.checkpoint folder, the top-level entries
+    of training state beside the model (``optimizer``, ``lr_scheduler``…), not analysed.
     """
 
     path: Path
@@ -99,6 +130,8 @@ class Checkpoint:
     epoch: int | None = None
     config: dict | None = None
     scalars: dict[str, float] = field(default_factory=dict)
+    model: str | None = None
+    state_entries: tuple[str, ...] = ()
     _index: Path | None = field(default=None, repr=False)
     _name_step: int | None = field(default=None, repr=False)
     _epoch_origin: str = field(default="", repr=False)
@@ -109,6 +142,8 @@ class Checkpoint:
 
     def open(self) -> TensorReader:
         """A reader over the weight tensors (context manager); see `TensorReader`."""
+        if self.format == "torch-dcp":
+            return _dcp_reader(self.path, scalars=False)[0]
         reader, _meta = (
             open_weights(self._index, index=True) if self._index else open_weights(self.files[0])
         )
@@ -181,51 +216,89 @@ def _signature(reader: TensorReader) -> str:
     return digest.hexdigest()[:16]
 
 
-def probe(path: Path, kind: str) -> tuple[Checkpoint, list[Note]]:
-    """Parse one checkpoint's metadata (no tensor data) and find its step.
+def _dcp_reader(
+    folder: Path, scalars: bool = True
+) -> tuple[TensorReader, WeightsMeta, list[Path], tuple[str, ...]]:
+    """(reader, metadata, files, training-state roots) of a torch.distributed.checkpoint."""
+    entries, contents, scalars, files = open_dcp(folder, scalars)
+    reader = TensorReader(str(folder), entries, [], contents.unsupported)  # type: ignore[arg-type]
+    return reader, WeightsMeta("torch-dcp", scalars), files, tuple(contents.other)
 
-    kind: "file" (one weight file), "index" (a ``*.index.json``) or "folder" (an HF model
-    or Trainer folder). Raises CheckpointError (tagged with its Note kind).
-    """
-    notes: list[Note] = []
-    state: dict[str, Any] = {}
+
+@dataclass
+class _Opened:
+    """What probe() opened: the reader and its metadata, the files read, and where the
+    step may come from (`name`, `trainer_state`)."""
+
+    reader: TensorReader
+    meta: WeightsMeta
+    files: tuple[Path, ...]
+    index: Path | None
+    name: str
+    config: dict | None
+    trainer_state: dict
+    state_entries: tuple[str, ...] = ()
+
+
+def _open_probe(path: Path, kind: str, notes: list[Note]) -> _Opened:
+    """Open the weights of a probe() candidate (see probe for the kinds)."""
     if kind == "folder":
-        chosen = folder_weights([p.name for p in path.iterdir() if p.is_file()])
+        names = [p.name for p in path.iterdir() if p.is_file()]
+        chosen = folder_weights(names)
+        config = _read_json(path / "config.json", notes)
+        if chosen is None and is_dcp_folder(names):
+            reader, meta, files, other = _dcp_reader(path)
+            return _Opened(reader, meta, tuple(files), None, path.name, config, {}, other)
         if chosen is None:
             raise checkpoint_error(
                 "not-a-checkpoint",
                 f"{path}: not a checkpoint folder (no {', '.join(HF_WEIGHT_FILES)})",
             )
-        weights = path / chosen
-        is_index = chosen.endswith(".index.json")
-        name = path.name
-        config = _read_json(path / "config.json", notes)
+        weights, is_index = path / chosen, chosen.endswith(".index.json")
         state = _read_json(path / "trainer_state.json", notes) or {}
+        name = path.name
     else:
         weights, is_index = path, kind == "index"
-        name = checkpoint_name(path.name)
-        config = _read_json(path.parent / "config.json", notes)
+        # One of several models in an Accelerate folder: its name is a model slot
+        # (model_1), not a step.
+        name = "" if kind == "member" else checkpoint_name(path.name)
+        config, state = _read_json(path.parent / "config.json", notes), {}
     reader, meta = open_weights(weights, index=is_index)
-    with reader:
-        signature = _signature(reader)
     files = tuple(read_index(weights)[0]) if is_index else (weights,)
-    scalars = dict(meta.scalars)
-    for key, value in state.items():
+    return _Opened(reader, meta, files, weights if is_index else None, name, config, state)
+
+
+def probe(path: Path, kind: str) -> tuple[Checkpoint, list[Note]]:
+    """Parse one checkpoint's metadata (no tensor data) and find its step.
+
+    kind: "file" (one weight file), "index" (a ``*.index.json``), "folder" (an HF model
+    or Trainer folder, or a torch.distributed.checkpoint folder) or "member" (one model's
+    weight file in an Accelerate folder holding several: its step from the folder).
+    Raises CheckpointError (tagged with its Note kind).
+    """
+    notes: list[Note] = []
+    opened = _open_probe(path, kind, notes)
+    with opened.reader:
+        signature = _signature(opened.reader)
+    scalars = dict(opened.meta.scalars)
+    for key, value in opened.trainer_state.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             scalars.setdefault(key, float(value))
-    from_name = steps_from_name(name)
+    from_name = steps_from_name(opened.name)
     ckpt = Checkpoint(
         path=path,
-        files=files,
-        format=meta.format,
-        config=config,
+        files=opened.files,
+        format=opened.meta.format,
+        config=opened.config,
         scalars=scalars,
-        _index=weights if is_index else None,
+        model=_accelerate_model(path.name) if kind == "member" else None,
+        state_entries=opened.state_entries,
+        _index=opened.index,
         _name_step=from_name.step,
         _signature=signature,
     )
-    _assign_step(ckpt, state, from_name, notes)
-    if ckpt.step is None and ckpt.epoch is None and kind == "file":
+    _assign_step(ckpt, opened.trainer_state, from_name, notes)
+    if ckpt.step is None and ckpt.epoch is None and kind in ("file", "member"):
         # model.pt inside step_1200/: the folder names the step (explicit markers only).
         _take_folder_step(ckpt, path.parent, "name")
     return ckpt, notes
@@ -266,7 +339,7 @@ def _assign_step(ckpt: Checkpoint, trainer_state: dict, from_name, notes: list[N
             else None
         )
         origin = "trainer_state.json" if step is not None else ""
-    for key in ("global_step", "step"):
+    for key in ("global_step", "global_steps", "step"):  # global_steps: DeepSpeed
         if step is None and key in ckpt.scalars:
             step = _integral(ckpt.scalars[key])
             origin = f"metadata:{key}" if step is not None else ""

@@ -6,6 +6,7 @@ import json
 import os
 import re
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,18 +15,41 @@ from ..types import Note
 from ._checkpoint import (
     WEIGHT_SUFFIXES,
     Checkpoint,
+    accelerate_models,
     assign_ancestor_step,
     folder_weights,
     is_trainer_extra,
     probe,
 )
-from ._formats import error_kind, read_index
-from ._stepnames import MAX_STEP, checkpoint_name, is_generic_name, step_out_of_range
+from ._dcp import DCP_METADATA, is_dcp_folder
+from ._formats import error_content, error_kind, read_index
+from ._stepnames import MAX_STEP, checkpoint_name, is_generic_name, run_stem, step_out_of_range
 
 __all__ = ["Discovery", "RunSource", "discover"]
 
-_LOOKED_FOR = "*.pt, *.pth, *.bin, *.ckpt, *.safetensors, *.index.json, HF model folders"
+_LOOKED_FOR = (
+    "*.pt, *.pth, *.bin, *.ckpt, *.safetensors, *.index.json, HF model folders, "
+    "torch.distributed.checkpoint folders"
+)
 _DEEPSPEED_STATE = re.compile(r"^global_step\d+$")
+# DeepSpeed's optimizer files (zero_pp_rank_0_mp_rank_00_optim_states.pt, bf16_…): never
+# weights, often the largest files of a checkpoint; skipped unread.
+_DEEPSPEED_OPTIM = re.compile(r"optim_states\.pt$")
+# Gradient dumps by their names (grads_step_100.pt, model_grads.pt, gradients_7.pt), not
+# a run whose name mentions a gradient setting (grad_clip_1.0_step_5.pt).
+_GRADIENTS = re.compile(
+    r"(?<![a-z])(?:grads?|gradients?)(?=$|[_\-.=]?(?:\d|step|epoch|iter|ckpt))", re.IGNORECASE
+)
+# Accelerate's automatic checkpoint naming (ProjectConfiguration(automatic_checkpoint_naming
+# =True)): checkpoints/checkpoint_<i>/, i counting save_state calls, beside random_states_0.pkl.
+_ACCELERATE_SAVE = re.compile(r"^checkpoint_\d+$")
+# What files that hold no weights hold, as the summary note counts them.
+_NO_WEIGHTS = {
+    "optimizer-state": "optimizer-state files",
+    "no-tensors": "files without weight tensors (metrics or settings)",
+    "plain-pickle": "plain pickles (not torch.save checkpoints)",
+    "gradients": "gradient files (by their names)",
+}
 
 
 @dataclass
@@ -86,31 +110,17 @@ def discover(path: str | Path) -> Discovery:
             f"{root}: does not exist; give a checkpoint file or a folder of checkpoints"
         )
     notes: list[Note] = []
+    no_weights: list[tuple[str, Note]] = []  # (what the file holds, its own note)
     if root.is_dir():
-        candidates = _walk(root, notes)
+        candidates = _walk(root, notes, no_weights)
     else:
         kind = "index" if root.name.endswith(".index.json") else "file"
         candidates = [_Candidate(kind, root)]
     if not candidates:
-        raise DiscoveryError(f"{root}: no checkpoints found (looked for {_LOOKED_FOR})")
-    found: list[Checkpoint] = []
-    for cand in candidates:
-        try:
-            ckpt, probe_notes = probe(cand.path, cand.kind)
-        except CheckpointError as exc:
-            notes.append(Note(error_kind(exc), str(exc), str(cand.path)))
-            continue
-        except OSError as exc:
-            notes.append(Note("unreadable", f"{cand.path}: cannot be read ({exc})", str(cand.path)))
-            continue
-        notes.extend(probe_notes)
-        if root.is_dir():
-            assign_ancestor_step(ckpt, root)
-        unstorable = _unstorable_step(ckpt)
-        if unstorable is not None:
-            notes.append(Note("bad-step", unstorable, str(cand.path)))
-            continue
-        found.append(ckpt)
+        skipped = f"; {no_weights[0][1].message}" if no_weights else ""
+        raise DiscoveryError(f"{root}: no checkpoints found (looked for {_LOOKED_FOR}){skipped}")
+    found = _probe_all(root, candidates, notes, no_weights)
+    _summarise_no_weights(no_weights, notes)
     if not found:
         problems = "; ".join(n.message for n in notes[:3])
         raise DiscoveryError(
@@ -126,6 +136,7 @@ def discover(path: str | Path) -> Discovery:
         ],
         notes,
     )
+    groups = _split_stems(groups, notes)
     names = [name for _, _, name in groups]
     if len(groups) > 1:
         notes.append(
@@ -143,7 +154,109 @@ def discover(path: str | Path) -> Discovery:
     if not runs:
         problems = "; ".join(n.message for n in notes[-3:])
         raise DiscoveryError(f"{root}: no checkpoint with a known step: {problems}")
+    _note_layouts(runs, notes)
     return Discovery(runs=runs, notes=notes)
+
+
+def _probe_all(
+    root: Path,
+    candidates: list[_Candidate],
+    notes: list[Note],
+    no_weights: list[tuple[str, Note]],
+) -> list[Checkpoint]:
+    """Probe every candidate; what cannot be read becomes a note (files holding no weights
+    go to `no_weights`, to be counted once per content)."""
+    found: list[Checkpoint] = []
+    for cand in candidates:
+        try:
+            ckpt, probe_notes = probe(cand.path, cand.kind)
+        except CheckpointError as exc:
+            note = Note(error_kind(exc), str(exc), str(cand.path))
+            content = error_content(exc)
+            if note.kind == "not-a-checkpoint" and content is not None:
+                no_weights.append((content, note))
+            else:
+                notes.append(note)
+            continue
+        except OSError as exc:
+            notes.append(Note("unreadable", f"{cand.path}: cannot be read ({exc})", str(cand.path)))
+            continue
+        notes.extend(probe_notes)
+        if root.is_dir():
+            assign_ancestor_step(ckpt, root)
+        unstorable = _unstorable_step(ckpt)
+        if unstorable is not None:
+            notes.append(Note("bad-step", unstorable, str(cand.path)))
+            continue
+        found.append(ckpt)
+    return found
+
+
+def _summarise_no_weights(no_weights: list[tuple[str, Note]], notes: list[Note]) -> None:
+    """One note per kind of file that holds no weights: the file's own note when it is the
+    only one of its kind, else a count naming the first ("12 optimizer-state files
+    (…/optimizer_0.pt, …): no weights; skipped")."""
+    by_content: dict[str, list[Note]] = {}
+    for content, note in no_weights:
+        by_content.setdefault(content, []).append(note)
+    for content, group in by_content.items():
+        if len(group) == 1:
+            notes.append(group[0])
+            continue
+        first = group[0].path
+        notes.append(
+            Note(
+                "not-a-checkpoint",
+                f"{len(group)} {_NO_WEIGHTS.get(content, content + ' files')} ({first}, …): "
+                "no weights; skipped",
+                first,
+            )
+        )
+
+
+def _note_layouts(runs: list[RunSource], notes: list[Note]) -> None:
+    """One note each for what some runs' layouts call for: steps that count Accelerate's
+    saves, and training state left out of torch.distributed.checkpoint folders."""
+    counted = [(r, c) for r in runs for c in r.checkpoints if _accelerate_save_number(c)]
+    stateful = [(r, c) for r in runs for c in r.checkpoints if c.state_entries]
+    if counted:
+        names = ", ".join(dict.fromkeys(r.name for r, _ in counted))
+        notes.append(
+            Note(
+                "save-number",
+                f"{names}: the steps are Accelerate's automatic checkpoint_N numbers (e.g. "
+                f"{counted[0][1].path}), which count save_state calls, not training steps; "
+                "save with accelerator.save_state(f'.../step_{step}') to analyse by training step",
+                _common_root(r for r, _ in counted),
+            )
+        )
+    if stateful:
+        roots = ", ".join(sorted({e for _, c in stateful for e in c.state_entries}))
+        notes.append(
+            Note(
+                "ignored",
+                f"{len(stateful)} torch.distributed.checkpoint folders (e.g. {stateful[0][1].path}):"
+                f" only the model weights are analysed; their {roots} entries are training state",
+                _common_root(r for r, _ in stateful),
+            )
+        )
+
+
+def _common_root(runs: Iterable[RunSource]) -> str:
+    """The deepest folder holding every given run's root."""
+    return os.path.commonpath([str(r.root) for r in runs])
+
+
+def _accelerate_save_number(ckpt: Checkpoint) -> bool:
+    """Whether a checkpoint's step is the number of an Accelerate ``checkpoint_N`` folder
+    written by automatic checkpoint naming (a ``random_states_*.pkl`` beside the weights)."""
+    if not ckpt.step_origin.startswith(("name", "ancestor name")):
+        return False
+    holder = ckpt.path if ckpt.path.is_dir() else ckpt.path.parent
+    folder = ckpt._step_folder or holder
+    if not _ACCELERATE_SAVE.match(folder.name):
+        return False
+    return any(folder.glob("random_states_*.pkl"))
 
 
 def _unstorable_step(ckpt: Checkpoint) -> str | None:
@@ -169,8 +282,9 @@ def _unstorable_step(ckpt: Checkpoint) -> str | None:
 # ----------------------------------------------------------------- walking
 
 
-def _walk(root: Path, notes: list[Note]) -> list[_Candidate]:
-    """Candidate checkpoints under `root`, each real folder visited once."""
+def _walk(root: Path, notes: list[Note], no_weights: list[tuple[str, Note]]) -> list[_Candidate]:
+    """Candidate checkpoints under `root`, each real folder visited once; files skipped by
+    their names (DeepSpeed optimizer states, gradient dumps) go to `no_weights`."""
     out: list[_Candidate] = []
     seen: set[str] = set()
     stack = [root]
@@ -183,32 +297,101 @@ def _walk(root: Path, notes: list[Note]) -> list[_Candidate]:
         files, subdirs = _list(folder, notes)
         chosen = folder_weights(files)
         if chosen is not None:
-            out.append(_Candidate("folder", folder))
-            used = {chosen}
-            if chosen.endswith(".index.json"):
-                used |= _shard_names(folder / chosen)
-            for name in sorted(files):
-                if name in used or is_trainer_extra(name) or not _is_weight_name(name):
-                    continue
-                notes.append(
-                    Note(
-                        "ignored",
-                        f"{folder / name}: ignored, {folder} is a model folder whose weights are {chosen}",
-                        str(folder / name),
-                    )
-                )
+            out.extend(_model_folder(folder, files, chosen, notes))
             subdirs = [d for d in subdirs if not _DEEPSPEED_STATE.match(d.name)]
+        elif is_dcp_folder(files):
+            out.append(_Candidate("folder", folder))
         else:
-            used: set[str] = set()
-            for name in sorted(files):
-                if name.endswith(".index.json"):
-                    out.append(_Candidate("index", folder / name))
-                    used |= _shard_names(folder / name)
-            for name in sorted(files):
-                if name in used or is_trainer_extra(name) or not name.endswith(WEIGHT_SUFFIXES):
-                    continue
-                out.append(_Candidate("file", folder / name))
+            out.extend(_loose_files(folder, files, subdirs, notes, no_weights))
         stack.extend(sorted(subdirs, reverse=True))
+    return out
+
+
+def _model_folder(
+    folder: Path, files: set[str], chosen: str, notes: list[Note]
+) -> list[_Candidate]:
+    """The checkpoints of an HF model / Trainer folder: the folder itself, or one per model
+    of an Accelerate folder holding several (model.safetensors, model_1.safetensors…);
+    other weight files in it are ignored with a note."""
+    models = None if chosen.endswith(".index.json") else accelerate_models(files)
+    if models is not None:
+        used = set(models.values())
+        out = [_Candidate("member", folder / name) for _, name in sorted(models.items())]
+    else:
+        used = {chosen}
+        if chosen.endswith(".index.json"):
+            used |= _shard_names(folder / chosen)
+        out = [_Candidate("folder", folder)]
+    for name in sorted(files):
+        if name in used or is_trainer_extra(name) or not _is_weight_name(name):
+            continue
+        weights = ", ".join(sorted(used)) if models else chosen
+        notes.append(
+            Note(
+                "ignored",
+                f"{folder / name}: ignored, {folder} is a model folder whose weights are {weights}",
+                str(folder / name),
+            )
+        )
+    return out
+
+
+def _loose_files(
+    folder: Path,
+    files: set[str],
+    subdirs: list[Path],
+    notes: list[Note],
+    no_weights: list[tuple[str, Note]],
+) -> list[_Candidate]:
+    """The checkpoints among the files of a folder that is no model folder: shard indexes
+    and weight files (shards, Trainer state and files named as no weights left out)."""
+    out: list[_Candidate] = []
+    used: set[str] = set()
+    for name in sorted(files):
+        if name.endswith(".index.json"):
+            out.append(_Candidate("index", folder / name))
+            used |= _shard_names(folder / name)
+    for name in sorted(files):
+        if name in used or is_trainer_extra(name) or not name.endswith(WEIGHT_SUFFIXES):
+            continue
+        path = folder / name
+        if _DEEPSPEED_OPTIM.search(name):
+            no_weights.append(
+                (
+                    "optimizer-state",
+                    Note(
+                        "not-a-checkpoint",
+                        f"{path}: DeepSpeed optimizer state (by its name), no weights; skipped",
+                        str(path),
+                    ),
+                )
+            )
+        elif _GRADIENTS.search(checkpoint_name(name)):
+            no_weights.append(
+                (
+                    "gradients",
+                    Note(
+                        "not-a-checkpoint",
+                        f"{path}: gradients by its name, not weights; skipped (rename it if it "
+                        "holds weights)",
+                        str(path),
+                    ),
+                )
+            )
+        else:
+            out.append(_Candidate("file", path))
+    if ({"latest", "zero_to_fp32.py"} & files) and any(
+        _DEEPSPEED_STATE.match(d.name) for d in subdirs
+    ):
+        notes.append(
+            Note(
+                "ignored",
+                f"{folder}: a DeepSpeed checkpoint folder: the weights are read from each "
+                "global_stepN/mp_rank_00_model_states.pt (its module); latest and "
+                "zero_to_fp32.py are not checkpoints",
+                str(folder),
+            )
+        )
     return out
 
 
@@ -229,7 +412,9 @@ def _list(folder: Path, notes: list[Note]) -> tuple[set[str], list[Path]]:
         )
         return files, subdirs
     for entry in entries:
-        if entry.name.startswith(".") or entry.name == "__pycache__":
+        if entry.name == "__pycache__" or (
+            entry.name.startswith(".") and not _is_dcp_metadata(entry)
+        ):
             continue
         try:
             if entry.is_dir():
@@ -254,6 +439,15 @@ def _list(folder: Path, notes: list[Note]) -> tuple[set[str], list[Path]]:
                     )
                 )
     return files, subdirs
+
+
+def _is_dcp_metadata(entry: os.DirEntry) -> bool:
+    """Whether a hidden entry is the ``.metadata`` file of a torch.distributed.checkpoint
+    (the one hidden name not skipped)."""
+    try:
+        return entry.name == DCP_METADATA and entry.is_file()
+    except OSError:
+        return False
 
 
 def _shard_names(index: Path) -> set[str]:
@@ -342,13 +536,13 @@ def _split_models(
     duplicates of one step) into one run per model, named ``<name>-<model>``."""
     out = []
     for run_root, members, name in runs:
-        models = {_model_below_step_folder(c) for c in members} - {None}
+        models = {_model_of(c) for c in members} - {None}
         if len(models) < 2:
             out.append((run_root, members, name))
             continue
         by_model: dict[str, list[Checkpoint]] = defaultdict(list)
         for c in members:
-            model = _model_below_step_folder(c)
+            model = _model_of(c)
             if model is None and c.path.name in models:  # a final model saved as <out>/unet/
                 model = c.path.name
             if model is not None:
@@ -369,6 +563,65 @@ def _split_models(
             suffix = "-" + model.replace("/", "-") if model else ""
             out.append((run_root, by_model[model], name + suffix))
     return out
+
+
+def _model_of(ckpt: Checkpoint) -> str | None:
+    """Which of several models saved per step a checkpoint is: its Accelerate model slot
+    ("model_1"), else where it lies below the folder that gave its step ("unet")."""
+    return ckpt.model or _model_below_step_folder(ckpt)
+
+
+def _split_stems(
+    runs: list[tuple[Path, list[Checkpoint], str]], notes: list[Note]
+) -> list[tuple[Path, list[Checkpoint], str]]:
+    """Split each run whose files hold separate trajectories told apart by their names
+    (``runA_epoch_1.pth`` beside ``runB_epoch_1.pth``) into one run per name stem
+    (`run_stem`): when some step is claimed under two stems with different weights, or the
+    stems share no model. One run of several: the runs are named after their stems
+    (``runA``; the empty stem keeps the run's name); else ``<run>-<stem>``."""
+    out = []
+    for run_root, members, name in runs:
+        stems: dict[str, list[Checkpoint]] = defaultdict(list)
+        loose = []
+        for c in members:
+            (stems[_stem(c)] if _claimed(c) is not None else loose).append(c)
+        if len(stems) < 2 or not _separate(stems):
+            out.append((run_root, members, name))
+            continue
+        for c in sorted(loose, key=lambda c: str(c.path)):
+            target = _stem(c) if _stem(c) in stems else _stem_by_weights(c, stems)
+            if target is not None:
+                stems[target].append(c)
+                continue
+            notes.append(
+                Note(
+                    "no-step",
+                    f"{c.path}: skipped: no step in its metadata or name, its name is none of "
+                    f"the runs in {run_root} ({', '.join(s or name for s in sorted(stems))}) and "
+                    "its weights match none of their checkpoints; rename it (e.g. "
+                    f"{sorted(s for s in stems if s)[0]}_step_1000.pt)",
+                    str(c.path),
+                )
+            )
+        plain = len(runs) == 1 and name not in stems
+        for stem in sorted(stems):
+            label = (stem if plain else f"{name}-{stem}") if stem else name
+            out.append((run_root, stems[stem], label))
+    return out
+
+
+def _stem(ckpt: Checkpoint) -> str:
+    """The run a checkpoint's own name points to (`run_stem` of it)."""
+    name = ckpt.path.name if ckpt.path.is_dir() else checkpoint_name(ckpt.path.name)
+    return run_stem(name)
+
+
+def _stem_by_weights(ckpt: Checkpoint, stems: dict[str, list[Checkpoint]]) -> str | None:
+    """The stem of the first run holding a checkpoint with the same weights, or None."""
+    for stem in sorted(stems):
+        if any(_same_weights(other, ckpt) for other in stems[stem]):
+            return stem
+    return None
 
 
 def _model_below_step_folder(ckpt: Checkpoint) -> str | None:

@@ -57,6 +57,7 @@ __all__ = [
     "TensorReader",
     "WeightsMeta",
     "checkpoint_error",
+    "error_content",
     "error_kind",
     "open_weights",
     "TORCH_SUFFIXES",
@@ -117,14 +118,17 @@ for _code, _attr in (
 # ----------------------------------------------------------------- errors
 
 
-def checkpoint_error(kind: str, message: str) -> CheckpointError:
+def checkpoint_error(kind: str, message: str, content: str | None = None) -> CheckpointError:
     """A CheckpointError tagged with the Note kind discovery reports it under.
 
     kinds: "missing", "unreadable", "corrupt", "not-a-checkpoint", "unsafe-index",
-    "unsafe-pickle" (the last always as UnsafePickleError).
+    "unsafe-pickle" (the last always as UnsafePickleError). content (for
+    "not-a-checkpoint"): what the file holds instead of weights, "optimizer-state",
+    "no-tensors" or "plain-pickle"; discovery counts such files once per content.
     """
     err = UnsafePickleError(message) if kind == "unsafe-pickle" else CheckpointError(message)
     err.kind = kind  # type: ignore[attr-defined]
+    err.content = content  # type: ignore[attr-defined]
     return err
 
 
@@ -133,6 +137,11 @@ def error_kind(err: CheckpointError) -> str:
     if isinstance(err, UnsafePickleError):
         return "unsafe-pickle"
     return getattr(err, "kind", "corrupt")
+
+
+def error_content(err: CheckpointError) -> str | None:
+    """What a "not-a-checkpoint" file holds instead of weights (see `checkpoint_error`)."""
+    return getattr(err, "content", None)
 
 
 def _os_error(path: Path, exc: OSError) -> CheckpointError:
@@ -613,12 +622,18 @@ def _torch_meta(
     found = find_state_dict(top)
     if found is None:
         what = getattr(top, "stub_global", type(top).__name__)
+        content = "optimizer-state" if _is_optimizer_state(top) else "no-tensors"
+        holds = "no weight tensors"
+        if content == "optimizer-state":
+            holds = "optimizer state only, no weight tensors"
         raise checkpoint_error(
             "not-a-checkpoint",
-            f"{path}: holds no weight tensors (its pickle is a {what}); not a checkpoint, "
-            "move it out of the folder",
+            f"{path}: holds {holds} (its pickle is a {what}); not a checkpoint, move it out "
+            "of the folder",
+            content=content,
         )
     tensors, state_path = found
+    _check_deepspeed(path, top, tensors, state_path)
     entries = entries_for(tensors)
     scalars: dict[str, float] = {}
     for key, value in (as_mapping(top) or {}).items():
@@ -638,6 +653,45 @@ def _torch_meta(
     return entries, WeightsMeta(
         format=fmt, scalars=scalars, state_path=state_path, unsupported=unsupported
     )
+
+
+def _is_optimizer_state(top: Any) -> bool:
+    """Whether an unpickled file without weights is an optimizer's state: a torch
+    optimizer state dict (``state`` + ``param_groups``) or DeepSpeed's ZeRO optimizer file
+    (``optimizer_state_dict``), bare or under ``optimizer``."""
+    mapping = as_mapping(top) or {}
+    for candidate in (mapping, as_mapping(mapping.get("optimizer")) or {}):
+        if "optimizer_state_dict" in candidate:
+            return True
+        if "state" in candidate and "param_groups" in candidate:
+            return True
+    return False
+
+
+def _check_deepspeed(
+    path: Path, top: Any, tensors: dict[str, LazyTensor], state_path: tuple[str, ...]
+) -> None:
+    """Refuse a DeepSpeed ``mp_rank_XX_model_states.pt`` whose ``module`` is not the whole
+    model: ZeRO-3 partitions (empty placeholders; the weights are spread over the
+    optimizer files) or one tensor-parallel slice."""
+    mapping = as_mapping(top) or {}
+    if state_path != ("module",) or "ds_version" not in mapping:
+        return
+    floats = [t for t in tensors.values() if t.dtype.is_floating_point]
+    if floats and all(t.numel == 0 for t in floats):
+        raise checkpoint_error(
+            "unreadable",
+            f"{path}: a DeepSpeed ZeRO-3 checkpoint: its module holds only empty partitioned "
+            f"placeholders; gather the weights with DeepSpeed's zero_to_fp32.py (in "
+            f"{path.parent.parent}) and analyse what it writes",
+        )
+    mp = _plain_number(mapping.get("mp_world_size"))
+    if mp is not None and mp > 1:
+        raise checkpoint_error(
+            "unreadable",
+            f"{path}: one tensor-parallel slice of a DeepSpeed checkpoint (mp_world_size "
+            f"{int(mp)}); merge the slices into one state dict and analyse that",
+        )
 
 
 def _open_torch_zip(
@@ -791,6 +845,7 @@ def _open_torch_legacy(
                 raise checkpoint_error(
                     "not-a-checkpoint",
                     f"{path}: a plain pickle of a {what}, not a PyTorch checkpoint; move it out of the folder",
+                    content="plain-pickle",
                 )
             protocol = _parse_pickle(fh, path, None)
             if protocol != _LEGACY_PROTOCOL:

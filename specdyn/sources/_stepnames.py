@@ -11,6 +11,7 @@ __all__ = [
     "steps_from_name",
     "checkpoint_name",
     "is_generic_name",
+    "run_stem",
     "step_out_of_range",
 ]
 
@@ -35,6 +36,24 @@ _INIT_STEP = re.compile(r"^(?:init|initial|untrained|step_init|.+_init)$", re.IG
 _INIT_EPOCH = re.compile(r"^epoch_init$", re.IGNORECASE)
 _GENERIC = re.compile(r"(?<![a-z])(last|best|final|latest)(?![a-z])", re.IGNORECASE)
 _WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+
+
+# What run_stem removes from a name: every step/epoch marker with its number, Lightning's
+# logged metrics (val_loss=0.32, which change from checkpoint to checkpoint of one run) and
+# role words; what remains names the run.
+_STEM_MARKERS = [
+    re.compile(rf"(?<![a-z])(?:global{_SEP})?steps?{_SEP}\d+", re.IGNORECASE),
+    re.compile(rf"(?<![a-z])checkpoint{_SEP}\d+", re.IGNORECASE),
+    re.compile(rf"(?<![a-z])ckpt{_SEP}\d+", re.IGNORECASE),
+    re.compile(rf"(?<![a-z])iter(?:ation)?s?{_SEP}\d+", re.IGNORECASE),
+    re.compile(rf"(?<![a-z])epochs?{_SEP}\d+", re.IGNORECASE),
+]
+_STEM_INIT = re.compile(r"(?:^|[_\-])(?:init|initial|untrained)$", re.IGNORECASE)
+_STEM_METRIC = re.compile(
+    r"(?<![a-z0-9])[a-z][a-z0-9_]*=-?\d+(?:\.\d+)?(?:e[-+]?\d+)?", re.IGNORECASE
+)
+_STEM_GAP = re.compile(r"[_\-=.]*\0[_\-=.\0]*")
+_STEM_ENDS = "_-=."
 
 
 @dataclass(frozen=True)
@@ -96,3 +115,27 @@ def is_generic_name(name: str) -> bool:
 def step_out_of_range(value: int | None) -> bool:
     """Whether a step or epoch cannot be stored (above MAX_STEP, or negative)."""
     return value is not None and not 0 <= value <= MAX_STEP
+
+
+def run_stem(name: str) -> str:
+    """What is left of a checkpoint name (suffixes already removed) once its step, epoch,
+    initialisation marker, logged metrics (Lightning's ``val_loss=0.32``) and role words
+    (last, best, final, latest) are taken out: the name of the run it belongs to.
+
+    ``runA_epoch_3`` → ``runA``; ``model_12`` → ``model``; ``resnet18_init`` →
+    ``resnet18``; ``epoch=3-step=500``, ``step_100``, ``last``, ``init``, ``epoch_init`` → ``""``.
+    """
+    cut = "\0"  # stands for a removed part until the separators around it are merged
+    stem = name
+    for pattern in _STEM_MARKERS:
+        stem = pattern.sub(cut, stem)
+    if stem == name and not _SHARD.search(name):
+        if steps_from_name(name).init:
+            stem = _STEM_INIT.sub(cut, stem)
+            if stem.lower() in (cut, "step" + cut, "epoch" + cut):  # step_init, epoch_init
+                stem = cut
+        else:
+            stem = _TRAILING.sub(cut, stem)
+    stem = _GENERIC.sub(cut, _STEM_METRIC.sub(cut, stem))
+    stem = _STEM_GAP.sub(lambda m: next((ch for ch in m.group() if ch != cut), "_"), stem)
+    return stem.strip(_STEM_ENDS)

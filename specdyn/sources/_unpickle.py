@@ -48,7 +48,7 @@ import io
 import math
 import pickle
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import IO, Any
@@ -680,7 +680,13 @@ class _RestrictedUnpickler(pickle._Unpickler):
 
     dispatch = dict(pickle._Unpickler.dispatch)
 
-    def __init__(self, file: IO[bytes], source: str, persistent: Callable[[Any], Any] | None):
+    def __init__(
+        self,
+        file: IO[bytes],
+        source: str,
+        persistent: Callable[[Any], Any] | None,
+        overrides: Mapping[tuple[str, str], Any] | None = None,
+    ):
         size = _remaining_bytes(file)
         # An in-memory pickle never reads past its end (BytesIO.read(n) allocates what it
         # returns); a real file's read(n) allocates n bytes first, so lengths are checked.
@@ -688,6 +694,7 @@ class _RestrictedUnpickler(pickle._Unpickler):
         super().__init__(reader, encoding="utf-8")
         self._source = source
         self._persistent = persistent
+        self._overrides = dict(overrides or {})
         self._size = size
         self._call_items = 0
         self._call_budget = PICKLE_MAX_CALL_ITEMS + PICKLE_CALL_ITEMS_PER_BYTE * size
@@ -695,7 +702,10 @@ class _RestrictedUnpickler(pickle._Unpickler):
         self._collisions = 0
 
     def find_class(self, module: str, name: str) -> Any:
-        """Resolve a global through the allow list; stub or refuse the rest."""
+        """Resolve a global through the caller's overrides, then the allow list; stub or
+        refuse the rest."""
+        if (module, name) in self._overrides:
+            return self._overrides[(module, name)]
         return _resolve_global(module, name, self._source)
 
     def persistent_load(self, pid: Any) -> Any:
@@ -1121,18 +1131,24 @@ def _datetime_metadata(metadata: Any) -> bool:
 
 
 def restricted_load(
-    file: IO[bytes], source: str, persistent: Callable[[Any], Any] | None = None
+    file: IO[bytes],
+    source: str,
+    persistent: Callable[[Any], Any] | None = None,
+    overrides: Mapping[tuple[str, str], Any] | None = None,
 ) -> Any:
     """Unpickle one object from `file` with the restricted unpickler.
 
-    `source` names the file in error messages; `persistent` receives persistent ids.
+    `source` names the file in error messages; `persistent` receives persistent ids;
+    `overrides` maps (module, name) globals to the safe stand-ins this caller supplies for
+    them (taken before the allow list: e.g. torch.distributed.checkpoint's metadata names
+    ``torch.serialization._get_layout``, refused otherwise).
     Raises UnsafePickleError (nothing run or changed; also for a pickle that would exceed
     one of the ``PICKLE_*`` limits), `CheckpointError` from `persistent`, RecursionError,
     MemoryError, or pickle.UnpicklingError with a one-line message for malformed data
     (whatever failed inside: a bad codec name, a bad device string, ...).
     """
     try:
-        return _RestrictedUnpickler(file, source, persistent).load()
+        return _RestrictedUnpickler(file, source, persistent, overrides).load()
     except (CheckpointError, RecursionError, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - every failure of a hostile file is "corrupt"

@@ -112,8 +112,16 @@ def plan_output(ckpt: Checkpoint, target: Path) -> CheckpointOutput:
     ``*.index.json``) and a model folder go into the folder `target`, under the same
     names. A ``config.json`` beside a single file is copied beside the output (the views
     of a GPT-NeoX or MoE model depend on it).
+
+    Raises CheckpointError for a torch.distributed.checkpoint folder (not written back).
     """
     path = ckpt.path
+    if ckpt.format == "torch-dcp":
+        raise CheckpointError(
+            f"{path}: a torch.distributed.checkpoint folder cannot be written back pruned; "
+            "convert it first with torch.distributed.checkpoint.format_utils.dcp_to_torch_save "
+            "and prune the file it writes"
+        )
     if path.is_dir():
         names = sorted(p.name for p in path.iterdir() if p.is_file())
         chosen = folder_weights(names)
