@@ -3,18 +3,22 @@
 - `discover(path)` walks a folder (or takes one file), groups files into checkpoints
   (one weight file; a sharded set with its ``*.index.json``; a Hugging Face model folder
   or Trainer ``checkpoint-N/`` folder as one checkpoint, diffusers' ``unet/`` and the
-  like included), finds each checkpoint's step (metadata first, then its name, then the
-  nearest folder above it whose name gives one), resolves duplicates and splits a folder
-  of runs (and of models, ``checkpoint-N/unet/`` beside ``checkpoint-N/text_encoder/``).
+  like included; each model of an Accelerate ``save_state`` folder; a
+  torch.distributed.checkpoint folder), finds each checkpoint's step (metadata first,
+  then its name, then the nearest folder above it whose name gives one), resolves
+  duplicates and splits a folder of runs (subfolders; models, ``checkpoint-N/unet/``
+  beside ``checkpoint-N/text_encoder/``; files named for different runs, ``runA_…`` and
+  ``runB_…``).
 - `open_checkpoint(path)` opens one checkpoint (file, index or folder).
 - `Checkpoint.open()` gives a `TensorReader` that reads one tensor at a time with a
   positioned read: memory holds the tensor being read, not the checkpoint.
 
 Formats: PyTorch ``.pt .pth .bin .ckpt`` (zip and legacy ``torch.save`` formats; plain or
 nested state dicts such as Lightning's ``state_dict``, ``model_state_dict``, ``model``,
-``module``; a whole pickled ``nn.Module``), safetensors (bf16 and float8 included) and
-sharded checkpoints of either. Pickles are read by a restricted unpickler that never runs
-code from the file: unknown classes become inert stubs and a pickle that tries to call
+DeepSpeed's ``module``; a whole pickled ``nn.Module``), safetensors (bf16 and float8
+included), sharded checkpoints of either, and torch.distributed.checkpoint folders (read
+by torch's own reader). Pickles are read by a restricted unpickler that never runs code
+from the file: unknown classes become inert stubs and a pickle that tries to call
 ``os.system``, ``eval`` and the like raises `UnsafePickleError`.
 """
 

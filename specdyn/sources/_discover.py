@@ -89,13 +89,18 @@ def discover(path: str | Path) -> Discovery:
     Walks `path` recursively (symbolic-link loops are visited once; hidden folders are
     skipped), groups files into checkpoints (one weight file; a sharded set with its
     ``*.index.json``; an HF model folder or Trainer ``checkpoint-N/`` as one checkpoint,
-    ignoring optimizer/scheduler/RNG state), finds each step (metadata first, then the
-    name, then the nearest folder below `path` whose name gives one, as in
-    ``checkpoint-500/unet/``), resolves duplicates (same step and same weights: kept once,
-    noted; a file with no step is matched to a step by its weights or skipped with a
-    note), splits a folder whose subfolders each hold a trajectory into several runs, and
-    splits a run whose step folders each hold several models (``checkpoint-N/unet/``,
-    ``checkpoint-N/text_encoder/``) into one run per model (``<run>-unet``).
+    ignoring optimizer/scheduler/RNG state; each model of an Accelerate folder holding
+    several, ``model.safetensors`` and ``model_1.safetensors``; a
+    torch.distributed.checkpoint folder, ``.metadata`` + ``*.distcp``), finds each step
+    (metadata first, then the name, then the nearest folder below `path` whose name gives
+    one, as in ``checkpoint-500/unet/``), resolves duplicates (same step and same weights:
+    kept once, noted; a file with no step is matched to a step by its weights or skipped
+    with a note), splits a folder whose subfolders each hold a trajectory into several
+    runs, splits a run whose step folders each hold several models (``checkpoint-N/unet/``,
+    ``checkpoint-N/text_encoder/``) into one run per model (``<run>-unet``), and splits
+    files told apart by their names (``runA_epoch_1.pth`` beside ``runB_epoch_1.pth``)
+    into one run per name (docs/runs.md#several-runs-in-one-folder). Files that hold no
+    weights (optimizer state, metrics, gradient dumps) are noted once per kind.
 
     Returns:
         Discovery(runs, notes); every run has at least one checkpoint.

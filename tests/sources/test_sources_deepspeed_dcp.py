@@ -362,18 +362,24 @@ def test_distributed_checkpoint_metadata_that_runs_code_is_refused(tmp_path):
         discover(tmp_path)
 
 
-def test_distributed_checkpoint_data_file_outside_the_folder_is_refused(tmp_path):
+@pytest.mark.parametrize("how", ["relative path", "symlink"])
+def test_distributed_checkpoint_data_file_outside_the_folder_is_refused(tmp_path, how):
     from torch.distributed.checkpoint import FileSystemReader
 
     folder = tmp_path / "ckpt" / "step_1"
     _dcp_save(_mlp().state_dict(), folder)
-    metadata = FileSystemReader(folder).read_metadata()  # our own file: torch may read it
-    for info in metadata.storage_data.values():
-        info.relative_path = "../../outside.distcp"
-    (tmp_path / "outside.distcp").write_bytes((folder / "__0_0.distcp").read_bytes())
-    buf = io.BytesIO()
-    pickle.dump(metadata, buf)
-    (folder / ".metadata").write_bytes(buf.getvalue())
+    outside = tmp_path / "outside.distcp"
+    outside.write_bytes((folder / "__0_0.distcp").read_bytes())
+    if how == "symlink":
+        (folder / "__0_0.distcp").unlink()
+        (folder / "__0_0.distcp").symlink_to(outside)
+    else:
+        metadata = FileSystemReader(folder).read_metadata()  # our own file: torch may read it
+        for info in metadata.storage_data.values():
+            info.relative_path = "../../outside.distcp"
+        buf = io.BytesIO()
+        pickle.dump(metadata, buf)
+        (folder / ".metadata").write_bytes(buf.getvalue())
     with pytest.raises(CheckpointError, match="points outside its folder") as err:
         open_checkpoint(folder)
     assert getattr(err.value, "kind", None) == "unsafe-index"
