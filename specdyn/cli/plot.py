@@ -13,7 +13,8 @@ from ._output import Output
 
 _KINDS_HELP = (
     "rank | sv | alignment | agreement | alignment-matrix | metric NAME | dynamics | all, "
-    "then the run (name or store path; default: the workspace's only run); "
+    "then the run (name or store path; default: the workspace's only run; metric takes "
+    "NAME RUN or RUN NAME); "
     "side-by-side | branch-agreement | split, then a comparison (specdyn compare); "
     "prune, then the folder of specdyn prune --magnitude."
 )
@@ -23,14 +24,17 @@ def plot_command(
     kind: Annotated[str, typer.Argument(help=_KINDS_HELP, show_default=False)],
     args: Annotated[
         list[str] | None,
-        typer.Argument(help="[NAME] [RUN]: the metric name (metric only), then the run."),
+        typer.Argument(
+            help="[RUN], or for metric NAME [RUN] (RUN NAME also works): the metric, the run."
+        ),
     ] = None,
     home: HomeOption = None,
     out: Annotated[
         Path | None,
         typer.Option(
-            help="Figure file (.png, .pdf, .svg) or, for 'all', a folder "
-            "(default: <home>/figures/<run>/)."
+            help="Figure file (.png, .pdf, .svg) or, for 'all', a folder (default: "
+            "<home>/figures/<run>/<kind>[-<subject>][-<options>].png, e.g. "
+            "dynamics-logx-error.png; for 'all', <home>/figures/<run>/all[-<options>]/)."
         ),
     ] = None,
     matrix: Annotated[
@@ -38,7 +42,10 @@ def plot_command(
     ] = None,
     pair: Annotated[
         str | None,
-        typer.Option(help="Pair name or unique substring (alignment, alignment-matrix)."),
+        typer.Option(
+            help="Pair name or unique substring (alignment, alignment-matrix); FIRST~ picks "
+            "the pair by its first matrix, FIRST~SECOND by both (→ or -> for ~)."
+        ),
     ] = None,
     steps: Annotated[
         str | None,
@@ -89,11 +96,7 @@ def plot_command(
     if kind not in FIGURE_KINDS:
         raise typer.BadParameter(f"choose one of {', '.join(FIGURE_KINDS)}", param_hint="KIND")
     args = list(args or [])
-    metric = None
-    if kind == "metric":
-        if not args:
-            raise typer.BadParameter("give the metric name, e.g. stable_rank", param_hint="NAME")
-        metric = args.pop(0)
+    metric = _metric_argument(args) if kind == "metric" else None
     if len(args) > 1:
         raise typer.BadParameter(f"one run at a time, got {' '.join(args)}", param_hint="RUN")
     if cmap is not None:
@@ -130,6 +133,23 @@ def plot_command(
         return
     for f in files:
         output.line(f)
+
+
+def _metric_argument(args: list[str]) -> str:
+    """The metric of ``plot metric``, taken out of `args`: the one argument that is a
+    metric name, in either order (``NAME RUN`` or ``RUN NAME``); with two names neither
+    known, the first (a store may hold other metrics); a lone argument must be a metric."""
+    from ..metrics import METRIC_NAMES
+
+    known = [a for a in args if a in METRIC_NAMES]
+    choose = f"give one of {', '.join(METRIC_NAMES)} (plot metric NAME [RUN])"
+    if not args:
+        raise typer.BadParameter(f"no metric name; {choose}", param_hint="NAME")
+    if len(args) == 1 and not known:
+        raise typer.BadParameter(f"{args[0]!r} is not a metric name; {choose}", param_hint="NAME")
+    metric = known[0] if known else args[0]
+    args.remove(metric)
+    return metric
 
 
 def _parse_size(text: str | None) -> tuple[float, float] | None:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import math
 import os
 import re
+import shlex
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -26,18 +28,38 @@ __all__ = ["FORMATS", "PlotError", "short_names"]
 
 FORMATS = ("png", "pdf", "svg")
 
-# Labels of the stored metrics, for colour bars.
-_METRIC_LABELS = {
-    "normalized_effective_rank": "normalised effective rank exp(H)/R",
-    "effective_rank": "effective rank exp(H)",
-    "entropy": "spectral entropy H (nats)",
-    "spectral_norm": "spectral norm σ₁",
-    "frobenius_norm": "Frobenius norm",
-    "nuclear_norm": "nuclear norm Σσ",
-    "stable_rank": "stable rank Σσ²/σ₁²",
+# The stored metrics in words and as a formula (colour bars say both; a short colour bar,
+# under a panel title that names the metric, the formula alone). Displayed labels spell
+# "normalised" (docs/metrics.md); the stored names keep their spelling.
+_METRIC_PARTS = {
+    "normalized_effective_rank": ("normalised effective rank", "exp(H)/R"),
+    "effective_rank": ("effective rank", "exp(H)"),
+    "entropy": ("spectral entropy", "H (nats)"),
+    "spectral_norm": ("spectral norm", "σ₁"),
+    "frobenius_norm": ("Frobenius norm", "√Σσ²"),
+    "nuclear_norm": ("nuclear norm", "Σσ"),
+    "stable_rank": ("stable rank", "Σσ²/σ₁²"),
+    "agreement_score": ("agreement score", "s(t)"),
 }
+_METRIC_LABELS = {name: f"{words} {formula}" for name, (words, formula) in _METRIC_PARTS.items()}
+
+
+def _metric_words(metric: str) -> str:
+    """A stored metric's name in words ("normalised effective rank")."""
+    if metric in _METRIC_PARTS:
+        return _METRIC_PARTS[metric][0]
+    return metric.replace("_", " ").replace("normalized", "normalised")
+
+
+def _metric_label(metric: str) -> str:
+    """A stored metric's colour-bar label: its name in words and its formula."""
+    return _METRIC_LABELS.get(metric, _metric_words(metric))
+
 
 _DEFAULT_SIZE = (7.0, 4.5)
+
+# Up to this many steps, lines get a marker at every step.
+_FEW_STEPS = 20
 
 _SINGULAR = {"matrices": "matrix", "pairs": "pair"}
 
@@ -63,15 +85,85 @@ def _axes(ax: Axes | None, size: tuple[float, float] | None) -> Axes:
 def _step_columns(run: Run, steps: str | None) -> np.ndarray:
     """Column indices of the done steps selected by a ``--steps`` value
     (docs/runs.md#steps-grammar)."""
-    done = run.steps
-    if not done.size:
-        raise PlotError(
-            f"{run.path}: no step is done yet; run {command_ref('analyze')} first", file=run.path
-        )
+    done = _done_steps(run)
     if steps is None:
         return np.arange(done.size)
     chosen = set(select_steps(done.tolist(), steps))
     return np.array([i for i, s in enumerate(done.tolist()) if s in chosen], dtype=np.int64)
+
+
+def _done_steps(run: Run) -> np.ndarray:
+    """The run's done steps, or PlotError when none is done yet."""
+    done = run.values.steps
+    if not done.size:
+        raise PlotError(
+            f"{run.path}: no step is done yet; run {command_ref('analyze')} first", file=run.path
+        )
+    return done
+
+
+@dataclass(frozen=True)
+class _Steps:
+    """The steps a figure shows: every selected step of the run, analysed or not.
+
+    x: the steps, ascending (int64 [S]); cols: for each, its column in the arrays a
+    `Run` reads (which hold the done steps only), -1 for a step not analysed yet.
+    """
+
+    x: np.ndarray
+    cols: np.ndarray
+
+    @property
+    def done(self) -> np.ndarray:
+        """bool [S]: which shown steps are analysed."""
+        return self.cols >= 0
+
+    @property
+    def partial(self) -> str:
+        """ "partial D/T" when some shown steps are not analysed yet, else ""."""
+        done = int(self.done.sum())
+        return "" if done == self.x.size else f"partial {done}/{self.x.size}"
+
+    def pick(self, data: np.ndarray) -> np.ndarray:
+        """`data` [..., T_done] at the shown steps: [..., S], NaN where not analysed."""
+        data = np.asarray(data)
+        if self.done.all():
+            return data[..., self.cols]
+        out = np.full((*data.shape[:-1], self.x.size), np.nan)
+        out[..., self.done] = data[..., self.cols[self.done]]
+        return out
+
+
+def _step_axis(run: Run, steps: str | None) -> _Steps:
+    """The run's steps a figure shows: every step the store knows (done or pending),
+    those a ``--steps`` value selects (docs/runs.md#steps-grammar) when given."""
+    done = _done_steps(run)
+    every = run.values.all_steps
+    shown = every if steps is None else np.asarray(select_steps(every.tolist(), steps))
+    column = {s: i for i, s in enumerate(done.tolist())}
+    cols = np.array([column.get(s, -1) for s in shown.tolist()], dtype=np.int64)
+    if not (cols >= 0).any():
+        raise PlotError(
+            f"{run.path}: no step chosen by {option_ref('steps')} {steps!r} is analysed yet "
+            f"(done: {_few(done.tolist())}); run {command_ref('analyze')} to finish the run",
+            file=run.path,
+            option="steps",
+        )
+    return _Steps(np.asarray(shown, dtype=np.int64), cols)
+
+
+def _few(values: Sequence, n: int = 6) -> str:
+    """The first `n` values, comma-separated, "…" when there are more."""
+    values = list(values)
+    head = ", ".join(str(v) for v in values[:n])
+    return head + (", …" if len(values) > n else "")
+
+
+def _titled(title: str, steps: _Steps) -> str:
+    """`title` with "partial D/T" added when some shown steps are not analysed yet."""
+    if not title or not steps.partial:
+        return title
+    return f"{title} ({steps.partial})"
 
 
 def _step_label(store) -> str:
@@ -81,16 +173,19 @@ def _step_label(store) -> str:
 
 
 def _edges(ax: Axes, x: np.ndarray, log_x: bool) -> np.ndarray:
-    """Cell edges around each x value, midway in the axis' own scale."""
+    """Cell edges of steps `x` [S] drawn as columns: midway between neighbours in the
+    axis' own scale, and the first and last step themselves, so the columns span exactly
+    [first, last] (the two edge columns are half as wide). A single step gets a column
+    of width 1 in the axis' scale. Returns float64 [S + 1]."""
     _set_x_scale(ax, x, log_x)
     transform = ax.xaxis.get_transform()
-    t = transform.transform(np.asarray(x, dtype=np.float64))
+    x = np.asarray(x, dtype=np.float64)
+    t = transform.transform(x)
     if t.size == 1:
-        mid = np.array([t[0] - 0.5, t[0] + 0.5])
-    else:
-        inner = (t[1:] + t[:-1]) / 2
-        mid = np.concatenate([[t[0] - (inner[0] - t[0])], inner, [t[-1] + (t[-1] - inner[-1])]])
-    return transform.inverted().transform(mid)
+        return transform.inverted().transform(np.array([t[0] - 0.5, t[0] + 0.5]))
+    edges = transform.inverted().transform(np.concatenate([[t[0]], (t[1:] + t[:-1]) / 2, [t[-1]]]))
+    edges[0], edges[-1] = x[0], x[-1]  # exact, not through the round trip of the transform
+    return edges
 
 
 def _set_x_scale(ax: Axes, x: np.ndarray, log_x: bool) -> None:
@@ -107,6 +202,73 @@ def _set_x_scale(ax: Axes, x: np.ndarray, log_x: bool) -> None:
     top = float(np.max(x)) if len(x) else 1.0
     powers = [10.0**e for e in range(0, int(math.log10(max(top, 1.0))) + 2)]
     ax.xaxis.set_major_locator(FixedLocator([0.0, *[p for p in powers if p >= linthresh]]))
+
+
+def _step_extent(ax: Axes, x: np.ndarray) -> None:
+    """The x range exactly [first, last] step, and a minor tick at every step shown
+    (where the checkpoints are)."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.size > 1:
+        ax.set_xlim(float(x[0]), float(x[-1]))
+    _checkpoint_ticks(ax, x)
+
+
+def _checkpoint_ticks(ax: Axes, steps: np.ndarray) -> None:
+    """A minor x tick at each of `steps`: where the checkpoints are."""
+    from matplotlib.ticker import FixedLocator, NullFormatter
+
+    ax.xaxis.set_minor_locator(FixedLocator(np.asarray(steps, dtype=np.float64)))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.xaxis.remove_overlapping_locs = False  # a checkpoint on a labelled tick keeps its mark
+    _checkpoint_tick_style(ax)
+
+
+def _checkpoint_tick_style(ax: Axes) -> None:
+    """The minor x ticks drawn as checkpoint marks (also on panels sharing the axis)."""
+    ax.tick_params(axis="x", which="minor", length=4, width=0.8, color="0.35")
+
+
+def _markers(n: int) -> dict:
+    """Line style keywords: a dot at every point when there are few (≤ 20) steps."""
+    return {"marker": "o", "ms": 2.5} if n <= _FEW_STEPS else {}
+
+
+def _mark_pending(ax: Axes, edges: np.ndarray, steps: _Steps) -> None:
+    """Hatched columns where steps are not analysed yet, the widest saying so."""
+    pending = ~steps.done
+    if not pending.any():
+        return
+    runs, i = [], 0  # (first, last) index of each run of pending steps
+    while i < pending.size:
+        if pending[i]:
+            j = i
+            while j + 1 < pending.size and pending[j + 1]:
+                j += 1
+            runs.append((i, j))
+            i = j + 1
+        else:
+            i += 1
+    for first, last in runs:
+        ax.axvspan(edges[first], edges[last + 1], facecolor="none", edgecolor="0.6",
+                   hatch="///", lw=0, zorder=0.5)  # fmt: skip
+    # the note goes in the widest hatched stretch, measured on screen (log axes too)
+    screen = ax.xaxis.get_transform().transform(edges)
+    first, last = max(runs, key=lambda r: screen[r[1] + 1] - screen[r[0]])
+    share = (screen[last + 1] - screen[first]) / max(screen[-1] - screen[0], 1e-12)
+    centre = ax.xaxis.get_transform().inverted().transform([(screen[first] + screen[last + 1]) / 2])
+    ax.text(
+        float(centre[0]),
+        0.5,
+        f"not analysed yet: {int(pending.sum())} of {pending.size} steps",
+        transform=ax.get_xaxis_transform(),
+        rotation=0 if share > 0.3 else 90,
+        ha="center",
+        va="center",
+        fontsize=7,
+        color="0.3",
+        bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1.5},
+        clip_on=True,
+    )
 
 
 def _mark_flags(ax: Axes, run: Run, x: np.ndarray) -> None:
@@ -242,7 +404,7 @@ def _heatmap(
     run: Run,
     data: np.ndarray,
     rows: Sequence[str],
-    x: np.ndarray,
+    steps: _Steps,
     *,
     log_x: bool,
     cmap: str,
@@ -253,12 +415,13 @@ def _heatmap(
     vmax: float | None = None,
     row_ticks: bool = True,
 ) -> Axes:
-    """Rows × steps heatmap with true step positions and a labelled colour bar."""
-    edges = _edges(ax, x, log_x)
+    """Rows × steps heatmap of `data` [rows, T_done] at the shown `steps` (true step
+    positions, x exactly [first, last], a minor tick at each step, steps not analysed yet
+    hatched) with a labelled colour bar; "partial D/T" joins a non-empty `title`."""
+    edges = _edges(ax, steps.x, log_x)
     y = np.arange(len(rows) + 1) - 0.5
-    mesh = ax.pcolormesh(
-        edges, y, np.ma.masked_invalid(data), cmap=cmap, vmin=vmin, vmax=vmax, shading="flat"
-    )
+    shown = np.ma.masked_invalid(steps.pick(data))
+    mesh = ax.pcolormesh(edges, y, shown, cmap=cmap, vmin=vmin, vmax=vmax, shading="flat")
     ax.set_ylim(len(rows) - 0.5, -0.5)  # forward depth downwards, as in the paper
     if row_ticks:
         _row_ticks(ax, short_names(rows, width=64 if any("~" in n for n in rows) else 48))
@@ -266,8 +429,10 @@ def _heatmap(
     ax.set_xlabel(_step_label(run))
     ax.figure.colorbar(mesh, ax=ax, label=label)
     if title:
-        ax.set_title(title, fontsize=10)
-    _mark_flags(ax, run, x)
+        ax.set_title(_titled(title, steps), fontsize=10)
+    _step_extent(ax, steps.x)
+    _mark_pending(ax, edges, steps)
+    _mark_flags(ax, run, steps.x)
     return ax
 
 
@@ -315,3 +480,78 @@ def _resolve(call, *args):
 def _as_plot_error(exc: SpecdynError) -> PlotError:
     """A PlotError with the message (options still worded per caller) and fields of `exc`."""
     return PlotError(exc.message, file=exc.file, step=exc.step, option=exc.option)
+
+
+# "FIRST~", "FIRST→" or "FIRST->": a pair by its matrices (either side may be empty)
+_PAIR_SIDES = re.compile(r"\s*(?:~|→|->)\s*")
+
+
+def _find_pair(run: Run, spec: str) -> str:
+    """The pair `spec` names: an exact pair name; ``FIRST~`` / ``~SECOND`` /
+    ``FIRST~SECOND`` (``→`` or ``->`` for ``~``), the pair by its first and/or second
+    matrix (exact name, name without ``.weight``, else a substring); else a substring of
+    one pair name. PlotError when none or several match; the several are listed, each with
+    a `spec` that picks it."""
+    pairs = run.alignment.pairs
+    names = [p["name"] for p in pairs]
+    if spec in names:
+        return spec
+    hits: list[int] = []
+    if _PAIR_SIDES.search(spec):
+        first, second = _PAIR_SIDES.split(spec, maxsplit=1)
+        hits = _pairs_by_sides(pairs, first, second)
+    if not hits:
+        hits = [i for i, n in enumerate(names) if spec in n]
+    if len(hits) == 1:
+        return names[hits[0]]
+    if not hits:
+        listing = f"pairs include {_few(short_names(names), 4)}" if names else "no pairs stored"
+        # the listing of pairs has no specdyn.<command>() twin: both wordings given
+        where = option_ref("run.alignment.pairs", "specdyn info RUN --pairs")
+        raise PlotError(
+            f"{run.path}: no pair matches {spec!r} ({listing}; list them with {where})",
+            file=run.path,
+            option="pair",
+        )
+    choices = "; ".join(
+        f"{names[i]}: {option_ref(f'pair={p!r}', f'--pair {shlex.quote(p)}')}"
+        for i, p in ((i, _pair_pick(pairs, i)) for i in hits[:6])
+    )
+    more = f" (and {len(hits) - 6} more)" if len(hits) > 6 else ""
+    raise PlotError(
+        f"{run.path}: {option_ref('pair')} {spec!r} matches {len(hits)} pairs{more}; pick one "
+        f"by its first matrix (FIRST~) or by both (FIRST~SECOND): {choices}",
+        file=run.path,
+        option="pair",
+    )
+
+
+def _side_rank(part: str, matrix: str) -> int:
+    """How well one side of a pair spec names `matrix`: 2 exactly (with or without
+    ``.weight``), 1 as a substring, 0 not at all; an empty side names any matrix (1)."""
+    if not part:
+        return 1
+    if part in (matrix, _clean_part(matrix)):
+        return 2
+    return 1 if part in matrix or part in _clean_part(matrix) else 0
+
+
+def _pairs_by_sides(pairs: list[dict], first: str, second: str) -> list[int]:
+    """Indices of the pairs whose first and second matrices the two sides name, the
+    best-named only (an exact name wins over substrings)."""
+    ranks = [(_side_rank(first, p["first"]), _side_rank(second, p["second"])) for p in pairs]
+    hits = [i for i, (a, b) in enumerate(ranks) if a and b]
+    if not hits:
+        return []
+    best = max(sum(ranks[i]) for i in hits)
+    return [i for i in hits if sum(ranks[i]) == best]
+
+
+def _pair_pick(pairs: list[dict], i: int) -> str:
+    """The shortest spec that picks pair `i` alone: ``FIRST~``, else ``FIRST~SECOND``,
+    else its name."""
+    first, second = _clean_part(pairs[i]["first"]), _clean_part(pairs[i]["second"])
+    for spec in (f"{first}~", f"{first}~{second}"):
+        if _pairs_by_sides(pairs, *_PAIR_SIDES.split(spec, maxsplit=1)) == [i]:
+            return spec
+    return pairs[i]["name"]

@@ -16,10 +16,12 @@ from ..comparison import Comparison, open_comparison
 from ..errors import StoreError, command_ref, option_ref
 from ..steps import select_steps
 from ._common import (
-    _METRIC_LABELS,
     PlotError,
     _as_plot_error,
+    _checkpoint_ticks,
     _edges,
+    _metric_label,
+    _metric_words,
     _row_ticks,
     _step_label,
     short_names,
@@ -122,6 +124,11 @@ def plot_side_by_side(
                 cmap=cmap, vmin=vmin, vmax=vmax, shading="flat",
             )  # fmt: skip
             ax.set_ylim(len(rows) - 0.5, -0.5)
+            # every run on the union's extent (a shorter run ends before the others), a
+            # minor tick at each of its own steps
+            if x.size > 1:
+                ax.set_xlim(float(x[0]), float(x[-1]))
+            _checkpoint_ticks(ax, x[have])
             if r % ncol == 0:
                 _row_ticks(ax, names, max_labels=25)
             else:
@@ -129,19 +136,25 @@ def plot_side_by_side(
             ax.set_xlabel(_step_label(c), fontsize=8)
             ax.set_title(label, fontsize=9)
         if mesh is not None:
-            fig.colorbar(mesh, ax=fig.axes, label=_METRIC_LABELS.get(metric, metric), shrink=0.8)
+            fig.colorbar(mesh, ax=fig.axes, label=_metric_label(metric), shrink=0.8)
         ax = fig.add_subplot(grid[nrow - 1, :])
         final = c.final(metric)[:, rows]
         for r, label in enumerate(c.labels):
             ax.plot(np.arange(len(rows)), final[r], marker="o", ms=3, label=label)
         ax.set_xticks(np.arange(len(rows)), names, rotation=30, ha="right", fontsize=7,
                       rotation_mode="anchor")  # fmt: skip
-        ax.set_ylabel(f"final {metric.replace('_', ' ')}", fontsize=8)
+        ax.set_ylabel(f"final {_metric_words(metric)}", fontsize=8)
         ax.legend(fontsize=7, ncol=min(4, n))
-        fig.suptitle(
-            title if title is not None else f"{c.name}: {_METRIC_LABELS.get(metric, metric)}"
-        )
+        fig.suptitle(title if title is not None else _runs_title(c.labels))
         return fig
+
+
+def _runs_title(labels: list[str]) -> str:
+    """A comparison's default title: its runs (the comparison's name may be one made up
+    from them, "a-vs-b", which reads worse than the runs themselves)."""
+    if len(labels) <= 3:
+        return " vs ".join(labels)
+    return f"{len(labels)} runs: {labels[0]}, …, {labels[-1]}"
 
 
 def plot_branch_agreement(
@@ -259,7 +272,8 @@ def plot_split(
         ax.set_ylabel(f"agreement score (top {c.score_top})")
         ax.set_ylim(0.0, 1.02)
         ax.legend(fontsize=7, ncol=2 if len(rows) > 8 else 1)
-        fig.suptitle(title if title is not None else f"{c.name}: branch agreement vs split")
+        default = f"branch agreement against the split step ({len(c.labels)} runs)"
+        fig.suptitle(title if title is not None else default)
         return fig
 
 

@@ -62,8 +62,11 @@ def plot_prune(
             listing = ", ".join(names[i] for i in hits[:6]) if hits else ", ".join(names[:6])
             raise PlotError(f"{option_ref('matrix')} {matrix!r} {what}: {listing}", option="matrix")
         j = hits[0]
-    fig = Figure(figsize=size or (12.0, 4.5), layout="constrained")
-    left, right = fig.subplots(1, 2, width_ratios=(1, 1.3))
+    fig = Figure(figsize=size or (12.0, 5.0), layout="constrained")
+    grid = fig.add_gridspec(2, 2, width_ratios=(1, 1.3), height_ratios=(3, 1))
+    left = fig.add_subplot(grid[:, 0])
+    right = fig.add_subplot(grid[0, 1])
+    kept_ax = fig.add_subplot(grid[1, 1], sharex=right)
     for mask in sorted(res.diagonal):
         d = np.asarray(res.diagonal[mask][j], dtype=np.float64)
         d = d[~np.isnan(d)][:top] if top else d[~np.isnan(d)]
@@ -80,18 +83,17 @@ def plot_prune(
     for mask in sorted(res.score):
         right.plot(x, res.score[mask], marker="o", ms=3, label=f"{mask} mask",
                    **_STYLE.get(mask, {}))  # fmt: skip
-    right.set_xticks(x, short_names(names), rotation=30, ha="right", fontsize=7,
-                     rotation_mode="anchor")  # fmt: skip
     right.set_ylim(0.0, 1.02)
     top_n = res.attrs.get("score_top", 10)
     right.set_ylabel(f"agreement score (top {top_n})")
-    twin = right.twinx()
-    twin.bar(x, res.matrix_kept_fraction, color="grey", alpha=0.2, label="kept fraction")
-    twin.set_ylabel("fraction of weights kept (magnitude)", fontsize=8, color="grey")
-    right.set_zorder(twin.get_zorder() + 1)
-    right.patch.set_visible(False)
     right.legend(fontsize=8, loc="upper right")
     right.set_title("every masked matrix", fontsize=9)
+    right.tick_params(axis="x", labelbottom=False)
+    # the kept fraction on its own axis below (a few %, unreadable on the scores' 0–1)
+    kept_ax.bar(x, 100 * np.asarray(res.matrix_kept_fraction), color="grey", alpha=0.6)
+    kept_ax.set_ylabel("weights kept\n(magnitude, %)", fontsize=8)
+    kept_ax.set_xticks(x, short_names(names), rotation=30, ha="right", fontsize=7,
+                       rotation_mode="anchor")  # fmt: skip
     fraction = res.attrs.get("fraction")
     step = res.attrs.get("step")
     fig.suptitle(

@@ -29,18 +29,25 @@ from matplotlib.figure import Figure
 from ..errors import StoreError, command_ref, option_ref
 from ..store import Run
 from ._common import (
-    _METRIC_LABELS,
     PlotError,
     _axes,
+    _edges,
     _filtered,
+    _find_pair,
     _heatmap,
     _mark_flags,
+    _mark_pending,
+    _markers,
+    _metric_label,
     _need_vectors,
     _opened,
     _resolve,
-    _set_x_scale,
+    _step_axis,
     _step_columns,
+    _step_extent,
     _step_label,
+    _Steps,
+    _titled,
     short_names,
 )
 
@@ -54,6 +61,10 @@ __all__ = [
     "plot_agreement_score",
     "plot_alignment_matrix",
 ]
+
+
+# The alignment matrix shows its top-left block of this size by default.
+_MATRIX_TOP = 20
 
 
 def plot_metric(
@@ -89,21 +100,20 @@ def plot_metric(
             raise PlotError(
                 f"{r.path}: no metric {metric!r}; stored metrics: {', '.join(r.metric_names)}"
             )
-        cols = _step_columns(r, steps)
+        shown = _step_axis(r, steps)
         rows = _filtered(r.matrices, matrices, "matrices", r)
-        data = r.metric(metric)[np.ix_(rows, cols)]
-        ax = _axes(ax, size)
         return _heatmap(
-            ax,
+            _axes(ax, size),
             r,
-            data,
+            r.values.metric(metric)[rows],
             [r.matrices[i] for i in rows],
-            r.steps[cols],
+            shown,
             log_x=log_x,
             cmap=cmap,
-            label=_METRIC_LABELS.get(metric, metric),
+            label=_metric_label(metric),
             row_label="matrix (forward depth)",
-            title=title if title is not None else f"{r.name}: {_METRIC_LABELS.get(metric, metric)}",
+            # the colour bar names the metric; the title names the run only
+            title=title if title is not None else r.name,
         )
 
 
@@ -145,20 +155,21 @@ def plot_sv(
 
     with _opened(run, home) as r:
         name = _resolve(r.find_matrix, matrix)
-        cols = _step_columns(r, steps)
-        sigma = r.sigma(name)[cols]
+        shown = _step_axis(r, steps)
+        sigma = shown.pick(r.values.sigma(name).T).T  # [S, R], NaN where not analysed
         count = sigma.shape[1] if top is None else max(1, min(int(top), sigma.shape[1]))
-        x = r.steps[cols]
+        x = shown.x
         ax = _axes(ax, size)
-        _set_x_scale(ax, x, log_x)
+        edges = _edges(ax, x, log_x)
         # darker = larger: index 1 at the darker end of the map, whichever end that is
         norm = colors.Normalize(vmin=1, vmax=max(count, 2))
         colour_map = matplotlib.colormaps[cmap]
         if _luminance(colour_map(0.0)) > _luminance(colour_map(1.0)):
             colour_map = colour_map.reversed()
         mapper = cm.ScalarMappable(norm=norm, cmap=colour_map)
+        style = _markers(x.size)
         for i in range(count):
-            ax.plot(x, sigma[:, i], color=mapper.to_rgba(i + 1), linewidth=0.9)
+            ax.plot(x, sigma[:, i], color=mapper.to_rgba(i + 1), linewidth=0.9, **style)
         if log_y:
             ax.set_yscale("log")
         ax.set_xlabel(_step_label(r))
@@ -168,8 +179,11 @@ def plot_sv(
         bar = ax.figure.colorbar(mapper, ax=ax, label="index i (1 = largest)")
         bar.locator = MaxNLocator(integer=True)
         bar.update_ticks()
-        shown = short_names([name], 70)[0]
-        ax.set_title(title if title is not None else f"{r.name}: {shown}", fontsize=10)
+        what = short_names([name], 70)[0]
+        default = f"{r.name}: singular values of {what}"
+        ax.set_title(_titled(title if title is not None else default, shown), fontsize=10)
+        _step_extent(ax, x)
+        _mark_pending(ax, edges, shown)
         _mark_flags(ax, r, x)
         return ax
 
@@ -200,7 +214,7 @@ def plot_alignment(
     """
     with _opened(run, home) as r:
         _need_vectors(r, "alignment")
-        name = _resolve(r.find_pair, pair)
+        name = _find_pair(r, pair)
         label = "alignment Aᵢᵢ = |⟨uᵢ, v′ᵢ⟩|"
         return _diagonal(
             r, r.alignment(name), name, label, ax, size, steps, top, log_x, cmap, title
@@ -245,14 +259,13 @@ def _diagonal(
     title: str | None,
 ) -> Axes:
     """Index × step heatmap of a stored diagonal [T_done, k] (the first `top` indices)."""
-    cols = _step_columns(r, steps)
-    diag = diagonal[cols]
-    k = diag.shape[1] if top is None else max(1, min(int(top), diag.shape[1]))
+    shown = _step_axis(r, steps)
+    k = diagonal.shape[1] if top is None else max(1, min(int(top), diagonal.shape[1]))
     return _index_heatmap(
         _axes(ax, size),
         r,
-        diag[:, :k].T,
-        r.steps[cols],
+        diagonal[:, :k].T,
+        shown,
         log_x=log_x,
         cmap=cmap,
         label=label,
@@ -264,21 +277,21 @@ def _index_heatmap(
     ax: Axes,
     run: Run,
     data: np.ndarray,
-    x: np.ndarray,
+    shown: _Steps,
     *,
     log_x: bool,
     cmap: str,
     label: str,
     title: str,
 ) -> Axes:
-    """Index i (1 on top) × steps heatmap of a diagonal, values in [0, 1]."""
+    """Index i (1 on top) × steps heatmap of a diagonal [k, T_done], values in [0, 1]."""
     k = data.shape[0]
     _heatmap(
         ax,
         run,
         data,
         [str(i + 1) for i in range(k)],
-        x,
+        shown,
         log_x=log_x,
         cmap=cmap,
         label=label,
@@ -317,20 +330,19 @@ def plot_alignment_score(
                 file=r.path,
             )
         rows = _filtered(names, pairs, "pairs", r)
-        cols = _step_columns(r, steps)
-        data = r.alignment_score()[np.ix_(rows, cols)]
-        top = r.vectors_config["score_top"]
+        shown = _step_axis(r, steps)
+        top = r.vectors.config["score_top"]
         return _heatmap(
             _axes(ax, size),
             r,
-            data,
+            r.alignment.score()[rows],
             [names[i] for i in rows],
-            r.steps[cols],
+            shown,
             log_x=log_x,
             cmap=cmap,
             label=f"alignment score a(t): mean Aᵢᵢ, i ≤ {top}",
             row_label="pair (forward depth)",
-            title=title if title is not None else f"{r.name}: alignment score",
+            title=title if title is not None else r.name,
             vmin=0.0,
             vmax=1.0,
         )
@@ -353,20 +365,19 @@ def plot_agreement_score(
     with _opened(run, home) as r:
         _need_vectors(r, "agreement")
         rows = _filtered(r.matrices, matrices, "matrices", r)
-        cols = _step_columns(r, steps)
-        data = r.agreement_score()[np.ix_(rows, cols)]
-        top = r.vectors_config["score_top"]
+        shown = _step_axis(r, steps)
+        top = r.vectors.config["score_top"]
         return _heatmap(
             _axes(ax, size),
             r,
-            data,
+            r.agreement.score()[rows],
             [r.matrices[i] for i in rows],
-            r.steps[cols],
+            shown,
             log_x=log_x,
             cmap=cmap,
             label=f"agreement score s(t) with {r.step_unit} {r.reference}: mean Sᵢᵢ, i ≤ {top}",
             row_label="matrix (forward depth)",
-            title=title if title is not None else f"{r.name}: agreement score",
+            title=title if title is not None else r.name,
             vmin=0.0,
             vmax=1.0,
         )
@@ -388,16 +399,17 @@ def plot_alignment_matrix(
 
     Args:
         steps: which steps (default ``lin:4``: four spread over the run).
-        top: show only the top-left `top`×`top` block.
+        top: show only the top-left `top`×`top` block (default 20, where the
+            structure is; the whole k×k matrix with ``top=k``).
 
     Returns:
         The Figure: one Axes per step (image i × j) and a shared colour bar.
     """
     with _opened(run, home) as r:
         _need_vectors(r, "alignment-matrix")
-        name = _resolve(r.find_pair, pair)
+        name = _find_pair(r, pair)
         try:
-            full = r.alignment_matrix(name)
+            full = r.alignment.matrix(name)
         except StoreError:
             raise PlotError(
                 f"{r.path}: whole alignment matrices are not stored; re-run "
@@ -406,7 +418,7 @@ def plot_alignment_matrix(
                 file=r.path,
             ) from None
         cols = _step_columns(r, steps if steps is not None else "lin:4")
-        k = full.shape[1] if top is None else max(1, min(int(top), full.shape[1]))
+        k = max(1, min(int(_MATRIX_TOP if top is None else top), full.shape[1]))
         n = len(cols)
         fig = Figure(figsize=size or (3.2 * n + 1.2, 3.4), layout="constrained")
         axes = fig.subplots(1, n, squeeze=False)[0]
@@ -424,5 +436,7 @@ def plot_alignment_matrix(
             ax.set_xlabel("index j (second matrix, v′ⱼ)")
         axes[0].set_ylabel("index i (first matrix, uᵢ)")
         fig.colorbar(image, ax=list(axes), label="alignment |⟨uᵢ, v′ⱼ⟩|")
-        fig.suptitle(title if title is not None else f"{r.name}: {short_names([name], 70)[0]}")
+        crop = f", indices 1–{k} of {full.shape[1]}" if k < full.shape[1] else ""
+        default = f"{r.name}: {short_names([name], 70)[0]}{crop}"
+        fig.suptitle(title if title is not None else default)
         return fig

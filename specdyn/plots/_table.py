@@ -11,6 +11,7 @@ up, refuses the options it does not take, opens the subject, draws and saves.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import textwrap
@@ -27,7 +28,16 @@ from ..comparison import Comparison
 from ..errors import option_ref
 from ..store import Run
 from ._all import plot_all
-from ._common import FORMATS, PlotError, _opened, _resolve, short_names
+from ._common import (
+    FORMATS,
+    PlotError,
+    _find_pair,
+    _opened,
+    _resolve,
+    _step_axis,
+    _titled,
+    short_names,
+)
 from ._compare import _opened as _opened_comparison
 from ._compare import plot_branch_agreement, plot_side_by_side, plot_split
 from ._dynamics import plot_dynamics
@@ -147,8 +157,8 @@ class FigureKind:
 def _alignment_figure(run: Run, *, pair: str | None = None, **options) -> Figure | Axes:
     """The alignment score a(t) of every pair; with `pair`, that pair's A_ii beside it."""
     return _detail_beside_scores(
-        run, pair, plot_alignment, plot_alignment_score, "pairs", run.find_pair, "every pair",
-        **options,
+        run, pair, plot_alignment, plot_alignment_score, "pairs",
+        lambda spec: _find_pair(run, spec), "every pair", **options,
     )  # fmt: skip
 
 
@@ -185,6 +195,8 @@ def _detail_beside_scores(
     detail(run, subject, ax=left, top=top, title="", **shared)
     scores(run, ax=right, title="", **rows, **shared)
     _title_panels(fig, run, left, _resolve(find, subject), right, everything, title)
+    # "partial D/T" when some steps shown are not analysed yet
+    fig.suptitle(_titled(fig.get_suptitle(), _step_axis(run, shared.get("steps"))))
     return fig
 
 
@@ -305,20 +317,112 @@ _SUBJECTS = {
 }
 
 
-def _figure_file(folder: Path, stem: str, named: str | None) -> Path:
-    """``<folder>/<stem>[-<named>].png``, the name made safe for any file system and short."""
-    if named:
-        stem = f"{stem}-{re.sub(r'[^A-Za-z0-9_.]+', '_', named)}"
-    return folder / f"{stem[:120]}.png"
+# The options a default file name carries, in this order, after the figure's subject
+# (`FigureKind.named_by`): what is shown, then how. dpi (the same figure at another
+# resolution), out, home and fmt (the extension says it) are not in the name.
+_NAMED_OPTIONS = (
+    "metric", "matrix", "pair", "steps", "matrices", "top", "log_x", "log_y", "training",
+    "scores", "error", "cmap", "size", "title",
+)  # fmt: skip
+
+# how a flag reads in a file name
+_NAME_FLAGS = {"log_x": "logx", "log_y": "logy", "scores": "scores", "error": "error"}
+
+# characters of option values kept as they are in file names; "," and ":" (the --steps
+# grammar) are spelled "+" and "="; "→" and "->" are the "~" of a pair spec
+_SAFE = re.compile(r"[A-Za-z0-9._~]")
+_SPELLED = {",": "+", ":": "="}
 
 
-def default_output(run: Run, kind: str, subject: str | None = None) -> Path:
+def _safe(value: str) -> str:
+    """`value` as a file-name part: kept characters as they are, "," and ":" spelled out;
+    when anything else had to be replaced, a short hash of the value keeps the name
+    apart from a value that differs only there."""
+    text = value.replace("→", "~").replace("->", "~")
+    out, lossy = [], False
+    for ch in text:
+        if _SAFE.match(ch):
+            out.append(ch)
+        elif ch in _SPELLED:
+            out.append(_SPELLED[ch])
+        else:
+            out.append("_")
+            lossy = True
+    part = "".join(out)
+    return f"{part}_{_digest(value)}" if lossy else part
+
+
+def _digest(value: str) -> str:
+    """Six hex digits of the SHA-1 of `value` (a tag, not a secret)."""
+    return hashlib.sha1(value.encode("utf-8")).hexdigest()[:6]
+
+
+def _name_part(option: str, value) -> str:
+    """One option's part of a file name: ``logx``, ``top20``, ``steps_0+100``,
+    ``size8x5``, ``title_3fa2b1``, ``matrix_layers.1``."""
+    if option in _NAME_FLAGS:
+        return _NAME_FLAGS[option]
+    if option == "top":
+        return f"top{int(value)}"
+    if option == "size":
+        return f"size{float(value[0]):g}x{float(value[1]):g}"
+    if option == "title":
+        return f"title_{_digest(str(value))}"  # any text: its hash alone
+    text = ",".join(value) if isinstance(value, (list, tuple)) else str(value)
+    return f"{option}_{_safe(text)}"
+
+
+def _figure_name(entry: FigureKind, options: FigureOptions) -> str:
+    """The default file name without extension: the kind (or `file_stem`), the subject
+    (the `named_by` option's value), then a part for each other option it takes that is
+    not at its default (``dynamics-logx-error``), so that a figure drawn with other
+    options never replaces this one."""
+    parts = [entry.file_stem or entry.name]
+    defaults = FigureOptions()
+    if entry.named_by and getattr(options, entry.named_by):
+        parts.append(_safe(str(getattr(options, entry.named_by))))
+    for option in _NAMED_OPTIONS:
+        value = getattr(options, option)
+        if option == entry.named_by or option not in entry.options:
+            continue
+        if value is None or value == getattr(defaults, option) or value in ((), []):
+            continue
+        parts.append(_name_part(option, value))
+    stem = "-".join(parts)
+    if len(stem) > 120:  # long names cut, their hash keeps them apart
+        stem = f"{stem[:110]}-{_digest(stem)}"
+    return stem
+
+
+def default_output(
+    run: Run, kind: str, subject: str | None = None, options: FigureOptions | None = None
+) -> Path:
     """Where a figure of a run goes without ``--out``:
-    ``<workspace>/figures/<run>/<kind>[-<subject>].png`` (the folder itself for kind "all");
-    the workspace is the store's folder. `subject`: the metric, matrix or pair shown."""
-    if kind == "all":
-        return _run_figures(run)
-    return _figure_file(_run_figures(run), kind, subject)
+    ``<workspace>/figures/<run>/<kind>[-<subject>][-<options>].png``, the workspace being
+    the store's folder; for kind "all", the folder ``figures/<run>/all[-<options>]/``.
+
+    Args:
+        run: the open run.
+        kind: a run kind of `FIGURES`.
+        subject: the metric, matrix or pair shown (the kind's `FigureKind.named_by`
+            option), when not given in `options`.
+        options: the figure's options; each that changes the figure and is not at its
+            default adds a part to the name (``dynamics-logx-error.png``,
+            ``sv-layers.1-top20.png``); dpi does not.
+
+    Returns:
+        The file (or, for "all", the folder).
+    """
+    entry = FIGURES.get(kind)
+    if entry is None:
+        raise PlotError(f"unknown figure {kind!r}; choose one of {', '.join(FIGURE_KINDS)}")
+    options = options if options is not None else FigureOptions()
+    if subject is not None and entry.named_by:
+        options = replace(options, **{entry.named_by: subject})
+    name = _figure_name(entry, options)
+    if entry.writes_folder:
+        return _run_figures(run) / name
+    return _run_figures(run) / f"{name}.png"
 
 
 def _refuse_unused(entry: FigureKind, options: FigureOptions) -> None:
@@ -395,13 +499,15 @@ def draw(
     keywords = {n: getattr(options, n) for n in entry.options if getattr(options, n) is not None}
     with opened_subject(subject, options.home) as opened:
         if entry.writes_folder:
-            folder = Path(options.out) if options.out is not None else figures_folder(opened)
+            # its own folder (figures/<run>/all/), so that its files never replace those
+            # drawn one by one
+            default = figures_folder(opened) / _figure_name(entry, options)
+            folder = Path(options.out) if options.out is not None else default
             return entry.plot(opened, folder, dpi=options.dpi, **keywords)
         if options.out is not None:
             path = Path(options.out)
         else:
-            named = getattr(options, entry.named_by) if entry.named_by else None
-            path = _figure_file(figures_folder(opened), entry.file_stem or kind, named)
+            path = figures_folder(opened) / f"{_figure_name(entry, options)}.png"
         if path.suffix.lower().lstrip(".") not in FORMATS:
             raise PlotError(
                 f"{option_ref('out')} {path}: give a .png, .pdf or .svg file name",

@@ -100,10 +100,13 @@ def _assert_first_row_on_top(ax, rows: int) -> None:
 
 
 def _assert_steps_in_cells(ax, steps: np.ndarray) -> None:
-    """Each column's cell contains its true step value (uneven steps keep their place)."""
+    """Each column's cell contains its true step value (uneven steps keep their place), and
+    the columns span exactly [first, last] step: the edge cells are half-width."""
     edges = _mesh(ax).get_coordinates()[0, :, 0]
     assert edges.size == steps.size + 1
-    assert np.all(edges[:-1] < steps) and np.all(steps < edges[1:])
+    assert edges[0] == steps[0] and edges[-1] == steps[-1]
+    assert np.all(edges[1:-1] > steps[:-1]) and np.all(edges[1:-1] < steps[1:])
+    assert ax.get_xlim() == (steps[0], steps[-1])
 
 
 def _luminance(rgba) -> float:
@@ -167,13 +170,15 @@ def test_log_x_is_symlog_and_keeps_step_zero(ws):
     with specdyn.open_run("mlp-wd", home=ws) as run:
         ax = specdyn.plot_rank(run, log_x=True)
         assert ax.get_xscale() == "symlog"
-        lo, hi = ax.get_xlim()
-        assert lo < 0 < hi and hi >= 4000
+        assert ax.get_xlim() == (0, 4000)
         edges = _mesh(ax).get_coordinates()[0, :, 0]
-        assert edges[0] < 0 < edges[1], "step 0 has no visible cell"
+        # step 0's half cell is visible: at least 2 % of the axis width on screen
+        to_screen = ax.transData.transform
+        width = to_screen((edges[1], 0))[0] - to_screen((edges[0], 0))[0]
+        assert width > 0.02 * ax.get_window_extent().width, "step 0 has no visible cell"
         _assert_steps_in_cells(ax, run.steps)
         ax = specdyn.plot_sv(run, "layers.3", log_x=True)
-        assert ax.get_xscale() == "symlog" and ax.get_xlim()[0] <= 0
+        assert ax.get_xscale() == "symlog" and ax.get_xlim() == (0, 4000)
 
 
 def test_alignment_and_agreement_score_heatmaps(ws):

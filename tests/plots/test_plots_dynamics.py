@@ -26,17 +26,25 @@ def _curves(ax) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {line.get_label(): (line.get_xdata(), line.get_ydata()) for line in ax.get_lines()}
 
 
+# the legend of each stored training metric of mlp-wd
+LEGENDS = {
+    "train_loss": "train loss",
+    "train_acc": "train accuracy",
+    "val_acc": "validation accuracy",
+}
+
+
 def test_curves_are_the_stored_training_metrics(home):
     fig = plot_dynamics("mlp-wd", home=home)
     loss_ax, acc_ax, rank_ax = fig.axes[:3]
     with specdyn.open_run("mlp-wd", home) as run:
         for ax, names in ((loss_ax, ["train_loss"]), (acc_ax, ["train_acc", "val_acc"])):
             curves = _curves(ax)
-            assert sorted(curves) == sorted(names)
+            assert sorted(curves) == sorted(LEGENDS[n] for n in names)
             for name in names:
                 steps, values = run.training(name)
-                assert np.array_equal(curves[name][0], steps)
-                assert np.array_equal(curves[name][1], values)
+                assert np.array_equal(curves[LEGENDS[name]][0], steps)
+                assert np.array_equal(curves[LEGENDS[name]][1], values)
         drawn = rank_ax.collections[0].get_array().reshape(len(run.matrices), -1)
         assert np.array_equal(drawn, run.metric("normalized_effective_rank"))
     assert loss_ax.get_yscale() == "log" and acc_ax.get_ylim()[1] == pytest.approx(1.03)
@@ -49,7 +57,7 @@ def test_curves_are_the_stored_training_metrics(home):
 def test_scores_and_chosen_metrics(home):
     fig = plot_dynamics("mlp-wd", home=home, training=["val_acc"], scores=True, log_x=True)
     curves_ax, rank_ax, align_ax, agree_ax = [a for a in fig.axes if a.get_visible()][:4]
-    assert list(_curves(curves_ax)) == ["val_acc"]
+    assert list(_curves(curves_ax)) == ["validation accuracy"]
     assert rank_ax.get_xscale() == "symlog" and curves_ax.get_xscale() == "symlog"
     with specdyn.open_run("mlp-wd", home) as run:
         drawn = align_ax.collections[0].get_array().reshape(len(run.pairs), -1)
@@ -97,6 +105,6 @@ def test_error_draws_one_minus_accuracy(home):
         curves.update(_curves(ax))
     with specdyn.open_run("mlp-wd", home) as run:
         steps, acc = run.training("val_acc")
-        x, y = curves["val_acc → error (1 − acc)"]
+        x, y = curves["validation error"]
         assert np.array_equal(x, steps) and np.allclose(y, 1.0 - acc)
-        assert np.array_equal(curves["train_loss"][1], run.training("train_loss")[1])
+        assert np.array_equal(curves["train loss"][1], run.training("train_loss")[1])
