@@ -48,7 +48,8 @@ def _write_stores(home: Path) -> None:
     mlp = FIXTURES / "mlp-wd"
     specdyn.analyze(mlp, home=home, name="fresh", compute=cpu)
     specdyn.analyze(mlp, home=home, name="grown", steps="0,10,20", vectors=None, compute=cpu)
-    specdyn.analyze(mlp, home=home, name="grown", compute=cpu)
+    # a vector option given: a plain re-run keeps a values-only store values-only
+    specdyn.analyze(mlp, home=home, name="grown", vectors=specdyn.VectorOptions(k=100), compute=cpu)
     specdyn.analyze(mlp, home=home, name="rebuilt", steps="0,10", compute=cpu)
     specdyn.analyze(mlp, home=home, name="rebuilt", overwrite=True, compute=cpu)
     specdyn.analyze(FIXTURES / "cnn-lightning", home=home, name="lightning", compute=cpu)

@@ -7,8 +7,9 @@ documentation: ``docs/analyze.md``.
 
 from ._analyze import analyze
 from ._records import AnalyzeResult, ComputeOptions, MatrixSelection, Progress, RunAnalysis
-from ._run import analyze_stream
+from ._run import analyze_stream, settled_vectors
 from ._stepstream import LocalSteps, StepStream
+from ._vector_step import DEFAULTS as VECTOR_DEFAULTS
 from ._vector_step import VectorOptions
 
 __all__ = [
@@ -19,7 +20,9 @@ __all__ = [
     "Progress",
     "RunAnalysis",
     "StepStream",
+    "VECTOR_DEFAULTS",
     "VectorOptions",
     "analyze",
     "analyze_stream",
+    "settled_vectors",
 ]

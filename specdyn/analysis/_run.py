@@ -61,7 +61,7 @@ from ._vector_step import (
     whole_matrix_sides,
 )
 
-__all__ = ["analyze_stream"]
+__all__ = ["analyze_stream", "settled_vectors"]
 
 # Matrices are sent to the engine in groups of at most this many bytes (as
 # stored), so that same-shape matrices batch while memory holds one group.
@@ -109,6 +109,7 @@ def analyze_stream(
         compute: precision and exactness recorded in the store, and the engine's
             options when `engine` is None.
         vectors: singular-vector analysis, as in `specdyn.analyze`; None for values only.
+            Fields left None are taken from the store (`settled_vectors`).
         engine: a `SpectrumEngine` to reuse across runs (default: one made from `compute`).
         overwrite: rebuild a store whose options or matrices differ.
         on_progress: called with a `Progress` while steps are hashed and after every
@@ -140,6 +141,7 @@ def analyze_stream(
             exact=compute.exact,
             max_memory=compute.max_memory,
         )
+    vectors = settled_vectors(vectors, Path(store_path), overwrite=overwrite)
     run = _AnalysisRun(
         source,
         Path(store_path),
@@ -630,6 +632,47 @@ class _AnalysisRun:
             steps_failed=sorted(self.failed),
             problems=list(self.problems or []),
         )
+
+
+def settled_vectors(
+    vectors: VectorOptions | None, store_path: Path, *, overwrite: bool = False
+) -> VectorOptions | None:
+    """The vector options a run is analysed with: given fields as given, the others as
+    the existing store has them (a values-only store stays values only unless a vector
+    option is given), else the defaults; with `overwrite`, given fields and defaults.
+
+    Returns:
+        Concrete `VectorOptions` (every field set; reference None = the last
+        checkpoint), or None for values only.
+    """
+    if vectors is None:
+        return None
+    stored = None if overwrite else _stored_vector_settings(store_path)
+    if stored is None:
+        return vectors.resolved(None)
+    if stored == {} and not vectors.given():
+        return None  # a values-only store, and no vector option asked for: it stays so
+    return vectors.resolved(stored)
+
+
+def _stored_vector_settings(store_path: Path) -> dict | None:
+    """The store's vector settings with its pairs' gate ({} for values only), or None
+    when there is no readable store (the writer reports a bad one)."""
+    if not store_path.exists():
+        return None
+    try:
+        with open_run(store_path) as run:
+            config = run.vectors.config
+            if config is None:
+                return {}
+            gates = [p["options"].get("gate") for p in run.alignment.pairs]
+    except SpecdynError:
+        return None
+    settings = dict(config)
+    gate = next((g for g in gates if g), None)
+    if gate is not None:
+        settings["gate"] = gate
+    return settings
 
 
 # ------------------------------------------------------------------ helpers

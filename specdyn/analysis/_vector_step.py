@@ -5,7 +5,8 @@ from the top-k vectors of its matrices (docs/metrics.md#vector-metrics, docs/pai
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import numpy as np
 
@@ -27,21 +28,48 @@ class VectorOptions:
     """How singular vectors are analysed (docs/metrics.md#vector-options).
 
     k: top singular vectors per matrix (diagonals are min(k, R) long);
-    reference: the step agreement compares against (None: the run's last
-    checkpoint); full_matrices: also store whole k×k alignment and agreement
+    reference: the step agreement compares against, or "last" for the run's last
+    checkpoint; full_matrices: also store whole k×k alignment and agreement
     matrices; save_vectors: "all" | "ends" | "none", the steps whose top-k
     vectors are kept in the store; score_top: scores average the first
     `score_top` diagonal entries; pairs_file: a TOML pairs file
     (docs/pairs.md); gate: RNN gate block the LSTM preset pairs.
+
+    A field left None is not given: a re-run takes it from the run's store (so a
+    resumed analysis never undoes what an earlier one asked for), and a new store
+    takes `DEFAULTS`. `resolved` does that; `given` lists the fields that were set.
     """
 
-    k: int = 100
-    reference: int | None = None
-    full_matrices: bool = False
-    save_vectors: str = "ends"
-    score_top: int = 10
+    k: int | None = None
+    reference: int | str | None = None
+    full_matrices: bool | None = None
+    save_vectors: str | None = None
+    score_top: int | None = None
     pairs_file: str | None = None
-    gate: str = "g"
+    gate: str | None = None
+
+    def given(self) -> dict[str, Any]:
+        """The fields that were set (not None), by name."""
+        return {
+            f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None
+        }
+
+    def resolved(self, stored: Mapping[str, Any] | None = None) -> VectorOptions:
+        """Every field concrete: given ones as given, the others from `stored` (the store's
+        vector settings, `Run.vectors.config`, plus its pairs' gate), else `DEFAULTS`.
+        `reference` resolves to a step or None (the last checkpoint)."""
+        stored = dict(stored or {})
+        if stored.get("reference_rule") == "last":
+            stored["reference"] = "last"
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                value = stored.get(f.name, DEFAULTS[f.name])
+            out[f.name] = value
+        if out["reference"] == "last":
+            out["reference"] = None
+        return replace(self, **out)
 
     def validate(self) -> None:
         """Check the options before anything is read.
@@ -53,7 +81,9 @@ class VectorOptions:
         """
 
         def positive(value: object) -> bool:
-            return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+            return value is None or (
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1
+            )
 
         if not positive(self.k):
             raise SpecdynError(
@@ -67,26 +97,40 @@ class VectorOptions:
                 "give a positive number",
                 option="vectors.score_top",
             )
-        if self.save_vectors not in SAVE_MODES:
+        if self.save_vectors is not None and self.save_vectors not in SAVE_MODES:
             raise SpecdynError(
                 f"{option_ref('vectors.save_vectors', '--save-vectors')} "
                 f"{self.save_vectors!r}: use one of {', '.join(SAVE_MODES)}",
                 option="vectors.save_vectors",
             )
-        if self.gate not in GATE_LETTERS:
+        if self.gate is not None and self.gate not in GATE_LETTERS:
             raise SpecdynError(
                 f"{option_ref('vectors.gate', '--gate')} {self.gate!r}: not a gate block; "
                 f"use one of {', '.join(GATE_LETTERS)} (LSTM i f g o, GRU r z n)",
                 option="vectors.gate",
             )
-        if self.reference is not None and (
-            isinstance(self.reference, bool) or not isinstance(self.reference, int)
+        if (
+            self.reference is not None
+            and self.reference != "last"
+            and (isinstance(self.reference, bool) or not isinstance(self.reference, int))
         ):
             raise SpecdynError(
                 f"{option_ref('vectors.reference', '--reference')} {self.reference!r}: "
-                "give a training step",
+                'give a training step, or "last"',
                 option="vectors.reference",
             )
+
+
+# What a field not given becomes in a new store (reference None: the last checkpoint).
+DEFAULTS: dict[str, Any] = {
+    "k": 100,
+    "reference": None,
+    "full_matrices": False,
+    "save_vectors": "ends",
+    "score_top": 10,
+    "pairs_file": None,
+    "gate": "g",
+}
 
 
 def operand_key(op: Operand) -> tuple:
@@ -129,6 +173,7 @@ def layout_for(
         pairs=tuple(records),
         pairs_preset=pair_plan.preset,
         skipped_pairs=tuple((str(a), str(b)) for a, b in pair_plan.skipped),
+        pairs_file=options.pairs_file,
     )
 
 

@@ -65,30 +65,64 @@ MaxMemoryOption = Annotated[
 ValuesOnlyOption = Annotated[
     bool, typer.Option("--values-only", help="Singular values only: no alignment or agreement.")
 ]
+# The vector options default to None, "not given": a re-run takes them from the store, a new
+# store the defaults named in the help (specdyn.analysis.settled_vectors).
+_KEPT = "; a re-run keeps the store's"
 VectorsOption = Annotated[
-    int,
+    int | None,
     typer.Option(
-        "--vectors", min=1, help="Top singular vectors per matrix for alignment and agreement."
+        "--vectors",
+        min=1,
+        show_default=False,
+        help=f"Top singular vectors per matrix for alignment and agreement [default: 100{_KEPT}].",
     ),
 ]
 ReferenceOption = Annotated[
-    int | None,
-    typer.Option(help="Step the agreement compares against (default: the last checkpoint)."),
+    str | None,
+    typer.Option(
+        show_default=False,
+        help="Step the agreement compares against, or 'last' [default: the last checkpoint"
+        f"{_KEPT}].",
+    ),
 ]
 FullMatricesOption = Annotated[
-    bool, typer.Option("--full-matrices", help="Also store whole k×k alignment/agreement matrices.")
+    bool | None,
+    typer.Option(
+        "--full-matrices/--no-full-matrices",
+        show_default=False,
+        help=f"Also store whole k×k alignment/agreement matrices [default: no{_KEPT}].",
+    ),
 ]
 SaveVectorsOption = Annotated[
-    str, typer.Option(help="Steps whose top-k vectors are kept: all, ends (first and last), none.")
+    str | None,
+    typer.Option(
+        show_default=False,
+        help="Steps whose top-k vectors are kept: all, ends (first and last), none "
+        f"[default: ends{_KEPT}].",
+    ),
 ]
 ScoreTopOption = Annotated[
-    int, typer.Option(min=1, help="Alignment/agreement scores average the top N entries.")
+    int | None,
+    typer.Option(
+        min=1,
+        show_default=False,
+        help=f"Alignment/agreement scores average the top N entries [default: 10{_KEPT}].",
+    ),
 ]
 PairsOption = Annotated[
     Path | None,
-    typer.Option("--pairs", help="TOML pairs file that adds, removes or replaces pairs."),
+    typer.Option(
+        "--pairs",
+        help=f"TOML pairs file that adds, removes or replaces pairs [default: none{_KEPT}].",
+    ),
 ]
-GateOption = Annotated[str, typer.Option(help="RNN gate block paired (LSTM i f g o, GRU r z n).")]
+GateOption = Annotated[
+    str | None,
+    typer.Option(
+        show_default=False,
+        help=f"RNN gate block paired (LSTM i f g o, GRU r z n) [default: g{_KEPT}].",
+    ),
+]
 
 
 def compute_options(
@@ -104,22 +138,31 @@ def compute_options(
 
 def vector_options_from(
     values_only: bool,
-    k: int,
-    reference: int | None,
-    full_matrices: bool,
-    save_vectors: str,
-    score_top: int,
+    k: int | None,
+    reference: str | None,
+    full_matrices: bool | None,
+    save_vectors: str | None,
+    score_top: int | None,
     pairs: Path | None,
-    gate: str,
+    gate: str | None,
 ) -> VectorOptions | None:
-    """`VectorOptions` from the command line, None with --values-only."""
-    if save_vectors not in ("all", "ends", "none"):
+    """`VectorOptions` from the command line (None for what was not given), None with
+    --values-only."""
+    if save_vectors is not None and save_vectors not in ("all", "ends", "none"):
         raise typer.BadParameter("choose all, ends or none", param_hint="--save-vectors")
+    step: int | str | None = reference
+    if reference is not None and reference != "last":
+        try:
+            step = int(reference)
+        except ValueError:
+            raise typer.BadParameter(
+                f"{reference!r}: give a training step or 'last'", param_hint="--reference"
+            ) from None
     if values_only:
         return None
     return VectorOptions(
         k=k,
-        reference=reference,
+        reference=step,
         full_matrices=full_matrices,
         save_vectors=save_vectors,
         score_top=score_top,

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from ..prune import MagnitudePruneResult, SvdPruneResult, prune_magnitude, prune_svd
-from ._options import DeviceOption, HomeOption, JsonOption, QuietOption, ScoreTopOption
+from ._options import DeviceOption, HomeOption, JsonOption, QuietOption
 from ._output import Output
 
 
@@ -43,7 +43,9 @@ def prune_command(
     vectors: Annotated[
         int, typer.Option("--vectors", min=1, help="Singular vectors compared per matrix (SVA).")
     ] = 100,
-    score_top: ScoreTopOption = 10,
+    score_top: Annotated[
+        int, typer.Option(min=1, help="SVA scores average the top N diagonal entries.")
+    ] = 10,
     step: Annotated[
         int | None,
         typer.Option(

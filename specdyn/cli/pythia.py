@@ -61,11 +61,11 @@ def pythia_command(
     exact: ExactOption = False,
     max_memory: MaxMemoryOption = None,
     values_only: ValuesOnlyOption = False,
-    vectors: VectorsOption = 100,
+    vectors: VectorsOption = None,
     reference: ReferenceOption = None,
-    full_matrices: FullMatricesOption = False,
-    save_vectors: SaveVectorsOption = "ends",
-    score_top: ScoreTopOption = 10,
+    full_matrices: FullMatricesOption = None,
+    save_vectors: SaveVectorsOption = None,
+    score_top: ScoreTopOption = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Recompute a store made with other options.")
     ] = False,
@@ -82,7 +82,7 @@ def pythia_command(
         return
     compute = compute_options(device, precision, exact, max_memory)
     options = vector_options_from(
-        values_only, vectors, reference, full_matrices, save_vectors, score_top, None, "g"
+        values_only, vectors, reference, full_matrices, save_vectors, score_top, None, None
     )
     plan = plan_pythia(model, steps=steps, home=home, name=name, duplicates=duplicates)
     _quiet_hub_bars()

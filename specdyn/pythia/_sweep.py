@@ -498,7 +498,11 @@ def _complete(store: Path, vectors: VectorOptions | None, steps) -> bool:
             if vectors is None:
                 return True
             config = run.vectors_config
-            if config is None or config["k"] != vectors.k or config["reference"] != max(steps):
+            if config is None:
+                return False
+            wanted = vectors.resolved(config)  # fields not given are the store's
+            reference = max(steps) if wanted.reference is None else wanted.reference
+            if config["k"] != wanted.k or config["reference"] != reference:
                 return False
             return all(
                 set(steps) <= set(run.section_steps(s).tolist()) for s in ("alignment", "agreement")

@@ -117,7 +117,8 @@ class VectorLayout:
     order; pairs_preset: the preset that made them; skipped_pairs: (pair,
     reason) of pairs a rule could not make; legacy_definitions: the store's
     conv pairs were written before their definition was recorded (read as the
-    slice definition).
+    slice definition); pairs_file: the TOML pairs file the pairs were made with (None
+    for a preset's), recorded so that a re-run that does not name one keeps it.
     """
 
     k: int
@@ -132,6 +133,8 @@ class VectorLayout:
     # read from a store whose conv pairs predate recorded definitions (read as "slice");
     # not part of equality: the numbers are those of the completed options
     legacy_definitions: bool = field(default=False, compare=False)
+    # where the pairs came from, not what they are: the pairs themselves are compared
+    pairs_file: str | None = field(default=None, compare=False)
 
     def config(self) -> dict[str, Any]:
         """The root attribute ``vectors`` (JSON object)."""
@@ -143,6 +146,8 @@ class VectorLayout:
             "full_matrices": self.full_matrices,
             "save_vectors": self.save_vectors,
             "pairs_preset": self.pairs_preset,
+            # only when set, so that stores made without a pairs file keep their bytes
+            **({"pairs_file": self.pairs_file} if self.pairs_file is not None else {}),
         }
 
     def slots(self, steps: Sequence[int]) -> list[int]:
@@ -176,15 +181,18 @@ def agreement_compatible(old: VectorLayout | None, new: VectorLayout) -> bool:
 
 
 def changes(old: VectorLayout | None, new: VectorLayout) -> list[str]:
-    """One line per change between a stored layout and a requested one, saying what is recomputed."""
+    """One line per change between a stored layout and a requested one, saying what is
+    recomputed (worded without option names: the caller may be Python or the CLI)."""
     if old is None:
         return []
     out = []
     if old.k != new.k:
-        out.append(f"--vectors changed from {old.k} to {new.k}: alignment and agreement recomputed")
+        out.append(
+            f"top-k vectors changed from {old.k} to {new.k}: alignment and agreement recomputed"
+        )
     elif old.full_matrices != new.full_matrices:
         out.append(
-            "--full-matrices "
+            "full k×k matrices "
             + ("added" if new.full_matrices else "dropped")
             + ": alignment and agreement recomputed"
         )
@@ -205,7 +213,7 @@ def changes(old: VectorLayout | None, new: VectorLayout) -> list[str]:
     if old.score_top != new.score_top:
         out.append(f"scores now average the top {new.score_top} (were {old.score_top})")
     if old.save_vectors != new.save_vectors:
-        out.append(f"--save-vectors changed from {old.save_vectors} to {new.save_vectors}")
+        out.append(f"kept vectors changed from {old.save_vectors} to {new.save_vectors} steps")
     return out
 
 
@@ -287,6 +295,7 @@ def read_layout(f: h5py.File) -> VectorLayout | None:
         pairs_preset=str(config.get("pairs_preset", "none")),
         skipped_pairs=skipped,
         legacy_definitions=any(legacy for _, legacy in options),
+        pairs_file=None if config.get("pairs_file") is None else str(config["pairs_file"]),
     )
 
 

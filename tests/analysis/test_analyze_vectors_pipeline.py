@@ -136,8 +136,10 @@ def test_store_evolution_computes_only_what_is_missing(tmp_path, monkeypatch):
         sigma = run.sigma("layers.0.weight")
         assert run.vectors_config is None
 
-    # vectors added to the values-only store: values are not recomputed
-    added = specdyn.analyze(folder, home=home).runs[0]
+    # a plain re-run keeps it values-only; a vector option adds vectors, values not recomputed
+    assert specdyn.analyze(folder, home=home).runs[0].k is None
+    assert spy.take() == {}
+    added = specdyn.analyze(folder, home=home, vectors=VectorOptions(k=100)).runs[0]
     assert added.steps_computed == [] and added.steps_with_vectors == [0, 10, 20]
     assert spy.take() == {
         20: {"alignment", "agreement", "vectors"},  # the reference, first
@@ -161,8 +163,11 @@ def test_store_evolution_computes_only_what_is_missing(tmp_path, monkeypatch):
         assert np.array_equal(run.alignment(run.pairs[0]["name"]), alignment)
         assert np.abs(run.agreement("layers.1.weight")[1] - 1).max() < 1e-9
 
-    # back to the default, then a new checkpoint moves the last step
-    specdyn.analyze(folder, home=home)
+    # a plain re-run keeps the given reference; "last" goes back to the default, then a
+    # new checkpoint moves the last step
+    assert specdyn.analyze(folder, home=home).runs[0].reference == 10
+    assert spy.take() == {}
+    specdyn.analyze(folder, home=home, vectors=VectorOptions(reference="last"))
     spy.take()
     _balanced_run(tmp_path / "more", steps=(0, 10, 20, 30))
     (tmp_path / "more" / "step_0030.pt").rename(folder / "step_0030.pt")

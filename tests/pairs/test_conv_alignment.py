@@ -72,6 +72,17 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
 
 
+def _same_as_committed(key: str, committed: np.ndarray, now: np.ndarray) -> bool:
+    """Equality with a store committed from another machine: bit for bit, but for the
+    metrics through np.exp (effective ranks), whose SIMD kernels differ by an ulp between
+    CPUs (AVX-512 vs AVX2): equal within 4 ulps there."""
+    if key.split("/")[-1] in ("effective_rank", "normalized_effective_rank"):
+        return committed.shape == now.shape and bool(
+            np.all(np.abs(committed - now) <= 4 * np.spacing(np.abs(committed)))
+        )
+    return _same(committed, now)
+
+
 # ------------------------------------------------------------------ the pairs file
 
 
@@ -229,7 +240,7 @@ def test_slice_basis_reproduces_the_pre_change_store_bit_for_bit(tmp_path):
     new = _sections(Path(result.runs[0].store_path))
     old = _sections(OLD_STORE)
     assert set(new) == set(old) and any(k.startswith("alignment/diagonal/") for k in old)
-    different = [k for k in old if not _same(old[k], new[k])]
+    different = [k for k in old if not _same_as_committed(k, old[k], new[k])]
     assert different == []
 
 
@@ -280,7 +291,7 @@ def test_pre_change_store_reads_as_slice_and_resumes_to_the_new_default(tmp_path
         if key.startswith("alignment/"):
             assert _same(resumed[key], expected[key]), key  # the new definition ...
         else:
-            assert _same(resumed[key], old[key]), key  # ... and nothing else recomputed
+            assert _same_as_committed(key, old[key], resumed[key]), key  # ... nothing else
     assert not _same(resumed["alignment/score"], old["alignment/score"])
     with specdyn.open_run(path) as after:
         assert {p["name"]: p["definition"]["basis"] for p in after.pairs} == dict.fromkeys(
@@ -302,6 +313,10 @@ def test_mimicked_old_store_resumes_with_one_note(tmp_path):
             for o in options
         ]
         f["pairs/options"][...] = np.array(stripped, dtype=object)
+        # nor did such a store record its pairs file (so a plain resume keeps it)
+        config = json.loads(f.attrs["vectors"])
+        del config["pairs_file"]
+        f.attrs["vectors"] = json.dumps(config)
     with specdyn.open_run(path) as before:
         assert [p["definition"] for p in before.pairs][:2] == [
             {"basis": "slice", "tap": [1, 1], "normalize": False}

@@ -234,7 +234,7 @@ def test_new_last_step_and_k_and_score_top_changes(tmp_path):
         assert np.allclose(run.alignment_score(PAIRS[0].name)[:3], diag[:, :2].mean(axis=1))
     with _open(path, [*STEPS, 30], vectors=replace(rescored, k=5)) as w:
         assert w.vector_changes == [
-            "--vectors changed from 10 to 5: alignment and agreement recomputed"
+            "top-k vectors changed from 10 to 5: alignment and agreement recomputed"
         ]
         assert w.pending("alignment") == [*STEPS, 30] and w.pending("vectors") == [0, 30]
 
