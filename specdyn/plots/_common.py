@@ -219,12 +219,12 @@ def _checkpoint_ticks(ax: Axes, steps: np.ndarray) -> None:
 
     ax.xaxis.set_minor_locator(FixedLocator(np.asarray(steps, dtype=np.float64)))
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.xaxis.remove_overlapping_locs = False  # a checkpoint on a labelled tick keeps its mark
     _checkpoint_tick_style(ax)
 
 
 def _checkpoint_tick_style(ax: Axes) -> None:
     """The minor x ticks drawn as checkpoint marks (also on panels sharing the axis)."""
+    ax.xaxis.remove_overlapping_locs = False  # a checkpoint on a labelled tick keeps its mark
     ax.tick_params(axis="x", which="minor", length=4, width=0.8, color="0.35")
 
 
