@@ -47,7 +47,7 @@ class Progress:
     phase: "hashing" while checkpoint fingerprints are computed (before any
     SVD; `matrices_done` is then 0), "reference" while the agreement's
     reference checkpoint is decomposed (before the other steps), "analysing"
-    while steps are computed.
+    while steps are computed. store: the store being written ("" when unknown).
     """
 
     run: str
@@ -57,6 +57,7 @@ class Progress:
     matrices_done: int
     n_matrices: int
     phase: str = "analysing"
+    store: str = ""
 
 
 @dataclass

@@ -351,7 +351,16 @@ class _AnalysisRun:
             if self.on_progress is not None:
                 n = len(plan.matrices)
                 self.on_progress(
-                    Progress(self.run_name, step, index, len(self.selected), 0, n, "hashing")
+                    Progress(
+                        self.run_name,
+                        step,
+                        index,
+                        len(self.selected),
+                        0,
+                        n,
+                        "hashing",
+                        store=str(self.store_path),
+                    )  # fmt: skip
                 )
 
         self.step_records: list[StepRecord] = source.records(
@@ -575,8 +584,15 @@ class _AnalysisRun:
                     done = len(out.spectra)  # matrices of this step decomposed so far
                     self.on_progress(
                         Progress(
-                            self.run_name, ckpt.step, step_index, n_steps, done, len(views), phase
-                        )
+                            self.run_name,
+                            ckpt.step,
+                            step_index,
+                            n_steps,
+                            done,
+                            len(views),
+                            phase,
+                            store=str(self.store_path),
+                        )  # fmt: skip
                     )
         return out
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from typing import Annotated
 
 import typer
 import typer.main
 
 from ..errors import SpecdynError
+from ..version import __version__
 from . import analyze as _analyze_cmd
 from . import compare as _compare_cmd
 from . import demo as _demo_cmd
@@ -24,7 +26,7 @@ from . import plot as _plot_cmd
 from . import prune as _prune_cmd
 from . import pythia as _pythia_cmd
 from . import runs as _runs_cmd
-from ._output import printable
+from ._output import finish, interrupted_line, printable
 
 __all__ = ["app", "main"]
 
@@ -55,18 +57,61 @@ def _debug() -> bool:
     return os.environ.get("SPECDYN_DEBUG", "") not in ("", "0", "false", "no")
 
 
+def _plain_flags(command) -> None:
+    """Boolean flags take no value: show no ``<bool>`` placeholder for them in --help."""
+    for param in getattr(command, "params", ()):
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    make_help = command.get_help_option  # click builds --help afresh for each context
+
+    def plain_help(ctx):
+        option = make_help(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = plain_help
+    for sub in getattr(command, "commands", {}).values():
+        _plain_flags(sub)
+
+
+def _show_version(value: bool) -> None:
+    """`specdyn --version`: the version, then exit."""
+    if value:
+        print(f"specdyn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Spectral dynamics of weights: singular values and vectors of every weight matrix over training."""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns (and exits with) the process exit code."""
     command = typer.main.get_command(app)
+    _plain_flags(command)
+    code = 2
     try:
         code = command.main(args=argv, prog_name="specdyn", standalone_mode=False)
         code = code if isinstance(code, int) else 0
+        if code == 130:  # typer turns Ctrl-C (KeyboardInterrupt) into exit status 130
+            print(f"specdyn: {interrupted_line()}", file=sys.stderr)
     except _UsageProblem as exc:
         exc.message = printable(exc.message)  # it may quote a path or value as given
         exc.show()
         code = exc.exit_code
+    except typer.Exit as exc:
+        code = exc.exit_code
     except typer.Abort:
-        print("specdyn: interrupted; run the same command again to resume", file=sys.stderr)
+        print(f"specdyn: {interrupted_line()}", file=sys.stderr)
         code = 130
     except SpecdynError as exc:
         if _debug():
@@ -83,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         code = 2
+    finally:
+        finish(succeeded=code == 0)
     if argv is None:
         sys.exit(code)
     return code

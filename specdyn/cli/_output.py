@@ -27,15 +27,47 @@ from rich.progress import (
 from rich.table import Table
 
 from ..analysis import Progress as ProgressEvent
+from ..store import open_run
 from ..types import Note
 
-__all__ = ["Output", "literal", "literal_table", "printable"]
+__all__ = [
+    "Output",
+    "finish",
+    "interrupted_line",
+    "is_warning",
+    "literal",
+    "literal_table",
+    "printable",
+]
 
 # Notes the user must act on are shown in red, the rest in yellow.
 _SERIOUS = {"unsafe-pickle", "corrupt", "unreadable", "changed-source", "nonfinite"}
 
+# One policy for every command: `-q` prints errors and warnings only (no tables, no
+# progress, no informational notes); `--json` prints one JSON document on stdout, with the
+# notes and warnings inside it, and nothing else but errors. The store the running
+# analysis writes, for the one line printed on Ctrl-C (`interrupted_line`).
+_CURRENT_STORE: list[str] = []
+_PENDING_JSON: list[Output] = []
+
 # Kinds that inform rather than warn (what was decided and why): shown as "note".
-_INFO = {"pairs", "reference", "vectors", "k", "same-run", "not-common", "training"}
+_INFO = {
+    "pairs",
+    "reference",
+    "vectors",
+    "k",
+    "same-run",
+    "not-common",
+    "training",
+    "duplicate",
+    "several-runs",
+    "init-name",
+}
+
+
+def is_warning(note: Note) -> bool:
+    """Whether a note is printed (and counted) as a warning, not an informational note."""
+    return note.kind not in _INFO
 
 
 # Unicode categories a terminal may act on or that hide text: controls (C0, DEL, C1),
@@ -91,6 +123,8 @@ class Output:
         self.quiet = quiet
         self.out = Console(highlight=False, soft_wrap=False)
         self.err = Console(stderr=True, highlight=False)
+        self._payload: object = None
+        self._notes: list[Note] = []
 
     @contextmanager
     def analysis_progress(self) -> Iterator[callable]:
@@ -112,8 +146,9 @@ class Output:
         """Callbacks (on_progress, on_fetch) for one live display: the analysis bars and,
         when `download_bytes` is given, a download bar (bytes, rate) beside them; with
         `training`, a third callback drives a training-steps bar."""
-        if self.quiet or self.json_mode:
-            quiet = ((lambda event: None), (lambda step, event, nbytes: None))
+        if self.quiet or self.json_mode or not self.err.is_terminal:
+            # no live display off a terminal: it would leave blank lines in logs and pipes
+            quiet = (_remember_store, (lambda step, event, nbytes: None))
             yield (*quiet, lambda step, steps, metrics: None) if training else quiet
             return
         progress = Progress(
@@ -146,6 +181,7 @@ class Output:
             )
 
         def update(event: ProgressEvent) -> None:
+            _remember_store(event)
             where = f"step {event.step} ({event.step_index + 1}/{event.n_steps})"
             if event.phase in ("hashing", "reference"):
                 key = f"{event.run} ({event.phase})"
@@ -181,22 +217,38 @@ class Output:
             yield (update, fetched, trained) if training else (update, fetched)
 
     def notes(self, notes: Iterable[Note]) -> None:
-        """Warnings, one line each, on stderr (also in JSON mode: they are not data)."""
-        if self.quiet and not self.json_mode:
-            notes = [n for n in notes if n.kind in _SERIOUS]
+        """Warnings and notes, one line each, on stderr; with `-q` the warnings only; in
+        JSON mode kept for the JSON document (under "notes" when its payload has none)."""
+        if self.json_mode:
+            self._notes.extend(notes)
+            return
+        if self.quiet:
+            notes = [n for n in notes if is_warning(n)]
         for note in notes:
             if note.kind in _INFO:
                 self.err.print(
-                    f"[cyan]note[/] [dim]({literal(note.kind)})[/] {literal(note.message)}"
+                    f"[cyan]note[/] [dim]({literal(note.kind)})[/] {literal(note.message)}",
+                    soft_wrap=True,  # one line each, whatever the terminal's width
                 )
                 continue
             colour = "red" if note.kind in _SERIOUS else "yellow"
             self.err.print(
-                f"[{colour}]warning[/] [dim]({literal(note.kind)})[/] {literal(note.message)}"
+                f"[{colour}]warning[/] [dim]({literal(note.kind)})[/] {literal(note.message)}",
+                soft_wrap=True,
             )
 
     def json(self, payload: object) -> None:
-        """The result as JSON on stdout."""
+        """The result as JSON: printed once the command has succeeded (`finish`), with the
+        notes given to `notes` added under "notes" when the payload has no such key."""
+        self._payload = payload
+        if self not in _PENDING_JSON:
+            _PENDING_JSON.append(self)
+
+    def _print_json(self) -> None:
+        """Print the JSON document."""
+        payload = self._payload
+        if isinstance(payload, dict) and "notes" not in payload and self._notes:
+            payload = {**payload, "notes": [asdict(n) for n in self._notes]}
         print(json.dumps(_plain(payload), indent=2, default=str))
 
     def table(
@@ -253,3 +305,36 @@ def _plain(obj: object) -> object:
     if isinstance(obj, (list, tuple)):
         return [_plain(v) for v in obj]
     return obj
+
+
+def _remember_store(event: ProgressEvent) -> None:
+    """Keep the store the analysis writes, for the Ctrl-C line."""
+    if event.store and (not _CURRENT_STORE or _CURRENT_STORE[-1] != event.store):
+        _CURRENT_STORE.append(event.store)
+
+
+def finish(succeeded: bool) -> None:
+    """End of a command: print the JSON documents it prepared (none after an error)."""
+    pending = list(_PENDING_JSON)
+    _PENDING_JSON.clear()
+    _CURRENT_STORE.clear()
+    if succeeded:
+        for out in pending:
+            out._print_json()
+
+
+def interrupted_line() -> str:
+    """The one line printed on Ctrl-C: what the store holds and how to resume."""
+    stores = list(_CURRENT_STORE)
+    if not stores:
+        return "interrupted; run the same command again to resume"
+    path = stores[-1]
+    try:
+        with open_run(path) as run:
+            done, total = run.values.steps.size, run.values.all_steps.size
+    except Exception:  # noqa: BLE001 - interrupted before the store existed
+        return "interrupted; run the same command again to resume"
+    return (
+        f"interrupted: {done} of {total} steps stored in {printable(path)}; "
+        "run the same command to resume"
+    )

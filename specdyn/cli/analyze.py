@@ -29,7 +29,7 @@ from ._options import (
     compute_options,
     vector_options_from,
 )
-from ._output import Output
+from ._output import Output, is_warning
 
 
 def analyze_command(
@@ -134,11 +134,12 @@ def analyze_command(
 
 
 def _render(result: AnalyzeResult, out: Output) -> None:
-    """A summary table per run (or JSON) on stdout, then the warnings on stderr."""
+    """A summary table per run on stdout, then the warnings and notes on stderr; or one
+    JSON document (its notes inside)."""
     if out.json_mode:
         out.json(result.to_dict())
-    else:
-        _render_tables(result, out)
+        return
+    _render_tables(result, out)
     out.notes(result.notes)
     for run in result.runs:
         out.notes(run.notes)
@@ -153,7 +154,9 @@ def _render_tables(result: AnalyzeResult, out: Output) -> None:
     for run in result.runs:
         found = [n for n in result.notes if _under(n.path, run.source_root)]
         duplicates = [n for n in found if n.kind == "duplicate"]
-        warnings = [n for n in found + run.notes if n.kind not in ("duplicate", "several-runs")]
+        # counted as printed: warnings and notes by the same rule as the lines on stderr
+        warnings = [n for n in found + run.notes if is_warning(n)]
+        notes = [n for n in found + run.notes if not is_warning(n)]
         skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(run.skipped.items())) or "none"
         unit = run.step_unit + ("s" if not run.step_unit.endswith("s") else "")
         selected = run.steps_selected
@@ -177,6 +180,7 @@ def _render_tables(result: AnalyzeResult, out: Output) -> None:
                     "; ".join(n.message for n in run.notes if n.kind == "vectors") or "none",
                 ),
                 ("warnings", len(warnings)),
+                ("notes", len(notes)),
                 ("methods", ", ".join(f"{m} ×{n}" for m, n in sorted(run.methods.items())) or "-"),
                 ("device", run.device),
                 ("time", f"{run.seconds:.1f} s"),

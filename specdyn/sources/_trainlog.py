@@ -293,10 +293,18 @@ def _rows_to_series(
     step_key = next((k for k in keys if k in columns), None)
     if step_key is None:
         found = ", ".join(columns[:8]) or "none"
-        message = (
-            f"{path}: no {' / '.join(keys)} column (columns: {found}); a training log needs "
-            "the step of each row"
-        )
+        if key == "epoch" and any(k in columns for k in _STEP_KEYS):
+            # the run's checkpoints only know epochs, so its axis is epochs, not steps
+            message = (
+                f"{path}: this run's checkpoints give epochs, not steps, so its log is read "
+                f"by epoch, and the log has no epoch column (columns: {found}); add an epoch "
+                "column, or save the checkpoints with their step"
+            )
+        else:
+            message = (
+                f"{path}: no {' / '.join(keys)} column (columns: {found}); a training log "
+                "needs the step of each row"
+            )
         if explicit:
             raise SpecdynError(f"{_METRICS_FILE} {message}", file=path, option="metrics_file")
         if rows:

@@ -140,13 +140,14 @@ def test_errors_are_one_line_exit_1(tmp_path, capsys):
     assert main(["prune", str(src), "--svd", "bottom-half", "--out", str(out), "--overwrite"]) == 0
 
 
-def test_nonfinite_warning_on_stderr(tmp_path, capsys):
+def test_nonfinite_warning_in_the_json(tmp_path, capsys):
     sd = sample_state_dict()
     sd["fc1.weight"][1, 2] = float("inf")
     src = write_torch(tmp_path / "s.pt", sd)
     argv = ["prune", str(src), "--svd", "top-half", "--out", str(tmp_path / "o.pt"), "--json"]
     assert main(argv) == 0
     captured = capsys.readouterr()
-    assert "fc1.weight holds NaN/Inf; left unpruned" in captured.err
+    assert captured.err == ""  # --json: one document, its warnings inside
     data = json.loads(captured.out)
+    assert any("fc1.weight holds NaN/Inf; left unpruned" in n["message"] for n in data["notes"])
     assert "fc1.weight" not in [m["name"] for m in data["matrices"]]

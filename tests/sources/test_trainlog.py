@@ -206,3 +206,20 @@ def test_cli_metrics_option(tmp_path, capsys):
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "no such file" in err[0]
+
+
+def test_an_epoch_run_with_a_step_log_says_why_epochs(tmp_path):
+    """The run counts epochs (no step anywhere), the log counts steps: the error says so
+    instead of 'a training log needs the step of each row' (issue 14, item 8)."""
+    import pytest
+    import torch
+
+    import specdyn
+    from specdyn.errors import SpecdynError
+
+    for epoch in (1, 2):
+        torch.save({"w.weight": torch.randn(4, 3)}, tmp_path / f"epoch_{epoch}.pt")
+    log = tmp_path / "log.csv"
+    log.write_text("step,loss\n10,1.0\n20,0.5\n")
+    with pytest.raises(SpecdynError, match="give epochs, not steps.*no epoch column"):
+        specdyn.analyze(tmp_path, home=tmp_path / "ws", vectors=None, metrics_file=log)
