@@ -250,3 +250,285 @@ def test_bert_block_order():
 def test_empty_and_duplicates():
     assert forward_sort([]) == []
     assert forward_sort(["a.weight", "a.weight"]) == ["a.weight"]
+
+
+# ---------------------------------------------------------------- forward order of the zoo
+#
+# Each zoo model (tests/_zoo.py) saved as its library saves it: its operator names as specdyn
+# names them (the canonical names of the saved keys) in forward_sort order must be the order
+# the model's own forward first uses the operators in (`_zoo.forward_order`), whatever key
+# order the checkpoint lists them in: the reader's (a safetensors header: dtype groups sorted
+# by name, per shard; a torch pickle: module order), a safetensors-like sort of every key, or
+# module order (the model's state dict).
+
+
+def _load_saved(path) -> dict:
+    """Every tensor of one saved zoo checkpoint (a file, or a folder of weight files / shards)."""
+    import safetensors.torch
+    import torch
+
+    files = (
+        sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) if path.is_dir() else [path]
+    )
+    tensors: dict = {}
+    for f in files:
+        if f.suffix == ".safetensors":
+            tensors.update(safetensors.torch.load_file(str(f)))
+        else:
+            tensors.update(torch.load(f, map_location="cpu", weights_only=True))
+    return tensors
+
+
+def _module_order(model, saved: dict, located: dict[str, list[str]]) -> list[str]:
+    """The saved keys in the order of the model's state dict (what torch.save would list):
+    an operator's keys at its parameter, any other key at the state-dict entry of its name,
+    else at the one entry holding equal values (transformers 5 renames some on save)."""
+    import torch
+
+    sd = model.state_dict()
+    index = {k: i for i, k in enumerate(sd)}
+    where: dict[str, tuple[int, int]] = {}
+    for op, keys in located.items():
+        for j, key in enumerate(keys):
+            where.setdefault(key, (index[op], j))
+    for key, t in saved.items():
+        if key in where:
+            continue
+        if key in index:
+            where[key] = (index[key], 0)
+            continue
+        equal = [k for k, v in sd.items()
+                 if v.shape == t.shape and v.dtype == t.dtype and torch.equal(v, t)]  # fmt: skip
+        assert len(equal) == 1, f"{key}: no single state-dict entry holds its values ({equal})"
+        where[key] = (index[equal[0]], 0)
+    return sorted(saved, key=where.__getitem__)
+
+
+def _safetensors_like(saved: dict) -> list[str]:
+    """The keys as one safetensors file lists them: by dtype alignment (largest first), then
+    by name."""
+    return sorted(saved, key=lambda k: (-saved[k].element_size(), k))
+
+
+@pytest.fixture(scope="module")
+def zoo_saved(tmp_path_factory):
+    """Zoo name → (model after one training step, its forward order, canonical name of each
+    saved key, operator → saved keys, source orders by label); built on first use."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("diffusers")
+    import _zoo  # tests/_zoo.py
+    import torch
+
+    from specdyn.sources import discover
+
+    base = tmp_path_factory.mktemp("naming-zoo")
+    cache: dict = {}
+
+    def get(name: str):
+        if name not in cache:
+            entry = _zoo.ZOO[name]
+            model = entry.build(0)
+            _zoo.train_step(model, seed=1)  # distinct values, so renamed keys are found by value
+            (base / name).mkdir()
+            path = entry.save(model, base / name, 1)
+            saved = _load_saved(path)
+            with discover(path).runs[0].checkpoints[0].open() as reader:
+                reader_order = reader.keys()
+            assert set(reader_order) == set(saved)
+            canon = canonicalize(list(saved), config=entry.config(model))
+            located = _zoo.saved_operator_keys(model, saved)
+            assert located and all(located.values()), located
+            order = _zoo.forward_order(model, entry.inputs(model, torch.Generator().manual_seed(0)))
+            sources = {"reader": reader_order, "safetensors-like": _safetensors_like(saved),
+                       "module": _module_order(model, saved, located)}  # fmt: skip
+            embeddings = {n + ".weight" for n, m in model.named_modules()
+                          if isinstance(m, torch.nn.Embedding)}  # fmt: skip
+            cache[name] = (order, canon, located, sources, embeddings)
+        return cache[name]
+
+    return get
+
+
+def _zoo_names() -> list[str]:
+    try:
+        import _zoo
+    except ImportError:  # pragma: no cover - tests/ is on sys.path under pytest
+        return []
+    return list(_zoo.ZOO)
+
+
+@pytest.mark.parametrize("source", ["reader", "safetensors-like", "module", "none"])
+@pytest.mark.parametrize("name", _zoo_names())
+def test_zoo_operators_sort_in_the_models_forward_order(name, source, zoo_saved):
+    order, canon, located, sources, embeddings = zoo_saved(name)
+    source_order = None if source == "none" else [canon[k] for k in sources[source]]
+    ordered = forward_sort(sorted(canon.values()), source_order)
+    pos = {n: i for i, n in enumerate(ordered)}
+    first = {op: min(pos[canon[k]] for k in located[op]) for op in order}
+    # every operator but the embeddings exactly in forward order
+    body = [op for op in order if op not in embeddings]
+    assert sorted(body, key=first.__getitem__) == body
+    # input embeddings are summed in parallel (token, position, type: their order is a
+    # convention): each is listed no later than the first operator the forward runs after it
+    for i, op in enumerate(order):
+        later = [o for o in order[i + 1 :] if o not in embeddings]
+        if op in embeddings and later:
+            assert first[op] < first[later[0]], (op, later[0])
+
+
+# ---------------------------------------------------------------- source order: a sort or not
+
+
+def _safetensors_order(names: list[str], int64: tuple[str, ...] = ()) -> list[str]:
+    """How one safetensors file lists `names`: the 8-byte tensors (`int64`) first, then the
+    rest, each group sorted by name."""
+    return sorted(n for n in names if n in int64) + sorted(n for n in names if n not in int64)
+
+
+def test_a_sorted_source_order_is_not_a_tie_break():
+    # torchvision ResNet: layerN ranks early through its int64 num_batches_tracked
+    names = ["conv1.weight", "bn1.weight", "bn1.num_batches_tracked",
+             "layer1.0.conv1.weight", "layer1.0.bn1.num_batches_tracked", "layer1.0.conv2.weight",
+             "layer2.0.conv1.weight", "layer2.0.bn1.num_batches_tracked",
+             "layer2.0.downsample.0.weight", "fc.weight"]  # fmt: skip
+    source = _safetensors_order(names, int64=tuple(n for n in names if "num_batches" in n))
+    assert source.index("layer2.0.bn1.num_batches_tracked") < source.index("conv1.weight")
+    ordered = forward_sort(names, source)
+    assert ordered == forward_sort(names)
+    matrices = [n for n in ordered if n.endswith(".weight") and "bn" not in n]
+    assert matrices == ["conv1.weight", "layer1.0.conv1.weight", "layer1.0.conv2.weight",
+                        "layer2.0.conv1.weight", "layer2.0.downsample.0.weight", "fc.weight"]  # fmt: skip
+
+
+def test_sharded_safetensors_order_is_not_a_tie_break():
+    # two shards, each sorted by name: the second holds the encoder's conv front-end
+    shard1 = sorted(["model.encoder.layers.0.fc1.weight", "model.encoder.layers.0.fc2.weight",
+                     "model.decoder.layers.0.fc1.weight", "model.decoder.layers.0.fc2.weight"])  # fmt: skip
+    shard2 = sorted(["model.encoder.conv1.weight", "model.encoder.conv2.weight",
+                     "model.encoder.layers.1.fc1.weight", "model.encoder.layers.1.fc2.weight"])  # fmt: skip
+    source = shard1 + shard2
+    assert forward_sort(source, source) == [
+        "model.encoder.conv1.weight", "model.encoder.conv2.weight",
+        "model.encoder.layers.0.fc1.weight", "model.encoder.layers.0.fc2.weight",
+        "model.encoder.layers.1.fc1.weight", "model.encoder.layers.1.fc2.weight",
+        "model.decoder.layers.0.fc1.weight", "model.decoder.layers.0.fc2.weight",
+    ]  # fmt: skip
+
+
+def test_module_order_stays_the_tie_break():
+    # a torch pickle lists keys in registration order: weight, bias, next module, …
+    model = nn.Module()
+    model.zeta = nn.Linear(2, 2)
+    model.alpha = nn.Linear(2, 2)
+    model.mid = nn.Linear(2, 2)
+    source = list(model.state_dict())
+    assert forward_sort(sorted(source), source) == source
+    # the same names sorted (a safetensors header) give natural text order
+    assert forward_sort(source, sorted(source)) == [
+        f"{m}.{p}" for m in ("alpha", "mid", "zeta") for p in ("weight", "bias")
+    ]
+
+
+# ---------------------------------------------------------------- encoder–decoder
+
+
+def test_encoder_before_decoder():
+    t5 = ["shared.weight", "encoder.block.0.layer.0.SelfAttention.q.weight",
+          "encoder.block.0.layer.1.DenseReluDense.wi.weight", "encoder.final_layer_norm.weight",
+          "decoder.block.0.layer.0.SelfAttention.q.weight",
+          "decoder.block.0.layer.1.EncDecAttention.q.weight",
+          "decoder.block.0.layer.2.DenseReluDense.wo.weight", "decoder.final_layer_norm.weight",
+          "lm_head.weight"]  # fmt: skip
+    bart = ["model.shared.weight", "model.encoder.embed_tokens.weight",
+            "model.encoder.embed_positions.weight", "model.encoder.layers.0.self_attn.q_proj.weight",
+            "model.encoder.layers.0.fc1.weight", "model.decoder.embed_tokens.weight",
+            "model.decoder.layers.0.self_attn.q_proj.weight",
+            "model.decoder.layers.0.encoder_attn.q_proj.weight", "model.decoder.layers.0.fc2.weight",
+            "lm_head.weight"]  # fmt: skip
+    for names in (t5, bart):
+        assert forward_sort(sorted(names)) == names
+        assert forward_sort(sorted(names), sorted(names)) == names
+
+
+def test_whisper_conv_front_end_before_the_layers():
+    names = ["model.encoder.conv1.weight", "model.encoder.conv2.weight",
+             "model.encoder.embed_positions.weight", "model.encoder.layers.0.self_attn.q_proj.weight",
+             "model.encoder.layers.0.fc2.weight",
+             "model.decoder.embed_tokens.weight", "model.decoder.layers.0.fc1.weight",
+             "proj_out.weight"]  # fmt: skip
+    ordered = forward_sort(_shuffled(names))
+    encoder = [n for n in ordered if ".encoder." in n and "embed" not in n]
+    assert encoder[:3] == ["model.encoder.conv1.weight", "model.encoder.conv2.weight",
+                           "model.encoder.layers.0.self_attn.q_proj.weight"]  # fmt: skip
+    assert ordered.index("model.encoder.layers.0.fc2.weight") < ordered.index(
+        "model.decoder.embed_tokens.weight"
+    )
+    assert ordered[-1] == "proj_out.weight"
+
+
+def test_word_lm_encoder_rnn_decoder():
+    # PyTorch's word_language_model: an `encoder` embedding, the RNN, a `decoder` head
+    names = ["encoder.weight", "rnn.weight_ih_l0", "rnn.weight_hh_l0", "decoder.weight"]
+    assert forward_sort(sorted(names)) == names
+
+
+# ---------------------------------------------------------------- diffusers UNets
+
+
+def test_unet_top_level_order():
+    names = ["time_embedding.linear_1.weight", "time_embedding.linear_2.weight", "conv_in.weight",
+             "down_blocks.0.resnets.0.conv1.weight", "down_blocks.1.resnets.0.conv1.weight",
+             "mid_block.resnets.0.conv1.weight", "up_blocks.0.resnets.0.conv1.weight",
+             "up_blocks.1.resnets.0.conv1.weight", "conv_norm_out.weight", "conv_out.weight"]  # fmt: skip
+    assert forward_sort(sorted(names)) == names
+    # diffusers registers mid_block after up_blocks: a torch pickle lists it there
+    registered = [n for n in names if not n.startswith("mid_block")]
+    registered.insert(registered.index("conv_norm_out.weight"), "mid_block.resnets.0.conv1.weight")
+    assert forward_sort(registered, registered) == names
+
+
+def test_unet_block_resnets_and_attentions_interleave_by_index():
+    block = ["resnets.0.conv1", "attentions.0.to_q", "resnets.1.conv1", "attentions.1.to_q",
+             "resnets.2.conv1", "attentions.2.to_q", "upsamplers.0.conv"]  # fmt: skip
+    names = [f"up_blocks.0.{m}.weight" for m in block]
+    assert forward_sort(sorted(names)) == names
+    down = [f"down_blocks.1.{m}.weight" for m in block[:4]] + [
+        "down_blocks.1.downsamplers.0.conv.weight"
+    ]
+    assert forward_sort(sorted(down)) == down
+    mid = ["mid_block.resnets.0.conv1.weight", "mid_block.attentions.0.to_q.weight",
+           "mid_block.resnets.1.conv1.weight"]  # fmt: skip
+    assert forward_sort(sorted(mid)) == mid
+    # diffusers registers `attentions` before `resnets`: the forward order wins
+    registered = sorted(names, key=lambda n: ("resnets" in n, n))
+    assert forward_sort(registered, registered) == names
+
+
+def test_unet_resnet_attention_and_transformer_block_order():
+    resnet = [f"down_blocks.1.resnets.0.{m}.weight" for m in
+              ("norm1", "conv1", "time_emb_proj", "norm2", "conv2", "conv_shortcut")]  # fmt: skip
+    attention = [f"mid_block.attentions.0.{m}.weight" for m in
+                 ("group_norm", "to_q", "to_k", "to_v", "to_out.0")]  # fmt: skip
+    transformer = [f"up_blocks.0.attentions.1.{m}.weight" for m in
+                   ("norm", "proj_in", "transformer_blocks.0.norm1", "transformer_blocks.0.attn1.to_q",
+                    "transformer_blocks.0.attn1.to_k", "transformer_blocks.0.attn1.to_v",
+                    "transformer_blocks.0.attn1.to_out.0", "transformer_blocks.0.norm2",
+                    "transformer_blocks.0.attn2.to_q", "transformer_blocks.0.attn2.to_k",
+                    "transformer_blocks.0.attn2.to_v", "transformer_blocks.0.attn2.to_out.0",
+                    "transformer_blocks.0.norm3", "transformer_blocks.0.ff.net.0.proj",
+                    "transformer_blocks.0.ff.net.2", "proj_out")]  # fmt: skip
+    for names in (resnet, attention, transformer):
+        assert forward_sort(sorted(names)) == names
+        assert forward_sort(_shuffled(names, 1), sorted(names)) == names
+
+
+def test_unet_names_outside_a_unet_block_keep_the_usual_rules():
+    # `resnets`/`attentions` that are not children of down_blocks.i / mid_block / up_blocks.i
+    names = ["attentions.0.weight", "resnets.0.weight"]
+    assert forward_sort(names) == names
+    # torchvision's stem and stages: conv1 before layer1 (natural order), fc last
+    resnet = ["conv1.weight", "bn1.weight", "layer1.0.conv1.weight", "layer1.0.bn1.weight",
+              "layer1.0.conv2.weight", "layer4.1.conv2.weight", "fc.weight"]  # fmt: skip
+    assert [n for n in forward_sort(sorted(resnet)) if "bn" not in n] == [
+        n for n in resnet if "bn" not in n
+    ]

@@ -39,23 +39,7 @@ STEPS = (0, 1, 2)
 WITH_VECTORS = {"llama", "t5", "resnet", "unet2d-cond", "lstm"}
 
 # Known gaps in specdyn exposed by the zoo: (model, check) → reason. Marked strict xfail.
-# The forward order (docs/views.md#forward-order) breaks ties between unranked components by
-# the checkpoint's key order; a safetensors file lists its tensors by dtype alignment, then
-# by name, not in module order, so the order comes out wrong where names do not sort in
-# forward order. The chain pairs follow this order (issue 13, item 5).
-_ORDER = (
-    "issue 13 item 5: forward order from the safetensors key order (docs/views.md#forward-order): "
-)
-GAPS: dict[tuple[str, str], str] = {
-    ("whisper", "order"): _ORDER
-    + "decoder listed before the encoder, encoder conv1/conv2 after its layers",
-    ("resnet", "order"): _ORDER
-    + "stem conv1 listed after layer2 (layerN sorts early by its int64 num_batches_tracked)",
-    ("unet2d", "order"): _ORDER
-    + "conv_out listed right after conv_in, mid_block attention before its first resnet",
-    ("unet2d-cond", "order"): _ORDER
-    + "conv_out listed right after conv_in, mid_block attention before its first resnet",
-}
+GAPS: dict[tuple[str, str], str] = {}
 
 
 def _params(check: str) -> list:
@@ -254,23 +238,13 @@ def test_zoo_configs_are_what_is_saved(zoo_dir):
 # ------------------------------------------------------------------ forward order
 
 
-def _stage(key: str) -> str:
-    """The part of the network a saved key belongs to: its module path up to the first block
-    number (`layer2.0`, `model.encoder.layers.1`, `down_blocks.0`), else the whole module path
-    (`conv1`, `model.encoder.conv2`, `time_embedding.linear_1`)."""
-    parts = key.split(".")[:-1]  # drop the parameter's own name (weight, weight_ih_l0, …)
-    for i, part in enumerate(parts):
-        if part.isdigit():
-            return ".".join(parts[: i + 1])
-    return ".".join(parts)
-
-
 @pytest.mark.parametrize("name", _params("order"))
 def test_matrices_are_listed_in_forward_order(name, zoo_dir):
-    # docs/views.md#forward-order: matrices are listed by forward depth. The model's own
-    # forward says which part of the network runs first; within one part (a numbered block,
-    # where Q/K/V or a shortcut read the same input) any order is allowed. Embeddings read the
-    # model's inputs in parallel (summed), so their relative order is a convention: left out.
+    # docs/views.md#forward-order: matrices are listed by forward depth. Every operator but
+    # the embeddings is listed exactly in the order the model's own forward first uses it
+    # (an operator saved under several keys, like Mixtral's stacked experts, at its first).
+    # Embeddings read the model's inputs in parallel (summed), so their relative order is a
+    # convention: each is only listed no later than the operator the forward runs after it.
     case = _analysed(name, zoo_dir)
     model, entry = case["model"], case["entry"]
     order = _zoo.forward_order(model, entry.inputs(model, torch.Generator().manual_seed(0)))
@@ -278,13 +252,16 @@ def test_matrices_are_listed_in_forward_order(name, zoo_dir):
     embeddings = {
         n + ".weight" for n, m in model.named_modules() if isinstance(m, torch.nn.Embedding)
     }
-    first_use: dict[str, int] = {}  # stage → first forward use of an operator in it
-    for i, op in enumerate(order):
-        if op not in embeddings:
-            for key in located[op]:
-                first_use.setdefault(_stage(key), i)
     _, run = _store(case)
     with run:
-        params = [run.matrix_info(m)["param"] for m in run.matrices]
-    stages = list(dict.fromkeys(_stage(p) for p in params if _stage(p) in first_use))
-    assert stages == sorted(stages, key=first_use.__getitem__), "store order ≠ forward order"
+        params = list(dict.fromkeys(run.matrix_info(m)["param"] for m in run.matrices))
+        aliases = run.aliases
+    listed = {p: i for i, p in enumerate(params)}
+    listed.update({a: listed[p] for a, p in aliases.items() if p in listed})
+    first = {op: min(listed[k] for k in located[op] if k in listed) for op in order}
+    body = [op for op in order if op not in embeddings]
+    assert sorted(body, key=first.__getitem__) == body, "store order ≠ forward order"
+    for i, op in enumerate(order):
+        later = [o for o in order[i + 1 :] if o not in embeddings]
+        if op in embeddings and later:
+            assert first[op] < first[later[0]], (op, later[0])
