@@ -40,23 +40,14 @@ COMMANDS: list[tuple[str, list[str]]] = [
         "sv-neox.png",
         ["sv", "neox-trainer", "--matrix", "layers.0.mlp.dense_h_to_4h", "--top", "20", "--log-x"],
     ),
-    ("alignment-mlp-wd.png", ["alignment", "mlp-wd", "--pair", "layers.1.weight~", "--log-x"]),
+    ("alignment-mlp-wd.png", ["alignment", "mlp-wd", "--pair", "layers.1~", "--log-x"]),
     (
         "agreement-neox.png",
         ["agreement", "neox-trainer", "--matrix", "layers.0.mlp.dense_h_to_4h", "--log-x"],
     ),
     (
         "alignment-matrix-mlp-wd.png",
-        [
-            "alignment-matrix",
-            "mlp-wd",
-            "--pair",
-            "layers.1.weight~",
-            "--steps",
-            "0,100,1000,4000",
-            "--top",
-            "32",
-        ],
+        ["alignment-matrix", "mlp-wd", "--pair", "layers.1~", "--steps", "0,100,1000,4000"],
     ),
     ("rank-lstm.png", ["rank", "lstm", "--log-x"]),
     ("rank-cnn.png", ["rank", "cnn-lightning", "--log-x"]),
@@ -146,15 +137,17 @@ def weight_decay_figure(home: Path, path: Path) -> None:
             last = int(r.steps[-1])
             mesh = next(c for c in top_ax.collections if isinstance(c, QuadMesh))
             meshes.append(mesh)
+            centres, narrow = _cell_centres(top_ax, mesh)
             for row, column in np.ndindex(values.shape):
                 v = values[row, column]
                 top_ax.text(
-                    r.steps[column],
+                    centres[column],
                     row,
                     f"{v:.2f}",
                     ha="center",
                     va="center",
                     fontsize=8,
+                    rotation=90 if narrow[column] else 0,  # upright where a cell is too narrow
                     color="white" if v < 0.6 else "black",
                 )
     # one colour scale for both heatmaps (plot_rank has no vmin/vmax of its own)
@@ -173,6 +166,17 @@ def weight_decay_figure(home: Path, path: Path) -> None:
         fontsize=11,
     )
     fig.savefig(path, dpi=DPI)
+
+
+def _cell_centres(ax, mesh) -> tuple[np.ndarray, np.ndarray]:
+    """The middle of each column of a heatmap in the axis' own scale (the first and last
+    columns are half-width: their middle is not their step), and which columns are too
+    narrow for a value written across (under 6 % of the axis)."""
+    edges = mesh.get_coordinates()[0, :, 0]
+    transform = ax.xaxis.get_transform()
+    t = transform.transform(edges)
+    narrow = np.diff(t) < 0.06 * (t[-1] - t[0])
+    return transform.inverted().transform((t[1:] + t[:-1]) / 2), narrow
 
 
 def check_page(shown: list[str]) -> None:

@@ -9,8 +9,11 @@ Every function takes a run (an open `specdyn.Run`, or a run name / store path wi
 `home`), draws into `ax` when given (else a new headless Figure) and returns the
 Axes (`plot_alignment_matrix`, which draws several panels, returns the Figure).
 Heatmaps put training steps on x (true step values: unevenly spaced checkpoints
-keep their place; ``log_x`` uses a symmetric log axis that shows step 0), rows in
-the store's forward-depth order, and a colour bar that says what it encodes.
+keep their place; ``log_x`` uses a symmetric log axis that shows step 0), from
+exactly the first to the last step shown (the edge columns are half-width), with a
+minor tick at each checkpoint; rows in the store's forward-depth order, and a colour
+bar that says what it encodes. Steps the store knows but has not analysed yet are
+hatched gaps at their own place, and the title says "partial D/T".
 Steps flagged in the store (duplicates, failed revisions) are marked with a red
 tick above the axes. A store that lacks what a figure needs raises
 `PlotError` naming the ``specdyn analyze`` option that adds it.
@@ -87,13 +90,15 @@ def plot_metric(
         metric: a name of `Run.metric_names` (default the normalised effective rank).
         home: workspace for a run given by name.
         ax: Axes to draw into (default: a new Figure).
-        steps: ``--steps`` (docs/runs.md#steps-grammar) among the done steps; matrices: regex
-            on names.
+        steps: ``--steps`` (docs/runs.md#steps-grammar) among the run's steps (done or
+            not); matrices: regex on names.
         log_x: symmetric-log step axis (step 0 shown); cmap: colour map;
-        title: axes title (default: run and metric); size: (w, h) inches of a new Figure.
+        title: axes title (default: the run; the colour bar names the metric);
+        size: (w, h) inches of a new Figure.
 
     Returns:
-        The Axes; its QuadMesh holds exactly the stored values (rows × columns).
+        The Axes; its QuadMesh holds exactly the stored values (rows × columns), NaN
+        (masked) in the columns of steps not analysed yet.
     """
     with _opened(run, home) as r:
         if metric not in r.metric_names:
@@ -148,7 +153,9 @@ def plot_sv(
         log_y: logarithmic σ axis. Other options as `plot_metric`.
 
     Returns:
-        The Axes, with exactly min(top, R) lines (σ_1 first) and a colour bar of the index i.
+        The Axes, with exactly min(top, R) lines (σ_1 first; a dot at each step when
+        there are 20 steps or fewer; NaN at steps not analysed yet, so the lines break
+        there) and a colour bar of the index i.
     """
     import matplotlib
     from matplotlib import cm, colors
@@ -209,7 +216,10 @@ def plot_alignment(
     """The alignment diagonal A(t)_ii of one pair over training (paper Fig. 2, 5 left).
 
     Rows are the index i (1 on top), columns the steps; per-head pairs show the
-    diagonal averaged over heads. `top`: only the first `top` indices.
+    diagonal averaged over heads. `pair`: a pair name or unique part of one, or the pair
+    by its matrices, ``FIRST~`` / ``~SECOND`` / ``FIRST~SECOND`` (``→`` or ``->`` for
+    ``~``); an ambiguous one lists the candidates, each with the spec that picks it.
+    `top`: only the first `top` indices.
     Returns the Axes; its QuadMesh holds the stored diagonal (i × step).
     """
     with _opened(run, home) as r:
@@ -405,6 +415,8 @@ def plot_alignment_matrix(
     Returns:
         The Figure: one Axes per step (image i × j) and a shared colour bar.
     """
+    from matplotlib.ticker import MaxNLocator
+
     with _opened(run, home) as r:
         _need_vectors(r, "alignment-matrix")
         name = _find_pair(r, pair)
@@ -434,6 +446,8 @@ def plot_alignment_matrix(
             )
             ax.set_title(f"{r.step_unit} {int(r.steps[c])}", fontsize=9)
             ax.set_xlabel("index j (second matrix, v′ⱼ)")
+            for axis in (ax.xaxis, ax.yaxis):  # indices are whole numbers
+                axis.set_major_locator(MaxNLocator(integer=True))
         axes[0].set_ylabel("index i (first matrix, uᵢ)")
         fig.colorbar(image, ax=list(axes), label="alignment |⟨uᵢ, v′ⱼ⟩|")
         crop = f", indices 1–{k} of {full.shape[1]}" if k < full.shape[1] else ""

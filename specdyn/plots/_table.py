@@ -74,18 +74,24 @@ class FigureOptions:
         home: the workspace of a run or comparison given by name (default: `resolve_home`).
         out: the file (.png, .pdf or .svg: the extension sets the format) or, for "all",
             the folder; default `default_output` (for a comparison, ``figures/<name>/``
-            of its workspace; for "prune", ``sva.png`` beside the results).
+            of its workspace; for "prune", ``sva[-<matrix>].png`` beside the results).
+            A default file name carries every option below that is not at its default
+            (``dynamics-logx-error.png``), so figures drawn with other options never
+            replace each other.
         dpi: resolution of raster files.
     What it shows:
         metric: a stored metric name ("metric"; "side-by-side", default the normalised
             effective rank).
         matrix: a matrix name or unique substring ("sv", "agreement", "branch-agreement",
             "prune").
-        pair: a pair name or unique substring ("alignment", "alignment-matrix"); for
-            "branch-agreement" the two runs compared, ``"RUN_A,RUN_B"``.
+        pair: a pair name or unique substring ("alignment", "alignment-matrix"), or
+            ``FIRST~`` / ``~SECOND`` / ``FIRST~SECOND`` (``→`` or ``->`` for ``~``): the
+            pair by its matrices; for "branch-agreement" the two runs compared,
+            ``"RUN_A,RUN_B"``.
         steps: which steps, in the `specdyn.select_steps` grammar.
         matrices: a regex on the heatmap's row names (matrices, or pairs for "alignment").
-        top: only the `top` largest singular values / first `top` indices.
+        top: only the `top` largest singular values / first `top` indices
+            ("alignment-matrix": the top-left block, default 20).
         training: the training metrics of "dynamics" (default: every loss, error, accuracy).
         scores: "dynamics" adds the alignment and agreement score heatmaps.
         error: "dynamics" draws accuracies as errors (1 − accuracy).
@@ -273,7 +279,7 @@ FIGURES: MappingProxyType[str, FigureKind] = MappingProxyType({
         FigureKind("split", "comparison", plot_split, ("matrices", "size", "title")),
         FigureKind(
             "prune", "prune results", plot_prune, ("matrix", "top", "size", "title"),
-            file_stem="sva",
+            named_by="matrix", file_stem="sva",
         ),
     )
 })  # fmt: skip
