@@ -58,7 +58,11 @@ def plot_command(
     ] = None,
     top: Annotated[
         int | None,
-        typer.Option(min=1, help="Only the N largest singular values / first N indices."),
+        typer.Option(
+            min=1,
+            help="Only the N largest singular values / first N indices "
+            "(alignment-matrix: the top-left N × N block, default 20).",
+        ),
     ] = None,
     log_x: Annotated[
         bool, typer.Option("--log-x", help="Logarithmic step axis (step 0 kept).")

@@ -340,11 +340,12 @@ _SAFE = re.compile(r"[A-Za-z0-9._~]")
 _SPELLED = {",": "+", ":": "="}
 
 
-def _safe(value: str) -> str:
+def _safe(value: str, *, pair: bool = False) -> str:
     """`value` as a file-name part: kept characters as they are, "," and ":" spelled out;
     when anything else had to be replaced, a short hash of the value keeps the name
-    apart from a value that differs only there."""
-    text = value.replace("→", "~").replace("->", "~")
+    apart from a value that differs only there. A `pair` spec's "→" and "->" are its
+    "~" (they pick the same pair, so the same figure)."""
+    text = value.replace("→", "~").replace("->", "~") if pair else value
     out, lossy = [], False
     for ch in text:
         if _SAFE.match(ch):
@@ -375,7 +376,7 @@ def _name_part(option: str, value) -> str:
     if option == "title":
         return f"title_{_digest(str(value))}"  # any text: its hash alone
     text = ",".join(value) if isinstance(value, (list, tuple)) else str(value)
-    return f"{option}_{_safe(text)}"
+    return f"{option}_{_safe(text, pair=option == 'pair')}"
 
 
 def _figure_name(entry: FigureKind, options: FigureOptions) -> str:
@@ -386,7 +387,8 @@ def _figure_name(entry: FigureKind, options: FigureOptions) -> str:
     parts = [entry.file_stem or entry.name]
     defaults = FigureOptions()
     if entry.named_by and getattr(options, entry.named_by):
-        parts.append(_safe(str(getattr(options, entry.named_by))))
+        subject = str(getattr(options, entry.named_by))
+        parts.append(_safe(subject, pair=entry.named_by == "pair"))
     for option in _NAMED_OPTIONS:
         value = getattr(options, option)
         if option == entry.named_by or option not in entry.options:

@@ -393,3 +393,6 @@ def test_pair_by_its_first_matrix(ws, capsys):
     assert main([*args, "--pair", "layers.1~"]) == 0
     (written,) = json.loads(capsys.readouterr().out)["files"]
     assert Path(written).name == "alignment-layers.1~.png"
+    # the same pair spelled with an arrow is the same figure, in the same file
+    assert main([*args, "--pair", "layers.1→"]) == 0
+    assert json.loads(capsys.readouterr().out)["files"] == [written]
