@@ -98,7 +98,8 @@ class FigureOptions:
         fmt: the format of the files "all" writes: png, pdf or svg.
     How it looks:
         cmap: a matplotlib colour map (default: each figure's own); size: (width,
-        height) in inches; title: instead of the default; log_x: symmetric-log step
+        height) in inches; title: instead of the default (a store with steps not
+        analysed yet still adds "partial D/T"); log_x: symmetric-log step
         axis (step 0 kept); log_y: logarithmic σ axis ("sv").
     """
 
