@@ -55,7 +55,7 @@ def grokking_demo(
         home: the workspace (store ``<home>/grokking.h5``, or ``grokking-nowd.h5``
             for the control).
         out: where the checkpoints and the figure go (default: the workspace's
-            ``demo/<run>/`` and ``figures/<run>/dynamics.png``).
+            ``demo/<run>/`` and ``figures/<run>/demo-dynamics.png``, a name no ``specdyn plot`` figure takes).
         weight_decay: False trains the control without weight decay.
         quick: the shortened setting (`GROKKING_QUICK`, ≈ 8 s of training).
         overrides: `train_grokking` options (modulus, train_fraction, steps, seed, …).
@@ -80,7 +80,7 @@ def grokking_demo(
     figure = (
         (base / f"{name}-dynamics.png")
         if base is not None
-        else (workspace / "figures" / name / "dynamics.png")
+        else (workspace / "figures" / name / "demo-dynamics.png")
     )
     training, reused = None, _same_run(folder, options)
     if not reused:

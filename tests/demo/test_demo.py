@@ -54,7 +54,7 @@ def test_rank_falls_with_weight_decay_and_less_without(demos):
 
 def test_figure_store_and_reuse(demos, capsys):
     home, result, _ = demos
-    assert result.figure == home / "figures" / "grokking-quick" / "dynamics.png"
+    assert result.figure == home / "figures" / "grokking-quick" / "demo-dynamics.png"
     assert result.figure.read_bytes()[:4] == b"\x89PNG"
     with specdyn.open_run("grokking-quick", home) as run:
         assert set(run.training_names) >= {"train_loss", "val_loss", "train_acc", "val_acc"}
