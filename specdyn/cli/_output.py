@@ -62,6 +62,7 @@ _INFO = {
     "duplicate",
     "several-runs",
     "init-name",
+    "training-state",
 }
 
 

@@ -31,6 +31,8 @@ _LOOKED_FOR = (
     "*.pt, *.pth, *.bin, *.ckpt, *.safetensors, *.index.json, HF model folders, "
     "torch.distributed.checkpoint folders"
 )
+# Accelerate's save_state writes one RNG-state pickle per process beside the weights.
+_RANDOM_STATES = re.compile(r"^random_states_\d+\.pkl$")
 _DEEPSPEED_STATE = re.compile(r"^global_step\d+$")
 # DeepSpeed's optimizer files (zero_pp_rank_0_mp_rank_00_optim_states.pt, bf16_…): never
 # weights, often the largest files of a checkpoint; skipped unread.
@@ -292,6 +294,7 @@ def _walk(root: Path, notes: list[Note], no_weights: list[tuple[str, Note]]) -> 
     their names (DeepSpeed optimizer states, gradient dumps) go to `no_weights`."""
     out: list[_Candidate] = []
     seen: set[str] = set()
+    state_files: list[Path] = []  # optimizer/scheduler/RNG state beside model weights
     stack = [root]
     while stack:
         folder = stack.pop()
@@ -308,8 +311,25 @@ def _walk(root: Path, notes: list[Note], no_weights: list[tuple[str, Note]]) -> 
             out.append(_Candidate("folder", folder))
         else:
             out.extend(_loose_files(folder, files, subdirs, notes, no_weights))
+        state_files.extend(folder / n for n in sorted(files) if _is_training_state(n))
         stack.extend(sorted(subdirs, reverse=True))
+    if state_files:
+        first = state_files[0]
+        names = ", ".join(sorted({p.name for p in state_files})[:4])
+        notes.append(
+            Note(
+                "training-state",
+                f"{len(state_files)} training-state file(s) beside the weights ({names}; first "
+                f"{first}): optimizer, scheduler and RNG state, not weights; ignored",
+                str(first),
+            )
+        )
     return out
+
+
+def _is_training_state(name: str) -> bool:
+    """Whether a file in a model folder is Trainer/Accelerate training state, not weights."""
+    return is_trainer_extra(name) or bool(_RANDOM_STATES.match(name))
 
 
 def _model_folder(

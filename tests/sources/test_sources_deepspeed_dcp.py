@@ -145,8 +145,10 @@ def test_accelerate_save_state_one_model(tmp_path):
     found = discover(tmp_path / "proj")
     (run,) = found.runs
     assert run.name == "proj" and [c.step for c in run.checkpoints] == [0, 1, 2]
-    # optimizer.bin, random_states_0.pkl: never read, no note; the step note once
-    (note,) = found.notes
+    # optimizer.bin, random_states_0.pkl: never read, one note for all; the step note once
+    state, note = sorted(found.notes, key=lambda n: n.kind != "training-state")
+    assert state.kind == "training-state" and "optimizer.bin" in state.message
+    assert "random_states_0.pkl" in state.message and state.message.startswith("6 ")
     assert note.kind == "save-number" and "checkpoint_N" in note.message
     for ckpt, states in zip(run.checkpoints, saved, strict=True):
         assert ckpt.path.name == f"checkpoint_{ckpt.step}" and ckpt.path.is_dir()
@@ -160,7 +162,8 @@ def test_accelerate_save_state_two_models_are_two_runs(tmp_path):
     found = discover(tmp_path / "proj")
     assert [r.name for r in found.runs] == ["proj-model", "proj-model_1"]
     kinds = sorted(n.kind for n in found.notes)
-    assert kinds == ["save-number", "several-runs"]  # no "ignored" note for model_1
+    # no "ignored" note for model_1; the state files in one note
+    assert kinds == ["save-number", "several-runs", "training-state"]
     for index, run in enumerate(found.runs):
         assert [c.step for c in run.checkpoints] == [0, 1, 2]
         for ckpt, states in zip(run.checkpoints, saved, strict=True):

@@ -186,8 +186,9 @@ def test_trainer_output_folder_is_one_run(tmp_path):
     assert run.name == "out" and _steps(run) == [500, 1000, 1500]
     assert all(c.files == (c.path / "model.safetensors",) for c in run.checkpoints)
     assert all(c.step_origin == "trainer_state.json" for c in run.checkpoints)
-    assert _kinds(found) == ["duplicate"]  # optimizer.pt, rng_state.pth, … are never read
-    assert found.notes[0].path == str(out)
+    # optimizer.pt, rng_state.pth, … are never read: one note for all of them
+    assert sorted(_kinds(found)) == ["duplicate", "training-state"]
+    assert [n.path for n in found.notes if n.kind == "duplicate"] == [str(out)]
     # same layout one level down: still one run, named after the folder given
     assert [r.name for r in discover(tmp_path).runs] == [tmp_path.name]
 
@@ -370,7 +371,9 @@ def test_trainer_extras_and_hidden_folders_are_ignored(tmp_path):
     write_torch(tmp_path / ".ipynb_checkpoints" / "step_10.pt", _sd(2))
     write_torch(folder / "global_step10" / "mp_rank_00_model_states.pt", _sd(3))
     found = discover(tmp_path)
-    assert [c.path for c in found.runs[0].checkpoints] == [folder] and found.notes == []
+    assert [c.path for c in found.runs[0].checkpoints] == [folder]
+    (note,) = found.notes  # the Trainer's state files, never read, in one note
+    assert note.kind == "training-state" and "optimizer.pt" in note.message
 
 
 def test_other_weights_inside_a_model_folder_are_noted(tmp_path):

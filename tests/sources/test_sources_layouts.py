@@ -85,7 +85,10 @@ def test_diffusers_training_output_is_analysed_end_to_end(tmp_path):
         out / "checkpoint-200" / "unet",
     ]
     assert all(c.step_origin == "ancestor name" for c in run.checkpoints)
-    assert found.notes == []  # optimizer.bin, scheduler.bin, random_states_0.pkl: not weights
+    # optimizer.bin, scheduler.bin, random_states_0.pkl: not weights, one note for all
+    (note,) = found.notes
+    assert note.kind == "training-state" and note.message.startswith("6 training-state file(s)")
+    assert "optimizer.bin, random_states_0.pkl, scheduler.bin" in note.message
 
     result = specdyn.analyze(out, home=tmp_path / "ws", vectors=None)
     (analysed,) = result.runs
