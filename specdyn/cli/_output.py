@@ -63,6 +63,7 @@ _INFO = {
     "several-runs",
     "init-name",
     "training-state",
+    "pruned-metadata",
 }
 
 

@@ -2,7 +2,10 @@
 
 Used by `specdyn.prune`: the caller gives a *transform* ``(raw_key, tensor) -> tensor | None``
 (None: keep the stored tensor) and this module writes a copy of the checkpoint with the
-transformed tensors in place and every other entry kept:
+transformed tensors in place and every other entry kept, but for what would describe the
+original weights as if it described the copy (a torch file's optimizer/scheduler state and
+numeric metrics at its top level: left out with a note; step and epoch kept; the copy is
+marked ``specdyn_pruned``):
 
 - PyTorch files (``.pt .pth .bin .ckpt``): ``torch.load(weights_only=True)`` (memory-mapped
   for the zip format), the tensors replaced where they sit in the nesting, ``torch.save``.
@@ -258,8 +261,9 @@ def _write_torch(src: Path, dst: Path, transform: Transform, final: Path) -> lis
                     new = _checked(key, state[key], transform(key, state[key]))
                     if new is not None:
                         state[key] = new
+                notes = _drop_stale_entries(loaded, meta.state_path, src, final)
                 torch.save(loaded, dst)
-                return []
+                return notes
             refusal = "its weights are not where the reader found them"
         # weights only: read with specdyn's own restricted reader, ties kept by storage
         tensors: dict[str, torch.Tensor] = {}
@@ -280,7 +284,7 @@ def _write_torch(src: Path, dst: Path, transform: Transform, final: Path) -> lis
     kept_scalars = []
     if meta.state_path:
         for name, value in meta.scalars.items():
-            if name not in obj:
+            if name not in obj and name in _POSITION_KEYS:  # metrics describe the original
                 obj[name] = int(value) if float(value).is_integer() else float(value)
                 kept_scalars.append(name)
     torch.save(obj, dst)
@@ -292,6 +296,59 @@ def _write_torch(src: Path, dst: Path, transform: Transform, final: Path) -> lis
             f"{src}: {refusal}; wrote the weights alone under {where}{extra} to {final}; "
             "every other entry (optimizer state, hyper-parameters, …) was dropped",
             str(src),
+        )
+    ]
+
+
+# Top-level entries a pruned copy must not carry over as if they described it: the
+# optimizer's moments and schedules of the unpruned weights, and the metrics measured on
+# them. Where training stood (step, epoch) stays true of the copy.
+_TRAINING_STATE_KEYS = frozenset(
+    {
+        "optimizer",
+        "optimizers",
+        "optimizer_state_dict",
+        "optimizer_states",
+        "opt",
+        "lr_scheduler",
+        "lr_schedulers",
+        "scheduler",
+        "scheduler_state_dict",
+        "scaler",
+        "grad_scaler",
+        "amp",
+    }
+)
+_POSITION_KEYS = frozenset({"step", "global_step", "epoch", "iteration", "iter", "steps"})
+PRUNED_MARK = "specdyn_pruned"
+
+
+def _drop_stale_entries(
+    loaded: Any, state_path: tuple[str, ...], src: Path, final: Path
+) -> list[Note]:
+    """Remove optimizer/scheduler state and numeric metrics from the top level of a pruned
+    copy (they describe the original weights), mark the copy, and say what went."""
+    if not isinstance(loaded, dict) or not state_path:
+        return []  # a bare state dict: nothing but weights
+    dropped = []
+    for key in list(loaded):
+        value = loaded[key]
+        is_metric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        is_metric = is_metric or (isinstance(value, torch.Tensor) and value.ndim == 0)
+        if key == state_path[0] or key in _POSITION_KEYS:
+            continue
+        if key in _TRAINING_STATE_KEYS or is_metric:
+            dropped.append(key)
+            del loaded[key]
+    loaded[PRUNED_MARK] = {"source": str(src)}
+    if not dropped:
+        return []
+    return [
+        Note(
+            "pruned-metadata",
+            f"{final}: left out {', '.join(dropped)} of {src} (optimizer state and metrics of "
+            f"the unpruned weights); step and epoch kept, the copy marked '{PRUNED_MARK}'",
+            str(final),
         )
     ]
 
