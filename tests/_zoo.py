@@ -249,6 +249,15 @@ def train_step(model: nn.Module, seed: int) -> None:
     model.eval()
 
 
+def save_initial(name: str, tmp_path: Path) -> tuple[torch.nn.Module, Path]:
+    """(model, checkpoint path) of zoo model `name` built (seed 0) and saved at step 0 in
+    ``tmp_path/<name>/``."""
+    entry = ZOO[name]
+    model = entry.build(0)
+    (Path(tmp_path) / name).mkdir()
+    return model, entry.save(model, Path(tmp_path) / name, 0)
+
+
 def save_trajectory(entry: ZooModel, root: Path, steps: tuple[int, ...] = (0, 1, 2)) -> list[Path]:
     """Build `entry` (seed 0), save it at steps[0], then train_step and save for each later
     step; returns the paths written, in step order."""

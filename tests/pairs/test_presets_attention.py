@@ -11,7 +11,7 @@ import json
 
 import pytest
 import torch
-from _zoo import ZOO
+from _zoo import save_initial
 
 from specdyn.pairs import pairs_for
 from specdyn.sources import discover
@@ -22,10 +22,7 @@ pytest.importorskip("transformers")
 
 def _saved(tmp_path, name: str):
     """(model, checkpoint path) of a zoo model saved at step 0."""
-    entry = ZOO[name]
-    model = entry.build(0)
-    (tmp_path / name).mkdir()
-    return model, entry.save(model, tmp_path / name, 0)
+    return save_initial(name, tmp_path)
 
 
 def _mats(path):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _zoo import ZOO
+from _zoo import ZOO, save_initial
 from torch import nn
 
 from specdyn.pairs import pairs_for
@@ -17,10 +17,7 @@ from specdyn.pairs import pairs_for
 
 def _saved(tmp_path, name: str):
     """(model, checkpoint path) of a zoo model saved at step 0."""
-    entry = ZOO[name]
-    model = entry.build(0)
-    (tmp_path / name).mkdir()
-    return model, entry.save(model, tmp_path / name, 0)
+    return save_initial(name, tmp_path)
 
 
 def _got(result):
