@@ -168,7 +168,14 @@ class Run:
         for i in self._store.done_rows:
             raw = data[i]
             if raw:
-                items = json.loads(raw.decode("utf-8", "replace"))
+                text = raw.decode("utf-8", "replace")
+                try:
+                    items = json.loads(text)
+                except (json.JSONDecodeError, RecursionError):
+                    # damaged on disk: shown as such, never an internal error
+                    items = [f"(notes unreadable, damaged in the store: {text[:80]!r})"]
+                if not isinstance(items, list):
+                    items = [f"(notes unreadable, not a list: {text[:80]!r})"]
                 if items:
                     out[int(self._store.all_steps[i])] = [str(n) for n in items]
         return out
