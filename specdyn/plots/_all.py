@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 
 from ..errors import option_ref
 from ..store import Run
-from ._common import FORMATS, PlotError, _opened
+from ._common import FORMATS, PlotError, _opened, save_figure
 from ._dynamics import default_training_metrics, plot_dynamics
 from ._run import (
     plot_agreement,
@@ -62,14 +62,11 @@ def plot_all(
         raise PlotError(
             f"{option_ref('fmt', '--format')} {fmt!r}: use png, pdf or svg", option="fmt"
         )
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = Path(out)  # created by save_figure (a one-line error if it cannot be)
     written: list[Path] = []
 
     def save(fig: Figure, stem: str) -> None:
-        path = folder / f"{stem}.{fmt}"
-        fig.savefig(path, dpi=dpi)
-        written.append(path)
+        written.append(save_figure(fig, folder / f"{stem}.{fmt}", dpi))
 
     opts = {"steps": steps, "log_x": log_x}
     with _opened(run, home) as r:

@@ -8,6 +8,7 @@ layering is `_common` → figures (`_run` → `_dynamics` → `_all`; `_compare`
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
@@ -15,12 +16,14 @@ import shlex
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from ..errors import PlotError, SpecdynError, StoreError, command_ref, option_ref
+from ..files import atomic_output
 from ..steps import select_steps
 from ..store import Run, open_run
 
@@ -555,3 +558,31 @@ def _pair_pick(pairs: list[dict], i: int) -> str:
         if _pairs_by_sides(pairs, *_PAIR_SIDES.split(spec, maxsplit=1)) == [i]:
             return spec
     return pairs[i]["name"]
+
+
+_WRITE_HINTS = {
+    errno.ENOSPC: "the disk is full: free some space and run the same command again",
+    errno.EDQUOT: "the disk quota is exceeded: free some space and run the same command again",
+    errno.EFBIG: "the file size limit is exceeded (ulimit -f): raise it or choose a smaller figure",
+    errno.EROFS: f"the folder is on a read-only filesystem: choose another {option_ref('out')}",
+    errno.EACCES: f"the folder is not writable: choose another {option_ref('out')}",
+    errno.EPERM: f"the folder is not writable: choose another {option_ref('out')}",
+}
+
+
+def save_figure(fig: Figure, path: Path, dpi: int | None) -> Path:
+    """Write `fig` to `path` (format from its suffix) atomically: a figure file is either
+    the old one or the whole new one; a full disk or a read-only folder is one PlotError."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".").lower())
+    except OSError as exc:
+        hint = _WRITE_HINTS.get(exc.errno, "check the folder and its free space")
+        raise PlotError(
+            f"{path}: cannot be written ({exc.strerror or exc}); {hint}; any figure already "
+            "there is unchanged",
+            file=path,
+            option="out",
+        ) from None
+    return path

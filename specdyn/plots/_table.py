@@ -36,6 +36,7 @@ from ._common import (
     _resolve,
     _step_axis,
     _titled,
+    save_figure,
     short_names,
 )
 from ._compare import _opened as _opened_comparison
@@ -527,6 +528,4 @@ def draw(
             raise PlotError(_missing(kind, entry.needs, opened), option=entry.needs)
         drawn = entry.plot(opened, **keywords)
         fig = drawn.figure if isinstance(drawn, Axes) else drawn
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=options.dpi)
-        return [path]
+        return [save_figure(fig, path, options.dpi)]
