@@ -64,6 +64,7 @@ _INFO = {
     "init-name",
     "training-state",
     "pruned-metadata",
+    "not-a-branch",
 }
 
 

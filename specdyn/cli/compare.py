@@ -72,6 +72,13 @@ def compare_command(
     ] = 11,
     device: DeviceOption = "auto",
     home: HomeOption = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Recompute the stores of folder runs made with other options.",
+        ),
+    ] = False,
     json_out: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -80,8 +87,8 @@ def compare_command(
 
     if by not in COMPARE_MODES:
         raise typer.BadParameter(f"use one of {', '.join(COMPARE_MODES)}", param_hint="--by")
-    if len(runs) < 2:
-        raise typer.BadParameter("give at least two runs", param_hint="RUNS")
+    if not runs:
+        raise typer.BadParameter("give at least two runs, or a folder of runs", param_hint="RUNS")
     if barrier and evaluator is None:
         raise typer.BadParameter(
             "the barrier needs your loss: --eval module:function", param_hint="--barrier"
@@ -104,6 +111,7 @@ def compare_command(
         result = compare(
             runs, by=by, split=mapping, home=home, name=name, steps=steps, k=vectors,
             score_top=score_top, barrier=options, device=device, on_analyze=on_analyze,
+            overwrite=overwrite,
         )  # fmt: skip
     out.notes(result.notes)
     if out.json_mode:

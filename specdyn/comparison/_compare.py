@@ -42,7 +42,14 @@ import numpy as np
 
 from ..analysis import analyze
 from ..engine import SpectrumEngine
-from ..errors import CompareError, RunNotFoundError, SpecdynError, command_ref, option_ref
+from ..errors import (
+    CompareError,
+    RunNotFoundError,
+    SpecdynError,
+    StoreMismatchError,
+    command_ref,
+    option_ref,
+)
 from ..matrices import plan_checkpoint, read_matrices
 from ..sources import open_checkpoint
 from ..steps import select_steps
@@ -179,6 +186,7 @@ def compare(
     barrier: BarrierOptions | None = None,
     device: str = "auto",
     analyze_missing: bool = True,
+    overwrite: bool = False,
     on_progress: Callable[[str, int, int], None] | None = None,
     on_analyze: Callable | None = None,
 ) -> CompareResult:
@@ -188,7 +196,9 @@ def compare(
         runs: run names (stores in the workspace), store paths, or checkpoint
             folders; a folder without a store is analysed first (default
             options, store named after the folder, parent folders prepended
-            when two inputs share a name). At least two.
+            when two inputs share a name or when a store of that name holds
+            another folder's run). A folder holding several runs (a trunk with
+            its branches, a sweep) stands for all of them. At least two in all.
         by: "runs" (two runs: agreement at every shared step; N runs: each
             against the first at the endpoints) or "split" (branches of a
             trunk: every two branches with the same split step).
@@ -209,6 +219,8 @@ def compare(
             every pair; None to skip.
         device: engine device for vectors computed from checkpoints.
         analyze_missing: analyse checkpoint folders that have no store yet.
+        overwrite: rebuild the stores of folder inputs that were made with other
+            options (``--overwrite`` of analyze).
         on_progress: called as (stage, done, total) while vectors are gathered.
         on_analyze: `specdyn.analyze`'s progress callback, for the folders analysed.
 
@@ -225,7 +237,7 @@ def compare(
         raise CompareError(
             f"{option_ref('by')} {by!r}: use one of {', '.join(COMPARE_MODES)}", option="by"
         )
-    if len(runs) < 2:
+    if not runs:
         raise CompareError("compare needs at least two runs (names, store paths or folders)")
     if k < 1 or score_top < 1:
         raise CompareError(
@@ -233,11 +245,20 @@ def compare(
             option="k" if k < 1 else "score_top",
         )
     notes: list[Note] = []
-    stores, labels, analysed = _resolve_inputs(runs, home, analyze_missing, notes, on_analyze)
+    stores, labels, analysed, given = _resolve_inputs(
+        runs, home, analyze_missing, notes, on_analyze, overwrite
+    )
+    if by == "split" and len(stores) > len(runs):
+        stores, labels, given = _branches_only(stores, labels, given, runs, split or {}, notes)
+    if len(stores) < 2:
+        raise CompareError(
+            f"compare needs at least two runs; {', '.join(map(str, runs))} gave "
+            f"{len(stores)}: add runs (names, store paths or folders)"
+        )
     opened = [Run(p) for p in stores]
     try:
         return _compare_open(
-            opened, labels, [str(r) for r in runs], by=by, split=split or {}, home=home,
+            opened, labels, given, by=by, split=split or {}, home=home,
             name=name, steps=steps, k=k, score_top=score_top, barrier=barrier,
             device=device, on_progress=on_progress, analysed=analysed, notes=notes,
         )  # fmt: skip
@@ -255,8 +276,10 @@ def _resolve_inputs(
     analyze_missing: bool,
     notes: list[Note],
     on_analyze=None,
-) -> tuple[list[Path], list[str], list[str]]:
-    """Store paths, unique labels and the folders analysed, in input order."""
+    overwrite: bool = False,
+) -> tuple[list[Path], list[str], list[str], list[str]]:
+    """Store paths, unique labels, the folders analysed and each store's input as given,
+    in input order (a folder of several runs expands to its runs)."""
     stores: list[Path | None] = []
     folders: dict[int, Path] = {}
     for i, ref in enumerate(runs):
@@ -274,6 +297,7 @@ def _resolve_inputs(
         [stores[i] if stores[i] is not None else folders[i] for i in range(len(runs))],
     )
     analysed = []
+    expanded: dict[int, list[tuple[Path, str]]] = {}
     for i, folder in folders.items():
         if not analyze_missing:
             raise CompareError(
@@ -282,24 +306,73 @@ def _resolve_inputs(
                 file=folder,
                 option="analyze_missing",
             )
-        result = analyze(folder, home=home, name=labels[i], on_progress=on_analyze)
-        if len(result.runs) != 1:
-            raise CompareError(
-                f"{folder} holds {len(result.runs)} runs; name each run folder separately"
-            )
-        stores[i] = Path(result.runs[0].store_path)
+        result = _analyze_folder(folder, labels[i], home, overwrite, on_analyze)
+        expanded[i] = [(Path(r.store_path), Path(r.store_path).stem) for r in result.runs]
         analysed.append(str(folder))
         notes.extend(result.notes)
-        notes.extend(result.runs[0].notes)
+        for r in result.runs:
+            notes.extend(r.notes)
+    out_stores, out_labels, given = [], [], []
+    for i, ref in enumerate(runs):
+        for store, label in expanded.get(i, [(stores[i], labels[i])]):
+            out_stores.append(Path(store))
+            out_labels.append(label if i in expanded else labels[i])
+            given.append(str(ref) if len(expanded.get(i, [0])) == 1 else label)
     seen: dict[Path, str] = {}
-    for i, p in enumerate(stores):
+    for p, ref in zip(out_stores, given, strict=True):
         key = Path(p).resolve()
         if key in seen:
             notes.append(
-                Note("same-run", f"{runs[i]} and {seen[key]} are the same store ({p})", str(p))
+                Note("same-run", f"{ref} and {seen[key]} are the same store ({p})", str(p))
             )
-        seen[key] = str(runs[i])
-    return [Path(p) for p in stores], labels, analysed
+        seen[key] = ref
+    return out_stores, _unique_labels(out_labels, out_stores), analysed, given
+
+
+def _branches_only(stores, labels, given, runs, split, notes):
+    """In split mode, the runs a folder of runs expanded to that name no split step (its
+    trunks) are left out, with a note; runs given one by one are kept (and must have one)."""
+    inputs = {str(r) for r in runs}
+    keep = [
+        i
+        for i in range(len(stores))
+        if given[i] in inputs or _split_step(labels[i], given[i], split) is not None
+    ]
+    dropped = [labels[i] for i in range(len(stores)) if i not in keep]
+    if dropped:
+        notes.append(
+            Note(
+                "not-a-branch",
+                f"{', '.join(dropped)}: no split step in the name (a trunk); left out of the "
+                "split comparison",
+            )
+        )
+    return [stores[i] for i in keep], [labels[i] for i in keep], [given[i] for i in keep]
+
+
+def _analyze_folder(folder: Path, label: str, home, overwrite: bool, on_analyze):
+    """`analyze` of a folder input into stores named after it; a store of that name that
+    holds another folder's run is left alone: the name grows by the folder's parents."""
+    name = label
+    parents = folder.expanduser().absolute().parts[:-1]
+    for depth in range(0, len(parents) + 1):
+        if depth:
+            name = "-".join([*parents[len(parents) - depth :], label]).strip("/").lstrip("-")
+        try:
+            return analyze(
+                folder, home=home, name=name, overwrite=overwrite, on_progress=on_analyze
+            )
+        except StoreMismatchError as exc:
+            if "holds run" not in exc.message:
+                raise CompareError(
+                    f"{folder}: {exc.message.split('; ')[0]}; pass {option_ref('overwrite')} "
+                    "to recompute it with compare's options",
+                    file=folder,
+                    option="overwrite",
+                ) from None
+    raise CompareError(
+        f"{folder}: no free store name; remove old stores or use {option_ref('home')}"
+    )
 
 
 def _unique_labels(names: list[str], paths: list[Path]) -> list[str]:

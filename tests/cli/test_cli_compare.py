@@ -46,7 +46,10 @@ def test_two_runs_table_and_json(tmp_path, home, capsys):
 
 def test_usage_errors_exit_2(tmp_path, home, capsys):
     a = _run(tmp_path / "a", 0)
-    assert main(["compare", str(a), "--home", str(home)]) == 2
+    assert main(["compare", "--home", str(home)]) == 2
+    # one folder may hold several runs: one that holds a single run is too few (exit 1)
+    assert main(["compare", str(a), "--home", str(home)]) == 1
+    assert "at least two runs" in capsys.readouterr().err
     assert main(["compare", "x", "y", "--barrier", "--home", str(home)]) == 2
     assert "--eval" in capsys.readouterr().err
     assert main(["compare", "x", "y", "--eval", "m:f", "--home", str(home)]) == 2

@@ -328,6 +328,8 @@ def test_barrier_evaluator_errors_are_one_line(tmp_path):
 
 def test_fewer_than_two_runs_and_unknown_runs(tmp_path):
     with pytest.raises(CompareError, match="at least two"):
+        compare([], home=tmp_path)
+    with pytest.raises(StoreError, match="no run named"):
         compare(["a"], home=tmp_path)
     with pytest.raises(StoreError, match="no run named"):
         compare(["nope", "nada"], home=tmp_path)
