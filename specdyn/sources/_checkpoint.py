@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -13,7 +12,17 @@ import torch
 
 from ..types import Note
 from ._dcp import is_dcp_folder, open_dcp
-from ._formats import TensorReader, WeightsMeta, checkpoint_error, open_weights, read_index
+from ._formats import (
+    TensorReader,
+    WeightsMeta,
+    as_float,
+    checkpoint_error,
+    loads_json,
+    open_regular,
+    open_weights,
+    read_index,
+    read_regular_text,
+)
 from ._stepnames import checkpoint_name, steps_from_name
 
 __all__ = [
@@ -159,7 +168,7 @@ class Checkpoint:
             for f in self.files:
                 try:
                     stat = f.stat()
-                    with open(f, "rb", buffering=0) as fh:
+                    with open_regular(f) as fh:
                         while n := fh.readinto(view):
                             digest.update(view[:n])
                 except OSError as exc:
@@ -200,7 +209,7 @@ def _read_json(path: Path, notes: list[Note]) -> dict | None:
     if not path.is_file():
         return None
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = loads_json(read_regular_text(path))
     except (OSError, ValueError) as exc:
         notes.append(Note("unreadable", f"{path}: ignored, not readable JSON ({exc})", str(path)))
         return None
@@ -283,7 +292,7 @@ def probe(path: Path, kind: str) -> tuple[Checkpoint, list[Note]]:
     scalars = dict(opened.meta.scalars)
     for key, value in opened.trainer_state.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            scalars.setdefault(key, float(value))
+            scalars.setdefault(key, as_float(value))
     from_name = steps_from_name(opened.name)
     ckpt = Checkpoint(
         path=path,
@@ -334,15 +343,21 @@ def _assign_step(ckpt: Checkpoint, trainer_state: dict, from_name, notes: list[N
     if trainer_state:
         raw = trainer_state.get("global_step")
         step = (
-            _integral(float(raw))
+            _integral(as_float(raw))
             if isinstance(raw, (int, float)) and not isinstance(raw, bool)
             else None
         )
         origin = "trainer_state.json" if step is not None else ""
+    noted = bool(trainer_state) and _is_infinite(trainer_state.get("global_step"))
+    if noted:
+        notes.append(_out_of_range(ckpt, "trainer_state.json's global_step"))
     for key in ("global_step", "global_steps", "step"):  # global_steps: DeepSpeed
         if step is None and key in ckpt.scalars:
             step = _integral(ckpt.scalars[key])
             origin = f"metadata:{key}" if step is not None else ""
+            if step is None and not noted and _is_infinite(ckpt.scalars[key]):
+                noted = True
+                notes.append(_out_of_range(ckpt, f"its metadata {key}"))
     if step is None and from_name.step is not None:
         step, origin = from_name.step, "name"
     elif step is not None and from_name.step is not None and from_name.step != step:
@@ -368,6 +383,25 @@ def _assign_step(ckpt: Checkpoint, trainer_state: dict, from_name, notes: list[N
             )
         )
     ckpt.step, ckpt.step_origin, ckpt.epoch, ckpt._epoch_origin = step, origin, epoch, epoch_origin
+
+
+def _is_infinite(value: object) -> bool:
+    """Whether a metadata number is ±inf (1e400, or an int too large for a float)."""
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and (math.isinf(as_float(value)))
+    )
+
+
+def _out_of_range(ckpt: Checkpoint, what: str) -> Note:
+    """The note for a step in metadata that no store can hold (ignored, the name used)."""
+    return Note(
+        "step-out-of-range",
+        f"{ckpt.path}: {what} is out of range (infinite or beyond any integer a store "
+        "holds); ignored, the step comes from the name if it gives one",
+        str(ckpt.path),
+    )
 
 
 def open_checkpoint(path: str | Path) -> Checkpoint:

@@ -33,6 +33,7 @@ import torch
 
 from ..errors import CheckpointError, UnsafePickleError
 from ..types import TensorInfo
+from ._formats import open_regular
 from ._unpickle import Stub, restricted_load
 
 __all__ = ["DCP_METADATA", "is_dcp_folder", "open_dcp", "DcpContents"]
@@ -214,8 +215,8 @@ def _read_metadata(folder: Path):
             raise _error(
                 "corrupt", f"{path}: {size} bytes, more than a checkpoint's metadata can be"
             )
-        with open(path, "rb") as fh:
-            raw = restricted_load(io.BytesIO(fh.read()), str(path), None, _OVERRIDES)
+        with open_regular(path) as fh:
+            raw = restricted_load(io.BytesIO(fh.readall()), str(path), None, _OVERRIDES)
     except UnsafePickleError as exc:
         raise _error("unsafe-pickle", str(exc)) from None
     except CheckpointError:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections import defaultdict
@@ -22,7 +21,7 @@ from ._checkpoint import (
     probe,
 )
 from ._dcp import DCP_METADATA, is_dcp_folder
-from ._formats import error_content, error_kind, read_index
+from ._formats import error_content, error_kind, loads_json, read_index, read_regular_text
 from ._stepnames import MAX_STEP, checkpoint_name, is_generic_name, run_stem, step_out_of_range
 
 __all__ = ["Discovery", "RunSource", "discover"]
@@ -112,6 +111,11 @@ def discover(path: str | Path) -> Discovery:
             remains, or two different weight sets claim one step (names both files).
     """
     root = Path(path)
+    if not root.exists() and root.is_symlink():
+        raise DiscoveryError(
+            f"{root}: a symlink loop or a link to nothing; give the checkpoint file or folder "
+            "it should lead to"
+        )
     if not root.exists():
         raise DiscoveryError(
             f"{root}: does not exist; give a checkpoint file or a folder of checkpoints"
@@ -481,7 +485,7 @@ def _shard_names(index: Path) -> set[str]:
         return {p.name for p in read_index(index)[0]}
     except CheckpointError:
         try:
-            doc = json.loads(index.read_text(encoding="utf-8"))
+            doc = loads_json(read_regular_text(index))
             return {
                 v for v in doc.get("weight_map", {}).values() if isinstance(v, str) and "/" not in v
             }

@@ -17,6 +17,11 @@ by the named limits below (each error names the limit it hit):
   `SAFETENSORS_MAX_TENSORS` and `SAFETENSORS_MAX_JSON_DEPTH`.
 - legacy torch files: storage views must lie inside their storage.
 - ``*.index.json``: see `read_index` for which shard names and symlinks are followed.
+- every file: only regular files are opened (a FIFO, socket or device would block or
+  never end), checked on the opened descriptor; JSON (indexes, ``config.json``,
+  ``trainer_state.json``, metrics) nests at most `JSON_MAX_DEPTH` levels.
+- a tensor whose elements share storage (a stride-0 expansion) may materialise at most
+  `TORCH_MAX_EXPANDED_BYTES` or the file's size, whichever is larger.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import math
 import os
 import pickle
 import re
+import stat
 import struct
 import sys
 import threading
@@ -65,6 +71,12 @@ __all__ = [
     "SAFETENSORS_MAX_TENSORS",
     "SAFETENSORS_MAX_JSON_DEPTH",
     "ZIP_MAX_DEFLATE_RATIO",
+    "JSON_MAX_DEPTH",
+    "TORCH_MAX_EXPANDED_BYTES",
+    "loads_json",
+    "read_regular_text",
+    "open_regular",
+    "as_float",
 ]
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -85,6 +97,15 @@ library inherits: 128 levels are refused)."""
 ZIP_MAX_DEFLATE_RATIO = 1032
 """Deflate cannot expand data more than 1032-fold: a deflated record that declares a
 larger size than this times its compressed size is refused unread."""
+JSON_MAX_DEPTH = 127
+"""Deepest nesting of any other JSON file read (indexes, sidecars, metrics lines): real
+ones nest a few levels; deeper ones are refused before parsing, which would otherwise
+end in a RecursionError."""
+TORCH_MAX_EXPANDED_BYTES = 2**26
+"""A torch tensor whose elements overlap in storage (stride 0, an expanded view) holds
+more elements than its bytes span; it is materialised only up to this many bytes or the
+file's size, whichever is larger (64 MiB): a 4-byte storage expanded to 40 GB is refused
+before anything is allocated."""
 _READ_CHUNK = 8 * 2**20  # bytes per positioned read when a record is streamed (CRC, inflate)
 _U64_LIMIT = 2**64  # safetensors sizes and offsets are u64 (usize) in the official reader
 
@@ -148,6 +169,11 @@ def _os_error(path: Path, exc: OSError) -> CheckpointError:
     """Translate an OSError opening or reading `path`."""
     if isinstance(exc, FileNotFoundError):
         return checkpoint_error("missing", f"{path}: does not exist")
+    if isinstance(exc, _NotRegularFile):
+        return checkpoint_error(
+            "unreadable",
+            f"{path}: not a regular file (a FIFO, socket or device); give the file itself",
+        )
     if isinstance(exc, PermissionError):
         return checkpoint_error(
             "unreadable", f"{path}: cannot be read (permission denied); fix its permissions"
@@ -158,9 +184,64 @@ def _os_error(path: Path, exc: OSError) -> CheckpointError:
 # ----------------------------------------------------------------- positioned reads
 
 
-def _open_binary(path: Path):
-    """Open `path` for unbuffered binary reading (one place, so errors are uniform)."""
-    return open(path, "rb", buffering=0)
+class _NotRegularFile(OSError):
+    """`path` is a FIFO, socket, device or folder: reading it could block forever."""
+
+
+def open_regular(path: Path):
+    """Open `path` for unbuffered binary reading, only if it is a regular file.
+
+    O_NONBLOCK makes opening a FIFO return at once (a plain open blocks until a writer
+    comes); the type is then checked on the descriptor itself, so no swap in between
+    can slip a FIFO in."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _NotRegularFile("not a regular file (a FIFO, socket or device)")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return open(fd, "rb", buffering=0)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def as_float(value: int | float) -> float:
+    """`float(value)`, ±inf for an int too large for a float (float() raises OverflowError)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+_open_binary = open_regular  # one place to open, so errors are uniform
+
+
+def read_regular_text(path: Path, encoding: str = "utf-8") -> str:
+    """The text of `path`, opened only if it is a regular file.
+
+    Raises OSError (a FIFO or device: `_NotRegularFile`) or UnicodeDecodeError."""
+    with _open_binary(path) as fh:
+        return fh.readall().decode(encoding)
+
+
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+class _JsonTooDeep(ValueError):
+    """JSON nesting deeper than JSON_MAX_DEPTH (a ValueError, as json's own errors)."""
+
+
+def loads_json(text: str, limit: int = JSON_MAX_DEPTH) -> Any:
+    """`json.loads(text)`, refused (_JsonTooDeep) when it nests deeper than `limit`."""
+    if text.count("[") + text.count("{") > limit:
+        brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)).encode("ascii")
+        codes = np.frombuffer(brackets, dtype=np.uint8)
+        depth = np.cumsum(np.where((codes == ord("[")) | (codes == ord("{")), 1, -1))
+        if depth.size and int(depth.max()) > limit:
+            raise _JsonTooDeep(f"nests deeper than {limit} levels")
+    return json.loads(text)
 
 
 class _RandomAccessFile:
@@ -376,6 +457,7 @@ def _torch_entries(
             raise checkpoint_error(
                 "corrupt", f"{path}: tensor {key!r} extends beyond its storage; the file is corrupt"
             )
+        _check_expansion(path, file, key, lt, length)
         # Tied weights are one storage under two names: equal ids (root storage key,
         # element offset in the root storage, shape, stride) say so without reading data.
         element_offset = lt.offset + storage.byte_base // lt.dtype.itemsize
@@ -398,6 +480,22 @@ def _torch_entries(
             else lambda k, data, at, s=storage: verify_storage(s, k, data, at),
         )
     return entries
+
+
+def _check_expansion(
+    path: Path, file: _RandomAccessFile, key: str, lt: LazyTensor, length: int
+) -> None:
+    """Refuse a view that would materialise more than TORCH_MAX_EXPANDED_BYTES or the
+    file's size from fewer bytes (a stride-0 memory bomb), before anything is allocated."""
+    full = lt.numel * lt.dtype.itemsize
+    bound = max(TORCH_MAX_EXPANDED_BYTES, file.size)
+    if full > length and full > bound:
+        raise checkpoint_error(
+            "corrupt",
+            f"{path}: tensor {key!r} expands {length} stored bytes to {full} "
+            f"bytes, more than the larger of the file's size and TORCH_MAX_EXPANDED_BYTES "
+            f"({bound}); the file is corrupt or hostile, re-save it without expanded views",
+        )
 
 
 class _ZipArchive:
@@ -608,7 +706,7 @@ def _plain_number(value: Any) -> float | None:
     if isinstance(value, (bool, np.bool_)):
         return None
     if isinstance(value, (int, float, np.integer, np.floating)):
-        return float(value)
+        return as_float(value)
     return None
 
 
@@ -838,7 +936,7 @@ def _open_torch_legacy(
         )
 
     try:
-        with open(path, "rb") as fh:
+        with io.BufferedReader(_open_binary(path)) as fh:
             magic = _parse_pickle(fh, path, None)
             if magic != _LEGACY_MAGIC:
                 what = type(magic).__name__
@@ -1252,7 +1350,8 @@ def _parse_number(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
-        return float(value)
+        number = as_float(value)
+        return number if math.isfinite(number) else None
     if isinstance(value, str):
         try:
             number = float(value)
@@ -1278,12 +1377,14 @@ def read_index(index: Path) -> tuple[list[Path], dict[str, Path], dict[str, floa
     neither ``blobs/`` nor any folder from ``snapshots/`` down is itself a symlink.
     """
     try:
-        text = index.read_text(encoding="utf-8")
+        text = read_regular_text(index)
     except OSError as exc:
         raise _os_error(index, exc) from None
+    except UnicodeDecodeError as exc:
+        raise checkpoint_error("corrupt", f"{index}: not valid JSON ({exc})") from None
     try:
-        doc = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        doc = loads_json(text)
+    except ValueError as exc:
         raise checkpoint_error("corrupt", f"{index}: not valid JSON ({exc})") from None
     weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:

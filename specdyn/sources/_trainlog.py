@@ -23,7 +23,6 @@ a step column is an error.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,6 +31,8 @@ import numpy as np
 
 from ..errors import SpecdynError, option_ref
 from ..types import Note, TrainingLog
+from ._formats import as_float, loads_json, read_regular_text
+from ._stepnames import MAX_STEP
 
 __all__ = ["read_training_log", "read_metrics_file", "LOG_FILE_NAMES"]
 
@@ -142,8 +143,8 @@ def _last_trainer_state(checkpoints: list, root: Path) -> tuple[Path, dict] | No
         if not path.is_file():
             continue
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            data = loads_json(read_regular_text(path))
+        except (OSError, ValueError):
             continue
         if not isinstance(data, dict) or not isinstance(data.get("log_history"), list):
             continue
@@ -207,7 +208,7 @@ def read_metrics_file(path: str | Path, *, key: str = "step") -> tuple[Series, l
 def _read_log(path: Path, key: str, notes: list[Note], *, explicit: bool) -> Series | None:
     """Parse a CSV or JSONL log; None (with a warning) for an unusable auto-found file."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_regular_text(path, "utf-8-sig")
     except FileNotFoundError:
         if explicit:
             raise SpecdynError(
@@ -230,9 +231,9 @@ def _read_log(path: Path, key: str, notes: list[Note], *, explicit: bool) -> Ser
             if not line.strip():
                 continue
             try:
-                entry = json.loads(line)
-            except json.JSONDecodeError as exc:
-                bad.append(f"line {number} ({exc.msg})")
+                entry = loads_json(line)
+            except ValueError as exc:
+                bad.append(f"line {number} ({getattr(exc, 'msg', exc)})")
                 continue
             if not isinstance(entry, dict):
                 bad.append(f"line {number} (not a JSON object)")
@@ -312,12 +313,16 @@ def _rows_to_series(
         return {}
     series: Series = {}
     bad_step: list[int] = []
+    out_of_range: list[int] = []
     odd: dict[str, list[tuple[int, str]]] = {}
     numeric: dict[str, int] = {}
     for number, row in rows:
         step = _number(row.get(step_key))
-        if step is None or not math.isfinite(step) or step != int(step):
+        if step is None or math.isnan(step) or (math.isfinite(step) and step != int(step)):
             bad_step.append(number)
+            continue
+        if not 0 <= step <= MAX_STEP:
+            out_of_range.append(number)
             continue
         for name, cell in row.items():
             if name == step_key or name in _BOOKKEEPING or name.startswith("_"):
@@ -336,6 +341,16 @@ def _rows_to_series(
                 "training-log",
                 f"{path}: {len(bad_step)} {what}(s) without an integer {step_key!r} skipped "
                 f"({what} {', '.join(map(str, bad_step[:5]))})",
+                str(path),
+            )
+        )
+    if out_of_range:
+        notes.append(
+            Note(
+                "training-log",
+                f"{path}: {len(out_of_range)} {what}(s) with {step_key!r} out of range "
+                f"(negative or above {MAX_STEP}) skipped "
+                f"({what} {', '.join(map(str, out_of_range[:5]))})",
                 str(path),
             )
         )
@@ -367,7 +382,7 @@ def _number(cell) -> float | None:
     if isinstance(cell, bool) or cell is None:
         return None
     if isinstance(cell, (int, float)):
-        return float(cell)
+        return as_float(cell)
     if isinstance(cell, str):
         text = cell.strip()
         if not text:
