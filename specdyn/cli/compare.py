@@ -20,8 +20,8 @@ def compare_command(
     runs: Annotated[
         list[str],
         typer.Argument(
-            help="Run names, store paths or checkpoint folders (folders not yet analysed "
-            "are analysed first).",
+            help="Run names, store paths or checkpoint folders (analysed on the way); a "
+            "folder of several runs stands for its runs.",
             show_default=False,
         ),
     ],
@@ -41,7 +41,10 @@ def compare_command(
     ] = None,
     name: Annotated[
         str | None,
-        typer.Option(help="Comparison name (store <home>/comparisons/NAME.h5)."),
+        typer.Option(
+            help="Comparison name (store <home>/comparisons/NAME.h5). Default: the run "
+            "labels joined by -vs-, or the folder's name for one folder of runs."
+        ),
     ] = None,
     steps: Annotated[
         str | None,
@@ -76,7 +79,8 @@ def compare_command(
         bool,
         typer.Option(
             "--overwrite",
-            help="Recompute the stores of folder runs made with other options.",
+            help="Recompute the stores of folder runs made with other options, and replace "
+            "a comparison of this name that compares other runs.",
         ),
     ] = False,
     json_out: JsonOption = False,

@@ -6,8 +6,9 @@
     with open_comparison(result.path) as cmp:             # the comparison store
         cmp.difference("normalized_effective_rank")      # [matrices, shared steps]
 
-`compare` takes run names, store paths or checkpoint folders (a folder not yet
-analysed is analysed first, into the workspace), and writes one comparison store
+`compare` takes run names, store paths or checkpoint folders (analysed on the way into
+the workspace, a folder of several runs standing for its runs: ``_inputs``), and writes
+one comparison store
 (``<home>/comparisons/<name>.h5``, layout in ``docs/compare.md``) that
 ``specdyn plot`` draws:
 
@@ -40,23 +41,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ..analysis import analyze
 from ..engine import SpectrumEngine
-from ..errors import (
-    CompareError,
-    RunNotFoundError,
-    SpecdynError,
-    StoreMismatchError,
-    command_ref,
-    option_ref,
-)
+from ..errors import CompareError, SpecdynError, StoreError, command_ref, option_ref
 from ..matrices import plan_checkpoint, read_matrices
 from ..sources import open_checkpoint
 from ..steps import select_steps
-from ..store import Comparison, Run, comparison_path, open_comparison, resolve_run, write_comparison
+from ..store import Comparison, Run, comparison_path, open_comparison, write_comparison
 from ..types import Note
 from ..vectors import agreement_diagonal
 from ._barrier import BarrierOptions, BarrierResult, barrier_between
+from ._inputs import InputPlan, analyse_folders, plan_inputs, split_step
 
 __all__ = [
     "compare",
@@ -72,9 +66,6 @@ __all__ = [
 ]
 
 COMPARE_MODES = ("runs", "split")
-
-_SPLIT_IN_NAME = re.compile(r"split[-_=]?(\d+)", re.IGNORECASE)
-_BRANCH_IN_NAME = re.compile(r"branch[-_=]?(\d+)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -194,11 +185,16 @@ def compare(
 
     Args:
         runs: run names (stores in the workspace), store paths, or checkpoint
-            folders; a folder without a store is analysed first (default
-            options, store named after the folder, parent folders prepended
-            when two inputs share a name or when a store of that name holds
-            another folder's run). A folder holding several runs (a trunk with
-            its branches, a sweep) stands for all of them. At least two in all.
+            folders, analysed on the way (default options; a re-run adds only
+            what is missing). A folder holding several runs (a trunk with its
+            branches, a sweep) stands for all of them; in split mode its runs
+            with no split step (its trunks) are left out with a note. A folder
+            run's store is named by its path below the common parent of the
+            folders given, as `analyze` names the runs of a folder of runs; a
+            name whose store holds another folder's run is not reused: parent
+            folder names go in front (``trunk-b-branch-1``). A name that is
+            both a run of the workspace and a folder here is the folder unless
+            that run was analysed from it. At least two runs in all.
         by: "runs" (two runs: agreement at every shared step; N runs: each
             against the first at the endpoints) or "split" (branches of a
             trunk: every two branches with the same split step).
@@ -207,7 +203,10 @@ def compare(
             ``split-500``, ``branch-500``).
         home: the workspace (``--home``).
         name: the comparison's name (default: the run labels joined by
-            ``-vs-``, shortened); the store is ``<home>/comparisons/<name>.h5``.
+            ``-vs-``, shortened; for one folder of runs its name, with
+            ``-split`` in split mode); the store is
+            ``<home>/comparisons/<name>.h5``. A store of that name that
+            compares other runs is replaced only with `overwrite`.
         steps: in two-run mode, which shared steps to compare besides the
             endpoints (docs/runs.md#steps-grammar on the shared steps; "none" for the
             endpoints only; default every shared step the stores or
@@ -218,9 +217,11 @@ def compare(
             interpolation points) to measure the barrier between endpoints of
             every pair; None to skip.
         device: engine device for vectors computed from checkpoints.
-        analyze_missing: analyse checkpoint folders that have no store yet.
-        overwrite: rebuild the stores of folder inputs that were made with other
-            options (``--overwrite`` of analyze).
+        analyze_missing: analyse checkpoint folders (else a folder run must
+            have its store already).
+        overwrite: rebuild the stores of folder runs that were made with other
+            options (`analyze`'s `overwrite`), and replace a comparison store of
+            this name that compares other runs.
         on_progress: called as (stage, done, total) while vectors are gathered.
         on_analyze: `specdyn.analyze`'s progress callback, for the folders analysed.
 
@@ -230,8 +231,11 @@ def compare(
     Raises:
         CompareError: fewer than two runs, no matrix in common, an endpoint
             with neither kept vectors nor its checkpoint, a branch without a
-            split step, a failing evaluator. RunNotFoundError: an input is
-            neither a run, a store nor a folder.
+            split step, a failing evaluator, a folder run's store made with
+            other options or a comparison of other runs under this name
+            (without `overwrite`). RunNotFoundError: an input is neither a
+            run, a store nor a folder. DiscoveryError: a folder holds no
+            checkpoint.
     """
     if by not in COMPARE_MODES:
         raise CompareError(
@@ -245,21 +249,22 @@ def compare(
             option="k" if k < 1 else "score_top",
         )
     notes: list[Note] = []
-    stores, labels, analysed, given = _resolve_inputs(
-        runs, home, analyze_missing, notes, on_analyze, overwrite
-    )
-    if by == "split" and len(stores) > len(runs):
-        stores, labels, given = _branches_only(stores, labels, given, runs, split or {}, notes)
-    if len(stores) < 2:
-        raise CompareError(
-            f"compare needs at least two runs; {', '.join(map(str, runs))} gave "
-            f"{len(stores)}: add runs (names, store paths or folders)"
-        )
+    plan = plan_inputs(runs, home, by=by, split=split or {}, overwrite=overwrite, notes=notes)
+    labels = _unique_labels(plan.names, plan.stores)
+    cmp_name = name or plan.default_name or _default_name(labels)
+    path = comparison_path(cmp_name, home)
+    _check_replace(path, plan.stores, overwrite)
+    analysed = analyse_folders(
+        plan, home, overwrite=overwrite, analyze_missing=analyze_missing, notes=notes,
+        on_analyze=on_analyze,
+    )  # fmt: skip
+    _same_store_notes(plan, notes)
+    stores = plan.stores
     opened = [Run(p) for p in stores]
     try:
         return _compare_open(
-            opened, labels, given, by=by, split=split or {}, home=home,
-            name=name, steps=steps, k=k, score_top=score_top, barrier=barrier,
+            opened, labels, plan.given, plan.keys, by=by, split=split or {}, path=path,
+            name=cmp_name, steps=steps, k=k, score_top=score_top, barrier=barrier,
             device=device, on_progress=on_progress, analysed=analysed, notes=notes,
         )  # fmt: skip
     finally:
@@ -270,114 +275,53 @@ def compare(
 # ------------------------------------------------------------------ inputs
 
 
-def _resolve_inputs(
-    runs: Sequence[str | os.PathLike[str]],
-    home,
-    analyze_missing: bool,
-    notes: list[Note],
-    on_analyze=None,
-    overwrite: bool = False,
-) -> tuple[list[Path], list[str], list[str], list[str]]:
-    """Store paths, unique labels, the folders analysed and each store's input as given,
-    in input order (a folder of several runs expands to its runs)."""
-    stores: list[Path | None] = []
-    folders: dict[int, Path] = {}
-    for i, ref in enumerate(runs):
-        try:
-            stores.append(resolve_run(ref, home))
-            continue
-        except RunNotFoundError:
-            path = Path(os.fspath(ref)).expanduser()
-            if not path.is_dir():
-                raise
-        stores.append(None)
-        folders[i] = path
-    labels = _unique_labels(
-        [stores[i].stem if stores[i] is not None else folders[i].name for i in range(len(runs))],
-        [stores[i] if stores[i] is not None else folders[i] for i in range(len(runs))],
-    )
-    analysed = []
-    expanded: dict[int, list[tuple[Path, str]]] = {}
-    for i, folder in folders.items():
-        if not analyze_missing:
-            raise CompareError(
-                f"{folder}: not analysed yet; analyse it first ({command_ref('analyze')}) "
-                "or let compare analyse it",
-                file=folder,
-                option="analyze_missing",
-            )
-        result = _analyze_folder(folder, labels[i], home, overwrite, on_analyze)
-        expanded[i] = [(Path(r.store_path), Path(r.store_path).stem) for r in result.runs]
-        analysed.append(str(folder))
-        notes.extend(result.notes)
-        for r in result.runs:
-            notes.extend(r.notes)
-    out_stores, out_labels, given = [], [], []
-    for i, ref in enumerate(runs):
-        for store, label in expanded.get(i, [(stores[i], labels[i])]):
-            out_stores.append(Path(store))
-            out_labels.append(label if i in expanded else labels[i])
-            given.append(str(ref) if len(expanded.get(i, [0])) == 1 else label)
+def _same_store_notes(plan: InputPlan, notes: list[Note]) -> None:
+    """A note for each run given twice (the same store)."""
     seen: dict[Path, str] = {}
-    for p, ref in zip(out_stores, given, strict=True):
-        key = Path(p).resolve()
+    for store, given in zip(plan.stores, plan.given, strict=True):
+        key = Path(store).resolve()
         if key in seen:
             notes.append(
-                Note("same-run", f"{ref} and {seen[key]} are the same store ({p})", str(p))
+                Note(
+                    "same-run", f"{given} and {seen[key]} are the same store ({store})", str(store)
+                )
             )
-        seen[key] = ref
-    return out_stores, _unique_labels(out_labels, out_stores), analysed, given
+        seen[key] = given
 
 
-def _branches_only(stores, labels, given, runs, split, notes):
-    """In split mode, the runs a folder of runs expanded to that name no split step (its
-    trunks) are left out, with a note; runs given one by one are kept (and must have one)."""
-    inputs = {str(r) for r in runs}
-    keep = [
-        i
-        for i in range(len(stores))
-        if given[i] in inputs or _split_step(labels[i], given[i], split) is not None
-    ]
-    dropped = [labels[i] for i in range(len(stores)) if i not in keep]
-    if dropped:
-        notes.append(
-            Note(
-                "not-a-branch",
-                f"{', '.join(dropped)}: no split step in the name (a trunk); left out of the "
-                "split comparison",
-            )
-        )
-    return [stores[i] for i in keep], [labels[i] for i in keep], [given[i] for i in keep]
-
-
-def _analyze_folder(folder: Path, label: str, home, overwrite: bool, on_analyze):
-    """`analyze` of a folder input into stores named after it; a store of that name that
-    holds another folder's run is left alone: the name grows by the folder's parents."""
-    name = label
-    parents = folder.expanduser().absolute().parts[:-1]
-    for depth in range(0, len(parents) + 1):
-        if depth:
-            name = "-".join([*parents[len(parents) - depth :], label]).strip("/").lstrip("-")
-        try:
-            return analyze(
-                folder, home=home, name=name, overwrite=overwrite, on_progress=on_analyze
-            )
-        except StoreMismatchError as exc:
-            if "holds run" not in exc.message:
-                raise CompareError(
-                    f"{folder}: {exc.message.split('; ')[0]}; pass {option_ref('overwrite')} "
-                    "to recompute it with compare's options",
-                    file=folder,
-                    option="overwrite",
-                ) from None
+def _check_replace(path: Path, stores: list[Path], overwrite: bool) -> None:
+    """A comparison store of this name that compares other runs is replaced only with
+    `overwrite` (a re-run of the same comparison replaces it)."""
+    if overwrite or not path.exists():
+        return
+    wanted = [str(Path(p).absolute()) for p in stores]
+    try:
+        with open_comparison(path) as old:
+            if list(old.stores) == wanted:
+                return
+            shown = ", ".join(old.labels[:4]) + (", ..." if len(old.labels) > 4 else "")
+            what = f"compares other runs ({shown})"
+    except StoreError as exc:
+        what = f"cannot be read ({exc.message})"
     raise CompareError(
-        f"{folder}: no free store name; remove old stores or use {option_ref('home')}"
+        f"comparison store {path} {what}; pass {option_ref('name')} to keep both or "
+        f"{option_ref('overwrite=True', '--overwrite')} to replace it",
+        file=path,
+        option="name",
     )
 
 
 def _unique_labels(names: list[str], paths: list[Path]) -> list[str]:
-    """Names made unique by prepending parent folder names where two collide."""
+    """Names made unique: a store given again is numbered (``a``, ``a-2``); stores of one
+    name in different folders get their parent folders' names in front."""
     labels = list(names)
+    seen: dict[tuple[str, Path], int] = {}
+    for i, (name, path) in enumerate(zip(names, paths, strict=True)):
+        key = (name, Path(path).expanduser().resolve())
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] > 1:
+            labels[i] = f"{name}-{seen[key]}"
+    base = list(labels)
     for depth in range(1, 6):
         counts: dict[str, int] = {}
         for label in labels:
@@ -386,9 +330,9 @@ def _unique_labels(names: list[str], paths: list[Path]) -> list[str]:
             return labels
         for i, label in enumerate(labels):
             if counts[label] > 1:
-                parents = Path(paths[i]).expanduser().absolute().parts[:-1]
-                prefix = "-".join(parents[-depth:]).strip("/") if parents else str(i)
-                labels[i] = f"{prefix}-{names[i]}" if prefix else f"{names[i]}-{i}"
+                parents = Path(paths[i]).expanduser().absolute().parts[1:-1]
+                prefix = "-".join(parents[-depth:])
+                labels[i] = f"{prefix}-{base[i]}" if prefix else f"{base[i]}-{i}"
     return [f"{label}-{i}" for i, label in enumerate(labels)]
 
 
@@ -396,8 +340,8 @@ def _unique_labels(names: list[str], paths: list[Path]) -> list[str]:
 
 
 def _compare_open(
-    opened: list[Run], labels: list[str], inputs: list[str], *, by: str,
-    split: Mapping[str, int], home, name: str | None, steps: str | None, k: int,
+    opened: list[Run], labels: list[str], inputs: list[str], keys: list[tuple[str, ...]], *,
+    by: str, split: Mapping[str, int], path: Path, name: str, steps: str | None, k: int,
     score_top: int, barrier: BarrierOptions | None, device: str,
     on_progress, analysed: list[str], notes: list[Note],
 ) -> CompareResult:  # fmt: skip
@@ -418,7 +362,7 @@ def _compare_open(
             "unit: re-analyse the epoch-counted runs from checkpoints that record their step"
         )
     matrices, only_in = _common_matrices(opened, labels, notes)
-    entries = _entries(opened, labels, inputs, by, split)
+    entries = _entries(opened, labels, inputs, keys, by, split)
     union = np.unique(np.concatenate([run.steps for run in opened]))
     metrics = _side_by_side(opened, matrices, union)
     k = _usable_k(opened, k, notes)
@@ -446,14 +390,12 @@ def _compare_open(
                 )  # fmt: skip
             )
     summary = _split_summary(entries, pairs, barriers, len(matrices), k) if by == "split" else None
-    cmp_name = name or _default_name(labels)
-    path = comparison_path(cmp_name, home)
     result = CompareResult(
         path=path, mode=by, runs=entries, matrices=matrices, only_in=only_in, steps=union,
         metrics=metrics, pairs=pairs, split=summary, barriers=barriers, k=k,
         score_top=score_top, analysed=analysed, notes=notes,
     )  # fmt: skip
-    write_comparison(path, result, opened, name=cmp_name)
+    write_comparison(path, result, opened, name=name)
     return result
 
 
@@ -488,16 +430,17 @@ def _common_matrices(
 
 
 def _entries(
-    opened: list[Run], labels: list[str], inputs: list[str], by: str, split: Mapping[str, int]
-) -> list[RunEntry]:
+    opened: list[Run], labels: list[str], inputs: list[str], keys: list[tuple[str, ...]],
+    by: str, split: Mapping[str, int],
+) -> list[RunEntry]:  # fmt: skip
     """`RunEntry` per run; split steps and trunk keys in split mode."""
     entries = []
     missing = []
-    for run, label, given in zip(opened, labels, inputs, strict=True):
+    for run, label, given, more in zip(opened, labels, inputs, keys, strict=True):
         step = None
         trunk = None
         if by == "split":
-            step = _split_step(label, given, split)
+            step = split_step(label, given, split, more)
             if step is None:
                 missing.append(label)
             else:
@@ -510,18 +453,6 @@ def _entries(
             option="split",
         )
     return entries
-
-
-def _split_step(label: str, given: str, split: Mapping[str, int]) -> int | None:
-    """A branch's split step: the mapping, else a number in its name."""
-    for key in (label, given, Path(given).name, given.rstrip("/")):
-        if key in split:
-            return int(split[key])
-    for text in (Path(given.rstrip("/")).name, label):
-        m = _SPLIT_IN_NAME.search(text) or _BRANCH_IN_NAME.search(text)
-        if m:
-            return int(m.group(1))
-    return None
 
 
 def _trunk_key(run: Run, split_step: int) -> str:
