@@ -65,6 +65,7 @@ _INFO = {
     "training-state",
     "pruned-metadata",
     "not-a-branch",
+    "store-name",
 }
 
 
