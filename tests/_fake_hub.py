@@ -15,6 +15,13 @@ A hostile hub (tests/pythia/test_hub_security.py) lies about what it serves:
         hub.tamper_file(repo_id, "config.json", missing=True)  # resolve answers 404
         hub.tamper_ref(repo_id, "step4", "../../x", serves=commit)  # refs lists step4 → "../../x"
 
+A stalled or broken hub (tests/pythia/test_pythia_stalls.py) answers badly where a request
+path contains a given text (every method unless `method`):
+        hub.misbehave("hang", "/refs")            # accept, read the request, never answer
+        hub.misbehave("drip", "/resolve/", interval=1.0)  # the true answer, body 1 byte/s
+        hub.misbehave("garbage", "/api/")         # 200 application/json, non-UTF-8 bytes
+        hub.misbehave("html", "/api/")            # 200 text/html, a login page
+
 Endpoints (model repos only; checked against huggingface_hub 2.4.0):
   GET  /api/models/{repo}[/revision/{rev}][?blobs=true]   ModelInfo: sha, siblings (+ size, blobId, lfs)
   GET  /api/models/{repo}/refs                             branches with targetCommit (no tags)
@@ -300,6 +307,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "FakeHub/1.0"
     server: _Server
+    _drip = 0.0  # seconds between body bytes of this answer (misbehave "drip"); 0: at once
 
     def log_message(self, format, *args) -> None:  # noqa: A002 - stdlib signature
         """Silence the stdlib access log."""
@@ -338,6 +346,11 @@ class _Handler(BaseHTTPRequestHandler):
             )
         )
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        rule = hub._misbehaviour(method, parts.path)
+        self._drip = rule.interval if rule is not None and rule.mode == "drip" else 0.0
+        if rule is not None and rule.mode != "drip":
+            self._answer_badly(rule, head=method == "HEAD")
+            return
         try:
             if len(segments) >= 2 and segments[0] == "api" and segments[1] == "models":
                 self._api(method, [unquote(s) for s in segments[2:]], query, body)
@@ -347,6 +360,33 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _HubError(404, None, f"no route for {method} {parts.path}")
         except _HubError as err:
             self._send_error(err, head=method == "HEAD")
+
+    def _answer_badly(self, rule: _Misbehaviour, *, head: bool) -> None:
+        """A hang (until the hub stops), or a 200 answer of garbage bytes or an HTML page."""
+        hub = self.server.hub
+        if rule.mode == "hang":
+            self.close_connection = True
+            hub._stopping.wait()
+            return
+        if rule.mode == "garbage":
+            body, kind = bytes(range(128, 256)) * 4 + b"\xff\xfe\x00{", "application/json"
+        else:
+            body = (
+                b"<!DOCTYPE html><html><head><title>Sign in</title></head><body>proxy</body></html>"
+            )
+            kind = "text/html; charset=utf-8"
+        self._send(200, {"Content-Type": kind, "Content-Length": str(len(body))}, body, head=head)
+
+    def _write(self, data: bytes) -> None:
+        """Write body bytes: at once, or one byte per drip interval (until the hub stops)."""
+        if not self._drip:
+            self.wfile.write(data)
+            return
+        for i in range(len(data)):
+            if self.server.hub._stopping.wait(self._drip):
+                raise BrokenPipeError("the fake hub stopped")
+            self.wfile.write(data[i : i + 1])
+            self.wfile.flush()
 
     def _parse_resolve(self, segments: list[str]) -> tuple[str, str, str] | None:
         """(repo_id, revision, filename) of a /{repo}/resolve/{rev}/{file} path, else None."""
@@ -501,7 +541,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.end_headers()
         if not head and body:
-            self.wfile.write(body)
+            try:
+                self._write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True
 
     def _send_json(self, obj, *, head: bool) -> None:
         """Send a JSON answer."""
@@ -590,6 +633,17 @@ def _parse_range(value: str, size: int) -> tuple[int, int] | None:
     return start, min(end, size - 1)
 
 
+@dataclass(frozen=True)
+class _Misbehaviour:
+    """One misbehave() rule: the mode, the path text it applies to, the method (None: all)
+    and the drip interval in seconds."""
+
+    mode: str
+    path: str
+    method: str | None
+    interval: float
+
+
 class FakeHub:
     """A fake Hugging Face hub on 127.0.0.1 (random port), served from a daemon thread.
 
@@ -619,6 +673,8 @@ class FakeHub:
         self._header_lies: dict[tuple[str, str], dict[str, str]] = {}
         self._hidden: set[tuple[str, str]] = set()
         self._ref_lies: dict[str, dict[object, object]] = {}  # repo → name → targetCommit
+        self._misbehaviours: list[_Misbehaviour] = []
+        self._stopping = threading.Event()  # set on stop(): hanging and dripping answers end
         self._lock = threading.Lock()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -629,6 +685,7 @@ class FakeHub:
 
     def start(self) -> FakeHub:
         """Start serving (port chosen by the OS on first start)."""
+        self._stopping.clear()
         if self._server is None:
             self._listen()
         return self
@@ -636,6 +693,7 @@ class FakeHub:
     def stop(self) -> None:
         """Stop serving and cut open connections."""
         self._offline = False
+        self._stopping.set()
         self._close()
 
     def __enter__(self) -> FakeHub:
@@ -777,6 +835,32 @@ class FakeHub:
                 lfs["size"] = lie["size"]
         return entry
 
+    def misbehave(
+        self, mode: str, path: str, *, method: str | None = None, interval: float = 1.0
+    ) -> None:
+        """Answer every request whose path contains `path` (and whose method is `method`,
+        when given) badly: "hang" (accept and read it, never answer), "drip" (the true
+        answer, its body one byte per `interval` seconds), "garbage" (200 with non-UTF-8
+        bytes as application/json) or "html" (200 with an HTML page). The first matching
+        rule applies; `behave()` removes them all."""
+        if mode not in ("hang", "drip", "garbage", "html"):
+            raise ValueError(f"unknown misbehaviour {mode!r}")
+        with self._lock:
+            self._misbehaviours.append(_Misbehaviour(mode, path, method, float(interval)))
+
+    def behave(self) -> None:
+        """Forget every misbehave() rule (answers already hanging end only at stop())."""
+        with self._lock:
+            self._misbehaviours.clear()
+
+    def _misbehaviour(self, method: str, path: str) -> _Misbehaviour | None:
+        """The first misbehave() rule matching a request, or None."""
+        with self._lock:
+            for rule in self._misbehaviours:
+                if rule.path in path and rule.method in (None, method):
+                    return rule
+        return None
+
     def delay(self, seconds: float) -> None:
         """Sleep `seconds` after each content chunk of every GET (0 turns it off)."""
         self._chunk_delay = float(seconds)
@@ -828,7 +912,7 @@ class FakeHub:
             pos = 0
             while pos < limit:
                 chunk = payload[pos : min(pos + self.chunk_size, limit)]
-                handler.wfile.write(chunk)
+                handler._write(chunk)
                 with self._lock:
                     self.bytes_served[key] += len(chunk)
                 pos += len(chunk)

@@ -17,22 +17,33 @@ names relative with plain components; the commit and ETag of each file answer ar
 while the client downloads (`_check_file_answer`), since the client names its blob and lock
 files after them. Every file this module deletes or creates goes through `Hub._in_cache`,
 which refuses a path that does not lie inside the cache root once symlinks are resolved.
+
+No request waits forever (docs/pythia.md#stalled-hub): every request this module makes has
+connect and read timeouts (``SPECDYN_HUB_TIMEOUT``, default 30 s, or the client's own
+``HF_HUB_*_TIMEOUT`` where lower); an answer whose body arrives slower than
+``SPECDYN_HUB_MIN_RATE`` bytes/s over a window of that length is abandoned (the client
+resumes a download with a Range request); one request is tried at most
+1 + ``SPECDYN_HUB_RETRIES`` times. An API answer that is not JSON is refused.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import math
 import os
 import re
 import shutil
+import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+import time
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import HubError, option_ref
 
-__all__ = ["HubError", "HubFile", "HubRevision", "Branch", "Hub", "is_offline"]
+__all__ = ["HubError", "HubFile", "HubRevision", "Branch", "Hub", "HubLimits", "is_offline"]
 
 # matched whole (fullmatch): ASCII digits without leading zeros, so "step5\n", "step05" or
 # "step" + a non-ASCII digit are not step branches
@@ -55,6 +66,53 @@ _LAYOUTS = (
     ("torch", "pytorch_model.bin", None),
     ("torch-sharded", "pytorch_model.bin.index.json", r"pytorch_model-[0-9]+-of-[0-9]+\.bin"),
 )
+
+
+# stalled-hub limits (docs/pythia.md#stalled-hub): environment variable → default
+_TIMEOUT_ENV, _DEFAULT_TIMEOUT = "SPECDYN_HUB_TIMEOUT", 30.0  # seconds, connect and read
+_RETRIES_ENV, _DEFAULT_RETRIES = "SPECDYN_HUB_RETRIES", 3  # extra tries of one request
+_MIN_RATE_ENV, _DEFAULT_MIN_RATE = "SPECDYN_HUB_MIN_RATE", 10_000.0  # bytes/s
+_TIMEOUT_KINDS = ("connect", "read", "write", "pool")
+
+
+@dataclass(frozen=True)
+class HubLimits:
+    """How long a hub request may take (docs/pythia.md#stalled-hub).
+
+    timeout: seconds to connect and between two reads (float > 0); retries: extra tries
+    of one request after a timeout, a too slow answer or a network error (int >= 0);
+    min_rate: bytes/s an answer's body must average over each window of `timeout`
+    seconds (float >= 0; 0 turns the check off).
+    """
+
+    timeout: float = _DEFAULT_TIMEOUT
+    retries: int = _DEFAULT_RETRIES
+    min_rate: float = _DEFAULT_MIN_RATE
+
+    @classmethod
+    def from_env(cls) -> HubLimits:
+        """The limits ``SPECDYN_HUB_TIMEOUT``, ``_RETRIES`` and ``_MIN_RATE`` set now (the
+        defaults where unset); HubError for a value that is not a number in range."""
+        return cls(
+            _env_number(_TIMEOUT_ENV, _DEFAULT_TIMEOUT, positive=True),
+            int(_env_number(_RETRIES_ENV, _DEFAULT_RETRIES, integer=True)),
+            _env_number(_MIN_RATE_ENV, _DEFAULT_MIN_RATE),
+        )
+
+
+def _env_number(name: str, default: float, *, positive: bool = False, integer: bool = False):
+    """A finite number >= 0 (> 0 if `positive`, whole if `integer`) from the environment."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or value < 0 or (positive and value == 0):
+        kind = "a whole number >= 0" if integer else "a number > 0" if positive else "a number >= 0"
+        raise HubError(f"{name}={_shown(raw)}: not {kind}; unset it or set e.g. {default:g}")
+    return value
 
 
 def is_offline(flag: bool | None = None) -> bool:
@@ -157,11 +215,131 @@ class _FileAnswer:
     file: HubFile
 
 
-_ANSWER = threading.local()  # .expected: the _FileAnswer of the download on this thread
+@dataclass
+class _Guard:
+    """What the hooks enforce while `Hub._call` runs one client call on this thread.
+
+    what: the call, for errors ("list its branches"); api: every 2xx answer must be JSON;
+    expected: the file being downloaded (its answers are checked), or None; tries: each
+    request's count (method, URL); slow: answers abandoned as slower than min_rate.
+    """
+
+    hub: Hub
+    what: str
+    api: bool
+    expected: _FileAnswer | None = None
+    tries: Counter = field(default_factory=Counter)
+    slow: int = 0
 
 
-def _check_file_answer(response) -> None:
-    """httpx response hook: refuse a file-metadata answer (HEAD) whose commit or ETag would
+_GUARD = threading.local()  # .guard: the _Guard of the client call on this thread
+
+
+def _on_request(request) -> None:
+    """httpx request hook: cap the request's timeouts at this Hub's and count its tries."""
+    guard: _Guard | None = getattr(_GUARD, "guard", None)
+    if guard is None:
+        return
+    limit = guard.hub.limits.timeout
+    old = dict(request.extensions.get("timeout") or {})
+    capped = {k: limit if old.get(k) is None else min(old[k], limit) for k in _TIMEOUT_KINDS}
+    request.extensions = {**request.extensions, "timeout": capped}
+    key = (request.method, str(request.url))
+    guard.tries[key] += 1
+    if guard.tries[key] > 1 + guard.hub.limits.retries:
+        raise guard.hub._stalled(guard, guard.tries[key] - 1)
+
+
+def _on_response(response) -> None:
+    """httpx response hook: watch the body's rate, check a download's answer, and refuse
+    an API answer that is not JSON (before the client parses it)."""
+    guard: _Guard | None = getattr(_GUARD, "guard", None)
+    if guard is None:
+        return
+    response.stream = _watched_stream(type(response).__module__)(response.stream, guard)
+    if guard.expected is not None:
+        _check_file_answer(guard.expected, response)
+    if guard.api and 200 <= response.status_code < 300 and response.request.method != "HEAD":
+        response.read()
+        try:
+            json.loads(response.content)
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+            raise guard.hub._not_json(guard, response) from None
+
+
+@functools.cache
+def _watched_stream(module: str) -> type:
+    """A byte-stream wrapper of the client's HTTP library (httpx or its fork) that abandons
+    an answer arriving slower than the minimum rate, as a read timeout (the client resumes)."""
+    lib = sys.modules[module.split(".")[0]]
+
+    class Watched(lib.SyncByteStream):
+        """The answer's body; raises ReadTimeout when a window of `timeout` seconds brought
+        fewer than min_rate · timeout bytes."""
+
+        def __init__(self, stream, guard: _Guard) -> None:
+            self._stream, self._guard = stream, guard
+
+        @property
+        def elapsed(self):
+            """The wrapped stream's elapsed time (httpx reads it after closing)."""
+            return getattr(self._stream, "elapsed", None)
+
+        def __iter__(self):
+            limits = self._guard.hub.limits
+            window, floor = limits.timeout, limits.min_rate * limits.timeout
+            start, got = time.monotonic(), 0
+            for chunk in self._stream:
+                got += len(chunk)
+                now = time.monotonic()
+                if now - start >= window:
+                    if limits.min_rate and got < floor:
+                        self._guard.slow += 1
+                        raise lib.ReadTimeout(
+                            f"{got} bytes in {now - start:.1f} s, below {limits.min_rate:g} B/s"
+                        )
+                    start, got = now, 0
+                yield chunk
+
+        def close(self) -> None:
+            self._stream.close()
+
+    return Watched
+
+
+def _add_hooks(session) -> None:
+    """Put this module's hooks on an httpx client once (no-ops outside `Hub._call`)."""
+    hooks = session.event_hooks
+    if _on_request not in hooks["request"] or _on_response not in hooks["response"]:
+        session.event_hooks = {
+            **hooks,
+            "request": [*(h for h in hooks["request"] if h is not _on_request), _on_request],
+            "response": [*(h for h in hooks["response"] if h is not _on_response), _on_response],
+        }
+
+
+def _hooked_session() -> None:
+    """Hooks on the client's shared session, and on every session it makes later: the client
+    closes and re-creates it after a connection error, in the middle of a call."""
+    from huggingface_hub import get_session, set_client_factory
+    from huggingface_hub.utils import _http
+
+    previous = getattr(_http, "_GLOBAL_CLIENT_FACTORY", None)
+    if previous is not None and not getattr(previous, "specdyn_hooks", False):
+
+        def factory():
+            """The user's (or the default) client, with this module's hooks."""
+            client = previous()
+            _add_hooks(client)
+            return client
+
+        factory.specdyn_hooks = True
+        set_client_factory(factory)
+    _add_hooks(get_session())
+
+
+def _check_file_answer(expected: _FileAnswer, response) -> None:
+    """Refuse a file-metadata answer (HEAD) whose commit or ETag would
     put a client file outside the cache, while `Hub.fetch` downloads on this thread.
 
     The client stores a download as ``blobs/<etag>`` (``.incomplete`` while it runs), locks
@@ -169,8 +347,7 @@ def _check_file_answer(response) -> None:
     ``.no_exist/<commit>/<file>``, all from the answer's headers; an answer without
     X-Repo-Commit is refused by the client itself.
     """
-    expected: _FileAnswer | None = getattr(_ANSWER, "expected", None)
-    if expected is None or response.request.method != "HEAD":
+    if response.request.method != "HEAD":
         return
     hub, branch, f = expected.hub, expected.branch, expected.file
     commit = response.headers.get("X-Repo-Commit")
@@ -195,22 +372,6 @@ def _check_file_answer(response) -> None:
     hub._check_client_paths(branch, f, etag)
 
 
-@contextmanager
-def _expecting(answer: _FileAnswer) -> Iterator[None]:
-    """Check every file answer on this thread against `answer` while the block runs."""
-    from huggingface_hub import get_session
-
-    session = get_session()
-    hooks = session.event_hooks
-    if _check_file_answer not in hooks["response"]:
-        session.event_hooks = {**hooks, "response": [*hooks["response"], _check_file_answer]}
-    _ANSWER.expected = answer
-    try:
-        yield
-    finally:
-        _ANSWER.expected = None
-
-
 def _cache_dir(explicit: str | os.PathLike | None) -> Path | None:
     """The hub cache folder the client uses now (None: the client's own default)."""
     if explicit is not None:
@@ -227,7 +388,8 @@ class Hub:
 
     repo: the repo id ("EleutherAI/pythia-70m"); offline: None reads
     ``HF_HUB_OFFLINE``; cache_dir: the hub cache (default the client's:
-    ``HF_HUB_CACHE``, ``HF_HOME``/hub, ~/.cache/huggingface/hub).
+    ``HF_HUB_CACHE``, ``HF_HOME``/hub, ~/.cache/huggingface/hub); limits: timeouts,
+    retries and minimum rate of every request (default `HubLimits.from_env`).
     """
 
     def __init__(
@@ -236,8 +398,10 @@ class Hub:
         *,
         offline: bool | None = None,
         cache_dir: str | os.PathLike | None = None,
+        limits: HubLimits | None = None,
     ) -> None:
         self.repo = _check_repo_id(repo)
+        self.limits = limits if limits is not None else HubLimits.from_env()
         self.offline = is_offline(offline)
         self.cache_dir = _cache_dir(cache_dir)
         self.endpoint = os.environ.get("HF_ENDPOINT") or None
@@ -273,7 +437,12 @@ class Hub:
         else:
             api = self._api()
             info = self._call(
-                lambda: api.model_info(self.repo, revision=branch.commit, files_metadata=True),
+                lambda: api.model_info(
+                    self.repo,
+                    revision=branch.commit,
+                    files_metadata=True,
+                    timeout=self.limits.timeout,
+                ),
                 f"read {branch.name}",
             )
             files = {}
@@ -398,7 +567,7 @@ class Hub:
                 fetched.add(f.name)
                 if f.sha256:
                     self.reclaimed_bytes += self._clear_orphans(f.sha256, branch.name)
-            with _expecting(_FileAnswer(self, branch, f)):
+            try:
                 path = self._call(
                     lambda f=f: hf_hub_download(
                         self.repo,
@@ -407,9 +576,15 @@ class Hub:
                         cache_dir=self.cache_dir,
                         endpoint=self.endpoint,
                         local_files_only=self.offline,
+                        etag_timeout=self.limits.timeout,
                     ),
                     f"download {f.name} of {branch.name}",
+                    expected=_FileAnswer(self, branch, f),
                 )
+            except HubError:
+                if f.sha256 and f.name in fetched:  # the client's part of a stalled download
+                    self._clear_orphans(f.sha256, branch.name)
+                raise
             self._check_fetched(Path(path), branch, f)
             if f.name == revision.entry:
                 entry = Path(path)
@@ -531,14 +706,26 @@ class Hub:
 
         return HfApi(endpoint=self.endpoint)
 
-    def _call(self, fn, what: str):
-        """Run one client call; turn the client's errors into one-line HubErrors."""
+    def _call(self, fn, what: str, *, expected: _FileAnswer | None = None):
+        """Run one client call under this Hub's limits (`_Guard`; `expected`: the file a
+        download must answer with); turn the client's errors into one-line HubErrors."""
+        _hooked_session()
+        guard = _Guard(self, what, api=expected is None, expected=expected)
+        _GUARD.guard = guard
+        try:
+            return self._mapped(fn, guard)
+        finally:
+            _GUARD.guard = None
+
+    def _mapped(self, fn, guard: _Guard):
+        """`fn()`, the client's errors turned into one-line HubErrors."""
         from huggingface_hub import errors as hf_errors
 
+        what = guard.what
         try:
             return fn()
         except HubError:
-            raise  # a refused answer (_check_file_answer)
+            raise  # a refused answer (_check_file_answer), a stall, a non-JSON answer
         except hf_errors.RepositoryNotFoundError:
             raise HubError(
                 f"{self.repo}: no such model repository on the hub (or it is private); "
@@ -571,6 +758,14 @@ class Hub:
                 "check the network, or run with HF_HUB_OFFLINE=1 to use only what is cached"
             ) from None
         except Exception as exc:  # httpx / requests connection errors have no common base
+            kinds = {c.__name__ for c in type(exc).__mro__}
+            if "TimeoutException" in kinds and "ConnectTimeout" not in kinds:
+                raise self._stalled(guard, sum(guard.tries.values()) - 1) from None
+            if guard.api and kinds & {"KeyError", "TypeError", "AttributeError", "ValueError"}:
+                raise HubError(
+                    f"{self.repo}: cannot {what}: {self._endpoint()} answered JSON the hub "
+                    f"client cannot read ({_first_line(exc)}); check HF_ENDPOINT"
+                ) from None
             if type(exc).__name__ in ("ConnectError", "ConnectionError", "ConnectTimeout",
                                       "ReadTimeout", "RemoteProtocolError", "ReadError"):  # fmt: skip
                 raise HubError(
@@ -578,6 +773,36 @@ class Hub:
                     "check the network, or run with HF_HUB_OFFLINE=1 to use only what is cached"
                 ) from None
             raise
+
+    def _endpoint(self) -> str:
+        """The hub's base URL (HF_ENDPOINT, or the client's default)."""
+        from huggingface_hub import constants
+
+        return self.endpoint or constants.ENDPOINT
+
+    def _stalled(self, guard: _Guard, retries: int) -> HubError:
+        """The HubError of a call given up on: no answer in time, or one too slow. Its
+        ``stalled`` is True: a sweep flags the revision as failed and goes on."""
+        limits = self.limits
+        slow = f" or slower than {limits.min_rate:g} B/s" if limits.min_rate else ""
+        err = HubError(
+            f"{self.repo}: cannot {guard.what}: {self._endpoint()} gave no answer within "
+            f"{limits.timeout:g} s{slow} (tried {1 + max(retries, 0)} times); check the network "
+            f"and HF_ENDPOINT, raise {_TIMEOUT_ENV} or {_RETRIES_ENV}, or run with "
+            "HF_HUB_OFFLINE=1 to use only what is cached"
+        )
+        err.stalled = True
+        return err
+
+    def _not_json(self, guard: _Guard, response) -> HubError:
+        """The HubError of an API answer that is not JSON (a proxy's page, garbage)."""
+        kind = response.headers.get("Content-Type") or "no Content-Type"
+        head = response.content[:40]
+        return HubError(
+            f"{self.repo}: cannot {guard.what}: {self._endpoint()} answered "
+            f"{response.request.url.path} with {_shown(kind)}, not JSON (starts "
+            f"{_shown(head)}); check HF_ENDPOINT (a hub's URL, not a proxy's login page)"
+        )
 
     def _cache_root(self) -> Path:
         """The hub cache folder (this Hub's, else the client's)."""

@@ -33,7 +33,7 @@ from ..analysis import (
     analyze_stream,
 )
 from ..engine import SpectrumEngine
-from ..errors import SpecdynError, option_ref
+from ..errors import CheckpointError, SpecdynError, option_ref
 from ..sources import Checkpoint, open_checkpoint
 from ..steps import select_steps
 from ..store import StepRecord, open_run, resolve_home, store_path_for
@@ -426,12 +426,16 @@ class HubSteps(StepStream):
 
     def acquire(self, step: int) -> Checkpoint:
         """Wait for `step`'s files (fetching now if not scheduled), then start the next
-        one so that it downloads while this one is analysed."""
-        entry = self._prefetch(step).result()
-        if step in self._order:
-            i = self._order.index(step)
-            if i + 1 < len(self._order):
-                self._prefetch(self._order[i + 1])
+        one so that it downloads while this one is analysed. A download given up on as
+        stalled is a CheckpointError: the revision is flagged failed, the sweep goes on."""
+        try:
+            entry = self._prefetch(step).result()
+        except HubError as exc:
+            if not getattr(exc, "stalled", False):
+                raise
+            self._prefetch_next(step)
+            raise CheckpointError(exc.message, step=step) from None
+        self._prefetch_next(step)
         ckpt = open_checkpoint(entry)
         ckpt.step, ckpt.step_origin = step, "branch"
         return ckpt
@@ -445,7 +449,7 @@ class HubSteps(StepStream):
             later = [s for s in self._order if s not in self._released]
             needed = {f.sha256 for s in later for f in self._revisions[s].weights}
         future = self._futures.get(step)
-        if future is not None and future.done() and future.exception() is None:
+        if future is not None and future.done():  # a failed fetch's complete files too
             self.hub.drop(self._revisions[step], keep=needed)
 
     def close(self) -> None:
@@ -461,6 +465,13 @@ class HubSteps(StepStream):
                 refused.append(exc)
         if refused:
             raise refused[0]
+
+    def _prefetch_next(self, step: int) -> None:
+        """Start the download of the revision visited after `step`, if any."""
+        if step in self._order:
+            i = self._order.index(step)
+            if i + 1 < len(self._order):
+                self._prefetch(self._order[i + 1])
 
     def _prefetch(self, step: int) -> Future:
         """The (started) download of `step`."""
