@@ -7,12 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from _views import views_of
 from torch import nn
 
 from specdyn.errors import SpecdynError
 from specdyn.pairs import PairsFileError, head_pairs, pairs_for, plan_pairs
-from specdyn.sources import discover
-from specdyn.views import plan_views
 
 
 def _save(tmp_path, module: nn.Module, name: str = "step_000000.pt"):
@@ -25,17 +24,6 @@ def _save(tmp_path, module: nn.Module, name: str = "step_000000.pt"):
 
 def _by_name(result):
     return {p.name: p for p in result.pairs}
-
-
-def _views(folder):
-    """name → (view, full tensor) of the first checkpoint under folder."""
-    ckpt = discover(folder).runs[0].checkpoints[0]
-    with ckpt.open() as reader:
-        keys = reader.keys()
-        infos = {k: reader.info(k) for k in keys}
-        plan = plan_views(infos, config=ckpt.config, source_order=keys)
-        tensors = {m.name: m.extract(reader.get(m.key)).clone() for m in plan.matrices}
-    return plan, infos, ckpt.config, tensors
 
 
 # ------------------------------------------------------------------ sequential / VGG
@@ -59,7 +47,7 @@ def test_vgg_cnn_centre_tap_and_matching_conv_to_linear(tmp_path):
     tap_pair = result.pairs[0]
     # even kernel width 4: index k//2 = 2, the higher-index of the two central taps (1, 2)
     assert tap_pair.options == {"tap": [2, 2], "basis": "kernel", "normalize": False}
-    _, _, _, mats = _views(folder)
+    mats = views_of(folder).matrices
     # the paper's definition: the whole flattened kernel is decomposed ...
     (whole,) = tap_pair.second.apply(mats["2.weight"])
     assert torch.equal(whole, mats["2.weight"]) and tap_pair.second.shape == (16, 8 * 5 * 4)
@@ -123,7 +111,7 @@ def test_lstm_bidirectional_stacked_pairs(tmp_path):
                 expected.add((f"lstm.weight_ih_l{layer}{src}[g]~{target}", "lstm-depth", half))
                 expected.add((f"lstm.weight_hh_l{layer}{src}[g]~{target}", "lstm-hh-to-ih", half))
     assert got == expected and len(result.pairs) == 22
-    _, _, _, mats = _views(folder)
+    mats = views_of(folder).matrices
     pair = _by_name(result)["lstm.weight_hh_l0_reverse[g]~lstm.weight_ih_l1[g]"]
     (block,) = pair.second.apply(mats["lstm.weight_ih_l1[g]"])
     w = model.lstm.weight_ih_l1.detach()
@@ -237,7 +225,7 @@ def test_gpt_neox_pairs_and_head_slices(tmp_path, monkeypatch):
     seen = _capture("transformers.models.gpt_neox.modeling_gpt_neox", model, x, monkeypatch)
     bias = model.gpt_neox.layers[0].attention.query_key_value.bias.detach().view(4, 3, 8)
     ref = {n: seen[n] - bias[:, i][None, :, None, :] for i, n in enumerate("qkv")}
-    _, _, _, mats = _views(folder)
+    mats = views_of(folder).matrices
     x0 = model.gpt_neox.layers[0].input_layernorm(x).detach()[0]
     pairs = _by_name(result)
     _check_heads(
@@ -323,7 +311,7 @@ def test_llama_gqa_pairs_and_head_slices(tmp_path, monkeypatch):
     x = torch.randn(1, 5, 32)
     seen = _capture("transformers.models.llama.modeling_llama", model, x, monkeypatch)
     x0 = model.model.layers[0].input_layernorm(x).detach()[0]
-    _, _, _, mats = _views(folder)
+    mats = views_of(folder).matrices
     # query heads 0, 1 share kv head 0; 2, 3 share kv head 1
     _check_heads(qk, mats, x0, seen["q"], seen["k"], [(0, 0), (1, 0), (2, 1), (3, 1)])
     vo = pairs[s + "v_proj.weight~" + s + "o_proj.weight"]
@@ -445,7 +433,7 @@ def test_plan_pairs_raw_key_hint(tmp_path):
     folder = tmp_path / "w"
     folder.mkdir()
     torch.save({f"model.{k}": v for k, v in net.state_dict().items()}, folder / "s.pt")
-    plan, infos, config, _ = _views(folder)
+    plan, infos, config, _ = views_of(folder)
     f = tmp_path / "p.toml"
     f.write_text('[[pair]]\nfirst = "model.0.weight"\nsecond = "1.weight"\n')
     with pytest.raises(PairsFileError, match="raw checkpoint key; its matrix is '0.weight'"):

@@ -11,11 +11,10 @@ import json
 
 import pytest
 import torch
+from _views import views_of
 from _zoo import save_initial
 
 from specdyn.pairs import pairs_for
-from specdyn.sources import discover
-from specdyn.views import plan_views
 
 pytest.importorskip("transformers")
 
@@ -23,16 +22,6 @@ pytest.importorskip("transformers")
 def _saved(tmp_path, name: str):
     """(model, checkpoint path) of a zoo model saved at step 0."""
     return save_initial(name, tmp_path)
-
-
-def _mats(path):
-    """Matrix name → (out, in) view matrix of the checkpoint at path."""
-    ckpt = discover(path).runs[0].checkpoints[0]
-    with ckpt.open() as reader:
-        keys = reader.keys()
-        infos = {k: reader.info(k) for k in keys}
-        plan = plan_views(infos, config=ckpt.config, source_order=keys)
-        return {m.name: m.extract(reader.get(m.key)).clone() for m in plan.matrices}
 
 
 def _got(result):
@@ -94,7 +83,7 @@ def test_bert_pairs_and_heads(tmp_path):
                                 b + "intermediate.dense.weight", b + "output.dense.weight", 4)  # fmt: skip
     assert _got(result) == sorted(expected)
     assert all(p.options == {"heads": 4, "kv_heads": 4} for p in result.pairs if "head" in p.rule)
-    mats = _mats(path)
+    mats = views_of(path).matrices
     attn = model.bert.encoder.layer[0].attention
     heads = attn.self.num_attention_heads  # the model's own
     x = torch.randn(6, 32)
@@ -125,7 +114,7 @@ def test_vit_transformers_patch_embedding_feeds_block_0(tmp_path):
         1
     ].attention  # transformers 5 renames on load; the saved keys are the old ones
     x = torch.randn(5, 32)
-    mats = _mats(path)
+    mats = views_of(path).matrices
     qk = next(p for p in result.pairs if p.rule == "q-k-per-head" and ".1." in p.name)
     heads = model.config.num_attention_heads
     _check_rows(qk.first, mats[qk.first.matrix], x, _own(attn.q_proj, x), heads)
@@ -154,7 +143,7 @@ def test_timm_vit_attention_pairs_are_not_skipped(tmp_path):
     attn = model.blocks[0].attn
     x = torch.randn(7, 32)
     qkv = _own(attn.qkv, x).reshape(7, 3, -1)  # timm: reshape(b, n, 3, heads, head_dim)
-    mats = _mats(path)
+    mats = views_of(path).matrices
     pairs = {p.rule: p for p in result.pairs if p.name.startswith("blocks.0.")}
     qk, vo = pairs["q-k-per-head"], pairs["v-o-per-head"]
     _check_rows(qk.first, mats[qk.first.matrix], x, qkv[:, 0], attn.num_heads)
@@ -216,7 +205,7 @@ def test_t5_encoder_and_decoder_chains_not_sequential(tmp_path):
     assert any("relative_attention_bias" in n for n in result.notes)  # listed, not dropped
     cross = model.decoder.block[1].layer[1].EncDecAttention
     x = torch.randn(4, 32)
-    mats = _mats(path)
+    mats = views_of(path).matrices
     by = {p.name: p for p in result.pairs}
     d = D.format(1) + ca
     qk, vo = by[d + "q.weight~" + d + "k.weight"], by[d + "v.weight~" + d + "o.weight"]
@@ -269,7 +258,7 @@ def test_whisper_conv_front_end_and_cross_attention(tmp_path):
     assert conv.options["tap"] == [1] and conv.second.dim == 32  # kernel 3: centre tap, c_in
     cross = model.model.decoder.layers[0].encoder_attn
     x = torch.randn(3, 32)
-    mats = _mats(path)
+    mats = views_of(path).matrices
     qk = next(
         p for p in result.pairs if p.first.matrix == D + "layers.0.encoder_attn.q_proj.weight"
     )

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _fake_hub import FakeHub, hub_env
+from _fake_hub import hub_env
 
 from specdyn.cli import main
 from specdyn.pythia import Branch, Hub, HubError, HubFile, HubRevision, HubSteps, pythia
@@ -47,12 +47,6 @@ def _weights(step: int) -> bytes:
     buf = io.BytesIO()
     torch.save(sd, buf)
     return buf.getvalue()
-
-
-@pytest.fixture
-def hub():
-    with FakeHub() as h:
-        yield h
 
 
 @pytest.fixture

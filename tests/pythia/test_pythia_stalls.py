@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _fake_hub import FakeHub, hub_env
+from _fake_hub import hub_env
 
 from specdyn import open_run
 from specdyn.cli import main
@@ -52,12 +52,6 @@ def _within(fn, limit: float = LIMIT):
     thread.join(limit)
     assert not thread.is_alive(), f"still waiting after {limit} s: the call hangs"
     return out["value"], out["seconds"]
-
-
-@pytest.fixture
-def hub():
-    with FakeHub() as h:
-        yield h
 
 
 @pytest.fixture
