@@ -28,7 +28,7 @@ from .plots import PLOT_NAMES as _PLOT_NAMES
 from .pythia import plan_pythia
 from .sources import discover
 from .steps import select_steps
-from .store import Run, list_runs, open_run, resolve_home
+from .store import Run, VerifyReport, list_runs, open_run, resolve_home, verify
 from .types import Note, TensorInfo
 from .version import __version__
 
@@ -45,6 +45,8 @@ __all__ = [
     "Run",
     "list_runs",
     "resolve_home",
+    "verify",
+    "VerifyReport",
     "discover",
     "plan_pythia",
     "select_steps",

@@ -34,6 +34,7 @@ __all__ = [
     "StoreWriteError",
     "StoreLockedError",
     "StoreMismatchError",
+    "StoreDamagedError",
     "RunNotFoundError",
     "CompareError",
     "PairsFileError",
@@ -149,6 +150,11 @@ class StoreLockedError(StoreError):
 
 class StoreMismatchError(StoreError):
     """A store belongs to another run, or was made with options that would change its numbers."""
+
+
+class StoreDamagedError(StoreError):
+    """A store's content does not match its checksums: bytes changed on disk after they
+    were written (`specdyn verify` lists every damaged step and section)."""
 
 
 class RunNotFoundError(StoreError):

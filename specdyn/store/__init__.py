@@ -7,11 +7,13 @@ records), ``_plan`` (what a store is built from; a request checked against a sto
 ``_build`` (building a whole file, renamed over the store), ``_writer`` (`StoreWriter`),
 ``_sections`` and ``_reader`` (`Run` and its sections), ``_vectors`` and ``_training``
 (the optional sections), ``_lock`` (one writer per store), ``_workspace`` and
-``_listing`` (where stores live, `list_runs`), ``_comparison`` (what `specdyn compare`
+``_listing`` (where stores live, `list_runs`), ``_checksums`` and ``_verify`` (damage
+on disk detected: the checksums, `verify`), ``_comparison`` (what `specdyn compare`
 writes, and `Comparison` to read it), ``_prune_results`` (``prune.h5`` of
 `specdyn.prune.prune_magnitude`).
 """
 
+from ._checksums import Damage
 from ._comparison import (
     Comparison,
     ComparisonResult,
@@ -39,6 +41,7 @@ from ._vectors import (
     StepVectors,
     VectorLayout,
 )
+from ._verify import VerifyReport, verify, verify_store
 from ._workspace import (
     DEFAULT_HOME,
     HOME_ENV,
@@ -56,6 +59,7 @@ __all__ = [
     "write_prune_results",
     "CheckpointProblem",
     "Comparison",
+    "Damage",
     "ComparisonResult",
     "DEFAULT_HOME",
     "HOME_ENV",
@@ -77,6 +81,7 @@ __all__ = [
     "StepVectors",
     "StoreWriter",
     "VectorLayout",
+    "VerifyReport",
     "WriterLock",
     "comparison_path",
     "is_being_written",
@@ -87,5 +92,7 @@ __all__ = [
     "resolve_home",
     "resolve_run",
     "store_path_for",
+    "verify",
+    "verify_store",
     "write_comparison",
 ]

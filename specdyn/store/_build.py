@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import StoreError
 from ..files import atomic_output
 from ..version import __version__
+from . import _checksums as checksums
 from . import _hooks as hooks
 from . import _layout as layout
 from . import _training as trainstore
@@ -40,10 +41,20 @@ def _rebuild_name(path: Path) -> str:
     return f".{path.name}{_REBUILD_INFIX}{os.getpid()}{_REBUILD_SUFFIX}"
 
 
-def replace_with(path: Path, plan: StorePlan, old: h5py.File | None, lock: WriterLock) -> None:
+def replace_with(
+    path: Path,
+    plan: StorePlan,
+    old: h5py.File | None,
+    lock: WriterLock,
+    trusted: dict[str, np.ndarray] | None = None,
+) -> None:
     """Build a complete store for `plan` in a temporary file beside `path` (copying the
     done steps of `old`), make it durable, then rename it over `path` atomically, the
     new file locked by `lock` before it appears there.
+
+    trusted: for each row section of `old` ("values", "alignment", "agreement",
+    "vectors", "flag", "provenance"), bool [rows]: the rows that may be copied (done and
+    matching their checksums, `specdyn.store._checksums.scan`); None trusts the done flags.
 
     Raises:
         StoreError: the file could not be written or put in place (the store keeps
@@ -54,7 +65,7 @@ def replace_with(path: Path, plan: StorePlan, old: h5py.File | None, lock: Write
         with atomic_output(
             path, temp_name=_rebuild_name(path), replace=lambda new, _store: lock.replace_store(new)
         ) as temp:
-            build(temp, plan, old)
+            build(temp, plan, old, trusted)
     except (OSError, RuntimeError) as exc:
         raise StoreError(
             f"cannot write the store {path} ({layout.write_reason(exc)}); check free disk space "
@@ -111,13 +122,18 @@ class _Carried:
         return ds
 
 
-def _carried(plan: StorePlan, step_values: np.ndarray, old: h5py.File | None) -> _Carried:
+def _carried(
+    plan: StorePlan,
+    step_values: np.ndarray,
+    old: h5py.File | None,
+    trusted: dict[str, np.ndarray],
+) -> _Carried:
     """What a build of `plan` (steps `step_values`, int64 [T]) copies from `old`."""
     n_steps = len(step_values)
     if old is None:
         return _Carried(None, n_steps, np.zeros((0, 2), dtype=np.int64), None, 0)
     old_steps = np.asarray(old[layout.STEPS_STEP][()], dtype=np.int64)
-    old_done = np.asarray(old[layout.STEPS_DONE][()], dtype=bool)
+    old_done = trusted["values"]
     old_row = {int(s): i for i, s in enumerate(old_steps) if old_done[i]}
     rows = np.array(
         [(i, old_row[int(s)]) for i, s in enumerate(step_values) if int(s) in old_row],
@@ -129,30 +145,58 @@ def _carried(plan: StorePlan, step_values: np.ndarray, old: h5py.File | None) ->
     return _Carried(old, n_steps, rows, columns, used)
 
 
-def build(target: Path, plan: StorePlan, old: h5py.File | None) -> None:
+def build(
+    target: Path,
+    plan: StorePlan,
+    old: h5py.File | None,
+    trusted: dict[str, np.ndarray] | None = None,
+) -> None:
     """Write a whole store file for `plan` at `target`; rows of `old`'s done steps (and
-    its flags, provenance and training metrics) are copied."""
+    its flags, provenance and training metrics) are copied, only those `trusted` allows
+    (default: the done flags), and every checksum of the new file is written last."""
     step_values = np.array([r.step for r in plan.steps], dtype=np.int64)
-    carried = _carried(plan, step_values, old)
+    trusted = _trusted_rows(old, trusted)
+    carried = _carried(plan, step_values, old, trusted)
     with layout.open_h5(target, "w") as f:
         _write_attributes(f, plan)
-        _write_step_table(f, plan, carried, step_values)
+        _write_step_table(f, plan, carried, step_values, trusted)
         _write_matrix_table(f, plan, carried)
         _write_values(f, plan, carried)
         _write_left_out(f, plan)
-        _write_provenance(f, plan, carried)
+        _write_provenance(f, plan, carried, trusted)
         # the done flags last: within the new file nothing is visible before the rename,
         # but keeping the order everywhere makes the invariant easy to check
         done = np.zeros(carried.n_steps, dtype=np.uint8)
         done[carried.rows[:, 0]] = 1
         if plan.vectors is not None:
-            vecstore.build(f, plan.vectors, plan.matrices, step_values, old, done.astype(bool))
+            vecstore.build(
+                f, plan.vectors, plan.matrices, step_values, old, done.astype(bool), trusted
+            )
         if plan.training is not None:
             trainstore.write(f, plan.training)
         elif old is not None:
             trainstore.copy(old, f)
         layout.new_dataset(f, layout.STEPS_DONE, (carried.n_steps,), np.uint8)[...] = done
+        checksums.seal(f)
         f.flush()
+
+
+def _trusted_rows(
+    old: h5py.File | None, trusted: dict[str, np.ndarray] | None
+) -> dict[str, np.ndarray]:
+    """The rows of each section of `old` a build may copy: `trusted` completed with the
+    done flags of the sections it does not name (every flag for "flag")."""
+    out: dict[str, np.ndarray] = {}
+    if old is None:
+        return out
+    for section, done_path in checksums.ROW_SECTIONS.items():
+        if trusted is not None and section in trusted:
+            out[section] = np.asarray(trusted[section], dtype=bool)
+        elif done_path is not None and done_path in old:
+            out[section] = np.asarray(old[done_path][()]) != 0
+        elif section == "flag" and layout.STEPS_FLAG in old:
+            out[section] = np.ones(old[layout.STEPS_FLAG].shape[0], dtype=bool)
+    return out
 
 
 def _write_attributes(f: h5py.File, plan: StorePlan) -> None:
@@ -170,7 +214,11 @@ def _write_attributes(f: h5py.File, plan: StorePlan) -> None:
 
 
 def _write_step_table(
-    f: h5py.File, plan: StorePlan, carried: _Carried, step_values: np.ndarray
+    f: h5py.File,
+    plan: StorePlan,
+    carried: _Carried,
+    step_values: np.ndarray,
+    trusted: dict[str, np.ndarray],
 ) -> None:
     """``/steps`` but its done flags: the step records, and the notes, flags and
     invocations of the copied steps."""
@@ -199,13 +247,18 @@ def _write_step_table(
     flags = np.zeros(n_steps, dtype=layout.FLAG_DTYPE)
     old = carried.old
     if old is not None and layout.STEPS_FLAG in old:
-        old_flags = dict(
-            zip(
+        # a flag damaged on disk is dropped, never carried into the new checksums
+        kept = trusted.get("flag", np.ones(old[layout.STEPS_FLAG].shape[0], dtype=bool))
+        old_flags = {
+            step: flag
+            for step, flag, ok in zip(
                 old[layout.STEPS_STEP][()].tolist(),
                 old[layout.STEPS_FLAG][()].tolist(),
+                kept.tolist(),
                 strict=True,
             )
-        )
+            if ok
+        }
         for i, step in enumerate(step_values.tolist()):
             flags[i] = old_flags.get(step, b"")
     layout.new_dataset(f, layout.STEPS_FLAG, (n_steps,), layout.FLAG_DTYPE)[...] = flags
@@ -270,8 +323,11 @@ def _write_left_out(f: h5py.File, plan: StorePlan) -> None:
         layout.vlen_strings(f, layout.PROBLEMS_MESSAGE, [p.message for p in plan.problems])
 
 
-def _write_provenance(f: h5py.File, plan: StorePlan, carried: _Carried) -> None:
-    """``/provenance``: the old records kept, free slots for the writers to come."""
+def _write_provenance(
+    f: h5py.File, plan: StorePlan, carried: _Carried, trusted: dict[str, np.ndarray]
+) -> None:
+    """``/provenance``: the old records kept (one damaged on disk replaced by a record
+    saying so), free slots for the writers to come."""
     used_before = carried.provenance_used
     slots = max(plan.provenance_slots, used_before + 1)
     f.create_group(layout.PROVENANCE)
@@ -280,5 +336,12 @@ def _write_provenance(f: h5py.File, plan: StorePlan, carried: _Carried) -> None:
     )
     used = layout.new_dataset(f, layout.PROVENANCE_USED, (slots,), np.uint8, fill=0)
     if used_before:
-        record[:used_before] = carried.old[layout.PROVENANCE_RECORD][:used_before]
+        records = carried.old[layout.PROVENANCE_RECORD][:used_before]
+        kept = trusted.get("provenance", np.ones(used_before, dtype=bool))[:used_before]
+        records[~kept] = layout.provenance_bytes(_DAMAGED_RECORD)
+        record[:used_before] = records
         used[:used_before] = 1
+
+
+# What replaces a provenance record that was damaged on disk when the store is rebuilt.
+_DAMAGED_RECORD = {"unreadable": "this provenance record was damaged on disk and replaced"}

@@ -24,7 +24,7 @@ from ..errors import StoreError, command_ref, option_ref
 from ..version import __version__
 
 FORMAT = "specdyn-store"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Fixed-size per-step fields: a step's write must never change HDF5 metadata
 # (variable-length strings would allocate in the global heap), so every value

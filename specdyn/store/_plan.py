@@ -118,9 +118,10 @@ def requested_plan(
 
 
 def updated_plan(
-    stored: StoreContents, request: StorePlan
+    stored: StoreContents, request: StorePlan, force: bool = False
 ) -> tuple[StorePlan | None, list[tuple[int, str, str]], list[str]]:
-    """What an existing (compatible) store becomes for a writer's request.
+    """What an existing (compatible) store becomes for a writer's request (`force`:
+    rebuild it even when it could be written in place, to drop rows damaged on disk).
 
     Returns:
         (the plan to rebuild the store with, or None when it is written in place;
@@ -138,7 +139,8 @@ def updated_plan(
         new_training = not training.same_as(stored.plan.training)
     problems = stored.plan.problems if request.problems is None else request.problems
     rebuild = (
-        grow
+        force
+        or grow
         or new_training
         or problems != stored.plan.problems
         or wanted != old_vectors

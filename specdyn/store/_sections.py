@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import StoreError, command_ref, option_ref
 from ..types import TrainingLog
+from . import _checksums as checksums
 from . import _layout as layout
 from . import _training as trainstore
 from . import _vectors as vecstore
@@ -50,7 +51,10 @@ class OpenStore:
         self._f: h5py.File | None = layout.open_checked(path)
         try:
             self._load()
-        except (KeyError, OSError, ValueError, TypeError) as exc:
+        except checksums.StoreDamaged as exc:
+            self.close()
+            raise checksums.damaged_error(path, exc.damage) from None
+        except (KeyError, OSError, ValueError, TypeError, RuntimeError) as exc:
             self.close()
             raise layout.damaged(path, exc) from None
 
@@ -58,6 +62,8 @@ class OpenStore:
         """Read the run's name and units, the step axis, the done flags, the matrix table
         and the vector layout."""
         f = self._f
+        # first: everything read below is checked against its checksums
+        self.checks = checksums.StoreChecks.load(f)
         self.name = layout.attr_str(f, "run_name") or self.path.stem
         self.step_unit = layout.attr_str(f, "step_unit", "step")
         self.schema_version = int(f.attrs["schema_version"])
@@ -86,6 +92,27 @@ class OpenStore:
         f, self._f = self._f, None
         if f is not None:
             f.close()
+
+    def read_rows(
+        self, path: str, rows: np.ndarray, checked: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Rows `rows` (ascending) of a per-step dataset, those of `checked` (default: all
+        of them) checked against their checksums (a store without checksums is read as
+        it is); StoreDamagedError when they do not match or cannot be read."""
+        rows = np.asarray(rows, dtype=np.int64)
+        checked = rows if checked is None else np.asarray(checked, dtype=np.int64)
+        try:
+            ds = self.file[path]
+            lo = int(rows[0]) if len(rows) else 0
+            hi = int(rows[-1]) + 1 if len(rows) else 0
+            block = ds[lo:hi]  # only the span asked for: kept vectors can be large
+            if self.checks is not None:
+                self.checks.check_rows(path, checked, block, offset=lo)
+        except checksums.StoreDamaged as exc:
+            raise checksums.damaged_error(self.path, exc.damage) from None
+        except (KeyError, OSError, ValueError, TypeError, RuntimeError) as exc:
+            raise layout.damaged(self.path, exc) from None
+        return block[rows - lo]
 
     def methods_of(self, column: int | None) -> Counter[str]:
         """Methods used over done steps, for one matrix column or all of them."""
@@ -119,7 +146,7 @@ class OpenStore:
     def section_rows(self, section: str, path: str) -> np.ndarray:
         """Rows of a per-step dataset for the done steps, NaN where `section` is not done."""
         done = np.asarray(self.file[layout.done_path(section)][()], dtype=bool)[self.done_rows]
-        data = self.file[path][()][self.done_rows]
+        data = self.read_rows(path, self.done_rows, checked=self.done_rows[done])
         if not done.all():
             data = data.astype(np.float64, copy=True)
             data[~done] = np.nan
@@ -204,8 +231,7 @@ class RunValues:
             weights were NaN/Inf).
         """
         name = self.find_matrix(matrix)
-        data = self._store.file[layout.sigma_path(name)][()]
-        return data[self._store.done_rows]
+        return self._store.read_rows(layout.sigma_path(name), self._store.done_rows)
 
     def metric(self, name: str, matrix: str | None = None) -> np.ndarray:
         """One scalar metric at every done step.
@@ -225,7 +251,7 @@ class RunValues:
             raise StoreError(
                 f"{store.path}: no metric {name!r}; stored metrics: {', '.join(store.metric_names)}"
             )
-        data = store.file[layout.metric_path(name)][()][store.done_rows]  # [T_done, M]
+        data = store.read_rows(layout.metric_path(name), store.done_rows)  # [T_done, M]
         if matrix is None:
             return np.ascontiguousarray(data.T)
         return data[:, store.column[self.find_matrix(matrix)]].copy()
@@ -511,10 +537,10 @@ class RunVectors:
                 file=store.path,
                 step=step,
             )
-        row = int(np.flatnonzero(slots == int(step))[0])
+        row = np.flatnonzero(slots == int(step))[:1]
         return (
-            store.file[layout.vectors_path("u", name)][row],
-            store.file[layout.vectors_path("v", name)][row],
+            store.read_rows(layout.vectors_path("u", name), row)[0],
+            store.read_rows(layout.vectors_path("v", name), row)[0],
         )
 
     def __call__(self, matrix: str, step: int) -> tuple[np.ndarray, np.ndarray]:

@@ -332,14 +332,22 @@ def build(
     step_values: np.ndarray,
     old: h5py.File | None,
     values_done: np.ndarray,
+    trusted: Mapping[str, np.ndarray] | None = None,
 ) -> None:
     """Create the vector sections of a new store file for `vl`, copying what stays valid.
 
     matrices: the store's `MatrixRecord`s in order; step_values: int64 [T];
     old: the store being replaced (None for a fresh one); values_done: bool [T],
     the new file's value done flags (a section row is only copied for a step whose
-    values are copied too).
+    values are copied too); trusted: section → bool [rows of `old`], the rows that may
+    be copied (default: the old done flags; rows damaged on disk are left out).
     """
+
+    def old_done(section: str) -> np.ndarray:
+        if trusted is not None and section in trusted:
+            return np.asarray(trusted[section], dtype=bool)
+        return np.asarray(old[layout.done_path(section)][()], dtype=bool)
+
     old_vl = read_layout(old) if old is not None else None
     old_steps = (
         np.asarray(old[layout.STEPS_STEP][()], dtype=np.int64) if old_vl is not None else None
@@ -351,7 +359,7 @@ def build(
     def section_rows(name: str, compatible: bool) -> np.ndarray:
         if not compatible or old_vl is None:
             return np.zeros((0, 2), dtype=np.int64)
-        rows = _row_pairs(step_values, old_steps, np.asarray(old[layout.done_path(name)][()], bool))
+        rows = _row_pairs(step_values, old_steps, old_done(name))
         return rows[values_done[rows[:, 0]]] if len(rows) else rows
 
     # alignment
@@ -399,7 +407,7 @@ def build(
         rows = _row_pairs(
             slots,
             np.asarray(old[layout.VECTORS_STEP][()], dtype=np.int64),
-            np.asarray(old[layout.done_path("vectors")][()], dtype=bool),
+            old_done("vectors"),
         )
     g = f.create_group("vectors")
     layout.new_dataset(f, layout.VECTORS_STEP, (len(slots),), np.int64)[...] = slots

@@ -22,6 +22,7 @@ import numpy as np
 from ..errors import StoreError, StoreWriteError
 from ..metrics import METRIC_NAMES
 from ..types import TrainingLog
+from . import _checksums as checksums
 from . import _hooks as hooks
 from . import _layout as layout
 from . import _vectors as vecstore
@@ -31,7 +32,7 @@ from ._plan import StorePlan, check_compatible, read_contents, requested_plan, u
 from ._records import CheckpointProblem, MatrixRecord, StepRecord, read_matrix_records
 from ._vectors import StepVectors, VectorLayout
 
-__all__ = ["StoreWriter", "write_row"]
+__all__ = ["StoreWriter", "integrity_notes", "write_row"]
 
 
 class StoreWriter:
@@ -45,6 +46,10 @@ class StoreWriter:
             mtime). Its stored numbers are kept, not recomputed or mixed.
         vector_changes: one line per change of the singular-vector layout that
             `open` made (what is recomputed).
+        integrity_notes: (kind, line) for what `open` found checking the store's
+            checksums: ``"store-damage"`` for rows damaged on disk (marked not done, so
+            computed again), ``"store-upgrade"`` when checksums were added to a store
+            written before them.
     """
 
     def __init__(
@@ -74,6 +79,12 @@ class StoreWriter:
         self._done_ds = f[layout.STEPS_DONE]
         self._slot = layout.INVOCATION_NONE
         self.vector_changes: list[str] = []
+        self.integrity_notes: list[tuple[str, str]] = []
+        self._checksum_paths = {
+            section: layout.read_strings(f[checksums.table_path(section, "datasets")])
+            for section in checksums.ROW_SECTIONS
+            if checksums.table_path(section, "datasets") in f
+        }
         self._records = read_matrix_records(f)
         self._vl = vecstore.read_layout(f)
         self._section_done: dict[str, np.ndarray] = {}
@@ -181,8 +192,9 @@ class StoreWriter:
         lock = WriterLock.acquire(path)
         try:
             remove_partial_builds(path)
-            changed, vector_changes = _bring_in_line(path, request, overwrite, lock)
+            changed, vector_changes, notes = _bring_in_line(path, request, overwrite, lock)
             writer = cls._attach(path, lock, request, changed, vector_changes)
+            writer.integrity_notes = notes
         except BaseException:
             lock.release()
             raise
@@ -331,6 +343,8 @@ class StoreWriter:
                     )
                 )
         data += [(f[path], row, value) for path, row, value in vector_rows]
+        written = ([("values", i)] if value_rows is not None else []) + sections
+        data += self._checksum_rows(data, written)
         flags = [(self._done_ds, i, np.uint8(1))] if value_rows is not None else []
         flags += [(f[layout.done_path(section)], row, np.uint8(1)) for section, row in sections]
         # 1. the data, durable and read back from the file; 2. only then the flags,
@@ -341,6 +355,24 @@ class StoreWriter:
             self._done[i] = True
         for section, row in sections:
             self._section_done[section][row] = True
+
+    def _checksum_rows(
+        self, data: Sequence[tuple[h5py.Dataset, int, Any]], sections: Sequence[tuple[str, int]]
+    ) -> list[tuple[h5py.Dataset, int, np.ndarray]]:
+        """The checksum-table rows of the sections a write covers (section, row): one digest
+        per dataset of the section, of the value written (or, for a dataset the write
+        leaves as it is, such as a sha256 known at open, of the stored row)."""
+        written = {ds.name.lstrip("/"): value for ds, _, value in data}
+        out = []
+        for section, row in sections:
+            paths = self._checksum_paths[section]
+            digests = np.empty(len(paths), dtype=np.uint64)
+            for j, path in enumerate(paths):
+                ds = self._f[path]
+                value = written[path] if path in written else ds[row]
+                digests[j] = checksums.value_digest(ds, value)
+            out.append((self._f[checksums.table_path(section)], row, digests))
+        return out
 
     def _commit(
         self,
@@ -466,12 +498,13 @@ class StoreWriter:
         data = layout.clean_text(str(flag)).encode("utf-8")
         if len(data) > layout.FLAG_BYTES:
             raise ValueError(f"flag {flag!r} is longer than {layout.FLAG_BYTES} bytes")
-        row = (
-            self._f[layout.STEPS_FLAG],
-            self._index[int(step)],
-            np.array(data, layout.FLAG_DTYPE),
-        )
-        self._commit([[row]], f"flag step {step}")
+        i = self._index[int(step)]
+        row = (self._f[layout.STEPS_FLAG], i, np.array(data, layout.FLAG_DTYPE))
+        (digest,) = self._checksum_rows([row], [("flag", i)])
+        cleared = (digest[0], i, np.zeros(1, dtype=np.uint64))
+        # digest 0 first ("being rewritten"), then the flag, then its digest: a kill in
+        # between leaves a flag readers accept unchecked, never one that reads as damaged
+        self._commit([[cleared], [row], [digest]], f"flag step {step}")
 
     def close(self) -> None:
         """Close the file and release the writer lock (idempotent)."""
@@ -496,7 +529,8 @@ class StoreWriter:
         data = np.array(layout.provenance_bytes(record), dtype=layout.PROVENANCE_DTYPE)
         record_row = (self._f[layout.PROVENANCE_RECORD], slot, data)
         used_row = (self._f[layout.PROVENANCE_USED], slot, np.uint8(1))
-        self._commit([[record_row], [used_row]], "record this run in the store")
+        (digest,) = self._checksum_rows([record_row], [("provenance", slot)])
+        self._commit([[record_row, digest], [used_row]], "record this run in the store")
         self._slot = slot
 
 
@@ -536,21 +570,59 @@ def _check_names(what: str, given: Any, expected: Sequence[str]) -> None:
 
 def _bring_in_line(
     path: Path, request: StorePlan, overwrite: bool, lock: WriterLock
-) -> tuple[list[tuple[int, str, str]], list[str]]:
+) -> tuple[list[tuple[int, str, str]], list[str], list[tuple[str, str]]]:
     """Create, check or rebuild the store at `path` so that it can take `request` (the
-    lock is held): (the changed done steps, the changes of the vector layout)."""
+    lock is held): (the changed done steps, the changes of the vector layout, what the
+    checksums showed). Rows damaged on disk are left out of the rebuilt file, so that
+    they are computed again; damaged built content is refused (only overwrite helps)."""
     if overwrite or not path.exists():
         if path.exists():
             _refuse_foreign(path)
         replace_with(path, request, old=None, lock=lock)
-        return [], []
+        return [], [], []
     with _open_existing(path) as old:
+        found = _scan(old, path)
         stored = read_contents(old, path)
+        trusted_values = found.trusted.get("values")
+        if trusted_values is not None:
+            stored.done = {
+                r.step: bool(t) for r, t in zip(stored.plan.steps, trusted_values, strict=False)
+            }
         check_compatible(path, stored.plan, request)
-        plan, changed, vector_changes = updated_plan(stored, request)
+        plan, changed, vector_changes = updated_plan(stored, request, force=bool(found.damage))
         if plan is not None:
-            replace_with(path, plan, old=old, lock=lock)
-    return changed, vector_changes
+            replace_with(path, plan, old=old, lock=lock, trusted=found.trusted)
+    return changed, vector_changes, integrity_notes(found, stored.schema)
+
+
+def _scan(old: h5py.File, path: Path) -> checksums.FileScan:
+    """The checksums of an existing store checked; StoreDamagedError when content written
+    at build is damaged (no re-run can recompute it)."""
+    try:
+        found = checksums.scan(old)
+    except (KeyError, OSError, ValueError, TypeError, RuntimeError) as exc:
+        raise layout.damaged(path, exc) from None
+    if found.static_damage:
+        raise checksums.damaged_error(path, found.static_damage)
+    return found
+
+
+def integrity_notes(found: checksums.FileScan, schema: int) -> list[tuple[str, str]]:
+    """(kind, line) for what a writer's check of the checksums found (see
+    `StoreWriter.integrity_notes`)."""
+    notes = [
+        ("store-damage", f"damaged on disk: {line}; {checksums.fate(first)}")
+        for first, line in checksums.damage_by_row(found.damage)
+    ]
+    if not found.checked:
+        notes.append(
+            (
+                "store-upgrade",
+                f"checksums added to a store of schema {schema}: the steps it held are "
+                "trusted as they were; from now on damage on disk is detected",
+            )
+        )
+    return notes
 
 
 def _open_existing(path: Path) -> h5py.File:

@@ -27,7 +27,8 @@ from specdyn.store import _writer as store_module
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "mlp-wd"
 STEPS = "0,1000,4000"  # the reference (4000) first, then two more: every section is written
 # what differs between two correct runs: who ran them and when
-VOLATILE = ("/provenance", "/steps/invocation")
+# what records the run (and the checksums over it); each store is verified instead
+VOLATILE = ("/provenance", "/steps/invocation", "/checksums")
 
 
 def _contents(path: Path) -> dict[str, bytes]:
@@ -42,13 +43,15 @@ def _contents(path: Path) -> dict[str, bytes]:
             if isinstance(obj, h5py.Dataset):
                 data = np.asarray(obj[()])
                 # variable-length strings are object arrays: compare their values
-                out[full] = repr(data.tolist()).encode() if data.dtype.kind == "O" else data.tobytes()
+                out[full] = (
+                    repr(data.tolist()).encode() if data.dtype.kind == "O" else data.tobytes()
+                )
             for key, value in obj.attrs.items():
                 out[f"{full}@{key}"] = repr(value).encode()
 
         f.visititems(visit)
         for key, value in f.attrs.items():
-            if key != "created":
+            if key != "created":  # (its checksum is verified)
                 out[f"/@{key}"] = repr(value).encode()
     return out
 
@@ -72,7 +75,10 @@ def reference(reference_home) -> dict[str, bytes]:
 
 
 def _assert_no_done_step_over_missing_data(path: Path) -> None:
-    """Each done step has finite σ and finite diagonals in each section marked done."""
+    """Each done step has finite σ and finite diagonals in each section marked done, and
+    every checksum matches."""
+    report = specdyn.verify(path)
+    assert report.ok, report.damage[:3]
     with specdyn.open_run(path) as run:
         for matrix in run.matrices:
             assert np.isfinite(run.sigma(matrix)).all(), matrix

@@ -14,6 +14,7 @@ import pytest
 
 from specdyn.errors import RunNotFoundError, StoreError
 from specdyn.store import (
+    SCHEMA_VERSION,
     RunSummary,
     StoreWriter,
     list_runs,
@@ -123,7 +124,7 @@ def test_list_runs_reports_each_store_and_never_raises(tmp_path):
     done = runs["done"]
     assert isinstance(done, RunSummary)
     assert (done.steps_done, done.steps_total, done.matrices) == (2, 2, len(worker.SMALL))
-    assert done.status == "complete" and done.schema_version == 2
+    assert done.status == "complete" and done.schema_version == SCHEMA_VERSION
     assert done.path == str(home / "done.h5") and len(done.modified) == 19
     half = runs["half"]
     assert (half.steps_done, half.steps_total, half.status) == (1, 3, "partial")
