@@ -418,6 +418,10 @@ class _AnalysisRun:
                 )
             )
         self.notes.extend(Note("vectors", line) for line in writer.vector_changes)
+        # rows damaged on disk were marked not done by the writer: computed again below
+        self.notes.extend(
+            Note(kind, line, path=str(writer.path)) for kind, line in writer.integrity_notes
+        )
         for step, flag in flags.items():
             if step in self.selected:
                 writer.flag_step(step, flag)

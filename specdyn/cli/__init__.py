@@ -26,6 +26,7 @@ from . import plot as _plot_cmd
 from . import prune as _prune_cmd
 from . import pythia as _pythia_cmd
 from . import runs as _runs_cmd
+from . import verify as _verify_cmd
 from ._output import finish, interrupted_line, printable
 
 __all__ = ["app", "main"]
@@ -49,6 +50,7 @@ app.command("plot")(_plot_cmd.plot_command)
 app.command("pythia")(_pythia_cmd.pythia_command)
 app.command("prune")(_prune_cmd.prune_command)
 app.command("compare")(_compare_cmd.compare_command)
+app.command("verify")(_verify_cmd.verify_command)
 app.add_typer(_demo_cmd.demo_app, name="demo")
 
 

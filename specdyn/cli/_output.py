@@ -41,7 +41,14 @@ __all__ = [
 ]
 
 # Notes the user must act on are shown in red, the rest in yellow.
-_SERIOUS = {"unsafe-pickle", "corrupt", "unreadable", "changed-source", "nonfinite"}
+_SERIOUS = {
+    "unsafe-pickle",
+    "corrupt",
+    "unreadable",
+    "changed-source",
+    "nonfinite",
+    "store-damage",
+}
 
 # One policy for every command: `-q` prints errors and warnings only (no tables, no
 # progress, no informational notes); `--json` prints one JSON document on stdout, with the
@@ -52,6 +59,7 @@ _PENDING_JSON: list[Output] = []
 
 # Kinds that inform rather than warn (what was decided and why): shown as "note".
 _INFO = {
+    "store-upgrade",
     "pairs",
     "reference",
     "vectors",
@@ -241,10 +249,13 @@ class Output:
                 soft_wrap=True,
             )
 
-    def json(self, payload: object) -> None:
+    def json(self, payload: object, *, on_failure: bool = False) -> None:
         """The result as JSON: printed once the command has succeeded (`finish`), with the
-        notes given to `notes` added under "notes" when the payload has no such key."""
+        notes given to `notes` added under "notes" when the payload has no such key;
+        `on_failure`: printed too when the command then exits non-zero (a result that is
+        itself the reason, such as damage found by `verify`)."""
         self._payload = payload
+        self._json_on_failure = on_failure
         if self not in _PENDING_JSON:
             _PENDING_JSON.append(self)
 
@@ -322,8 +333,8 @@ def finish(succeeded: bool) -> None:
     pending = list(_PENDING_JSON)
     _PENDING_JSON.clear()
     _CURRENT_STORE.clear()
-    if succeeded:
-        for out in pending:
+    for out in pending:
+        if succeeded or getattr(out, "_json_on_failure", False):
             out._print_json()
 
 

@@ -404,7 +404,7 @@ def fate(damage: Damage) -> str:
         return "replaced by a record saying so"
     if damage.section == "flag":
         return "the flag is cleared"
-    return "marked not done, so the next analysis of its checkpoint computes it again"
+    return "marked not done, to be computed again from its checkpoint"
 
 
 def damaged_error(path: Any, damage: Sequence[Damage]) -> StoreDamagedError:
