@@ -8,7 +8,8 @@ naming the store and what to do, print no h5py "Exception ignored" traceback, le
 old store byte for byte as it was and no temporary file, and a re-run without the limit
 must complete. The tmpfs and bind mounts live in a private mount namespace (`unshare -m`,
 or `unshare -Urm` for a user that is not root); those tests are skipped where the kernel
-or the container refuses one.
+or the container refuses one. Last, a store cut short: one line, and only `--overwrite`
+replaces it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import pytest
 import torch
 
 import specdyn
+from specdyn.cli import main
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "mlp-wd"
 OLD = ("step_000000.pt", "step_000010.pt")  # done in the store before the rebuild
@@ -271,3 +273,33 @@ def test_a_growth_rebuild_in_a_folder_without_write_permission_keeps_the_old_sto
     _assert_old_store_kept(setup, home)
     _resume(run, home)
     _assert_store_holds(run, home / STORE, OLD + NEW)
+
+
+# ------------------------------------------------------------------ a truncated store
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.01])
+def test_a_truncated_store_is_one_line_and_only_overwrite_replaces_it(
+    setup, tmp_path, capsys, keep
+):
+    """A store cut short (a copy that ran out of room): reading and growing it are one line
+    each naming the file, it is left as it is, and `--overwrite` rebuilds it."""
+    run, _, _ = setup
+    home = _home(setup, tmp_path)
+    store = home / STORE
+    os.truncate(store, int(store.stat().st_size * keep))
+    cut = store.read_bytes()
+    for argv, hint in (
+        (["info", str(store)], "pass a store written by specdyn analyze"),
+        (["analyze", str(run), "--home", str(home), "-q"], "use --overwrite to replace it"),
+    ):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("specdyn: error:"), err
+        assert str(store) in lines[0] and hint in lines[0], lines[0]
+        assert "internal error" not in err and "Traceback" not in err
+        assert store.read_bytes() == cut
+    assert main(["analyze", str(run), "--home", str(home), "-q", "--overwrite"]) == 0
+    _assert_store_holds(run, store, OLD + NEW)
+    _assert_no_leftovers(home)
