@@ -260,9 +260,25 @@ def _csv_rows(path: Path, lines: list[str], notes: list[Note]) -> list[tuple[int
         header = next(reader)
     except StopIteration:
         return []
+    except csv.Error as exc:  # e.g. a field over csv's size limit: no header to key on
+        notes.append(
+            Note(
+                "training-log",
+                f"{path}: its header line does not parse ({exc}); left out",
+                str(path),
+            )
+        )
+        return []
     header = [h.strip() for h in header]
-    rows, bad = [], []
-    for cells in reader:
+    rows, bad, unparsed = [], [], []
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:  # a field over csv's size limit: skipped, as a ragged line
+            unparsed.append((reader.line_num, exc))
+            continue
         number = reader.line_num
         if not any(c.strip() for c in cells):
             continue
@@ -278,6 +294,16 @@ def _csv_rows(path: Path, lines: list[str], notes: list[Note]) -> list[tuple[int
                 f"{len(header)} skipped (line {', '.join(map(str, bad[:5]))}"
                 + (" ..." if len(bad) > 5 else "")
                 + ")",
+                str(path),
+            )
+        )
+    if unparsed:
+        where = ", ".join(str(n) for n, _ in unparsed[:5]) + (" ..." if len(unparsed) > 5 else "")
+        notes.append(
+            Note(
+                "training-log",
+                f"{path}: {len(unparsed)} line(s) that do not parse as CSV skipped "
+                f"(line {where}: {unparsed[0][1]})",
                 str(path),
             )
         )

@@ -13,16 +13,16 @@ Two kinds, both under ``/checksums`` (docs/store.md, "Checksums"):
   tables, pairs, training metrics, attributes, the row tables' dataset lists), has one
   digest per dataset or attribute in ``/checksums/static/{name,digest}``.
 
-A digest is the first 8 bytes of BLAKE2b over the raw bytes HDF5 returns for the row (or
-the dataset's dtype, shape and bytes; or the attribute's value), read as a little-endian
-uint64, with 0 replaced by 1. Readers check the rows and tables they read
+A digest is CRC-32 (low 32 bits) and Adler-32 (high 32 bits) of the raw bytes HDF5 returns
+for the row (or of the dataset's dtype, shape and bytes; or of the attribute's value), with
+0 replaced by 1. Readers check the rows and tables they read
 (`StoreChecks`); `scan` checks a whole file (`specdyn verify`, and every writer before it
 trusts a done step).
 """
 
 from __future__ import annotations
 
-import hashlib
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,9 +47,10 @@ __all__ = [
     "scan",
     "seal",
     "table_path",
+    "take_rows",
 ]
 
-ALGORITHM = "blake2b-64"
+ALGORITHM = "crc32+adler32"
 CHECKSUM_SCHEMA = 3  # the first schema whose stores have checksums
 GROUP = "checksums"
 STATIC_NAME = "checksums/static/name"  # vlen [N]: a dataset path or "@OBJECT:ATTRIBUTE"
@@ -82,9 +83,12 @@ def table_path(section: str, what: str = "rows") -> str:
     return f"{GROUP}/{section}/{what}"
 
 
-def digest(data: bytes) -> int:
-    """The 64-bit digest of some bytes (never 0, which means "not written")."""
-    value = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+def digest(data: bytes | np.ndarray) -> int:
+    """The 64-bit digest of some bytes: CRC-32 in the low half (it detects every error
+    burst of up to 32 bits, so any changed byte for certain), Adler-32 in the high half;
+    never 0, which means "not written". Both run at memory speed, unlike a hash meant
+    against attackers, which a checksum of accidents does not need."""
+    value = zlib.crc32(data) | (zlib.adler32(data) << 32)
     return value or 1
 
 
@@ -92,7 +96,8 @@ def row_digests(rows: np.ndarray) -> np.ndarray:
     """One digest per row of an array read from (or to be written to) a dataset: uint64
     [len(rows)], each over the raw bytes of ``rows[i]``."""
     rows = np.ascontiguousarray(rows)
-    return np.array([digest(rows[i : i + 1].tobytes()) for i in range(len(rows))], np.uint64)
+    raw = rows.reshape(len(rows), -1).view(np.uint8)  # each row's bytes, no copy
+    return np.array([digest(raw[i]) for i in range(len(rows))], np.uint64)
 
 
 def value_digest(ds: h5py.Dataset, value: Any) -> np.uint64:
@@ -350,7 +355,7 @@ class StoreChecks:
         if data is None:
             data, offset = self._f[path][()], 0
         wanted = self.tables[section][rows, column]
-        found = row_digests(np.asarray(data)[rows - offset])
+        found = row_digests(take_rows(np.asarray(data), rows - offset))
         return [
             self._damage(section, int(row), f"{path} does not match its checksum")
             for row in rows[found != wanted]
@@ -374,6 +379,13 @@ _SMALL_VALUE_TABLES = (
     layout.STEPS_INVOCATION,
     layout.STEPS_SHA256,
 )
+
+
+def take_rows(data: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``data[rows]``, a view when the rows are one contiguous run (the usual case)."""
+    if len(rows) and int(rows[-1]) - int(rows[0]) + 1 == len(rows):
+        return data[int(rows[0]) : int(rows[-1]) + 1]
+    return data[rows]
 
 
 class StoreDamaged(Exception):

@@ -112,7 +112,7 @@ class OpenStore:
             raise checksums.damaged_error(self.path, exc.damage) from None
         except (KeyError, OSError, ValueError, TypeError, RuntimeError) as exc:
             raise layout.damaged(self.path, exc) from None
-        return block[rows - lo]
+        return checksums.take_rows(block, rows - lo)
 
     def methods_of(self, column: int | None) -> Counter[str]:
         """Methods used over done steps, for one matrix column or all of them."""

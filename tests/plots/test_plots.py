@@ -16,6 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from _stores import reseal
 from matplotlib.collections import PathCollection, QuadMesh
 from matplotlib.image import AxesImage
 
@@ -58,6 +59,8 @@ def altered(ws, tmp_path_factory):
         f["steps/flag"][row] = b"duplicate of step 20"
     with h5py.File(epochs, "r+", locking=False) as f:
         f.attrs["step_unit"] = "epoch"
+    reseal(flagged)  # edited by hand: the checksums are written again
+    reseal(epochs)
     return {"flagged": flagged, "epochs": epochs}
 
 
