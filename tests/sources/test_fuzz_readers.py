@@ -1,0 +1,127 @@
+"""Fuzzing the checkpoint readers (issue 15, item 4): mutated torch zips, pickles,
+safetensors headers, index / config / trainer-state JSON and metrics logs end in a clean
+result or a specdyn error, never another exception, a hang or a crash.
+
+The harness is tests/sources/fuzz_harness.py (a seeded mutation loop run in a child
+process). A brief run is part of the default suite; the long one is marked slow:
+
+    SPECDYN_FUZZ_SECONDS=1800 SPECDYN_FUZZ_SEED=7 .venv/bin/python -m pytest -m slow \\
+        tests/sources/test_fuzz_readers.py
+
+(its counts go to SPECDYN_FUZZ_PROGRESS, default fuzz-progress.json in the test's tmp dir,
+every few seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import fuzz_harness as fh
+import pytest
+
+from specdyn.errors import CheckpointError
+
+BRIEF_SEED = 20261203
+BRIEF_CASES = 600  # ~15 s on an idle 2-core machine
+
+
+def _report(report: fh.LoopReport) -> str:
+    lines = [f"{report.cases} cases in {report.seconds:.1f} s: {dict(report.counts)}"]
+    return "\n".join(lines + report.failures[:20])
+
+
+def test_brief_fuzz_run_finds_nothing(tmp_path):
+    report = fh.run_loop(BRIEF_SEED, work=tmp_path, cases=BRIEF_CASES)
+    assert not report.failures, _report(report)
+    assert report.cases == BRIEF_CASES, _report(report)
+    # the mutations reach both sides: inputs still read cleanly and inputs refused
+    assert report.counts["clean"] > BRIEF_CASES // 10, _report(report)
+    assert report.counts["SpecdynError:CheckpointError"] > BRIEF_CASES // 10, _report(report)
+    assert {key.split()[0] for key in report.by_kind} == set(fh.KINDS), _report(report)
+
+
+# -------------------------------------------------------- the harness can fail
+
+
+def test_outcome_classifies_each_result():
+    assert fh.outcome(lambda: None) == ("clean", "")
+    kind, message = fh.outcome(lambda: (_ for _ in ()).throw(CheckpointError("f.pt: corrupt")))
+    assert (kind, message) == ("SpecdynError:CheckpointError", "f.pt: corrupt")
+    kind, detail = fh.outcome(lambda: {}["missing"])
+    assert kind == "failure" and detail.startswith("KeyError") and "test_fuzz_readers.py" in detail
+    kind, detail = fh.outcome(lambda: (_ for _ in ()).throw(CheckpointError("a\nb")))
+    assert kind == "failure" and "not one line" in detail
+
+
+def test_outcome_reports_a_hang_even_when_the_code_swallows_timeouts():
+    def swallows() -> None:
+        try:
+            time.sleep(5)
+        except Exception:  # what a reader's `except OSError` would do to a TimeoutError
+            pass
+
+    start = time.monotonic()
+    kind, detail = fh.outcome(swallows, budget_s=0.3)
+    assert kind == "failure" and "timeout" in detail
+    assert time.monotonic() - start < 3
+
+
+def test_a_crash_is_reported_with_its_case_and_the_loop_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPECDYN_FUZZ_CRASH_AT", "3")  # the child segfaults at case 3
+    report = fh.run_loop(BRIEF_SEED, work=tmp_path, cases=6)
+    assert report.cases == 6
+    assert report.counts["failure"] == 1
+    (failure,) = report.failures
+    case = fh.make_case(BRIEF_SEED, 3)
+    assert failure.startswith(case.describe()) and "exit -11" in failure
+    assert f"one --seed {BRIEF_SEED} --index 3" in failure
+
+
+def test_a_case_is_the_same_input_every_time():
+    a, b = fh.make_case(5, 17), fh.make_case(5, 17)
+    assert a == b and a.data != fh.seed(a.kind).data
+    assert len({fh.make_case(5, i).kind for i in range(200)}) == len(fh.KINDS)
+
+
+# ----------------------------------------------------------------- regressions
+
+# (seed, index, the case's description): inputs the fuzzer found that ended in another
+# exception before specdyn/sources was fixed. The description pins what the harness draws,
+# so a change to the harness that moves a case fails here instead of testing nothing.
+REGRESSIONS: list[tuple[int, int, str]] = []
+
+
+@pytest.mark.parametrize(("seed", "index", "described"), REGRESSIONS)
+def test_fuzz_finding_stays_fixed(tmp_path, seed, index, described):
+    case = fh.make_case(seed, index)
+    assert case.describe() == described
+    kind, detail = fh.run_case(case, tmp_path / "case")
+    assert kind != "failure", f"{case.describe()}: {detail}"
+
+
+# -------------------------------------------------------------------- long run
+
+
+@pytest.mark.slow
+def test_long_fuzz_run_finds_nothing(tmp_path, request):
+    # the default run does not deselect slow tests (no `-m "not slow"` in addopts)
+    if "slow" not in (request.config.getoption("markexpr") or ""):
+        if "SPECDYN_FUZZ_SECONDS" not in os.environ:
+            pytest.skip("the long fuzz run: run with -m slow (or set SPECDYN_FUZZ_SECONDS)")
+    seconds = float(os.environ.get("SPECDYN_FUZZ_SECONDS", "1800"))
+    seed = int(os.environ.get("SPECDYN_FUZZ_SEED", str(int(time.time()))))
+    progress = Path(os.environ.get("SPECDYN_FUZZ_PROGRESS", tmp_path / "fuzz-progress.json"))
+    report = fh.run_loop(seed, work=tmp_path / "work", seconds=seconds, progress=progress)
+    summary = {
+        "seed": seed,
+        "cases": report.cases,
+        "seconds": round(report.seconds, 1),
+        "outcomes": dict(report.counts.most_common()),
+        "by_kind": dict(sorted(report.by_kind.items())),
+        "failures": report.failures,
+    }
+    progress.with_name(progress.stem + "-summary.json").write_text(json.dumps(summary, indent=1))
+    assert not report.failures, f"seed {seed}: " + _report(report)
