@@ -68,10 +68,10 @@ ROW_SECTIONS: dict[str, str | None] = {
 }
 # How a message names a section's rows.
 _ROW_NAME = {
-    "values": "step",
-    "alignment": "step",
-    "agreement": "step",
-    "vectors": "kept-vector slot of step",
+    "values": "values of step",
+    "alignment": "alignment of step",
+    "agreement": "agreement of step",
+    "vectors": "kept vectors of step",
     "flag": "flag of step",
     "provenance": "provenance record",
 }
@@ -126,7 +126,7 @@ class Damage:
         if self.section == "static":
             return f"{self.what} (written when the store was built)"
         if self.step is not None:
-            return f"{self.section} of {_ROW_NAME[self.section]} {self.step}: {self.what}"
+            return f"{_ROW_NAME[self.section]} {self.step}: {self.what}"
         return f"{_ROW_NAME[self.section]} {self.row}: {self.what}"
 
 
@@ -535,9 +535,11 @@ def scan(f: h5py.File) -> FileScan:
         bad_rows = _scan_section(f, checks, section, table, result)
         if section in checks.done:
             trusted = checks.done[section] == 1
-            trusted[list(bad_rows)] = False
-            result.trusted[section] = trusted
             _find_uncommitted(f, checks, section, table, result)
+        else:  # flags: every row counts
+            trusted = np.ones(table.shape[0], dtype=bool)
+        trusted[list(bad_rows)] = False
+        result.trusted[section] = trusted
     for d in result.damage:
         if d.section in result.trusted and d.row is not None:
             result.trusted[d.section][d.row] = False

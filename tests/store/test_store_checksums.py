@@ -272,3 +272,61 @@ def test_a_store_of_schema_3_without_its_checksums_is_damaged(store, tmp_path):
         del f["checksums"]
     with pytest.raises(StoreDamagedError, match="the checksums are missing"):
         specdyn.open_run(path)
+
+
+def test_a_cleared_done_flag_is_listed_by_verify_and_the_step_computed_again(
+    store, run_folder, tmp_path
+):
+    home = tmp_path / "home"
+    home.mkdir()
+    path = home / "mlp.h5"
+    shutil.copy(store, path)
+    with h5py.File(path, "r+", locking=False) as f:
+        row = int(np.flatnonzero(f["steps/step"][()] == 1000)[0])
+        f["steps/done"][row] = 0
+    with specdyn.open_run(path) as run:
+        assert run.values.steps.tolist() == [0, 4000]  # not done: never a number
+    report = verify_store(path)
+    assert report.ok and report.uncommitted == [("values", 1000)]
+    result = specdyn.analyze(run_folder, home=home)
+    assert result.runs[0].steps_computed == [1000]
+    assert not verify_store(path).uncommitted
+
+
+def test_a_flag_being_rewritten_is_read_unchecked_and_a_damaged_one_is_cleared(store, tmp_path):
+    path = tmp_path / "mlp.h5"
+    shutil.copy(store, path)
+    with h5py.File(path, "r+", locking=False) as f:
+        column = [p.decode() for p in f["checksums/flag/datasets"][()]].index("steps/flag")
+        row = int(np.flatnonzero(f["steps/step"][()] == 1000)[0])
+        f["checksums/flag/rows"][row, column] = 0  # killed between digest 0 and the flag
+    with specdyn.open_run(path) as run:
+        assert run.step_flags == {1000: "suspect revision"}
+    assert verify_store(path).ok
+    with h5py.File(path, "r+", locking=False) as f:
+        f["steps/flag"][row] = b"suspect revisioN"
+        f["checksums/flag/rows"][row, column] = 12345
+    with pytest.raises(StoreDamagedError, match="flag of step 1000: steps/flag"):
+        specdyn.open_run(path)
+    report = verify_store(path, repair=True)
+    assert report.repaired and report.dropped == [
+        "flag of step 1000: steps/flag does not match its checksum: the flag is cleared"
+    ]
+    with specdyn.open_run(path) as run:
+        assert run.step_flags == {} and run.values.steps.tolist() == list(STEPS)
+
+
+def test_a_damaged_provenance_record_is_replaced_by_one_saying_so(store, tmp_path):
+    path = tmp_path / "mlp.h5"
+    shutil.copy(store, path)
+    with h5py.File(path, "r+", locking=False) as f:
+        record = f["provenance/record"]
+        text = bytearray(record[0])
+        text[2] ^= 0x20
+        record[0] = bytes(text)
+    with pytest.raises(StoreDamagedError, match="provenance record 0"):
+        specdyn.open_run(path)
+    verify_store(path, repair=True)
+    with specdyn.open_run(path) as run:
+        assert "damaged on disk" in run.provenance[0]["unreadable"]
+        assert len(run.provenance) >= 2 and "unreadable" not in run.provenance[1]
