@@ -33,7 +33,7 @@ import torch
 
 from ..errors import CheckpointError, UnsafePickleError
 from ..types import TensorInfo
-from ._formats import open_regular
+from ._formats import open_regular, resolve_or_none
 from ._unpickle import Stub, restricted_load
 
 __all__ = ["DCP_METADATA", "is_dcp_folder", "open_dcp", "DcpContents"]
@@ -196,8 +196,12 @@ def _data_file_size(folder: Path, name: str) -> int:
     if not name or "/" in name or "\\" in name or "\0" in name or name in (".", ".."):
         raise _Unsafe(f"{name!r} is not a plain file name")
     path = folder / name
-    if path.is_symlink() and not path.resolve().is_relative_to(folder.resolve()):
-        raise _Unsafe(f"{name} is a symlink leading out of the folder")
+    if path.is_symlink():
+        resolved = resolve_or_none(path)
+        if resolved is None:
+            raise _BadMetadata(f"its data file {name} is a symlink loop")
+        if not resolved.is_relative_to(folder.resolve()):
+            raise _Unsafe(f"{name} is a symlink leading out of the folder")
     try:
         return os.stat(path).st_size
     except OSError:

@@ -63,6 +63,9 @@ __all__ = [
     "TensorReader",
     "WeightsMeta",
     "checkpoint_error",
+    "one_line",
+    "resolve_or_none",
+    "storable_name",
     "error_content",
     "error_kind",
     "open_weights",
@@ -139,6 +142,24 @@ for _code, _attr in (
 # ----------------------------------------------------------------- errors
 
 
+# Characters a one-line message, or a name a store keeps, cannot hold as they are: control
+# characters (a NUL ends an HDF5 string, a newline breaks the line) and unpaired surrogates
+# (UTF-8 cannot encode them). Names and globals read from a file may hold any of them.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def one_line(text: str) -> str:
+    """`text` with control characters and unpaired surrogates escaped as repr() does."""
+    return _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def storable_name(name: str) -> bool:
+    """Whether a name read from a file (tensor key, metric) can be kept in a store: no
+    NUL (HDF5 strings end there) and no unpaired surrogate (not encodable as UTF-8)."""
+    return _UNSTORABLE.search(name) is None
+
+
 def checkpoint_error(kind: str, message: str, content: str | None = None) -> CheckpointError:
     """A CheckpointError tagged with the Note kind discovery reports it under.
 
@@ -146,7 +167,9 @@ def checkpoint_error(kind: str, message: str, content: str | None = None) -> Che
     "unsafe-pickle" (the last always as UnsafePickleError). content (for
     "not-a-checkpoint"): what the file holds instead of weights, "optimizer-state",
     "no-tensors" or "plain-pickle"; discovery counts such files once per content.
+    The message is kept on one line (`one_line`): it may quote names from the file.
     """
+    message = one_line(message)
     err = UnsafePickleError(message) if kind == "unsafe-pickle" else CheckpointError(message)
     err.kind = kind  # type: ignore[attr-defined]
     err.content = content  # type: ignore[attr-defined]
@@ -383,6 +406,14 @@ class TensorReader:
         self._files = list(files)
         self.unsupported: dict[str, str] = dict(unsupported or {})
         """Entries that are not plain tensors (key → global that built them); not read."""
+        bad = next((k for k in [*entries, *self.unsupported] if not storable_name(k)), None)
+        if bad is not None:  # every name ends up in a store, which cannot hold it
+            self.close()
+            raise checkpoint_error(
+                "corrupt",
+                f"{label}: tensor name {bad!r} holds a NUL or an unpaired surrogate, which "
+                "no store can keep; the file is corrupt or hostile, re-save it with plain names",
+            )
 
     def keys(self) -> list[str]:
         """Raw state-dict keys of the weight tensors, in source order."""
@@ -1416,7 +1447,7 @@ def _shard_path(index: Path, folder: Path, name: str) -> Path:
     def refuse(why: str) -> CheckpointError:
         return checkpoint_error(
             "unsafe-index",
-            f"{index}: refused: weight_map points outside its folder ({name}: {why}); "
+            f"{index}: refused: weight_map points outside its folder ({name!r}: {why}); "
             "keep shards beside the index",
         )
 
@@ -1434,11 +1465,22 @@ def _shard_path(index: Path, folder: Path, name: str) -> Path:
     steps = [folder.joinpath(*parts[: i + 1]) for i in range(len(parts))]
     if not any(step.is_symlink() for step in steps):
         return target  # lexically inside, and no link can lead anywhere else
+    resolved = resolve_or_none(target)
+    if resolved is None:
+        raise refuse("a symlink loop")
     if _is_hf_cache_link(target, steps):
         return target
-    if target.resolve().is_relative_to(folder.resolve()):
+    if resolved.is_relative_to(folder.resolve()):
         return target
     raise refuse("a symlink leads out of the folder")
+
+
+def resolve_or_none(path: Path) -> Path | None:
+    """`path.resolve()`, or None for a symlink loop (pathlib raises RuntimeError there)."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):
+        return None
 
 
 def _is_hf_cache_link(target: Path, steps: list[Path]) -> bool:

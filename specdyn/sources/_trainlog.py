@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import SpecdynError, option_ref
 from ..types import Note, TrainingLog
-from ._formats import as_float, loads_json, read_regular_text
+from ._formats import as_float, loads_json, one_line, read_regular_text, resolve_or_none
 from ._stepnames import MAX_STEP
 
 __all__ = ["read_training_log", "read_metrics_file", "LOG_FILE_NAMES"]
@@ -94,6 +94,16 @@ def read_training_log(
             if values:
                 merged[name] = values
                 sources[name] = origin[name]
+    for name in [n for n in merged if "\0" in n]:  # HDF5 strings end at a NUL
+        notes.append(
+            Note(
+                "training-log",
+                f"metric {name!r} from {sources[name]}: its name holds a NUL, which no store "
+                "can keep; left out (rename the column)",
+            )
+        )
+        del merged[name], sources[name]
+    notes[:] = [_one_line_note(n) for n in notes]  # messages quote columns and lines
     if not merged:
         return None, notes
     steps = np.array(sorted({s for values in merged.values() for s in values}), dtype=np.int64)
@@ -118,6 +128,12 @@ def read_training_log(
 
 
 # ----------------------------------------------------------------------------- sources
+
+
+def _one_line_note(note: Note) -> Note:
+    """`note` with its message on one line (a column name may hold a newline or NUL)."""
+    message = one_line(note.message)
+    return note if message == note.message else Note(note.kind, message, note.path)
 
 
 def _from_checkpoints(checkpoints: Iterable) -> tuple[Series, dict[str, str]]:
@@ -173,7 +189,7 @@ def _log_files(root: Path, exclude: str | Path | None) -> list[Path]:
     """Known log file names under the run folder (depth ≤ 3), sorted by path."""
     if not root.is_dir():
         root = root.parent
-    skip = Path(exclude).expanduser().resolve() if exclude is not None else None
+    skip = resolve_or_none(Path(exclude).expanduser()) if exclude is not None else None
     found = []
     frontier = [(root, 0)]
     while frontier:
@@ -184,7 +200,7 @@ def _log_files(root: Path, exclude: str | Path | None) -> list[Path]:
             continue
         for entry in entries:
             if entry.name in LOG_FILE_NAMES and entry.is_file():
-                if skip is None or entry.resolve() != skip:
+                if skip is None or resolve_or_none(entry) != skip:
                     found.append(entry)
             elif entry.is_dir() and depth < _MAX_DEPTH and not entry.name.startswith("."):
                 frontier.append((entry, depth + 1))
@@ -202,7 +218,7 @@ def read_metrics_file(path: str | Path, *, key: str = "step") -> tuple[Series, l
     """
     notes: list[Note] = []
     series = _read_log(Path(path), key, notes, explicit=True)
-    return series, notes
+    return series, [_one_line_note(n) for n in notes]
 
 
 def _read_log(path: Path, key: str, notes: list[Note], *, explicit: bool) -> Series | None:
@@ -333,7 +349,9 @@ def _rows_to_series(
                 "needs the step of each row"
             )
         if explicit:
-            raise SpecdynError(f"{_METRICS_FILE} {message}", file=path, option="metrics_file")
+            raise SpecdynError(
+                f"{_METRICS_FILE} {one_line(message)}", file=path, option="metrics_file"
+            )
         if rows:
             notes.append(Note("training-log", f"{message}; left out", str(path)))
         return {}

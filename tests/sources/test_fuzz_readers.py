@@ -21,8 +21,11 @@ from pathlib import Path
 
 import fuzz_harness as fh
 import pytest
+import torch
 
-from specdyn.errors import CheckpointError
+import specdyn
+from specdyn.errors import CheckpointError, SpecdynError
+from specdyn.sources import open_checkpoint
 
 BRIEF_SEED = 20261203
 BRIEF_CASES = 600  # ~15 s on an idle 2-core machine
@@ -88,18 +91,64 @@ def test_a_case_is_the_same_input_every_time():
 
 # ----------------------------------------------------------------- regressions
 
-# (seed, index, the case's description): inputs the fuzzer found that ended in another
-# exception before specdyn/sources was fixed. The description pins what the harness draws,
-# so a change to the harness that moves a case fails here instead of testing nothing.
-REGRESSIONS: list[tuple[int, int, str]] = []
+# Inputs the fuzzer found that ended in another exception before specdyn/sources was
+# fixed: (seed, index, kind, mutator, entry, part of the mutation). These pin what the
+# harness draws, so a change to it that moves a case fails here instead of testing nothing.
+REGRESSIONS = [
+    # a CSV field over csv's 131072-character limit: _csv.Error from read_training_log
+    (5, 73, "metrics-csv", "m_csv", "e_discover", "cell7,4='\"yyyyyyyy"),
+    (1, 881, "metrics-csv", "m_csv", "e_discover", "cell8,0='\"yyyyyyyy"),
+    # an index's shard name that is a symlink loop: RuntimeError from Path.resolve
+    (8, 3627, "bin-index", "m_json_tree", "e_analyze", "'fc2.weight']='loop.bin'"),
+    # a shard name of NULs, quoted raw in the refusal: h5py could not store the problem
+    (7, 3947, "st-index", "m_json_text", "e_analyze", "json-text@186='\"\\\\u0000"),
+]
 
 
-@pytest.mark.parametrize(("seed", "index", "described"), REGRESSIONS)
-def test_fuzz_finding_stays_fixed(tmp_path, seed, index, described):
+@pytest.mark.parametrize(("seed", "index", "kind", "mutator", "entry", "mutation"), REGRESSIONS)
+def test_fuzz_finding_stays_fixed(tmp_path, seed, index, kind, mutator, entry, mutation):
     case = fh.make_case(seed, index)
-    assert case.describe() == described
-    kind, detail = fh.run_case(case, tmp_path / "case")
-    assert kind != "failure", f"{case.describe()}: {detail}"
+    assert (case.kind, case.mutator, case.entry) == (kind, mutator, entry), case.describe()
+    assert mutation in case.mutation, case.describe()
+    outcome, detail = fh.run_case(case, tmp_path / "case")
+    assert outcome != "failure", f"{case.describe()}: {detail}"
+
+
+def _two_steps(run: Path, top: dict) -> Path:
+    run.mkdir(parents=True)
+    for step in (100, 200):
+        torch.save({**top, "global_step": step}, run / f"step_{step}.pt")
+    return run
+
+
+@pytest.mark.parametrize("key", ["a\x00b.weight", "\ud800.weight"])
+def test_a_tensor_name_no_store_can_keep_is_a_one_line_refusal(tmp_path, key):
+    # found beside 7:3947: NUL / surrogate tensor names reached h5py (ValueError,
+    # UnicodeEncodeError from specdyn.analyze)
+    run = _two_steps(tmp_path / "run", {key: torch.ones(4, 3), "ok.weight": torch.ones(3, 3)})
+    with pytest.raises(CheckpointError, match="holds a NUL or an unpaired surrogate") as err:
+        open_checkpoint(run / "step_100.pt").open()
+    assert "\n" not in str(err.value) and "\x00" not in str(err.value)
+    with pytest.raises(SpecdynError):  # every checkpoint refused: nothing to analyse
+        specdyn.analyze(run, home=tmp_path / "home", vectors=None)
+
+
+@pytest.mark.parametrize("where", ["checkpoint", "metrics.csv", "metrics.jsonl"])
+def test_a_metric_name_with_a_nul_is_left_out_with_a_note(tmp_path, where):
+    bad = "val\x00loss"
+    top = {"state_dict": {"fc.weight": torch.ones(4, 3)}}
+    run = _two_steps(tmp_path / "run", {**top, bad: 0.5} if where == "checkpoint" else top)
+    if where == "metrics.csv":
+        (run / where).write_text(f"step,loss,{bad}\n100,1.0,2.0\n200,0.5,1.0\n")
+    elif where == "metrics.jsonl":
+        (run / where).write_text(json.dumps({"step": 100, "loss": 1.0, bad: 2.0}) + "\n")
+    result = specdyn.analyze(run, home=tmp_path / "home", vectors=None)
+    (analysis,) = result.runs
+    left_out = [n.message for n in analysis.notes if "val\\x00loss" in n.message]
+    assert left_out and "left out" in left_out[0] and "\x00" not in left_out[0]
+    with specdyn.open_run(analysis.store_path) as stored:
+        assert "loss" in stored.training_names or where == "checkpoint"
+        assert not any("\x00" in name for name in stored.training_names)
 
 
 # -------------------------------------------------------------------- long run
