@@ -969,7 +969,9 @@ def _open_torch_legacy(
     try:
         with io.BufferedReader(_open_binary(path)) as fh:
             magic = _parse_pickle(fh, path, None)
-            if magic != _LEGACY_MAGIC:
+            if (
+                type(magic) is not int or magic != _LEGACY_MAGIC
+            ):  # a numpy array compares by element
                 what = type(magic).__name__
                 raise checkpoint_error(
                     "not-a-checkpoint",
@@ -977,14 +979,13 @@ def _open_torch_legacy(
                     content="plain-pickle",
                 )
             protocol = _parse_pickle(fh, path, None)
-            if protocol != _LEGACY_PROTOCOL:
+            if type(protocol) is not int or protocol != _LEGACY_PROTOCOL:
                 raise checkpoint_error(
                     "corrupt", f"{path}: unknown torch.save protocol {protocol!r}"
                 )
             sys_info = _parse_pickle(fh, path, None)
-            little = (
-                bool(sys_info.get("little_endian", True)) if isinstance(sys_info, dict) else True
-            )
+            endian = sys_info.get("little_endian", True) if isinstance(sys_info, dict) else True
+            little = not (type(endian) is bool and not endian)  # bool() of an array raises
             top = _parse_pickle(fh, path, persistent)
             keys = _parse_pickle(fh, path, None)
             position = fh.tell()

@@ -102,6 +102,10 @@ REGRESSIONS = [
     (8, 3627, "bin-index", "m_json_tree", "e_analyze", "'fc2.weight']='loop.bin'"),
     # a shard name of NULs, quoted raw in the refusal: h5py could not store the problem
     (7, 3947, "st-index", "m_json_text", "e_analyze", "json-text@186='\"\\\\u0000"),
+    # a plain pickle whose first object is a numpy array: compared with the legacy magic
+    # number element-wise, "truth value of an array is ambiguous" (ValueError)
+    (4242, 1800, "pickle-p2", "m_pickle", "e_discover", "repeat#43:BINPUT"),
+    (4242, 11608, "pickle-p2", "m_duplicate", "e_discover", "duplicate@375-16to346"),
 ]
 
 
