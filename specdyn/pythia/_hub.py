@@ -787,7 +787,7 @@ class Hub:
         slow = f" or slower than {limits.min_rate:g} B/s" if limits.min_rate else ""
         err = HubError(
             f"{self.repo}: cannot {guard.what}: {self._endpoint()} gave no answer within "
-            f"{limits.timeout:g} s{slow} (tried {1 + max(retries, 0)} times); check the network "
+            f"{limits.timeout:g} s{slow} (tried {_times(1 + max(retries, 0))}); check the network "
             f"and HF_ENDPOINT, raise {_TIMEOUT_ENV} or {_RETRIES_ENV}, or run with "
             "HF_HUB_OFFLINE=1 to use only what is cached"
         )
@@ -914,3 +914,8 @@ def free_bytes(folder: Path) -> int:
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     return shutil.disk_usage(folder).free
+
+
+def _times(n: int) -> str:
+    """ "once", "2 times", ... for messages."""
+    return "once" if n == 1 else f"{n} times"

@@ -68,8 +68,10 @@ def replace_with(
             build(temp, plan, old, trusted)
     except (OSError, RuntimeError) as exc:
         raise StoreError(
-            f"cannot write the store {path} ({layout.write_reason(exc)}); check free disk space "
-            f"and permissions, or use another {layout.HOME}",
+            f"cannot write the store {path} ({layout.write_reason(exc)}); "
+            + ("it is unchanged" if path.exists() else "nothing was written")
+            + ": free disk space (or raise the file size limit, or make the folder writable) "
+            f"and run the same command again, or use another {layout.HOME}",
             file=path,
         ) from None
 

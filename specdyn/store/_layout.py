@@ -198,8 +198,9 @@ def write_reason(exc: BaseException) -> str:
     if marker in text:
         start = text.index(marker) + len(marker)
         end = text.find("'", start)
-        if end > start:
-            return text[start:end]
+        if end > start:  # HDF5 writes strerror in lower case: one spelling for both
+            reason = text[start:end]
+            return reason[:1].upper() + reason[1:]
     errno_ = getattr(exc, "errno", None)
     if isinstance(errno_, int) and errno_ > 0:
         return os.strerror(errno_)

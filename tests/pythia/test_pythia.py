@@ -169,12 +169,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
-def hub():
-    with FakeHub() as h:
-        yield h
-
-
-@pytest.fixture
 def env(monkeypatch, hub, tmp_path):
     return hub_env(monkeypatch, hub, tmp_path / "hf")
 
