@@ -956,6 +956,7 @@ def e_target(scene: Scene) -> None:
     from specdyn.sources import discover, open_checkpoint
 
     def found() -> None:
+        """Discover the file alone and read what it gives."""
         for run in discover(scene.target).runs:
             _each([lambda c=ckpt: _read_all(c) for ckpt in run.checkpoints])
 
@@ -1081,6 +1082,7 @@ class Case:
     kinds: tuple[str, ...] = KINDS
 
     def describe(self) -> str:
+        """What the case is: seed, index, input kind, mutator, entry point and mutation."""
         beside = f" beside={self.neighbour}" if self.neighbour else ""
         return (
             f"seed={self.seed} index={self.index} kind={self.kind} mutator={self.mutator} "
@@ -1088,6 +1090,7 @@ class Case:
         )
 
     def reproduce(self) -> str:
+        """The command that runs this case alone."""
         only = "" if self.kinds == KINDS else f" --kinds {','.join(self.kinds)}"
         return f"python tests/sources/fuzz_harness.py one --seed {self.seed} --index {self.index}{only}"
 
@@ -1168,6 +1171,7 @@ def loop(
     out = sys.stdout
 
     def write_progress(done: bool) -> None:
+        """Rewrite the progress file (atomically) with the counts so far."""
         if progress is None:
             return
         doc = {"seed": seed_, "start": start, "next": i, "cases": sum(counts.values()),
@@ -1292,6 +1296,7 @@ def run_loop(
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line: ``one`` (a case, printed) or ``loop`` (cases in this process)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     one = sub.add_parser("one", help="run one case and print its outcome")

@@ -28,7 +28,7 @@ from specdyn.errors import CheckpointError, SpecdynError
 from specdyn.sources import open_checkpoint
 
 BRIEF_SEED = 20261203
-BRIEF_CASES = 600  # ~15 s on an idle 2-core machine
+BRIEF_CASES = 450  # ~11 s on an idle 2-core machine, ~20 s under load
 
 
 def _report(report: fh.LoopReport) -> str:
