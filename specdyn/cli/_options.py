@@ -18,6 +18,10 @@ HomeOption = Annotated[
         show_default=False,
     ),
 ]
+RunArgument = Annotated[
+    str | None,
+    typer.Argument(help="Run name in the workspace, or a store path (default: the only run)."),
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 QuietOption = Annotated[
     bool, typer.Option("--quiet", "-q", help="No progress bar or tables; errors and warnings only.")

@@ -7,15 +7,12 @@ from typing import Annotated
 import typer
 
 from ..store import open_run
-from ._options import HomeOption, JsonOption
+from ._options import HomeOption, JsonOption, RunArgument
 from ._output import Output
 
 
 def info_command(
-    run: Annotated[
-        str | None,
-        typer.Argument(help="Run name in the workspace, or a store path (default: the only run)."),
-    ] = None,
+    run: RunArgument = None,
     home: HomeOption = None,
     json_out: JsonOption = False,
     matrices: Annotated[bool, typer.Option("--matrices", help="Also list every matrix.")] = False,

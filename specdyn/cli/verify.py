@@ -7,15 +7,12 @@ from typing import Annotated
 import typer
 
 from ..store import verify
-from ._options import HomeOption, JsonOption
+from ._options import HomeOption, JsonOption, RunArgument
 from ._output import Output
 
 
 def verify_command(
-    run: Annotated[
-        str | None,
-        typer.Argument(help="Run name in the workspace, or a store path (default: the only run)."),
-    ] = None,
+    run: RunArgument = None,
     home: HomeOption = None,
     json_out: JsonOption = False,
     repair: Annotated[
@@ -29,8 +26,7 @@ def verify_command(
 ) -> int:
     """Check a store against its checksums: name every damaged step and section.
 
-    Exit 0 when the store is intact (or its damage was dropped with --repair), 1 when
-    damage is found or the store has no checksums (written before schema 3).
+    Exit 0: intact (or repaired). Exit 1: damaged, or no checksums (schema 2 or older).
     """
     out = Output(json_mode=json_out)
     report = verify(run, home=home, repair=repair)
