@@ -11,13 +11,21 @@ from __future__ import annotations
 import fnmatch
 import os
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 from ..engine import SpectrumEngine
 from ..errors import SpecdynError, option_ref
 from ..sources import Discovery, RunSource, discover, read_training_log
 from ..store import CheckpointProblem, resolve_home, store_path_for
-from ._records import AnalyzeResult, ComputeOptions, MatrixSelection, Progress
+from ._distributed import (
+    DaskSteps,
+    check_max_inflight,
+    connect,
+    parse_scheduler,
+    require_distributed,
+)
+from ._records import AnalyzeResult, ComputeOptions, MatrixSelection, Progress, RunAnalysis
 from ._run import analyze_stream
 from ._stepstream import LocalSteps
 from ._vector_step import VectorOptions
@@ -44,6 +52,8 @@ def analyze(
     overwrite: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
     metrics_file: str | Path | None = None,
+    scheduler: str | None = None,
+    max_inflight: int | None = None,
 ) -> AnalyzeResult:
     """Analyse every checkpoint under `path` and write (or extend) each run's store.
 
@@ -71,6 +81,15 @@ def analyze(
             numbers inside checkpoint dicts, a Trainer's ``trainer_state.json``,
             Lightning's ``metrics.csv``, ``metrics.jsonl`` / ``log.csv`` files
             (``specdyn.sources.read_training_log``).
+        scheduler: compute the steps on a Dask cluster (docs/distributed.md), one task
+            per checkpoint, the store written here as tasks complete (the same store
+            as without it): ``"local:N"`` (a LocalCluster of N worker processes with
+            one thread each, made and closed here), ``"tcp://HOST:PORT"`` (a running
+            scheduler) or the path of a scheduler JSON file (dask-jobqueue,
+            dask-mpi). The workers must read the checkpoints at the same paths.
+            Needs the extra ``specdyn[dist]``. None: here, one step after the other.
+        max_inflight: with `scheduler`, the most tasks submitted and not yet written
+            (default: two per worker), which bounds the results held in memory here.
 
     Returns:
         AnalyzeResult with, per run, the store path, steps computed now and
@@ -86,12 +105,18 @@ def analyze(
         SpecdynError subclasses with one-line messages (no checkpoints, unsafe
         or corrupt files that leave nothing to analyse, a shape that changes
         between steps, a store from another run or made with other options, a
-        store locked by another writer).
+        store locked by another writer, a bad `scheduler`, `distributed` not
+        installed, workers that cannot run this specdyn version).
     """
     matrices = matrices or MatrixSelection()
     compute = compute or ComputeOptions()
     if vectors is not None:
         vectors.validate()
+    spec = None
+    if scheduler is not None:  # checked before anything is read or started
+        spec = parse_scheduler(scheduler)
+        check_max_inflight(max_inflight)
+        require_distributed()
     discovery = discover(path)
     sources = _chosen_runs(discovery, run, path)
     if metrics_file is not None and len(sources) > 1:
@@ -110,31 +135,71 @@ def analyze(
         exact=compute.exact,
         max_memory=compute.max_memory,
     )
-    results = []
-    for source in sources:
-        if len(discovery.runs) > 1:
-            store_name = f"{name}-{source.name}" if name else source.name
-        else:
-            store_name = name or source.name
-        training, training_notes = read_training_log(source, metrics_file)
-        results.append(
-            analyze_stream(
-                LocalSteps(source),
-                store_path_for(store_name, resolve_home(home)),
-                run_name=store_name,
+    with ExitStack() as stack:
+        dispatcher = None
+        if spec is not None:
+            client = stack.enter_context(connect(spec))
+            dispatcher = DaskSteps(client, compute, max_inflight=max_inflight)
+        results = [
+            _analyze_run(
+                source,
+                discovery,
+                engine,
+                dispatcher,
+                home=home,
+                name=name,
                 steps=steps,
                 matrices=matrices,
                 compute=compute,
                 vectors=vectors,
-                engine=engine,
                 overwrite=overwrite,
                 on_progress=on_progress,
-                training=training,
-                problems=_problems_of(source, discovery),
+                metrics_file=metrics_file,
             )
-        )
-        results[-1].notes[:0] = training_notes
+            for source in sources
+        ]
     return AnalyzeResult(runs=results, notes=list(discovery.notes))
+
+
+def _analyze_run(
+    source: RunSource,
+    discovery: Discovery,
+    engine: SpectrumEngine,
+    dispatcher: DaskSteps | None,
+    *,
+    home: str | Path | None,
+    name: str | None,
+    steps: str | None,
+    matrices: MatrixSelection,
+    compute: ComputeOptions,
+    vectors: VectorOptions | None,
+    overwrite: bool,
+    on_progress: Callable[[Progress], None] | None,
+    metrics_file: str | Path | None,
+) -> RunAnalysis:
+    """One discovered run into its store."""
+    if len(discovery.runs) > 1:
+        store_name = f"{name}-{source.name}" if name else source.name
+    else:
+        store_name = name or source.name
+    training, training_notes = read_training_log(source, metrics_file)
+    result = analyze_stream(
+        LocalSteps(source),
+        store_path_for(store_name, resolve_home(home)),
+        run_name=store_name,
+        steps=steps,
+        matrices=matrices,
+        compute=compute,
+        vectors=vectors,
+        engine=engine,
+        overwrite=overwrite,
+        on_progress=on_progress,
+        training=training,
+        problems=_problems_of(source, discovery),
+        dispatcher=dispatcher,
+    )
+    result.notes[:0] = training_notes
+    return result
 
 
 def _chosen_runs(discovery: Discovery, pattern: str | None, path: str | Path) -> list[RunSource]:

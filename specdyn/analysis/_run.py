@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ from ..errors import (
 )
 from ..matrices import MatrixGroup, plan_checkpoint, read_matrices, views_by_parameter
 from ..metrics import spectral_metrics
-from ..pairs import Operand, PairPlan, plan_pairs
+from ..pairs import Operand, Pair, PairPlan, plan_pairs
 from ..sources import Checkpoint, TensorReader
 from ..steps import select_steps
 from ..store import (
@@ -61,7 +62,19 @@ from ._vector_step import (
     whole_matrix_sides,
 )
 
-__all__ = ["analyze_stream", "settled_vectors"]
+__all__ = [
+    "STEP_FAILURES",
+    "StepDispatcher",
+    "StepPlan",
+    "StepResult",
+    "analyze_stream",
+    "compute_step",
+    "settled_vectors",
+]
+
+# What a step's checkpoint raises when it cannot be analysed (the step fails, not the run,
+# for a stream with tolerate_failures).
+STEP_FAILURES = (CheckpointError, ViewError, ShapeChangedError)
 
 # Matrices are sent to the engine in groups of at most this many bytes (as
 # stored), so that same-shape matrices batch while memory holds one group.
@@ -86,6 +99,7 @@ def analyze_stream(
     flags: dict[int, str] | None = None,
     training: TrainingLog | None = None,
     problems: Sequence[CheckpointProblem] | None = None,
+    dispatcher: StepDispatcher | None = None,
 ) -> RunAnalysis:
     """Analyse the steps of one run, as `source` provides them, into the store at `store_path`.
 
@@ -120,6 +134,9 @@ def analyze_stream(
         problems: the run's checkpoints that were found but cannot be analysed, kept in
             the store (``/problems``) so that it is not listed as complete; None keeps
             what the store has (a stream that does not discover checkpoints).
+        dispatcher: where the steps are computed (`specdyn.analyze`'s ``scheduler``: one
+            Dask task per step, docs/distributed.md); None: here, one after the other.
+            This process stays the store's only writer either way.
 
     Returns:
         `RunAnalysis`: steps computed now and before, matrices, skips, methods used,
@@ -154,7 +171,51 @@ def analyze_stream(
     )
     problems = None if problems is None else list(problems)
     run.problems = problems
+    run.dispatcher = dispatcher
     return run.run(steps, overwrite=overwrite, flags=flags or {}, training=training)
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What computing any step of a run needs, the same for every step; picklable (it is
+    shipped once to every worker of a cluster).
+
+    views: the planned matrix views; infos: raw key → TensorInfo of the checkpoint the
+    views were planned from; k: top singular vectors per matrix (0 for values only);
+    sliced: matrix name → the pair operands that need slices of it decomposed; layout:
+    the store's vector layout (None for values only); pairs: the pairs whose alignment is
+    measured; ranks: matrix name → R = min(shape); pair_sides: matrix name → the sides of
+    the whole matrix that pairs compare.
+    """
+
+    views: tuple[MatrixView, ...]
+    infos: dict
+    k: int
+    sliced: dict[str, list[Operand]]
+    layout: VectorLayout | None
+    pairs: tuple[Pair, ...]
+    ranks: dict[str, int]
+    pair_sides: dict[str, set[str]]
+
+
+@dataclass
+class StepResult:
+    """One step's results, ready for `StoreWriter.write_step` (computed without the store).
+
+    spectra: name → (σ float64 [R], method), None when the step's values are not wanted;
+    metrics: name → metric → value (with spectra); notes: the step's warnings (with
+    spectra); sha256: the checkpoint's content hash when it was computed now; vectors:
+    the alignment / agreement / kept vectors wanted (None: no vector section); tops:
+    name → full TopK (only on the reference pass, else {}).
+    """
+
+    step: int
+    spectra: dict[str, tuple[np.ndarray, str]] | None
+    metrics: dict[str, dict[str, float]] | None
+    notes: list[Note]
+    sha256: str | None
+    vectors: StepVectors | None
+    tops: dict[str, TopK]
 
 
 @dataclass
@@ -168,6 +229,15 @@ class _Decomposed:
     notes: list[Note]
 
 
+class StepDispatcher(Protocol):
+    """Runs a run's pending steps elsewhere (a Dask cluster, `specdyn.analysis._distributed`)
+    instead of the local loop; the run stays the only store writer."""
+
+    def analyse(self, run: _AnalysisRun, work: list[int]) -> None:
+        """Compute every step of `work` (the reference first when `run.reference_first`)
+        and hand each result to `run.write_result`."""
+
+
 class _AnalysisRun:
     """One run's analysis, in named steps that `run` takes in order.
 
@@ -177,8 +247,8 @@ class _AnalysisRun:
       (the agreement's reference step; None without vectors).
     - `_plan_views`: plan_step (the checkpoint the views are planned from), plan (its
       `ViewPlan`), infos (raw key → TensorInfo of that checkpoint) and config.
-    - `_plan_pairs`: pair_plan, layout (the store's `VectorLayout`), and what the
-      per-step work needs from them: sliced, pair_sides, ranks.
+    - `_plan_pairs`: pair_plan, layout (the store's `VectorLayout`), and step_plan (the
+      `StepPlan` every step's work needs).
     - `_open_store`: step_records, unhashed (steps whose sha256 is computed while they
       are analysed), store_options.
     - `_take_store_state`: writer, sections (step → the sections still to compute) and
@@ -219,6 +289,8 @@ class _AnalysisRun:
         self.problems: list[CheckpointProblem] | None = None
         self.reference_tops: dict[str, TopK] | None = None
         self.hasher: ThreadPoolExecutor | None = None  # set while steps are analysed
+        self.dispatcher: StepDispatcher | None = None  # set: the steps run elsewhere
+        self.device: str | None = None  # where the steps ran, when not on `engine`
 
     def run(
         self,
@@ -236,19 +308,26 @@ class _AnalysisRun:
         with self._open_store(overwrite, training) as writer:
             self._take_store_state(writer, flags)
             work = self._order_steps()
-            # A checkpoint is hashed in a second thread while its SVDs run (hashlib and
-            # file reads release the GIL; both threads read the same pages once).
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="specdyn-hash") as hasher:
-                self.hasher = hasher
-                if self.reference_first:
-                    self._analyse_reference(len(work))
-                    work = [s for s in work if s != self.reference]
-                for index, step in enumerate(work):
-                    self._visit(step, index, len(work), "analysing", self.sections[step])
-            self.hasher = None
+            if self.dispatcher is not None:
+                self.dispatcher.analyse(self, work)
+            else:
+                self._analyse_here(work)
         self.notes.extend(self.engine.notes)
         self.engine.notes.clear()
         return self._record(time.perf_counter() - started)
+
+    def _analyse_here(self, work: list[int]) -> None:
+        """Analyse the steps with work left in this process, one after the other."""
+        # A checkpoint is hashed in a second thread while its SVDs run (hashlib and
+        # file reads release the GIL; both threads read the same pages once).
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="specdyn-hash") as hasher:
+            self.hasher = hasher
+            if self.reference_first:
+                self._analyse_reference(len(work))
+                work = [s for s in work if s != self.reference]
+            for index, step in enumerate(work):
+                self._visit(step, index, len(work), "analysing", self.sections[step])
+        self.hasher = None
 
     # ------------------------------------------------------------------ planning
 
@@ -337,9 +416,16 @@ class _AnalysisRun:
             )
             self.notes.extend(Note("pairs", n) for n in self.pair_plan.notes)
         pairs = self.pair_plan.pairs if self.pair_plan is not None else []
-        self.sliced: dict[str, list[Operand]] = sliced_operands(pairs)
-        self.pair_sides = whole_matrix_sides(pairs)
-        self.ranks = {m.name: int(min(m.shape)) for m in self.plan.matrices}
+        self.step_plan = StepPlan(
+            views=tuple(self.plan.matrices),
+            infos=self.infos,
+            k=self.k,
+            sliced=sliced_operands(pairs),
+            layout=self.layout,
+            pairs=tuple(pairs),
+            ranks={m.name: int(min(m.shape)) for m in self.plan.matrices},
+            pair_sides=whole_matrix_sides(pairs),
+        )
 
     # ------------------------------------------------------------------ the store
 
@@ -459,10 +545,33 @@ class _AnalysisRun:
 
     def _analyse_reference(self, n_steps: int) -> None:
         """Analyse the reference first: only its top-k vectors are held while the rest
-        streams; warn about matrices whose agreement is undefined."""
+        streams."""
+        self.take_reference(self.visit_reference(n_steps))
+
+    def visit_reference(self, n_steps: int) -> dict[str, TopK] | None:
+        """The reference pass in this process (its results written): its full top-k
+        vectors, None when it failed."""
+        return self._visit(self.reference, 0, n_steps, "reference", self.reference_wanted())
+
+    def on_done(self, step: int, index: int, n_steps: int, phase: str) -> None:
+        """The progress event of a step computed elsewhere, once its results are written."""
+        if self.on_progress is not None:
+            n = len(self.step_plan.views)
+            self.on_progress(
+                Progress(
+                    self.run_name, step, index, n_steps, n, n, phase, store=str(self.store_path)
+                )
+            )
+
+    def reference_wanted(self) -> set[str]:
+        """The sections computed on the reference pass: its own pending ones and "tops"."""
+        return set(self.sections.get(self.reference, set())) | {"tops"}
+
+    def take_reference(self, tops: dict[str, TopK] | None) -> None:
+        """Keep the reference's top-k vectors (None: it failed, an error); warn about
+        matrices whose agreement is undefined."""
         reference, unit = self.reference, self.source.step_unit
-        wanted = set(self.sections.get(reference, set())) | {"tops"}
-        self.reference_tops = self._visit(reference, 0, n_steps, "reference", wanted)
+        self.reference_tops = tops
         if self.reference_tops is None:
             raise SpecdynError(
                 f"the agreement's reference ({unit} {reference}) could "
@@ -490,141 +599,79 @@ class _AnalysisRun:
         try:
             ckpt = source.acquire(step)
             return self._analyse_step(ckpt, index, n_steps, phase, wanted)
-        except (CheckpointError, ViewError, ShapeChangedError) as exc:
-            if not source.tolerate_failures:
-                raise
-            self.writer.flag_step(step, f"failed: {str(exc)[:230]}")
-            self.failed.append(step)
-            self.notes.append(Note("failed", f"{source.step_unit} {step}: {exc}; skipped"))
+        except STEP_FAILURES as exc:
+            self.step_failed(step, exc)
             return None
         finally:
             source.release(step)
+
+    def step_failed(self, step: int, exc: SpecdynError) -> None:
+        """A step whose checkpoint cannot be analysed: the error for a local folder; for a
+        remote stream, flagged "failed" in the store and skipped with a note."""
+        source = self.source
+        if not source.tolerate_failures:
+            raise exc
+        self.writer.flag_step(step, f"failed: {str(exc)[:230]}")
+        self.failed.append(step)
+        self.notes.append(Note("failed", f"{source.step_unit} {step}: {exc}; skipped"))
 
     def _analyse_step(
         self, ckpt: Checkpoint, index: int, n_steps: int, phase: str, wanted: set[str]
     ) -> dict[str, TopK]:
         """Analyse one checkpoint and write what `wanted` asks; its full top-k vectors
         when `wanted` holds "tops" (the reference pass), else {}."""
-        hashing = None
-        if ckpt.step in self.unhashed and "values" in wanted:
-            hashing = self.hasher.submit(ckpt.fingerprint)
-        tops = StepTops(wanted, self.layout, self.reference_tops, self.ranks, self.pair_sides)
-        result = self._decompose(
-            ckpt,
-            index,
-            n_steps,
-            phase,
-            k=self.k if wanted - {"values"} else 0,  # "tops": the reference's vectors only
-            sliced=self.sliced if "alignment" in wanted else {},
-            take=tops.take,
-        )
-        self._write_step(ckpt, wanted, result, tops, hashing)
-        return tops.full
 
-    def _write_step(
-        self,
-        ckpt: Checkpoint,
-        wanted: set[str],
-        result: _Decomposed,
-        tops: StepTops,
-        hashing: Future | None,
-    ) -> None:
-        """Write one analysed step's wanted sections (values, metrics, vectors) to the store."""
-        spectra = result.spectra if "values" in wanted else None
-        metrics = None
-        if spectra is not None:
-            metrics = {}
-            for matrix, (sigma, method) in spectra.items():
-                self.methods[method] += 1
-                metrics[matrix] = {k: float(v) for k, v in spectral_metrics(sigma).items()}
-        step_vec = None
-        if wanted & {"alignment", "agreement", "vectors"} and self.layout is not None:
-            alignment = None
-            if "alignment" in wanted and self.pair_plan is not None:
-                alignment = pair_alignments(
-                    self.pair_plan.pairs, self.layout, tops.held, result.slices or {}
+        def on_group(done: int, n_views: int) -> None:
+            if self.on_progress is not None:
+                self.on_progress(
+                    Progress(
+                        self.run_name,
+                        ckpt.step,
+                        index,
+                        n_steps,
+                        done,
+                        n_views,
+                        phase,
+                        store=str(self.store_path),
+                    )  # fmt: skip
                 )
-            step_vec = StepVectors(
-                alignment=alignment,
-                agreement=tops.agreement if "agreement" in wanted else None,
-                vectors=tops.kept if "vectors" in wanted else None,
-            )
-        if spectra is not None or step_vec is not None:
+
+        result = compute_step(
+            ckpt,
+            self.step_plan,
+            wanted,
+            self.engine,
+            self.reference_tops,
+            hash_source=self.needs_hash(ckpt.step, wanted),
+            hasher=self.hasher,
+            on_group=on_group,
+        )
+        self.write_result(result)
+        return result.tops
+
+    def needs_hash(self, step: int, wanted: set[str]) -> bool:
+        """Whether the checkpoint is hashed while `wanted` is computed (no sha256 yet)."""
+        return step in self.unhashed and "values" in wanted
+
+    def write_result(self, result: StepResult) -> None:
+        """Write one computed step's sections to the store and record what was done."""
+        if result.spectra is not None:
+            for _sigma, method in result.spectra.values():
+                self.methods[method] += 1
+        if result.spectra is not None or result.vectors is not None:
             self.writer.write_step(
-                ckpt.step,
-                spectra,
-                metrics,
-                notes=[n.message for n in result.notes] if spectra is not None else (),
-                sha256=hashing.result().sha256 if hashing is not None else None,
-                vectors=step_vec,
+                result.step,
+                result.spectra,
+                result.metrics,
+                notes=[n.message for n in result.notes],
+                sha256=result.sha256,
+                vectors=result.vectors,
             )
-        if spectra is not None:
+        if result.spectra is not None:
             self.notes.extend(result.notes)
-            self.computed.append(ckpt.step)
-        if step_vec is not None:
-            self.with_vectors.append(ckpt.step)
-
-    def _decompose(
-        self,
-        ckpt: Checkpoint,
-        step_index: int,
-        n_steps: int,
-        phase: str,
-        *,
-        k: int,
-        sliced: dict[str, list[Operand]],
-        take: Callable[[str, TopK], None],
-    ) -> _Decomposed:
-        """Singular values of one checkpoint, reading one group of tensors at a time; with
-        k ≥ 1 the top-k vectors of every matrix (handed to `take(name, top)` as they are
-        computed) and of every pair-operand slice in `sliced` (returned)."""
-        views = self.plan.matrices
-        out = _Decomposed(spectra={}, slices={} if k else None, notes=[])
-        with ckpt.open() as reader:
-            _check_same_parameters(ckpt, reader, views, self.infos, out.notes)
-            for group in read_matrices(reader, views, group_bytes=_GROUP_BYTES):
-                self._decompose_group(group, ckpt, out, k=k, sliced=sliced, take=take)
-                if self.on_progress is not None:
-                    done = len(out.spectra)  # matrices of this step decomposed so far
-                    self.on_progress(
-                        Progress(
-                            self.run_name,
-                            ckpt.step,
-                            step_index,
-                            n_steps,
-                            done,
-                            len(views),
-                            phase,
-                            store=str(self.store_path),
-                        )  # fmt: skip
-                    )
-        return out
-
-    def _decompose_group(
-        self,
-        group: MatrixGroup,
-        ckpt: Checkpoint,
-        out: _Decomposed,
-        *,
-        k: int,
-        sliced: dict[str, list[Operand]],
-        take: Callable[[str, TopK], None],
-    ) -> None:
-        """Send one group of matrices to the engine (one batch) and add what it gives to `out`."""
-        engine = self.engine
-        if k:
-            results = [(t.sigma, t.method, t) for t in engine.top_vectors(group.matrices, k)]
-        else:
-            results = [(r.sigma, r.method, None) for r in engine.singular_values(group.matrices)]
-        for (view, matrix), (sigma, method, top) in zip(group, results, strict=True):
-            out.spectra[view.name] = (sigma, method)
-            if top is not None and out.slices is not None:
-                take(view.name, top)
-                for op in sliced.get(view.name, []):
-                    out.slices[operand_key(op)] = engine.top_vectors(op.apply(matrix), k)
-            note = _degenerate_note(view, method, ckpt)
-            if note is not None:
-                out.notes.append(note)
+            self.computed.append(result.step)
+        if result.vectors is not None:
+            self.with_vectors.append(result.step)
 
     def _record(self, seconds: float) -> RunAnalysis:
         """What was done, for the caller."""
@@ -641,7 +688,7 @@ class _AnalysisRun:
             skipped=_skip_counts(plan),
             aliases=dict(plan.aliases),
             methods=dict(self.methods),
-            device=self.engine.device_name,
+            device=self.device or self.engine.device_name,
             seconds=seconds,
             notes=self.notes,
             k=None if layout is None else layout.k,
@@ -652,6 +699,149 @@ class _AnalysisRun:
             steps_failed=sorted(self.failed),
             problems=list(self.problems or []),
         )
+
+
+def compute_step(
+    ckpt: Checkpoint,
+    plan: StepPlan,
+    wanted: set[str],
+    engine: SpectrumEngine,
+    reference_tops: dict[str, TopK] | None,
+    *,
+    hash_source: bool = False,
+    hasher: ThreadPoolExecutor | None = None,
+    on_group: Callable[[int, int], None] | None = None,
+) -> StepResult:
+    """One checkpoint's results for the sections in `wanted`, without touching the store
+    (the local loop writes them at once; a cluster worker returns them to the client).
+
+    Args:
+        ckpt: the checkpoint (local files).
+        plan: the run's `StepPlan`.
+        wanted: the sections to compute: "values", "alignment", "agreement", "vectors",
+            and "tops" on the reference pass (the full top-k vectors are returned).
+        engine: the SVD engine.
+        reference_tops: the reference step's vectors, name → TopK (None on the
+            reference pass: each matrix is then its own reference).
+        hash_source: also compute the checkpoint's sha256 (in a second thread).
+        hasher: the thread to hash in (default: one made for this step).
+        on_group: called with (matrices done, matrices) after every group of matrices.
+
+    Returns:
+        `StepResult`.
+
+    Raises:
+        CheckpointError, ViewError, ShapeChangedError: the checkpoint cannot be analysed.
+    """
+    hashing: Future | None = None
+    own = None
+    if hash_source:
+        if hasher is None:
+            hasher = own = ThreadPoolExecutor(max_workers=1, thread_name_prefix="specdyn-hash")
+        hashing = hasher.submit(ckpt.fingerprint)
+    try:
+        tops = StepTops(wanted, plan.layout, reference_tops, plan.ranks, plan.pair_sides)
+        result = _decompose(
+            ckpt,
+            plan,
+            engine,
+            k=plan.k if wanted - {"values"} else 0,  # "tops": the reference's vectors only
+            sliced=plan.sliced if "alignment" in wanted else {},
+            take=tops.take,
+            on_group=on_group,
+        )
+        sha256 = hashing.result().sha256 if hashing is not None else None
+    finally:
+        if own is not None:
+            own.shutdown(wait=False)
+    return _step_result(ckpt.step, plan, wanted, result, tops, sha256)
+
+
+def _step_result(
+    step: int,
+    plan: StepPlan,
+    wanted: set[str],
+    result: _Decomposed,
+    tops: StepTops,
+    sha256: str | None,
+) -> StepResult:
+    """The wanted sections (values, metrics, vectors) of one decomposed step."""
+    spectra = result.spectra if "values" in wanted else None
+    metrics = None
+    if spectra is not None:
+        metrics = {
+            matrix: {k: float(v) for k, v in spectral_metrics(sigma).items()}
+            for matrix, (sigma, _method) in spectra.items()
+        }
+    step_vec = None
+    if wanted & {"alignment", "agreement", "vectors"} and plan.layout is not None:
+        alignment = None
+        if "alignment" in wanted:
+            alignment = pair_alignments(plan.pairs, plan.layout, tops.held, result.slices or {})
+        step_vec = StepVectors(
+            alignment=alignment,
+            agreement=tops.agreement if "agreement" in wanted else None,
+            vectors=tops.kept if "vectors" in wanted else None,
+        )
+    return StepResult(
+        step=int(step),
+        spectra=spectra,
+        metrics=metrics,
+        notes=result.notes if spectra is not None else [],
+        sha256=sha256,
+        vectors=step_vec,
+        tops=tops.full,
+    )
+
+
+def _decompose(
+    ckpt: Checkpoint,
+    plan: StepPlan,
+    engine: SpectrumEngine,
+    *,
+    k: int,
+    sliced: dict[str, list[Operand]],
+    take: Callable[[str, TopK], None],
+    on_group: Callable[[int, int], None] | None,
+) -> _Decomposed:
+    """Singular values of one checkpoint, reading one group of tensors at a time; with
+    k ≥ 1 the top-k vectors of every matrix (handed to `take(name, top)` as they are
+    computed) and of every pair-operand slice in `sliced` (returned)."""
+    views = plan.views
+    out = _Decomposed(spectra={}, slices={} if k else None, notes=[])
+    with ckpt.open() as reader:
+        _check_same_parameters(ckpt, reader, views, plan.infos, out.notes)
+        for group in read_matrices(reader, views, group_bytes=_GROUP_BYTES):
+            _decompose_group(engine, group, ckpt, out, k=k, sliced=sliced, take=take)
+            if on_group is not None:
+                on_group(len(out.spectra), len(views))  # matrices of this step done so far
+    return out
+
+
+def _decompose_group(
+    engine: SpectrumEngine,
+    group: MatrixGroup,
+    ckpt: Checkpoint,
+    out: _Decomposed,
+    *,
+    k: int,
+    sliced: dict[str, list[Operand]],
+    take: Callable[[str, TopK], None],
+) -> None:
+    """Send one group of matrices to the engine (one batch) and add what it gives to `out`."""
+    if k:
+        results = [(t.sigma, t.method, t) for t in engine.top_vectors(group.matrices, k)]
+    else:
+        results = [(r.sigma, r.method, None) for r in engine.singular_values(group.matrices)]
+    for (view, matrix), (sigma, method, top) in zip(group, results, strict=True):
+        out.spectra[view.name] = (sigma, method)
+        if top is not None and out.slices is not None:
+            take(view.name, top)
+            for op in sliced.get(view.name, []):
+                out.slices[operand_key(op)] = engine.top_vectors(op.apply(matrix), k)
+        note = _degenerate_note(view, method, ckpt)
+        if note is not None:
+            out.notes.append(note)
 
 
 def settled_vectors(

@@ -95,6 +95,15 @@ def analyze_command(
             "(corrupt, unsafe, unreadable, no step); the others are still analysed.",
         ),
     ] = False,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            "--scheduler",
+            help="Compute the steps on a Dask cluster, one task per checkpoint (same store): "
+            "local:N (N worker processes), tcp://HOST:PORT (a running scheduler) or a "
+            "scheduler JSON file. Needs pip install 'specdyn[dist]'; docs/distributed.md.",
+        ),
+    ] = None,
     json_out: JsonOption = False,
     quiet: QuietOption = False,
 ) -> int:
@@ -120,6 +129,7 @@ def analyze_command(
             overwrite=overwrite,
             on_progress=on_progress,
             metrics_file=metrics,
+            scheduler=scheduler,
         )
     _render(result, out)
     if strict and result.incomplete:
