@@ -281,6 +281,8 @@ class _RandomAccessFile:
 
     def read_into(self, buf: memoryview, offset: int) -> int:
         """Fill `buf` from `offset`; returns the bytes read (fewer only at end of file)."""
+        if offset < 0 or offset >= self.size:  # an offset read from a corrupt header
+            return 0  # (past a C long it would raise OverflowError)
         done, total = 0, len(buf)
         while done < total:
             if hasattr(os, "preadv"):
@@ -296,7 +298,7 @@ class _RandomAccessFile:
 
     def read(self, n: int, offset: int) -> bytes:
         """Up to `n` bytes from `offset`."""
-        buf = bytearray(n)
+        buf = bytearray(max(0, min(n, self.size - offset)))  # never more than the file holds
         got = self.read_into(memoryview(buf), offset)
         return bytes(buf[:got])
 
@@ -1464,7 +1466,11 @@ def _shard_path(index: Path, folder: Path, name: str) -> Path:
         raise refuse("not a file name")
     target = folder.joinpath(*parts)
     steps = [folder.joinpath(*parts[: i + 1]) for i in range(len(parts))]
-    if not any(step.is_symlink() for step in steps):
+    try:
+        linked = any(step.is_symlink() for step in steps)
+    except OSError as exc:  # a name too long for the file system
+        raise refuse(f"not a usable file name ({exc.strerror or exc})") from None
+    if not linked:
         return target  # lexically inside, and no link can lead anywhere else
     resolved = resolve_or_none(target)
     if resolved is None:

@@ -106,6 +106,10 @@ REGRESSIONS = [
     # number element-wise, "truth value of an array is ambiguous" (ValueError)
     (4242, 1800, "pickle-p2", "m_pickle", "e_discover", "repeat#43:BINPUT"),
     (4242, 11608, "pickle-p2", "m_duplicate", "e_discover", "duplicate@375-16to346"),
+    # a zip local-header offset past a C long: OverflowError from os.preadv
+    (4243, 61468, "torch-nested", "m_interesting+m_flip", "e_discover", "interesting@2611="),
+    # a 300-character shard name: OSError (ENAMETOOLONG) from Path.is_symlink
+    (4243, 61661, "st-index", "m_json_tree", "e_analyze", "'fc1.bias']='aaaaaaaa"),
 ]
 
 
