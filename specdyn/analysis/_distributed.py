@@ -130,6 +130,8 @@ def connect(spec: SchedulerSpec, *, wait_s: float = WORKER_WAIT_S) -> Iterator[A
                     threads_per_worker=1,
                     processes=True,
                     dashboard_address=None,
+                    # no dashboard; its HTTP server (health, metrics) on a free port, not 8787
+                    scheduler_kwargs={"dashboard_address": ":0"},
                     silence_logs=logging.CRITICAL,
                 )
             )

@@ -1,0 +1,267 @@
+"""`analyze(scheduler=...)` / `--scheduler`: one Dask task per checkpoint gives the store the
+local run gives, dataset by dataset, bit for bit (issue 16, first slice).
+
+One LocalCluster (2 worker processes × 1 thread) serves the module; the tests reach it by
+its address or a scheduler file, as a user reaches a running cluster. The CLI test starts
+its own `local:2` cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import specdyn
+from specdyn.analysis import _distributed
+from specdyn.cli import main
+from specdyn.errors import ShapeChangedError, SpecdynError
+
+distributed = pytest.importorskip("distributed")
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
+# what differs between two correct runs: who ran them and when (each store is verified)
+VOLATILE = ("/provenance", "/steps/invocation", "/checksums")
+SHAPES = [(40, 24), (40, 40), (40, 40), (12, 40)]  # an MLP chain: three pairs
+
+
+@pytest.fixture(scope="module")
+def client():
+    """A 2-process LocalCluster and a client of it; specdyn imported on the workers once."""
+    with (
+        distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": ":0"},
+            silence_logs=logging.CRITICAL,
+        ) as cluster,
+        distributed.Client(cluster) as c,
+    ):
+        c.run(lambda: __import__("specdyn.analysis"))
+        yield c
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Path:
+    """A 12-step run of a 4-layer MLP saved with torch.save (the weights drift per step)."""
+    folder = tmp_path_factory.mktemp("synthetic") / "mlp12"
+    _save_run(folder, range(0, 1200, 100))
+    return folder
+
+
+def _save_run(folder: Path, steps, shapes=SHAPES, seed: int = 0) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    base = [torch.randn(shape, generator=g) for shape in shapes]
+    for step in steps:
+        state = {
+            f"layers.{i}.weight": w + 0.05 * (step / 100) * torch.randn(w.shape, generator=g)
+            for i, w in enumerate(base)
+        }
+        torch.save({"model_state_dict": state, "step": step}, folder / f"step_{step:06d}.pt")
+
+
+def _contents(path: str | Path) -> dict[str, bytes]:
+    """Every dataset (raw bytes) and attribute of a store, minus what records the run."""
+    out: dict[str, bytes] = {}
+    with h5py.File(path, "r") as f:
+
+        def visit(name: str, obj) -> None:
+            full = "/" + name
+            if full.startswith(VOLATILE):
+                return
+            if isinstance(obj, h5py.Dataset):
+                data = np.asarray(obj[()])
+                out[full] = (
+                    repr(data.tolist()).encode() if data.dtype.kind == "O" else data.tobytes()
+                )
+            for key, value in obj.attrs.items():
+                out[f"{full}@{key}"] = repr(value).encode()
+
+        f.visititems(visit)
+        for key, value in f.attrs.items():
+            if key != "created":
+                out[f"/@{key}"] = repr(value).encode()
+    return out
+
+
+def _assert_same_store(distributed_store: str, local_store: str) -> None:
+    got, expected = _contents(distributed_store), _contents(local_store)
+    assert sorted(got) == sorted(expected)
+    assert [k for k in expected if got[k] != expected[k]] == []
+    assert specdyn.verify(distributed_store).ok
+    assert specdyn.verify(local_store).ok
+
+
+def _scheduler_file(client, folder: Path) -> str:
+    path = folder / "scheduler.json"
+    path.write_text(json.dumps({"address": client.scheduler.address}))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("fixture", "how"),
+    [("mlp-wd", "address"), ("cnn-lightning", "file"), ("synthetic", "address")],
+)
+def test_store_equals_the_local_run(fixture, how, client, synthetic, tmp_path):
+    path = synthetic if fixture == "synthetic" else FIXTURES / fixture
+    local = specdyn.analyze(path, home=tmp_path / "local").runs[0]
+    scheduler = client.scheduler.address if how == "address" else _scheduler_file(client, tmp_path)
+    events = []
+    result = specdyn.analyze(
+        path, home=tmp_path / "dist", scheduler=scheduler, on_progress=events.append
+    ).runs[0]
+    assert result.device.endswith("on 2 Dask workers")  # the steps ran on the cluster
+    assert result.pairs == local.pairs >= 3  # pairs, so alignment diagonals are compared
+    assert result.steps_computed == local.steps_computed
+    assert result.methods == local.methods
+    _assert_same_store(result.store_path, local.store_path)
+    # progress: the reference first, then one event per other step as it is written
+    assert events[0].phase == "reference" and events[0].step == local.reference
+    assert sorted(e.step for e in events[1:]) == sorted(
+        set(local.steps_computed) - {local.reference}
+    )
+
+
+def test_at_most_max_inflight_tasks_are_unwritten(client, synthetic, tmp_path, monkeypatch):
+    unwritten, most = [0], [0]
+    real_submit, real_take = _distributed.DaskSteps._submit, _distributed.DaskSteps._take
+
+    def submit(self, *args, **kwargs):
+        unwritten[0] += 1
+        most[0] = max(most[0], unwritten[0])
+        return real_submit(self, *args, **kwargs)
+
+    def take(self, *args, **kwargs):
+        unwritten[0] -= 1
+        return real_take(self, *args, **kwargs)
+
+    monkeypatch.setattr(_distributed.DaskSteps, "_submit", submit)
+    monkeypatch.setattr(_distributed.DaskSteps, "_take", take)
+    result = specdyn.analyze(
+        synthetic,
+        home=tmp_path / "dist",
+        vectors=None,
+        scheduler=client.scheduler.address,
+        max_inflight=3,
+    ).runs[0]
+    assert len(result.steps_computed) == 12
+    assert most[0] == 3 and unwritten[0] == 0
+    local = specdyn.analyze(synthetic, home=tmp_path / "local", vectors=None).runs[0]
+    _assert_same_store(result.store_path, local.store_path)
+
+
+def test_a_bad_checkpoint_stops_the_run_as_locally(client, tmp_path):
+    folder = tmp_path / "reshaped"
+    _save_run(folder, [0, 100, 200, 300])
+    changed = [*SHAPES[:1], (40, 41), *SHAPES[2:]]
+    _save_run(tmp_path / "other", [200], shapes=changed)
+    os.replace(tmp_path / "other" / "step_000200.pt", folder / "step_000200.pt")
+    with pytest.raises(ShapeChangedError) as local:
+        specdyn.analyze(folder, home=tmp_path / "local", vectors=None)
+    with pytest.raises(ShapeChangedError) as remote:
+        specdyn.analyze(
+            folder, home=tmp_path / "dist", vectors=None, scheduler=client.scheduler.address
+        )
+    assert str(remote.value) == str(local.value)
+    assert "step_000200.pt" in str(remote.value) and "\n" not in str(remote.value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["local:0", "local:two", "local:", "udp://head:8786", "tcp://head", "nowhere.json", ""],
+)
+def test_a_bad_scheduler_value_is_one_line(value, tmp_path):
+    with pytest.raises(SpecdynError) as err:
+        specdyn.analyze(FIXTURES / "mlp-wd", home=tmp_path, scheduler=value)
+    message = str(err.value)
+    assert message.startswith(f"scheduler {value!r}: ") and "\n" not in message
+    assert "local:N" in message and "tcp://HOST:PORT" in message and "scheduler JSON" in message
+    assert not (tmp_path / "mlp-wd.h5").exists()
+
+
+def test_workers_with_another_specdyn_are_refused_before_any_task():
+    class Workers:
+        def __init__(self, answers):
+            self.answers = answers
+
+        def run(self, function, on_error):
+            assert on_error == "return"
+            return self.answers
+
+    ok = {"tcp://a:1": specdyn.__version__}
+    _distributed.check_workers(Workers(ok))
+    old = {**ok, "tcp://b:2": "0.0.1"}
+    with pytest.raises(SpecdynError, match=r"worker tcp://b:2 runs specdyn 0\.0\.1, this process"):
+        _distributed.check_workers(Workers(old))
+    broken = {**ok, "tcp://c:3": ModuleNotFoundError("No module named 'specdyn'")}
+    with pytest.raises(SpecdynError, match=r"worker tcp://c:3 cannot run specdyn \(Module"):
+        _distributed.check_workers(Workers(broken))
+
+
+def test_without_distributed_the_error_names_the_extra(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # `import distributed` fails
+    with pytest.raises(SpecdynError, match=r"pip install 'specdyn\[dist\]'"):
+        specdyn.analyze(FIXTURES / "mlp-wd", home=tmp_path, scheduler="local:2")
+    args = ["analyze", str(FIXTURES / "mlp-wd"), "--home", str(tmp_path), "--scheduler", "local:2"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'specdyn[dist]'" in err
+    assert err.startswith("specdyn: error: --scheduler needs dask.distributed")
+
+
+def test_cli_local_cluster_gives_the_same_store(tmp_path, capsys):
+    fixture, steps = str(FIXTURES / "mlp-wd"), "0,100,1000,4000"
+    local = specdyn.analyze(fixture, home=tmp_path / "local", steps=steps).runs[0]
+    args = ["analyze", fixture, "--home", str(tmp_path / "dist"), "--steps", steps]
+    assert main([*args, "--scheduler", "local:2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["runs"][0]["device"].endswith("on 2 Dask workers")
+    _assert_same_store(out["runs"][0]["store_path"], local.store_path)
+    assert main([*args, "--scheduler", "local:0"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("specdyn: error: --scheduler 'local:0': ") and err.count("\n") == 1
+
+
+def test_a_killed_worker_changes_nothing(client, synthetic, tmp_path):
+    pids = client.run(os.getpid)
+    killed: list[int] = []
+
+    def kill_a_busy_worker() -> None:
+        deadline = time.monotonic() + 60
+        while not killed and time.monotonic() < deadline:
+            busy = [w for w, keys in client.processing().items() if _steps(keys)]
+            if busy and busy[0] in pids:
+                os.kill(pids[busy[0]], signal.SIGKILL)
+                killed.append(pids[busy[0]])
+            time.sleep(0.005)
+
+    killer = threading.Thread(target=kill_a_busy_worker, daemon=True)
+    killer.start()
+    result = specdyn.analyze(
+        synthetic, home=tmp_path / "dist", scheduler=client.scheduler.address
+    ).runs[0]
+    killer.join()
+    assert killed, "no worker was running a step's task"
+    assert len(result.steps_computed) == 12
+    local = specdyn.analyze(synthetic, home=tmp_path / "local").runs[0]
+    _assert_same_store(result.store_path, local.store_path)
+    client.wait_for_workers(2, timeout=60)  # the nanny started a new worker process
+    assert killed[0] not in client.run(os.getpid).values()
+
+
+def _steps(keys) -> list[str]:
+    """The keys of specdyn step tasks among a worker's keys."""
+    return [k for k in keys if str(k).startswith("specdyn-step-")]
