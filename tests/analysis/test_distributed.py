@@ -23,9 +23,11 @@ import pytest
 import torch
 
 import specdyn
-from specdyn.analysis import _distributed
+from specdyn.analysis import ComputeOptions, LocalSteps, _distributed, analyze_stream
 from specdyn.cli import main
+from specdyn.engine import SpectrumEngine
 from specdyn.errors import ShapeChangedError, SpecdynError
+from specdyn.sources import discover
 
 distributed = pytest.importorskip("distributed")
 
@@ -177,6 +179,40 @@ def test_a_bad_checkpoint_stops_the_run_as_locally(client, tmp_path):
         )
     assert str(remote.value) == str(local.value)
     assert "step_000200.pt" in str(remote.value) and "\n" not in str(remote.value)
+
+
+class _Tolerant(LocalSteps):
+    """A local run read like a remote sweep: a step that cannot be read is flagged, not fatal."""
+
+    tolerate_failures = True
+
+
+def test_a_bad_checkpoint_in_a_sweep_is_flagged_as_locally(client, tmp_path):
+    folder = tmp_path / "reshaped"
+    _save_run(folder, [0, 100, 200, 300])
+    changed = [*SHAPES[:1], (40, 41), *SHAPES[2:]]
+    _save_run(tmp_path / "other", [200], shapes=changed)
+    os.replace(tmp_path / "other" / "step_000200.pt", folder / "step_000200.pt")
+    (source,) = discover(folder).runs
+    runs = {}
+    for where, dispatcher in [
+        ("local", None),
+        ("dist", _distributed.DaskSteps(client, ComputeOptions())),
+    ]:
+        runs[where] = analyze_stream(
+            _Tolerant(source),
+            tmp_path / f"{where}.h5",
+            run_name="reshaped",
+            engine=SpectrumEngine(),
+            dispatcher=dispatcher,
+        )
+    assert runs["dist"].steps_failed == runs["local"].steps_failed == [200]
+    assert runs["dist"].steps_computed == runs["local"].steps_computed == [0, 100, 300]
+    failed = [n.message for r in runs.values() for n in r.notes if n.kind == "failed"]
+    assert len(failed) == 2 and failed[0] == failed[1]
+    _assert_same_store(runs["dist"].store_path, runs["local"].store_path)
+    with specdyn.open_run(runs["dist"].store_path) as run:
+        assert run.step_flags[200].startswith("failed: ") and list(run.step_flags) == [200]
 
 
 @pytest.mark.parametrize(
