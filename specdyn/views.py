@@ -146,6 +146,10 @@ R_BUFFER = "buffer, not a weight"
 R_EMPTY = "empty tensor (a zero dimension)"
 R_EXCLUDED = "excluded by --exclude"
 R_NOT_INCLUDED = "not matched by --include"
+R_UNSTORABLE = (
+    "its name is empty, '.' or '..', or holds '/', which a store cannot keep as a matrix name; "
+    "rename the key to analyse it"
+)
 R_HEADS = "Q/K/V split needs the head count: add config.json"
 R_QKV_SHAPE = "Q/K/V split: fused shape does not match the config's head sizes; whole matrix only"
 R_QKV_LAYOUT = "Q/K/V split: this model's fused layout is not supported; whole matrix only"
@@ -251,7 +255,9 @@ def plan_views(
         views, notes = _plan_param(ctx, param, key)
         kept = []
         for view in views:
-            if include_res and not any(r.search(view.name) for r in include_res):
+            if not _storable(view.name):
+                skipped.append(Skipped(param, key, R_UNSTORABLE, view.name))
+            elif include_res and not any(r.search(view.name) for r in include_res):
                 skipped.append(Skipped(param, key, R_NOT_INCLUDED, view.name))
             elif any(r.search(view.name) for r in exclude_res):
                 skipped.append(Skipped(param, key, R_EXCLUDED, view.name))
@@ -267,6 +273,11 @@ def plan_views(
 
 
 # ------------------------------------------------------------------ internals
+
+
+def _storable(name: str) -> bool:
+    """Whether a matrix name can be one HDF5 link name of a store (docs/store.md)."""
+    return bool(name) and "/" not in name and name not in (".", "..")
 
 
 class _Context:

@@ -638,3 +638,23 @@ def test_extract_is_a_view_for_slices():
     view = _by_name(plan_views(_infos(dict(lstm.state_dict()))))["weight_ih_l0[f]"]
     out = view.extract(w)
     assert out.data_ptr() == w[4:8].data_ptr()  # no copy
+
+
+def test_a_name_no_store_can_keep_is_a_visible_skip(tmp_path):
+    # found by the fuzzer (seed 4243, case 37316): a tensor named '../../etc/passwd' reached
+    # the store and ended in a ValueError from its name check
+    plan = plan_views({"../../etc/passwd": _info(4, 3), "fc.weight": _info(3, 3)})
+    assert [m.name for m in plan.matrices] == ["fc.weight"]
+    [skip] = [s for s in plan.skipped if s.key == "../../etc/passwd"]
+    assert "holds '/'" in skip.reason and "rename the key" in skip.reason
+    run = tmp_path / "run"
+    run.mkdir()
+    for step in (1, 2):
+        state = {"a/b.weight": torch.randn(4, 3), "fc.weight": torch.randn(3, 3)}
+        torch.save(state, run / f"step_{step}.pt")
+    import specdyn
+
+    result = specdyn.analyze(run, home=tmp_path / "home", vectors=None)
+    with specdyn.open_run(result.runs[0].store_path) as stored:
+        assert stored.values.matrices == ["fc.weight"]
+        assert any(p == "a/b.weight" and "holds '/'" in r for p, r in stored.skipped)

@@ -110,6 +110,8 @@ REGRESSIONS = [
     (4243, 61468, "torch-nested", "m_interesting+m_flip", "e_discover", "interesting@2611="),
     # a 300-character shard name: OSError (ENAMETOOLONG) from Path.is_symlink
     (4243, 61661, "st-index", "m_json_tree", "e_analyze", "'fc1.bias']='aaaaaaaa"),
+    # a tensor named '../../etc/passwd': the store's matrix-name check raised ValueError
+    (4243, 37316, "torch-zip", "m_zip_pickle", "e_analyze", "'../../etc/passwd'"),
 ]
 
 
