@@ -124,18 +124,7 @@ def connect(spec: SchedulerSpec, *, wait_s: float = WORKER_WAIT_S) -> Iterator[A
     dist = require_distributed()
     with ExitStack() as stack:
         if spec.kind == "local":
-            cluster = stack.enter_context(
-                dist.LocalCluster(
-                    n_workers=int(spec.value),
-                    threads_per_worker=1,
-                    processes=True,
-                    dashboard_address=None,
-                    # no dashboard; its HTTP server (health, metrics) on a free port, not 8787
-                    scheduler_kwargs={"dashboard_address": ":0"},
-                    silence_logs=logging.CRITICAL,
-                )
-            )
-            client = stack.enter_context(dist.Client(cluster))
+            client = stack.enter_context(dist.Client(_local_cluster(dist, int(spec.value), stack)))
         else:
             where = {"address": spec.value} if spec.kind == "address" else {}
             if spec.kind == "file":
@@ -151,6 +140,31 @@ def connect(spec: SchedulerSpec, *, wait_s: float = WORKER_WAIT_S) -> Iterator[A
             _wait_for_a_worker(client, spec, wait_s)
         check_workers(client)
         yield client
+
+
+def _local_cluster(dist: Any, n_workers: int, stack: ExitStack) -> Any:
+    """A LocalCluster of `n_workers` processes × 1 thread, closed with `stack`."""
+    try:
+        return stack.enter_context(
+            dist.LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                # no dashboard; its HTTP server (health, metrics) on a free port, not 8787
+                scheduler_kwargs={"dashboard_address": ":0"},
+                silence_logs=logging.CRITICAL,
+            )
+        )
+    except (OSError, RuntimeError, TimeoutError) as exc:
+        # a script that starts one outside `if __name__ == "__main__":` lands here too:
+        # its worker processes (spawned) run the script again
+        raise SpecdynError(
+            f"{_SCHEDULER} local:{n_workers}: the worker processes did not start "
+            f"({_one_line(exc)}); in a script, call analyze under "
+            "if __name__ == '__main__':",
+            option="scheduler",
+        ) from None
 
 
 def _wait_for_a_worker(client: Any, spec: SchedulerSpec, wait_s: float) -> None:

@@ -198,6 +198,7 @@ def test_a_bad_checkpoint_in_a_sweep_is_flagged_as_locally(client, tmp_path):
     for where, dispatcher in [
         ("local", None),
         ("dist", _distributed.DaskSteps(client, ComputeOptions())),
+        ("here", _distributed.DaskSteps(client, ComputeOptions(), reference_here=True)),
     ]:
         runs[where] = analyze_stream(
             _Tolerant(source),
@@ -209,8 +210,11 @@ def test_a_bad_checkpoint_in_a_sweep_is_flagged_as_locally(client, tmp_path):
     assert runs["dist"].steps_failed == runs["local"].steps_failed == [200]
     assert runs["dist"].steps_computed == runs["local"].steps_computed == [0, 100, 300]
     failed = [n.message for r in runs.values() for n in r.notes if n.kind == "failed"]
-    assert len(failed) == 2 and failed[0] == failed[1]
+    assert len(failed) == 3 and len(set(failed)) == 1
     _assert_same_store(runs["dist"].store_path, runs["local"].store_path)
+    # the reference computed in the client, the other steps on the workers: the same store
+    assert runs["here"].steps_failed == [200]
+    _assert_same_store(runs["here"].store_path, runs["local"].store_path)
     with specdyn.open_run(runs["dist"].store_path) as run:
         assert run.step_flags[200].startswith("failed: ") and list(run.step_flags) == [200]
 
