@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -273,6 +274,34 @@ def test_cli_local_cluster_gives_the_same_store(tmp_path, capsys):
     assert main([*args, "--scheduler", "local:0"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("specdyn: error: --scheduler 'local:0': ") and err.count("\n") == 1
+
+
+def test_resume_after_killing_the_client_equals_an_uninterrupted_run(client, synthetic, tmp_path):
+    home, address = tmp_path / "dist", client.scheduler.address
+    specdyn.analyze(synthetic, home=home, steps="0:300", scheduler=address)  # a partial store
+    marker = tmp_path / "held"
+    # the client holds inside its first write_step (tasks in flight) and is killed there
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "specdyn", "analyze", str(synthetic), "--home", str(home)]
+        + ["--quiet", "--scheduler", address],
+        env=dict(os.environ, SPECDYN_TEST_HOLD_WRITE=str(marker)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None, "the client exited before its first write"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    resumed = specdyn.analyze(synthetic, home=home, scheduler=address).runs[0]
+    assert resumed.steps_already_done == [0, 100, 200, 300, 1100]  # and the reference
+    assert resumed.steps_computed == list(range(400, 1100, 100))
+    local = specdyn.analyze(synthetic, home=tmp_path / "local").runs[0]
+    _assert_same_store(resumed.store_path, local.store_path)
 
 
 def test_a_killed_worker_changes_nothing(client, synthetic, tmp_path):
