@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import h5py
+import numpy as np
 
 from specdyn.store import _checksums
 
@@ -27,3 +28,33 @@ def strip_checksums(path: Path) -> None:
         if "checksum" in f.attrs:
             del f.attrs["checksum"]
         f.attrs["schema_version"] = 2
+
+
+# What differs between two correct runs of one analysis: who ran them and when (and the
+# checksums over those records); compare stores without it, and verify each instead.
+VOLATILE = ("/provenance", "/steps/invocation", "/checksums")
+
+
+def store_contents(path: Path) -> dict[str, bytes]:
+    """Every dataset (raw bytes) and attribute of a store, minus what records the run."""
+    out: dict[str, bytes] = {}
+    with h5py.File(path, "r", locking=False) as f:
+
+        def visit(name: str, obj) -> None:
+            full = "/" + name
+            if full.startswith(VOLATILE):
+                return
+            if isinstance(obj, h5py.Dataset):
+                data = np.asarray(obj[()])
+                # variable-length strings are object arrays: compare their values
+                out[full] = (
+                    repr(data.tolist()).encode() if data.dtype.kind == "O" else data.tobytes()
+                )
+            for key, value in obj.attrs.items():
+                out[f"{full}@{key}"] = repr(value).encode()
+
+        f.visititems(visit)
+        for key, value in f.attrs.items():
+            if key != "created":  # (its checksum is verified)
+                out[f"/@{key}"] = repr(value).encode()
+    return out

@@ -18,10 +18,9 @@ import threading
 import time
 from pathlib import Path
 
-import h5py
-import numpy as np
 import pytest
 import torch
+from _stores import store_contents
 
 import specdyn
 from specdyn.analysis import ComputeOptions, LocalSteps, _distributed, analyze_stream
@@ -33,8 +32,6 @@ from specdyn.sources import discover
 distributed = pytest.importorskip("distributed")
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
-# what differs between two correct runs: who ran them and when (each store is verified)
-VOLATILE = ("/provenance", "/steps/invocation", "/checksums")
 SHAPES = [(40, 24), (40, 40), (40, 40), (12, 40)]  # an MLP chain: three pairs
 
 
@@ -76,28 +73,7 @@ def _save_run(folder: Path, steps, shapes=SHAPES, seed: int = 0) -> None:
         torch.save({"model_state_dict": state, "step": step}, folder / f"step_{step:06d}.pt")
 
 
-def _contents(path: str | Path) -> dict[str, bytes]:
-    """Every dataset (raw bytes) and attribute of a store, minus what records the run."""
-    out: dict[str, bytes] = {}
-    with h5py.File(path, "r") as f:
-
-        def visit(name: str, obj) -> None:
-            full = "/" + name
-            if full.startswith(VOLATILE):
-                return
-            if isinstance(obj, h5py.Dataset):
-                data = np.asarray(obj[()])
-                out[full] = (
-                    repr(data.tolist()).encode() if data.dtype.kind == "O" else data.tobytes()
-                )
-            for key, value in obj.attrs.items():
-                out[f"{full}@{key}"] = repr(value).encode()
-
-        f.visititems(visit)
-        for key, value in f.attrs.items():
-            if key != "created":
-                out[f"/@{key}"] = repr(value).encode()
-    return out
+_contents = store_contents
 
 
 def _assert_same_store(distributed_store: str, local_store: str) -> None:

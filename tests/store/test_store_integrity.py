@@ -19,41 +19,16 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from _stores import store_contents
 
 import specdyn
 from specdyn.errors import StoreWriteError
 from specdyn.store import _writer as store_module
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "mlp-wd"
-STEPS = "0,1000,4000"  # the reference (4000) first, then two more: every section is written
-# what differs between two correct runs: who ran them and when
-# what records the run (and the checksums over it); each store is verified instead
-VOLATILE = ("/provenance", "/steps/invocation", "/checksums")
+STEPS = "0,1000,4000"
 
-
-def _contents(path: Path) -> dict[str, bytes]:
-    """Every dataset (raw bytes) and attribute of a store, minus what records the run."""
-    out: dict[str, bytes] = {}
-    with h5py.File(path, "r") as f:
-
-        def visit(name: str, obj) -> None:
-            full = "/" + name
-            if full.startswith(VOLATILE):
-                return
-            if isinstance(obj, h5py.Dataset):
-                data = np.asarray(obj[()])
-                # variable-length strings are object arrays: compare their values
-                out[full] = (
-                    repr(data.tolist()).encode() if data.dtype.kind == "O" else data.tobytes()
-                )
-            for key, value in obj.attrs.items():
-                out[f"{full}@{key}"] = repr(value).encode()
-
-        f.visititems(visit)
-        for key, value in f.attrs.items():
-            if key != "created":  # (its checksum is verified)
-                out[f"/@{key}"] = repr(value).encode()
-    return out
+_contents = store_contents
 
 
 def _analyze(home: Path, **kwargs):
