@@ -113,6 +113,12 @@ def analyze(
     if vectors is not None:
         vectors.validate()
     spec = None
+    if scheduler is None and max_inflight is not None:
+        raise SpecdynError(
+            f"{option_ref('max_inflight')} applies to a run on a cluster only: give "
+            f"{option_ref('scheduler')} too, or leave it out",
+            option="max_inflight",
+        )
     if scheduler is not None:  # checked before anything is read or started
         spec = parse_scheduler(scheduler)
         check_max_inflight(max_inflight)

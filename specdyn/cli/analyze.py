@@ -104,6 +104,14 @@ def analyze_command(
             "scheduler JSON file. Needs pip install 'specdyn[dist]'; docs/distributed.md.",
         ),
     ] = None,
+    max_inflight: Annotated[
+        int | None,
+        typer.Option(
+            "--max-inflight",
+            help="With --scheduler: the most steps computed and not yet written at once, which "
+            "bounds the results held in memory (default: 2 per worker).",
+        ),
+    ] = None,
     json_out: JsonOption = False,
     quiet: QuietOption = False,
 ) -> int:
@@ -130,6 +138,7 @@ def analyze_command(
             on_progress=on_progress,
             metrics_file=metrics,
             scheduler=scheduler,
+            max_inflight=max_inflight,
         )
     _render(result, out)
     if strict and result.incomplete:

@@ -252,6 +252,20 @@ def test_cli_local_cluster_gives_the_same_store(tmp_path, capsys):
     assert err.startswith("specdyn: error: --scheduler 'local:0': ") and err.count("\n") == 1
 
 
+def test_cli_max_inflight_is_checked_and_needs_a_scheduler(tmp_path, capsys):
+    args = ["analyze", str(FIXTURES / "mlp-wd"), "--home", str(tmp_path / "ws")]
+    assert main([*args, "--max-inflight", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "--max-inflight applies to a run on a cluster only: give --scheduler" in err
+    assert err.count("\n") == 1
+    assert main([*args, "--scheduler", "local:1", "--max-inflight", "0"]) == 1
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("specdyn: error: --max-inflight 0: give a positive") and err.count("\n") == 1
+    )
+    assert not (tmp_path / "ws").exists()  # refused before anything was read or started
+
+
 def test_resume_after_killing_the_client_equals_an_uninterrupted_run(client, synthetic, tmp_path):
     home, address = tmp_path / "dist", client.scheduler.address
     specdyn.analyze(synthetic, home=home, steps="0:300", scheduler=address)  # a partial store
