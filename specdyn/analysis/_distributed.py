@@ -293,7 +293,7 @@ class DaskSteps:
         """Compute every step of `work` on the cluster (the reference first when
         `run.reference_first`) and hand each result to `run.write_result`."""
         client = self.client
-        (plan,) = client.scatter([run.step_plan], broadcast=True, hash=False)
+        plan = self._share(run.step_plan, "plan")
         if run.reference_first:
             if self.reference_here:
                 run.take_reference(run.visit_reference(len(work)))
@@ -304,11 +304,20 @@ class DaskSteps:
             work = [s for s in work if s != run.reference]
         reference = None
         if run.reference_tops is not None:
-            (reference,) = client.scatter([run.reference_tops], broadcast=True, hash=False)
+            reference = self._share(run.reference_tops, "reference")
         self._stream(run, work, plan, reference)
         workers = len(client.scheduler_info().get("workers", {}))
         if self.devices:
             run.device = f"{', '.join(sorted(self.devices))} on {workers} Dask workers"
+
+    def _share(self, value: Any, what: str) -> Any:
+        """A future holding `value` for every task. Not `scatter`: scattered data that a
+        killed worker held is lost for good ("can't be recovered") and cancels every task
+        needing it, whereas a task's result is recomputed by the scheduler from the task,
+        which carries the value."""
+        return self.client.submit(
+            _held, value, pure=False, key=f"specdyn-{what}-{uuid.uuid4().hex[:12]}"
+        )
 
     def _submit(self, run: _AnalysisRun, step: int, wanted: set[str], plan, reference) -> Any:
         """Submit one step's task (its checkpoint acquired here, read on the worker)."""
@@ -372,6 +381,12 @@ class DaskSteps:
         dist = require_distributed()
         try:
             return future.result()
+        except dist.client.FutureCancelledError as exc:
+            raise SpecdynError(
+                f"step {step}: the cluster dropped its task ({_one_line(exc)}); the store keeps "
+                "every step written: run the same command again to resume",
+                step=step,
+            ) from None
         except dist.KilledWorker as exc:
             raise SpecdynError(
                 f"step {step}: the workers that ran its task died each time ({_one_line(exc)}); "
@@ -390,6 +405,11 @@ class DaskSteps:
             return None
         run.write_result(outcome.result)
         return outcome.result.tops
+
+
+def _held(value: Any) -> Any:
+    """A task returning its argument: what every step's task shares (see `DaskSteps._share`)."""
+    return value
 
 
 def _one_line(exc: BaseException) -> str:
