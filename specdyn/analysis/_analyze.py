@@ -112,17 +112,7 @@ def analyze(
     compute = compute or ComputeOptions()
     if vectors is not None:
         vectors.validate()
-    spec = None
-    if scheduler is None and max_inflight is not None:
-        raise SpecdynError(
-            f"{option_ref('max_inflight')} applies to a run on a cluster only: give "
-            f"{option_ref('scheduler')} too, or leave it out",
-            option="max_inflight",
-        )
-    if scheduler is not None:  # checked before anything is read or started
-        spec = parse_scheduler(scheduler)
-        check_max_inflight(max_inflight)
-        require_distributed()
+    spec = _cluster_spec(scheduler, max_inflight)  # before anything is read or started
     discovery = discover(path)
     sources = _chosen_runs(discovery, run, path)
     if metrics_file is not None and len(sources) > 1:
@@ -165,6 +155,22 @@ def analyze(
             for source in sources
         ]
     return AnalyzeResult(runs=results, notes=list(discovery.notes))
+
+
+def _cluster_spec(scheduler: str | None, max_inflight: int | None):
+    """The parsed `scheduler` (None: run here), its options checked; SpecdynError in one line."""
+    if scheduler is None:
+        if max_inflight is not None:
+            raise SpecdynError(
+                f"{option_ref('max_inflight')} applies to a run on a cluster only: give "
+                f"{option_ref('scheduler')} too, or leave it out",
+                option="max_inflight",
+            )
+        return None
+    spec = parse_scheduler(scheduler)
+    check_max_inflight(max_inflight)
+    require_distributed()
+    return spec
 
 
 def _analyze_run(
