@@ -18,13 +18,7 @@ from ..engine import SpectrumEngine
 from ..errors import SpecdynError, option_ref
 from ..sources import Discovery, RunSource, discover, read_training_log
 from ..store import CheckpointProblem, resolve_home, store_path_for
-from ._distributed import (
-    DaskSteps,
-    check_max_inflight,
-    connect,
-    parse_scheduler,
-    require_distributed,
-)
+from ._distributed import DaskSteps, cluster_spec, connect
 from ._records import AnalyzeResult, ComputeOptions, MatrixSelection, Progress, RunAnalysis
 from ._run import analyze_stream
 from ._stepstream import LocalSteps
@@ -112,7 +106,7 @@ def analyze(
     compute = compute or ComputeOptions()
     if vectors is not None:
         vectors.validate()
-    spec = _cluster_spec(scheduler, max_inflight)  # before anything is read or started
+    spec = cluster_spec(scheduler, max_inflight)  # before anything is read or started
     discovery = discover(path)
     sources = _chosen_runs(discovery, run, path)
     if metrics_file is not None and len(sources) > 1:
@@ -155,22 +149,6 @@ def analyze(
             for source in sources
         ]
     return AnalyzeResult(runs=results, notes=list(discovery.notes))
-
-
-def _cluster_spec(scheduler: str | None, max_inflight: int | None):
-    """The parsed `scheduler` (None: run here), its options checked; SpecdynError in one line."""
-    if scheduler is None:
-        if max_inflight is not None:
-            raise SpecdynError(
-                f"{option_ref('max_inflight')} applies to a run on a cluster only: give "
-                f"{option_ref('scheduler')} too, or leave it out",
-                option="max_inflight",
-            )
-        return None
-    spec = parse_scheduler(scheduler)
-    check_max_inflight(max_inflight)
-    require_distributed()
-    return spec
 
 
 def _analyze_run(

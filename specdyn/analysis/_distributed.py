@@ -6,6 +6,10 @@ trustworthy when the process that sets them is the one that wrote the data. Each
 reads one checkpoint on a worker, computes that step with the same `compute_step` the
 local loop uses, and returns its results; the client writes them as they complete.
 
+A step's task is given the checkpoint the stream acquires here (local files the workers
+read at the same paths) or, for a stream whose files are fetched (the Pythia hub), a
+`RemoteCheckpoint` that the worker fetches into its own local disk and deletes.
+
 `distributed` is imported only when a scheduler is asked for (the extra
 ``specdyn[dist]``).
 """
@@ -13,13 +17,14 @@ local loop uses, and returns its results; the client writes them as they complet
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ..engine import SpectrumEngine
 from ..errors import SpecdynError, option_ref
@@ -32,12 +37,15 @@ from ._run import STEP_FAILURES, StepPlan, StepResult, _AnalysisRun, compute_ste
 
 __all__ = [
     "DaskSteps",
+    "RemoteCheckpoint",
     "SchedulerSpec",
     "check_max_inflight",
     "check_workers",
+    "cluster_spec",
     "connect",
     "parse_scheduler",
     "require_distributed",
+    "worker_space",
 ]
 
 _SCHEDULER = option_ref("scheduler")
@@ -97,6 +105,29 @@ def check_max_inflight(value: int | None) -> None:
             f"{option_ref('max_inflight')} {value!r}: give a positive number of tasks",
             option="max_inflight",
         )
+
+
+def cluster_spec(scheduler: str | None, max_inflight: int | None) -> SchedulerSpec | None:
+    """The checked ``scheduler`` (None: run here) with ``max_inflight`` checked against it,
+    before anything is read or started.
+
+    Raises:
+        SpecdynError: one line: a bad `scheduler` (`parse_scheduler`), a `max_inflight`
+            that is not a positive int or is given without `scheduler`, `distributed`
+            not installed.
+    """
+    if scheduler is None:
+        if max_inflight is not None:
+            raise SpecdynError(
+                f"{option_ref('max_inflight')} applies to a run on a cluster only: give "
+                f"{_SCHEDULER} too, or leave it out",
+                option="max_inflight",
+            )
+        return None
+    spec = parse_scheduler(scheduler)
+    check_max_inflight(max_inflight)
+    require_distributed()
+    return spec
 
 
 def require_distributed() -> Any:
@@ -207,17 +238,46 @@ def check_workers(client: Any) -> None:
             )
 
 
+def worker_space() -> tuple[Path, str]:
+    """(This worker's local directory, its address): where a task may put files on the
+    worker's own disk. Outside a worker (a test calling a task directly): the system's
+    temporary folder and "this process"."""
+    try:
+        worker = require_distributed().get_worker()
+    except ValueError:  # not inside a worker's task
+        return Path(tempfile.gettempdir()), "this process"
+    return Path(worker.local_directory), str(worker.address)
+
+
+class RemoteCheckpoint(Protocol):
+    """A step's checkpoint that its task fetches on the worker (`DaskSteps`' ``remote``).
+
+    step: the training step. on_worker(): a context manager, entered on the worker, that
+    fetches the files to the worker's disk (`worker_space`), yields the local `Checkpoint`
+    and deletes the files on exit whatever happened; it raises a `STEP_FAILURES` error for
+    a checkpoint that cannot be had (flagged "failed" for a tolerant stream), any other
+    error for Dask to retry. fetched_bytes: what the worker downloaded, read after exit.
+    """
+
+    step: int
+    fetched_bytes: int
+
+    def on_worker(self) -> AbstractContextManager[Checkpoint]:
+        """Fetch the files here (the worker), yield the checkpoint, delete them."""
+
+
 @dataclass
 class _Outcome:
     """What one task gives back: the step's results, or the error its checkpoint raised
     (returned, not raised: Dask's retries are for lost workers, not bad files); the
-    engine's notes and device."""
+    engine's notes and device; the bytes the worker fetched for it."""
 
     step: int
     result: StepResult | None
     failure: SpecdynError | None
     engine_notes: list[Note]
     device: str
+    fetched_bytes: int = 0
 
 
 # One engine per worker thread and options: made on a task's first use, kept for the next.
@@ -238,7 +298,7 @@ def _worker_engine(compute: ComputeOptions) -> SpectrumEngine:
 
 
 def _step_task(
-    ckpt: Checkpoint,
+    ckpt: Checkpoint | RemoteCheckpoint,
     plan: StepPlan,
     wanted: set[str],
     reference_tops: dict[str, TopK] | None,
@@ -246,7 +306,8 @@ def _step_task(
     compute: ComputeOptions,
     version: str,
 ) -> _Outcome:
-    """One step on a worker: read its checkpoint, compute `wanted`, return the results."""
+    """One step on a worker: read (or fetch) its checkpoint, compute `wanted`, return the
+    results."""
     if version != __version__:  # a worker that joined after `check_workers`
         raise SpecdynError(
             f"a worker runs specdyn {__version__}, the client {version}; "
@@ -254,13 +315,18 @@ def _step_task(
         )
     engine = _worker_engine(compute)
     result, failure = None, None
+    opened = nullcontext(ckpt) if isinstance(ckpt, Checkpoint) else ckpt.on_worker()
     try:
-        result = compute_step(ckpt, plan, wanted, engine, reference_tops, hash_source=hash_source)
+        with opened as local:
+            result = compute_step(
+                local, plan, wanted, engine, reference_tops, hash_source=hash_source
+            )
     except STEP_FAILURES as exc:
         failure = exc
     notes = list(engine.notes)
     engine.notes.clear()
-    return _Outcome(int(ckpt.step), result, failure, notes, engine.device_name)
+    fetched = 0 if isinstance(ckpt, Checkpoint) else int(ckpt.fetched_bytes)
+    return _Outcome(int(ckpt.step), result, failure, notes, engine.device_name, fetched)
 
 
 class DaskSteps:
@@ -271,7 +337,11 @@ class DaskSteps:
     workers use; max_inflight: the most tasks submitted and not yet written (default two
     per worker), so that results cannot pile up in the client's memory;
     reference_here: compute the agreement's reference in this process instead of as a
-    task (docs/distributed.md#the-reference-step).
+    task (docs/distributed.md#the-reference-step); remote: step → the `RemoteCheckpoint`
+    its task fetches on the worker, for a stream whose files are not here (the Pythia hub;
+    None: the task reads the checkpoint the stream acquires here); on_fetch: called here
+    with (step, "done", bytes the worker fetched) as each such task's result arrives.
+    fetched_bytes: the bytes the workers fetched, in total.
     """
 
     def __init__(
@@ -281,12 +351,17 @@ class DaskSteps:
         *,
         max_inflight: int | None = None,
         reference_here: bool = False,
+        remote: Callable[[int], RemoteCheckpoint] | None = None,
+        on_fetch: Callable[[int, str, int], None] | None = None,
     ) -> None:
         check_max_inflight(max_inflight)
         self.client = client
         self.compute = compute
         self.max_inflight = max_inflight
         self.reference_here = reference_here
+        self.remote = remote
+        self.on_fetch = on_fetch
+        self.fetched_bytes = 0
         self.devices: set[str] = set()
 
     def analyse(self, run: _AnalysisRun, work: list[int]) -> None:
@@ -320,8 +395,9 @@ class DaskSteps:
         )
 
     def _submit(self, run: _AnalysisRun, step: int, wanted: set[str], plan, reference) -> Any:
-        """Submit one step's task (its checkpoint acquired here, read on the worker)."""
-        ckpt = run.source.acquire(step)
+        """Submit one step's task (its checkpoint acquired here and read on the worker, or
+        fetched there when `remote`)."""
+        ckpt = run.source.acquire(step) if self.remote is None else self.remote(step)
         return self.client.submit(
             _step_task,
             ckpt,
@@ -340,7 +416,7 @@ class DaskSteps:
         """Run one step's task and wait for it."""
         future = self._submit(run, step, wanted, plan, reference)
         try:
-            return self._result(future, step)
+            return self.result_of(future, step)
         finally:
             run.source.release(step)
 
@@ -366,7 +442,7 @@ class DaskSteps:
             for index, future in enumerate(completed):
                 step = live.pop(future)
                 try:
-                    outcome = self._result(future, step)
+                    outcome = self.result_of(future, step)
                 finally:
                     run.source.release(step)
                 self._take(run, outcome)
@@ -376,8 +452,9 @@ class DaskSteps:
             for future in live:  # an error stopped the run: nothing more is computed
                 future.cancel()
 
-    def _result(self, future: Any, step: int) -> _Outcome:
-        """A task's outcome; one line when Dask gave up on it (its workers kept dying)."""
+    def result_of(self, future: Any, step: int) -> Any:
+        """What `step`'s task returned (for a step's task its `_Outcome`); SpecdynError in
+        one line when Dask gave up on it (cancelled, or its workers kept dying)."""
         dist = require_distributed()
         try:
             return future.result()
@@ -398,6 +475,10 @@ class DaskSteps:
         """Write a task's results (or handle its checkpoint's error as the local loop does);
         the step's full top-k vectors (reference pass), or None when it failed."""
         self.devices.add(outcome.device)
+        if self.remote is not None:
+            self.fetched_bytes += outcome.fetched_bytes
+            if self.on_fetch is not None:
+                self.on_fetch(outcome.step, "done", outcome.fetched_bytes)
         known = {n.message for n in run.engine.notes}
         run.engine.notes.extend(n for n in outcome.engine_notes if n.message not in known)
         if outcome.failure is not None:
