@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from ..analysis import cluster_spec
 from ..pythia import PythiaPlan, PythiaResult, plan_pythia, pythia
 from ._options import (
     DeviceOption,
@@ -69,6 +70,23 @@ def pythia_command(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Recompute a store made with other options.")
     ] = False,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            "--scheduler",
+            help="Analyse on a Dask cluster, one task per revision, each downloading its "
+            "revision on its worker and deleting it (same store): local:N, tcp://HOST:PORT "
+            "or a scheduler JSON file. Needs pip install 'specdyn[dist]'; docs/distributed.md.",
+        ),
+    ] = None,
+    max_inflight: Annotated[
+        int | None,
+        typer.Option(
+            "--max-inflight",
+            help="With --scheduler: the most revisions computed and not yet written at once "
+            "(default: 2 per worker).",
+        ),
+    ] = None,
     json_out: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -76,15 +94,16 @@ def pythia_command(
     if duplicates not in ("skip", "analyze"):
         raise typer.BadParameter("choose skip or analyze", param_hint="--duplicates")
     out = Output(json_mode=json_out, quiet=quiet)
+    on_workers = cluster_spec(scheduler, max_inflight) is not None  # before any request
+    planned = {"steps": steps, "home": home, "name": name, "duplicates": duplicates}
     if dry_run:
-        plan = plan_pythia(model, steps=steps, home=home, name=name, duplicates=duplicates)
-        _render_plan(plan, out)
+        _render_plan(plan_pythia(model, **planned, on_workers=on_workers), out)
         return
     compute = compute_options(device, precision, exact, max_memory)
     options = vector_options_from(
         values_only, vectors, reference, full_matrices, save_vectors, score_top, None, None
     )
-    plan = plan_pythia(model, steps=steps, home=home, name=name, duplicates=duplicates)
+    plan = plan_pythia(model, **planned, on_workers=on_workers)
     _quiet_hub_bars()
     with out.sweep_progress(plan.bytes_to_fetch) as (on_progress, on_fetch):
         result = pythia(
@@ -99,6 +118,8 @@ def pythia_command(
             overwrite=overwrite,
             on_progress=on_progress,
             on_fetch=on_fetch,
+            scheduler=scheduler,
+            max_inflight=max_inflight,
         )
     _render_result(result, out)
 
@@ -126,11 +147,18 @@ def _render_plan(plan: PythiaPlan, out: Output) -> None:
             ("already in the store", sum(r.action == "done" for r in plan.revisions)),
             ("duplicates skipped", sum(r.action == "skip-duplicate" for r in plan.revisions)),
             ("download", f"{plan.bytes_to_fetch / 1e9:.2f} GB"),
-            ("peak disk", f"{plan.peak_disk / 1e9:.2f} GB (two revisions at most)"),
+            ("peak disk", f"{plan.peak_disk / 1e9:.2f} GB " + _peak_disk_scope(plan)),
             ("missing branches", ", ".join(map(str, plan.missing)) or "none"),
         ],
     )
     out.notes(plan.notes)
+
+
+def _peak_disk_scope(plan: PythiaPlan) -> str:
+    """What the dry run's peak disk is the peak of."""
+    if plan.on_workers:
+        return "per worker thread (one revision at a time, in the worker's local directory)"
+    return "(two revisions at most)"
 
 
 def _render_result(result: PythiaResult, out: Output) -> None:

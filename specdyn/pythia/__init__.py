@@ -1,15 +1,18 @@
-"""The Pythia suite: its catalog, the plan of a sweep, hub access and the sweep itself.
-User documentation: ``docs/pythia.md``.
+"""The Pythia suite: its catalog, the plan of a sweep, hub access and the sweep itself (here,
+or on Dask workers: `ClusterSteps`, `RemoteRevision`). User documentation: ``docs/pythia.md``,
+``docs/distributed.md#pythia-on-workers``.
 """
 
 from ._hub import STEP_BRANCH, Branch, Hub, HubError, HubFile, HubRevision
 from ._sweep import (
     CATALOG,
     DUPLICATE_MODES,
+    ClusterSteps,
     HubSteps,
     PythiaModel,
     PythiaPlan,
     PythiaResult,
+    RemoteRevision,
     RevisionPlan,
     plan_pythia,
     pythia,
@@ -19,6 +22,7 @@ from ._sweep import (
 __all__ = [
     "Branch",
     "CATALOG",
+    "ClusterSteps",
     "DUPLICATE_MODES",
     "Hub",
     "HubError",
@@ -28,6 +32,7 @@ __all__ = [
     "PythiaModel",
     "PythiaPlan",
     "PythiaResult",
+    "RemoteRevision",
     "RevisionPlan",
     "STEP_BRANCH",
     "plan_pythia",

@@ -389,7 +389,10 @@ class Hub:
     repo: the repo id ("EleutherAI/pythia-70m"); offline: None reads
     ``HF_HUB_OFFLINE``; cache_dir: the hub cache (default the client's:
     ``HF_HUB_CACHE``, ``HF_HOME``/hub, ~/.cache/huggingface/hub); limits: timeouts,
-    retries and minimum rate of every request (default `HubLimits.from_env`).
+    retries and minimum rate of every request (default `HubLimits.from_env`); endpoint:
+    the hub's URL (default ``HF_ENDPOINT``, else the client's); token: the access token
+    sent (default: the client's own, ``HF_TOKEN`` or the saved login). A sweep's workers
+    get the client's endpoint, token and limits (`specdyn.pythia` with ``scheduler``).
     """
 
     def __init__(
@@ -399,12 +402,15 @@ class Hub:
         offline: bool | None = None,
         cache_dir: str | os.PathLike | None = None,
         limits: HubLimits | None = None,
+        endpoint: str | None = None,
+        token: str | None = None,
     ) -> None:
         self.repo = _check_repo_id(repo)
         self.limits = limits if limits is not None else HubLimits.from_env()
         self.offline = is_offline(offline)
         self.cache_dir = _cache_dir(cache_dir)
-        self.endpoint = os.environ.get("HF_ENDPOINT") or None
+        self.endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
+        self.token = token
         self._downloaded: dict[str, set[str]] = {}  # branch → files this Hub fetched
         self.reclaimed_bytes = 0  # partial downloads of killed processes deleted (bytes)
 
@@ -577,6 +583,7 @@ class Hub:
                         endpoint=self.endpoint,
                         local_files_only=self.offline,
                         etag_timeout=self.limits.timeout,
+                        token=self.token,
                     ),
                     f"download {f.name} of {branch.name}",
                     expected=_FileAnswer(self, branch, f),
@@ -704,7 +711,7 @@ class Hub:
         """An HfApi on this Hub's endpoint."""
         from huggingface_hub import HfApi
 
-        return HfApi(endpoint=self.endpoint)
+        return HfApi(endpoint=self.endpoint, token=self.token)
 
     def _call(self, fn, what: str, *, expected: _FileAnswer | None = None):
         """Run one client call under this Hub's limits (`_Guard`; `expected`: the file a

@@ -13,32 +13,45 @@ byte-identical revisions are flagged and (by default) analysed once, revisions
 sharing some shard with another are flagged as suspect; the flags go into the
 store (`Run.step_flags`), the result and every plot. A revision whose files turn
 out corrupt is flagged "failed" and the sweep goes on.
+
+With ``scheduler`` (docs/distributed.md#pythia-on-workers) the same plan is made here,
+duplicates included, and each revision to analyse becomes one Dask task that downloads
+it into a cache of its own on the worker's local disk (`RemoteRevision`), analyses it and
+deletes it; this process writes the store.
 """
 
 from __future__ import annotations
 
 import hashlib
+import shutil
+import tempfile
 import threading
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..analysis import (
     ComputeOptions,
+    DaskSteps,
     Progress,
     RunAnalysis,
     StepStream,
     VectorOptions,
     analyze_stream,
+    cluster_spec,
+    connect,
+    worker_space,
 )
 from ..engine import SpectrumEngine
 from ..errors import CheckpointError, SpecdynError, option_ref
 from ..sources import Checkpoint, open_checkpoint
 from ..steps import select_steps
 from ..store import StepRecord, open_run, resolve_home, store_path_for
-from ..types import Note
-from ._hub import Branch, Hub, HubError, HubRevision, free_bytes
+from ..types import Note, TensorInfo
+from ._hub import Branch, Hub, HubError, HubLimits, HubRevision, free_bytes
 
 __all__ = [
     "PythiaModel",
@@ -50,6 +63,8 @@ __all__ = [
     "pythia",
     "PythiaResult",
     "HubSteps",
+    "ClusterSteps",
+    "RemoteRevision",
     "DUPLICATE_MODES",
 ]
 
@@ -137,8 +152,10 @@ class PythiaPlan:
     """A sweep before it runs: the repo, the run name and every revision's plan.
 
     missing: steps asked for explicitly that have no branch; notes: what was found
-    (duplicates, suspects, offline); bytes_to_fetch: total download; peak_disk:
-    the most the cache holds at once (two revisions: the one analysed and the next).
+    (duplicates, suspects, offline); on_workers: the revisions are downloaded on Dask
+    workers (``scheduler``), each into an empty cache; bytes_to_fetch: total download;
+    peak_disk: the most the cache holds at once (two revisions: the one analysed and
+    the next; on workers, per worker thread: the largest revision).
     """
 
     repo: str
@@ -147,6 +164,7 @@ class PythiaPlan:
     revisions: list[RevisionPlan]
     missing: list[int]
     notes: list[Note] = field(default_factory=list)
+    on_workers: bool = False
 
     @property
     def bytes_to_fetch(self) -> int:
@@ -155,8 +173,11 @@ class PythiaPlan:
 
     @property
     def peak_disk(self) -> int:
-        """Largest download held at once: two consecutive revisions in fetch order."""
+        """Largest download held at once: two consecutive revisions in fetch order (on
+        workers: the largest revision, held by one worker thread)."""
         sizes = [r.to_fetch for r in _fetch_order(self.revisions)]
+        if self.on_workers:
+            return max(sizes, default=0)
         if len(sizes) < 2:
             return sum(sizes)
         return max(a + b for a, b in zip(sizes, sizes[1:], strict=False))
@@ -171,6 +192,7 @@ class PythiaPlan:
             "missing": self.missing,
             "bytes_to_fetch": self.bytes_to_fetch,
             "peak_disk": self.peak_disk,
+            "on_workers": self.on_workers,
             "notes": [asdict(n) for n in self.notes],
         }
 
@@ -190,6 +212,7 @@ def plan_pythia(
     duplicates: str = "skip",
     offline: bool | None = None,
     cache_dir: str | Path | None = None,
+    on_workers: bool = False,
 ) -> PythiaPlan:
     """Plan a sweep without downloading weights: branches, files, duplicates, bytes.
 
@@ -200,6 +223,8 @@ def plan_pythia(
             already done in that store are planned as "done".
         duplicates: "skip" (analyse byte-identical revisions once) or "analyze".
         offline: None reads ``HF_HUB_OFFLINE``; cache_dir: the hub cache.
+        on_workers: plan for a sweep on Dask workers (`pythia`'s ``scheduler``): every
+            revision to analyse is downloaded whole, whatever this machine's cache holds.
 
     Returns:
         `PythiaPlan`.
@@ -211,7 +236,7 @@ def plan_pythia(
     _check_duplicates(duplicates)
     repo, default_name, _ = resolve_model(model)
     hub = Hub(repo, offline=offline, cache_dir=cache_dir)
-    return _plan(hub, name or default_name, steps, home, duplicates)
+    return _plan(hub, name or default_name, steps, home, duplicates, on_workers=on_workers)
 
 
 def _check_duplicates(duplicates: str) -> None:
@@ -223,7 +248,9 @@ def _check_duplicates(duplicates: str) -> None:
         )
 
 
-def _plan(hub: Hub, name: str, steps: str | None, home, duplicates: str) -> PythiaPlan:
+def _plan(
+    hub: Hub, name: str, steps: str | None, home, duplicates: str, *, on_workers: bool = False
+) -> PythiaPlan:
     """The plan of a sweep (see `plan_pythia`)."""
     branches = hub.branches()
     notes: list[Note] = []
@@ -259,6 +286,7 @@ def _plan(hub: Hub, name: str, steps: str | None, home, duplicates: str) -> Pyth
             notes.append(Note("failed", str(exc)))
             continue
         revisions[step] = rev
+        to_fetch = rev.size if on_workers else hub.missing_bytes(rev)
         plans.append(
             RevisionPlan(
                 branch=branch.name,
@@ -266,12 +294,12 @@ def _plan(hub: Hub, name: str, steps: str | None, home, duplicates: str) -> Pyth
                 commit=branch.commit,
                 layout=rev.layout,
                 size=rev.size,
-                to_fetch=0 if step in done else hub.missing_bytes(rev),
+                to_fetch=0 if step in done else to_fetch,
                 action="done" if step in done else "analyse",
             )
         )
     _flag_shared_content(plans, revisions, duplicates, notes, hub.repo)
-    return PythiaPlan(hub.repo, name, hub.offline, plans, missing, notes)
+    return PythiaPlan(hub.repo, name, hub.offline, plans, missing, notes, on_workers)
 
 
 def _missing_steps(steps: str | None, available: set[int]) -> list[int]:
@@ -394,29 +422,8 @@ class HubSteps(StepStream):
         self.fetched_bytes = 0
 
     def records(self, steps, store_path, on_hashed=None) -> list[StepRecord]:
-        """Records from the hub's metadata: source ``hf://repo@branch:commit``, size,
-        and the weights' LFS sha256 (for shards: sha256 of their "name sha" lines)."""
-        out = []
-        for step in steps:
-            rev = self._revisions[step]
-            if len(rev.weights) == 1:
-                sha = rev.weights[0].sha256
-            else:
-                lines = "".join(f"{f.name} {f.sha256}\n" for f in rev.weights)
-                sha = hashlib.sha256(lines.encode()).hexdigest()
-            out.append(
-                StepRecord(
-                    step=step,
-                    epoch=None,
-                    source=f"hf://{self.hub.repo}@{rev.branch.name}:{rev.branch.commit}",
-                    format=rev.layout,
-                    size=sum(f.size for f in rev.weights),
-                    mtime=0.0,
-                    sha256=sha,
-                    origin="hub branch",
-                )
-            )
-        return out
+        """Records from the hub's metadata (`_hub_records`)."""
+        return _hub_records(self.hub.repo, self._revisions, steps)
 
     def schedule(self, order: Sequence[int]) -> None:
         """Remember the visiting order and start fetching its first revision."""
@@ -502,6 +509,248 @@ class HubSteps(StepStream):
         return path
 
 
+def _hub_records(repo: str, revisions: dict[int, HubRevision], steps) -> list[StepRecord]:
+    """Records from the hub's metadata: source ``hf://repo@branch:commit``, size, and the
+    weights' LFS sha256 (for shards: sha256 of their "name sha" lines)."""
+    out = []
+    for step in steps:
+        rev = revisions[step]
+        if len(rev.weights) == 1:
+            sha = rev.weights[0].sha256
+        else:
+            lines = "".join(f"{f.name} {f.sha256}\n" for f in rev.weights)
+            sha = hashlib.sha256(lines.encode()).hexdigest()
+        out.append(
+            StepRecord(
+                step=step,
+                epoch=None,
+                source=f"hf://{repo}@{rev.branch.name}:{rev.branch.commit}",
+                format=rev.layout,
+                size=sum(f.size for f in rev.weights),
+                mtime=0.0,
+                sha256=sha,
+                origin="hub branch",
+            )
+        )
+    return out
+
+
+# ------------------------------------------------------------------- on Dask workers
+
+
+@dataclass
+class RemoteRevision:
+    """One revision as a Dask task fetches it on its worker (a `RemoteCheckpoint`).
+
+    repo, revision: what to download; endpoint, token, limits: the client's hub settings
+    (``HF_ENDPOINT``, its token, the stalled-hub limits), so that every worker asks the
+    same hub the same way; fetched_bytes: what the worker downloaded (set there).
+    """
+
+    repo: str
+    revision: HubRevision
+    endpoint: str | None
+    token: str | None
+    limits: HubLimits
+    fetched_bytes: int = 0
+
+    @property
+    def step(self) -> int:
+        """The revision's training step."""
+        return self.revision.branch.step
+
+    @contextmanager
+    def on_worker(self) -> Iterator[Checkpoint]:
+        """On the worker: check its free disk, download the revision into a new cache
+        folder under its local directory, yield the checkpoint; the folder is deleted on
+        exit whatever happened. CheckpointError (the revision is flagged "failed") for too
+        little disk or a download given up on as stalled; other HubErrors are raised."""
+        where, worker = worker_space()
+        base = where / "specdyn-hub"
+        base.mkdir(parents=True, exist_ok=True)
+        rev = self.revision
+        cache = Path(tempfile.mkdtemp(prefix=f"{rev.branch.name}-", dir=base))
+        try:
+            need, free = rev.size, free_bytes(cache)
+            if free < need + _DISK_MARGIN:
+                no_room = CheckpointError(
+                    f"{self.repo}@{rev.branch.name}: worker {worker} needs {_gb(need)} GB in "
+                    f"{cache} (+{_gb(_DISK_MARGIN)} GB margin) but {_gb(free)} GB are free; "
+                    "free space there, or start the workers with their local directory "
+                    "on a larger disk (Dask's local_directory)",
+                    step=self.step,
+                )
+                no_room.no_room = True  # `ClusterSteps.acquire`: an error, not a flag
+                raise no_room
+            hub = Hub(self.repo, offline=False, cache_dir=cache, limits=self.limits,
+                      endpoint=self.endpoint, token=self.token)  # fmt: skip
+            try:
+                entry = hub.fetch(rev)
+            except HubError as exc:
+                if not getattr(exc, "stalled", False):
+                    raise
+                raise CheckpointError(f"{exc.message} (worker {worker})", step=self.step) from None
+            self.fetched_bytes = need
+            snapshot = entry.parent if rev.entry == entry.name else None
+            try:
+                ckpt = open_checkpoint(entry)
+                ckpt.step, ckpt.step_origin = self.step, "branch"
+                yield ckpt
+            except SpecdynError as exc:
+                if snapshot is not None:
+                    _rename_path(exc, snapshot, f"hf://{self.repo}@{rev.branch.name}")
+                raise
+        finally:
+            shutil.rmtree(cache, ignore_errors=True)
+
+
+def _rename_path(exc: SpecdynError, folder: Path, name: str) -> None:
+    """Say `name` for `folder` in `exc`'s message and file: a worker's cache folder is
+    deleted with the task, and its long path would crowd the reason out of a flag."""
+    exc.message = exc.message.replace(str(folder), name)
+    exc.args = (exc.message, *exc.args[1:])
+    if exc.file is not None:
+        exc.file = exc.file.replace(str(folder), name)
+
+
+@dataclass(frozen=True)
+class _Metadata:
+    """What planning needs of a revision, read on a worker: its format, tensor keys (in
+    order), their `TensorInfo`s, the tensors not read (key → what built them), config."""
+
+    format: str
+    keys: list[str]
+    infos: dict[str, TensorInfo]
+    unsupported: dict[str, str]
+    config: dict | None
+    fetched_bytes: int
+
+
+def _revision_metadata(remote: RemoteRevision) -> _Metadata | CheckpointError:
+    """A Dask task: download one revision on the worker, read its tensors' metadata,
+    delete it (a CheckpointError is returned: Dask retries are for lost workers)."""
+    try:
+        with remote.on_worker() as ckpt, ckpt.open() as reader:
+            keys = reader.keys()
+            infos = {key: reader.info(key) for key in keys}
+            unsupported = dict(getattr(reader, "unsupported", {}))
+            return _Metadata(ckpt.format, keys, infos, unsupported, ckpt.config,
+                             remote.fetched_bytes)  # fmt: skip
+    except CheckpointError as exc:
+        return exc
+
+
+class _MetadataReader:
+    """A `TensorReader` stand-in over metadata read on a worker: keys and infos, no data."""
+
+    def __init__(self, label: str, meta: _Metadata) -> None:
+        self._label, self._meta = label, meta
+        self.unsupported = dict(meta.unsupported)
+
+    def keys(self) -> list[str]:
+        """The tensor keys, in the checkpoint's order."""
+        return list(self._meta.keys)
+
+    def info(self, key: str) -> TensorInfo:
+        """The `TensorInfo` of `key`."""
+        return self._meta.infos[key]
+
+    def get(self, key: str):
+        """Never called: the tensors are read on the workers."""
+        raise CheckpointError(f"{self._label}: its tensors are read on the Dask workers only")
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+    def __enter__(self) -> _MetadataReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+@dataclass
+class _PlannedRevision(Checkpoint):
+    """A revision seen from the client of a sweep on workers: its metadata (`_Metadata`),
+    from which the views are planned; its tensors stay on the workers."""
+
+    meta: _Metadata | None = None
+
+    def open(self) -> _MetadataReader:
+        """A reader of the metadata only."""
+        return _MetadataReader(str(self.path), self.meta)
+
+
+class ClusterSteps(StepStream):
+    """The planned revisions of a sweep whose tasks fetch them on Dask workers: nothing is
+    downloaded here. The one checkpoint the analysis plans from is read by a task too
+    (`acquire`); `remote` is what `DaskSteps` ships per step."""
+
+    tolerate_failures = True
+
+    def __init__(
+        self,
+        hub: Hub,
+        plan: PythiaPlan,
+        revisions: dict[int, HubRevision],
+        dispatcher: DaskSteps,
+        *,
+        token: str | None,
+    ) -> None:
+        self.hub = hub
+        self.name = plan.name
+        self.root = f"hf://{hub.repo}"
+        self.step_unit = "step"
+        self.available = sorted(revisions)
+        self._revisions = revisions
+        self._dispatcher = dispatcher
+        self._token = token
+        self.fetched_bytes = 0  # the planning task's download
+
+    def records(self, steps, store_path, on_hashed=None) -> list[StepRecord]:
+        """Records from the hub's metadata (`_hub_records`)."""
+        return _hub_records(self.hub.repo, self._revisions, steps)
+
+    def remote(self, step: int) -> RemoteRevision:
+        """What `step`'s task downloads on its worker."""
+        hub = self.hub
+        return RemoteRevision(hub.repo, self._revisions[step], hub.endpoint, self._token,
+                              hub.limits)  # fmt: skip
+
+    def acquire(self, step: int) -> Checkpoint:
+        """`step`'s metadata, read by a task on a worker (it downloads the revision and
+        deletes it): what the views are planned from. CheckpointError when it cannot be
+        had (stalled, corrupt), HubError when the worker has too little disk for it."""
+        dispatcher = self._dispatcher
+        future = dispatcher.client.submit(
+            _revision_metadata,
+            self.remote(step),
+            pure=False,
+            retries=2,
+            key=f"specdyn-plan-{step}-{uuid.uuid4().hex[:12]}",
+        )
+        meta = dispatcher.result_of(future, step)
+        if isinstance(meta, SpecdynError):
+            if getattr(meta, "no_room", False):  # not the revision's fault: say so as it is
+                raise HubError(meta.message, step=step)
+            raise meta
+        self.fetched_bytes += meta.fetched_bytes
+        if dispatcher.on_fetch is not None:
+            dispatcher.on_fetch(step, "done", meta.fetched_bytes)
+        rev = self._revisions[step]
+        path = Path(f"{self.hub.repo}@{rev.branch.name}") / rev.entry
+        return _PlannedRevision(path=path, files=(path,), format=meta.format, step=step,
+                                step_origin="branch", config=meta.config, meta=meta)  # fmt: skip
+
+
+def _hub_token() -> str | None:
+    """The token this process's hub client would send (None: none, or implicit tokens
+    turned off), for the workers to send the same."""
+    from huggingface_hub import constants, get_token
+
+    return None if constants.HF_HUB_DISABLE_IMPLICIT_TOKEN else get_token()
+
+
 def _complete(store: Path, vectors: VectorOptions | None, steps) -> bool:
     """Whether the store has everything a re-run would compute (nothing to fetch)."""
     try:
@@ -561,15 +810,28 @@ def pythia(
     overwrite: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
     on_fetch: Callable[[int, str, int], None] | None = None,
+    scheduler: str | None = None,
+    max_inflight: int | None = None,
 ) -> PythiaResult:
     """Sweep a Pythia model's revisions into a store: plan, then fetch, analyse, delete.
 
     Args:
         model, steps, home, name, duplicates, offline, cache_dir: as `plan_pythia`.
-        keep: keep the downloaded files in the cache.
+        keep: keep the downloaded files in the cache (not with `scheduler`).
         compute, vectors, overwrite, on_progress: as `specdyn.analyze`.
         on_fetch: called with (step, "start" | "done", bytes to download) around
-            each revision's download (from the download thread).
+            each revision's download (from the download thread); with `scheduler`,
+            with (step, "done", bytes the worker downloaded) here as its task returns.
+        scheduler: analyse on a Dask cluster (docs/distributed.md#pythia-on-workers), as
+            `specdyn.analyze`'s ``scheduler`` (``"local:N"``, ``"tcp://HOST:PORT"``, a
+            scheduler file): the plan and the duplicate check are made here before any
+            task starts; each revision to analyse is one task that downloads it into a
+            cache folder of its own under the worker's local directory (with this
+            process's ``HF_ENDPOINT``, token and stalled-hub limits), analyses it and
+            deletes it; this process writes the store. Not with ``HF_HUB_OFFLINE`` or
+            `keep`. Needs the extra ``specdyn[dist]``.
+        max_inflight: with `scheduler`, the most tasks submitted and not yet written
+            (default: two per worker).
 
     Returns:
         `PythiaResult`: the plan (with flags), the `RunAnalysis` (None when nothing
@@ -578,32 +840,44 @@ def pythia(
     Raises:
         HubError (no network, unknown repo, too little disk for a revision),
         SpecdynError (the reference revision unreadable: choose another
-        ``vectors.reference``) and the other errors of `analyze`.
+        ``vectors.reference``; a bad `scheduler` or `max_inflight`, `keep` or offline
+        with `scheduler`) and the other errors of `analyze`.
     """
     compute = compute or ComputeOptions()
     if vectors is not None:
         vectors.validate()
     _check_duplicates(duplicates)
+    spec = cluster_spec(scheduler, max_inflight)  # before anything is read or started
     repo, default_name, _ = resolve_model(model)
     hub = Hub(repo, offline=offline, cache_dir=cache_dir)
-    plan = _plan(hub, name or default_name, steps, home, duplicates)
+    if spec is not None:
+        _check_cluster_sweep(hub, keep)
+    plan = _plan(hub, name or default_name, steps, home, duplicates, on_workers=spec is not None)
     notes = list(plan.notes)
     analysed = [r for r in plan.revisions if r.action in ("analyse", "done")]
     if not analysed:
         return PythiaResult(plan, None, 0, notes)
     by_branch = {b.step: b for b in (Branch(r.branch, r.step, r.commit) for r in analysed)}
     revisions = {s: hub.revision(b) for s, b in by_branch.items()}
-    stream = HubSteps(hub, plan, revisions, keep=keep, on_fetch=on_fetch)
+    store = store_path_for(plan.name, resolve_home(home))
+    if all(r.action == "done" for r in analysed) and _complete(store, vectors, revisions):
+        return PythiaResult(plan, None, 0, notes)
     engine = SpectrumEngine(
         device=compute.device,
         precision=compute.precision,
         exact=compute.exact,
         max_memory=compute.max_memory,
     )
-    store = store_path_for(plan.name, resolve_home(home))
-    if all(r.action == "done" for r in analysed) and _complete(store, vectors, revisions):
-        return PythiaResult(plan, None, 0, notes)
-    try:
+    with ExitStack() as stack:
+        dispatcher = None
+        if spec is None:
+            stream = HubSteps(hub, plan, revisions, keep=keep, on_fetch=on_fetch)
+        else:
+            client = stack.enter_context(connect(spec))
+            dispatcher = DaskSteps(client, compute, max_inflight=max_inflight, on_fetch=on_fetch)
+            stream = ClusterSteps(hub, plan, revisions, dispatcher, token=_hub_token())
+            dispatcher.remote = stream.remote
+        stack.callback(stream.close)
         analysis = analyze_stream(
             stream,
             store,
@@ -614,10 +888,9 @@ def pythia(
             engine=engine,
             overwrite=overwrite,
             on_progress=on_progress,
-            flags={r.step: r.flag for r in plan.revisions if r.flag},
+            flags=_flags(plan, store),
+            dispatcher=dispatcher,
         )
-    finally:
-        stream.close()
     if hub.reclaimed_bytes:
         notes.append(
             Note(
@@ -626,4 +899,37 @@ def pythia(
                 "killed runs had left in the cache",
             )
         )
-    return PythiaResult(plan, analysis, stream.fetched_bytes, notes)
+    fetched = stream.fetched_bytes + (dispatcher.fetched_bytes if dispatcher else 0)
+    return PythiaResult(plan, analysis, fetched, notes)
+
+
+def _flags(plan: PythiaPlan, store: Path) -> dict[int, str]:
+    """The plan's flags, and "" (cleared) for a revision the store has flagged "failed"
+    by an earlier run: it is tried again, and flagged again if it fails again."""
+    flags = {r.step: r.flag for r in plan.revisions if r.flag}
+    if store.exists():
+        try:
+            with open_run(store) as run:
+                stale = [s for s, f in run.step_flags.items() if f.startswith("failed: ")]
+        except SpecdynError:
+            stale = []
+        flags.update({s: "" for s in stale if s not in flags})
+    return flags
+
+
+def _check_cluster_sweep(hub: Hub, keep: bool) -> None:
+    """SpecdynError in one line for what a sweep on workers cannot do: keep the files (the
+    workers delete theirs) or use only the cache (the workers start from an empty one)."""
+    where = "the workers download each revision into an empty cache and delete it"
+    if keep:
+        raise SpecdynError(
+            f"{option_ref('keep')} keeps the files in this machine's cache, but with "
+            f"{option_ref('scheduler')} {where}; leave out one of them",
+            option="keep",
+        )
+    if hub.offline:
+        raise SpecdynError(
+            f"HF_HUB_OFFLINE is set, but with {option_ref('scheduler')} {where}; unset it, "
+            f"or leave out {option_ref('scheduler')} to analyse the cached revisions here",
+            option="scheduler",
+        )
