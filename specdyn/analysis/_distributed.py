@@ -257,10 +257,13 @@ class RemoteCheckpoint(Protocol):
     and deletes the files on exit whatever happened; it raises a `STEP_FAILURES` error for
     a checkpoint that cannot be had (flagged "failed" for a tolerant stream), any other
     error for Dask to retry. fetched_bytes: what the worker downloaded, read after exit.
+    worker: the address of the worker the task should run on (it holds the files
+    already; another runs it if that one is gone), or None.
     """
 
     step: int
     fetched_bytes: int
+    worker: str | None
 
     def on_worker(self) -> AbstractContextManager[Checkpoint]:
         """Fetch the files here (the worker), yield the checkpoint, delete them."""
@@ -398,6 +401,8 @@ class DaskSteps:
         """Submit one step's task (its checkpoint acquired here and read on the worker, or
         fetched there when `remote`)."""
         ckpt = run.source.acquire(step) if self.remote is None else self.remote(step)
+        worker = getattr(ckpt, "worker", None)
+        placed = {"workers": [worker], "allow_other_workers": True} if worker else {}
         return self.client.submit(
             _step_task,
             ckpt,
@@ -410,6 +415,7 @@ class DaskSteps:
             pure=False,
             retries=2,
             key=f"specdyn-step-{step}-{uuid.uuid4().hex[:12]}",
+            **placed,
         )
 
     def _wait(self, run: _AnalysisRun, step: int, wanted: set[str], plan, reference) -> _Outcome:

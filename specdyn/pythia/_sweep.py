@@ -29,7 +29,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -544,7 +544,10 @@ class RemoteRevision:
 
     repo, revision: what to download; endpoint, token, limits: the client's hub settings
     (``HF_ENDPOINT``, its token, the stalled-hub limits), so that every worker asks the
-    same hub the same way; fetched_bytes: what the worker downloaded (set there).
+    same hub the same way; held: the key under which the task that planned the views kept
+    this revision's files on `worker` ("" when none), used instead of a download when the
+    task runs there; worker: the worker that should run it (None: any); fetched_bytes:
+    what the worker downloaded (set there).
     """
 
     repo: str
@@ -552,6 +555,8 @@ class RemoteRevision:
     endpoint: str | None
     token: str | None
     limits: HubLimits
+    held: str = ""
+    worker: str | None = None
     fetched_bytes: int = 0
 
     @property
@@ -559,12 +564,42 @@ class RemoteRevision:
         """The revision's training step."""
         return self.revision.branch.step
 
+    def on_worker(self) -> AbstractContextManager[Checkpoint]:
+        """On the worker: the revision's checkpoint, downloaded into a new cache folder
+        under the worker's local directory (after a free-disk check), or the files held
+        under `held` on this worker; the folder is deleted on exit whatever happened.
+        CheckpointError (the revision is flagged "failed") for too little disk, a download
+        given up on as stalled or a corrupt file; other HubErrors are raised."""
+        return self._local(keep=False)
+
     @contextmanager
-    def on_worker(self) -> Iterator[Checkpoint]:
-        """On the worker: check its free disk, download the revision into a new cache
-        folder under its local directory, yield the checkpoint; the folder is deleted on
-        exit whatever happened. CheckpointError (the revision is flagged "failed") for too
-        little disk or a download given up on as stalled; other HubErrors are raised."""
+    def _local(self, *, keep: bool) -> Iterator[Checkpoint]:
+        """`on_worker`; with `keep`, a normal exit holds the files under `held` instead of
+        deleting them (the planning task: the revision's own task comes next)."""
+        rev = self.revision
+        found = _take_held(self.held) if self.held else None
+        cache, entry = found if found is not None else self._download()
+        kept = False
+        try:
+            snapshot = entry.parent if rev.entry == entry.name else None
+            try:
+                ckpt = open_checkpoint(entry)
+                ckpt.step, ckpt.step_origin = self.step, "branch"
+                yield ckpt
+            except SpecdynError as exc:
+                if snapshot is not None:
+                    _rename_path(exc, snapshot, f"hf://{self.repo}@{rev.branch.name}")
+                raise
+            if keep:
+                _hold(self.held, cache, entry)
+                kept = True
+        finally:
+            if not kept:
+                shutil.rmtree(cache, ignore_errors=True)
+
+    def _download(self) -> tuple[Path, Path]:
+        """Check the worker's free disk, then download the revision into a new folder under
+        its local directory: (the folder, the entry file). The folder is deleted on error."""
         where, worker = worker_space()
         base = where / "specdyn-hub"
         base.mkdir(parents=True, exist_ok=True)
@@ -590,18 +625,37 @@ class RemoteRevision:
                 if not getattr(exc, "stalled", False):
                     raise
                 raise CheckpointError(f"{exc.message} (worker {worker})", step=self.step) from None
-            self.fetched_bytes = need
-            snapshot = entry.parent if rev.entry == entry.name else None
-            try:
-                ckpt = open_checkpoint(entry)
-                ckpt.step, ckpt.step_origin = self.step, "branch"
-                yield ckpt
-            except SpecdynError as exc:
-                if snapshot is not None:
-                    _rename_path(exc, snapshot, f"hf://{self.repo}@{rev.branch.name}")
-                raise
-        finally:
+        except BaseException:
             shutil.rmtree(cache, ignore_errors=True)
+            raise
+        self.fetched_bytes = need
+        return cache, entry
+
+
+# A worker's revisions held between the task that planned from one and that revision's
+# own task: key → (cache folder, entry file). Tasks of one worker share its process.
+_HELD: dict[str, tuple[Path, Path]] = {}
+_HELD_LOCK = threading.Lock()
+
+
+def _hold(key: str, cache: Path, entry: Path) -> None:
+    """Keep a downloaded revision on this worker under `key`."""
+    with _HELD_LOCK:
+        _HELD[key] = (cache, entry)
+
+
+def _take_held(key: str) -> tuple[Path, Path] | None:
+    """The revision held under `key` on this worker, now the caller's to delete."""
+    with _HELD_LOCK:
+        return _HELD.pop(key, None)
+
+
+def _drop_held(key: str) -> None:
+    """Delete the revision held under `key`, if this worker holds it (run on every worker
+    by `ClusterSteps.release` and `close`)."""
+    found = _take_held(key)
+    if found is not None:
+        shutil.rmtree(found[0], ignore_errors=True)
 
 
 def _rename_path(exc: SpecdynError, folder: Path, name: str) -> None:
@@ -624,18 +678,20 @@ class _Metadata:
     unsupported: dict[str, str]
     config: dict | None
     fetched_bytes: int
+    worker: str
 
 
 def _revision_metadata(remote: RemoteRevision) -> _Metadata | CheckpointError:
-    """A Dask task: download one revision on the worker, read its tensors' metadata,
-    delete it (a CheckpointError is returned: Dask retries are for lost workers)."""
+    """A Dask task: download one revision on the worker, read its tensors' metadata and
+    hold the files under `remote.held` for the revision's own task (a CheckpointError is
+    returned: Dask retries are for lost workers)."""
     try:
-        with remote.on_worker() as ckpt, ckpt.open() as reader:
+        with remote._local(keep=True) as ckpt, ckpt.open() as reader:
             keys = reader.keys()
             infos = {key: reader.info(key) for key in keys}
             unsupported = dict(getattr(reader, "unsupported", {}))
             return _Metadata(ckpt.format, keys, infos, unsupported, ckpt.config,
-                             remote.fetched_bytes)  # fmt: skip
+                             remote.fetched_bytes, worker_space()[1])  # fmt: skip
     except CheckpointError as exc:
         return exc
 
@@ -684,7 +740,8 @@ class _PlannedRevision(Checkpoint):
 class ClusterSteps(StepStream):
     """The planned revisions of a sweep whose tasks fetch them on Dask workers: nothing is
     downloaded here. The one checkpoint the analysis plans from is read by a task too
-    (`acquire`); `remote` is what `DaskSteps` ships per step."""
+    (`acquire`), whose worker holds the files for that revision's own task (sent there,
+    `RemoteRevision.worker`) until `release`; `remote` is what `DaskSteps` ships per step."""
 
     tolerate_failures = True
 
@@ -705,6 +762,7 @@ class ClusterSteps(StepStream):
         self._revisions = revisions
         self._dispatcher = dispatcher
         self._token = token
+        self._held: dict[int, tuple[str, str]] = {}  # step → (key, worker) of held files
         self.fetched_bytes = 0  # the planning task's download
 
     def records(self, steps, store_path, on_hashed=None) -> list[StepRecord]:
@@ -712,19 +770,34 @@ class ClusterSteps(StepStream):
         return _hub_records(self.hub.repo, self._revisions, steps)
 
     def remote(self, step: int) -> RemoteRevision:
-        """What `step`'s task downloads on its worker."""
+        """What `step`'s task downloads on its worker (or finds held there)."""
         hub = self.hub
+        key, worker = self._held.get(step, ("", None))
         return RemoteRevision(hub.repo, self._revisions[step], hub.endpoint, self._token,
-                              hub.limits)  # fmt: skip
+                              hub.limits, held=key, worker=worker)  # fmt: skip
+
+    def release(self, step: int) -> None:
+        """`step` is done with: delete its files if a worker still holds them (its task
+        ran on another worker, or was never submitted)."""
+        held = self._held.pop(step, None)
+        if held is not None:
+            self._dispatcher.client.run(_drop_held, held[0], on_error="return")
+
+    def close(self) -> None:
+        """Delete every revision still held on a worker (a sweep stopped by an error)."""
+        for step in list(self._held):
+            self.release(step)
 
     def acquire(self, step: int) -> Checkpoint:
         """`step`'s metadata, read by a task on a worker (it downloads the revision and
         deletes it): what the views are planned from. CheckpointError when it cannot be
         had (stalled, corrupt), HubError when the worker has too little disk for it."""
         dispatcher = self._dispatcher
+        remote = self.remote(step)
+        remote.held = uuid.uuid4().hex
         future = dispatcher.client.submit(
             _revision_metadata,
-            self.remote(step),
+            remote,
             pure=False,
             retries=2,
             key=f"specdyn-plan-{step}-{uuid.uuid4().hex[:12]}",
@@ -734,6 +807,7 @@ class ClusterSteps(StepStream):
             if getattr(meta, "no_room", False):  # not the revision's fault: say so as it is
                 raise HubError(meta.message, step=step)
             raise meta
+        self._held[step] = (remote.held, meta.worker)
         self.fetched_bytes += meta.fetched_bytes
         if dispatcher.on_fetch is not None:
             dispatcher.on_fetch(step, "done", meta.fetched_bytes)

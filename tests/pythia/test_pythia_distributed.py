@@ -24,9 +24,9 @@ from _stores import store_contents
 
 import specdyn
 from specdyn import open_run
-from specdyn.analysis import VectorOptions
+from specdyn.analysis import ComputeOptions, VectorOptions
 from specdyn.cli import main
-from specdyn.errors import HubError, SpecdynError
+from specdyn.errors import HubError, SpecdynError, StoreMismatchError
 from specdyn.pythia import plan_pythia, pythia
 
 distributed = pytest.importorskip("distributed")
@@ -36,6 +36,8 @@ BIN = "pytorch_model.bin"
 STEPS = (0, 1, 2, 4, 8, 1000, 2000)
 DISTINCT = (0, 4, 8, 1000, 2000)  # step1 and step2 hold step0's bytes
 VEC = VectorOptions(k=6)
+INDEX = "pytorch_model.bin.index.json"
+SHARDS = ("pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin")
 H, LAYERS, HEADS, INTER, VOCAB = 24, 2, 4, 48, 40
 CONFIG = json.dumps(
     {
@@ -93,8 +95,8 @@ def client(tmp_path_factory):
 # --------------------------------------------------------------------------- the hub
 
 
-def _bin(step: int) -> bytes:
-    """pytorch_model.bin of a tiny GPT-NeoX (fp16) whose weights drift with the step."""
+def _state_dict(step: int) -> dict[str, torch.Tensor]:
+    """A tiny GPT-NeoX state dict (fp16) whose weights drift with the step."""
     base = torch.Generator().manual_seed(0)
     drift = torch.Generator().manual_seed(1000 + step)
     scale = 0.02 * math.log1p(step)
@@ -112,9 +114,36 @@ def _bin(step: int) -> bytes:
         sd[p + "mlp.dense_4h_to_h.weight"] = w(H, INTER)
         sd[p + "input_layernorm.weight"] = 1 + w(H)
     sd["embed_out.weight"] = w(VOCAB, H)
+    return sd
+
+
+def _saved(sd: dict[str, torch.Tensor]) -> bytes:
     buf = io.BytesIO()
     torch.save(sd, buf)
     return buf.getvalue()
+
+
+def _bin(step: int) -> bytes:
+    """pytorch_model.bin of one step."""
+    return _saved(_state_dict(step))
+
+
+def _first_shard(key: str) -> bool:
+    return "embed_in" in key or ".layers.0." in key
+
+
+def _sharded(step: int) -> dict[str, bytes]:
+    """The files of one step in two .bin shards (embed_in and layer 0, then the rest)."""
+    sd = _state_dict(step)
+    first = {k: v for k, v in sd.items() if _first_shard(k)}
+    rest = {k: v for k, v in sd.items() if k not in first}
+    index = {"weight_map": {k: SHARDS[0 if _first_shard(k) else 1] for k in sd}}
+    return {
+        "config.json": CONFIG,
+        INDEX: json.dumps(index).encode(),
+        SHARDS[0]: _saved(first),
+        SHARDS[1]: _saved(rest),
+    }
 
 
 @pytest.fixture
@@ -212,15 +241,18 @@ def test_sweep_on_workers_equals_the_local_sweep(client, hub, tiny, env, tmp_pat
     with open_run(a.store_path) as run:
         assert run.step_flags[0].startswith("same weights as step 1, 2")
     # no file of the duplicates was asked for (their metadata was read here: it is how they
-    # are found); every other revision was downloaded once, the reference (planned from)
-    # twice: once to plan the views
+    # are found); every other revision was downloaded once, the reference too: the worker
+    # that planned the views from it kept it for the reference's task
     for step in (1, 2):
         assert _file_requests(hub, tiny[step]) == []
-    assert _gets(hub, tiny) == sorted([*DISTINCT, 2000])
+    assert _gets(hub, tiny) == list(DISTINCT)
     size = {s: len(_bin(s)) + len(CONFIG) for s in DISTINCT}
-    assert result.fetched_bytes == sum(size.values()) + size[2000]
-    assert sorted(s for s, _, _ in fetched) == sorted([*DISTINCT, 2000])
-    assert {(e, n) for s, e, n in fetched if s == 8} == {("done", size[8])}
+    assert result.fetched_bytes == sum(size.values())
+    got = {}
+    for step, event, nbytes in fetched:
+        assert event == "done"
+        got[step] = got.get(step, 0) + nbytes
+    assert got == size
     # nothing was downloaded here; every worker that ran a task left an empty cache
     assert _client_cache(env) == cached
     leftovers = _worker_leftovers(client)
@@ -277,6 +309,37 @@ def test_a_failing_revision_is_flagged_and_the_sweep_goes_on(client, hub, env, t
     assert _flag(again.store_path, 8) == _flag(local.analysis.store_path, 8)
 
 
+def test_sharded_revisions_and_a_shared_shard(client, hub, env, tmp_path):
+    repo = hub.add_repo(REPO)
+    files = {s: _sharded(s) for s in (0, 1000, 2000)}
+    files[1000][SHARDS[0]] = files[2000][SHARDS[0]]  # the 12b fault: suspect, analysed
+    for s, f in files.items():
+        repo.add_branch(f"step{s}", f)
+    local = pythia(REPO, home=tmp_path / "local", vectors=VEC).analysis
+    dist = pythia(REPO, home=tmp_path / "dist", vectors=VEC, scheduler=client.scheduler.address)
+    assert dist.analysis.steps_computed == local.steps_computed == [0, 1000, 2000]
+    _assert_same_store(dist.analysis.store_path, local.store_path)
+    with open_run(dist.analysis.store_path) as run:
+        assert run.step_flags[1000] == f"suspect: shares {SHARDS[0]} = step 2000"
+        assert {s["format"] for s in run.step_sources} == {"torch-sharded"}
+    assert [v for v in _worker_leftovers(client).values() if v] == []
+
+
+def test_a_sweep_stopped_after_planning_leaves_nothing_on_the_workers(
+    client, hub, tiny, env, tmp_path
+):
+    home, address = tmp_path / "ws", client.scheduler.address
+    pythia(REPO, home=home, steps="0,4", vectors=None, scheduler=address)
+    hub.reset_counters()
+    # step 8 is planned from (downloaded and held by a worker), then the store refuses
+    # the other precision: the held revision is deleted all the same
+    with pytest.raises(StoreMismatchError):
+        pythia(REPO, home=home, steps="0,4,8", vectors=None, scheduler=address,
+               compute=ComputeOptions(precision="float32"))  # fmt: skip
+    assert _gets(hub, tiny) == [8]
+    assert [v for v in _worker_leftovers(client).values() if v] == []
+
+
 def test_cli_local_cluster_gives_the_same_store(hub, tiny, env, tmp_path, capsys):
     local = pythia(REPO, home=tmp_path / "local", steps="0,1,1000,2000", vectors=None)
     hub.reset_counters()
@@ -289,7 +352,7 @@ def test_cli_local_cluster_gives_the_same_store(hub, tiny, env, tmp_path, capsys
     assert out["analysis"]["steps_computed"] == [0, 1000, 2000]
     _assert_same_store(out["analysis"]["store_path"], local.analysis.store_path)
     assert _file_requests(hub, tiny[1]) == []
-    assert _gets(hub, tiny) == [0, 0, 1000, 2000]  # values only: planned from step 0
+    assert _gets(hub, tiny) == [0, 1000, 2000]  # values only: planned from step 0
     assert _client_cache(env) == cached
 
 
