@@ -76,7 +76,7 @@ def pythia_command(
             "--scheduler",
             help="Analyse on a Dask cluster, one task per revision, each downloading its "
             "revision on its worker and deleting it (same store): local:N, tcp://HOST:PORT "
-            "or a scheduler JSON file. Needs pip install 'specdyn[dist]'; docs/distributed.md.",
+            "or a scheduler JSON file. Needs pip install 'specdyn\\[dist]'; docs/distributed.md.",
         ),
     ] = None,
     max_inflight: Annotated[

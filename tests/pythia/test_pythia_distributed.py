@@ -384,3 +384,6 @@ def test_dry_run_on_workers_plans_whole_downloads(hub, tiny, env, tmp_path, caps
     assert main([*args, "--dry-run", "--scheduler", "local:2", "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["on_workers"] is True and payload["bytes_to_fetch"] == sum(size.values())
+    assert main([*args, "--dry-run", "--scheduler", "local:2"]) == 0
+    out = capsys.readouterr().out
+    assert "per worker thread" in out and "two revisions at most" not in out
