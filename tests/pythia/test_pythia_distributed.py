@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -307,6 +308,28 @@ def test_a_failing_revision_is_flagged_and_the_sweep_goes_on(client, hub, env, t
     assert again.steps_computed == [8] and again.steps_failed == [4]
     _assert_same_store(again.store_path, local.analysis.store_path, but=("/steps/flag",))
     assert _flag(again.store_path, 8) == _flag(local.analysis.store_path, 8)
+
+
+def test_a_stalled_download_is_flagged_within_the_clients_limits(
+    client, hub, tiny, env, tmp_path, monkeypatch
+):
+    # the limits are set here only: the workers' environment would give 30 s and 3 retries
+    monkeypatch.setenv("SPECDYN_HUB_TIMEOUT", "1")
+    monkeypatch.setenv("SPECDYN_HUB_RETRIES", "0")
+    hub.misbehave("hang", f"/resolve/{tiny[4]}/{BIN}", method="HEAD")
+    started = time.monotonic()
+    result = pythia(REPO, home=tmp_path / "ws", steps="0,4,8", vectors=None,
+                    scheduler=client.scheduler.address)  # fmt: skip
+    assert time.monotonic() - started < 25
+    a = result.analysis
+    assert a.steps_failed == [4] and a.steps_computed == [0, 8]
+    with open_run(a.store_path) as run:
+        flag = run.step_flags[4]
+    assert flag.startswith(f"failed: {REPO}: cannot download {BIN} of step4: {hub.url} gave no")
+    assert "answer within 1 s" in flag
+    assert [v for v in _worker_leftovers(client).values() if v] == []
+    local = pythia(REPO, home=tmp_path / "local", steps="0,4,8", vectors=None).analysis
+    assert _flag(local.store_path, 4)[:200] == flag[:200]  # as the local sweep words it
 
 
 def test_sharded_revisions_and_a_shared_shard(client, hub, env, tmp_path):
