@@ -48,10 +48,31 @@ def load_block(
     transposed = blocks[0].stride(0) < blocks[0].stride(1)
     if transposed:
         blocks = [b.mT for b in blocks]
-    x = blocks[0].unsqueeze(0) if len(blocks) == 1 else torch.stack(blocks)
-    x = x.to(device=device)
+    if len(blocks) == 1:
+        x = blocks[0].unsqueeze(0).to(device=device)
+    elif device.type != "cpu" and blocks[0].device.type == "cpu":
+        # stacked on the device, where the copy is free, not on the host: on an H200 a
+        # batched revision was slower than a matrix-by-matrix loop (docs/benchmarks.md#gpu)
+        x = torch.stack([b.to(device=device) for b in blocks])
+    else:
+        x = torch.stack(blocks).to(device=device)
     x = x.to(dtype=dtype)
     return x.mT if transposed else x
+
+
+def scaled_block(
+    mats: Sequence[torch.Tensor],
+    r0: int,
+    r1: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    scales: torch.Tensor | None,
+) -> torch.Tensor:
+    """`load_block` times the items' scales, scaled before any narrowing to `dtype`: a
+    float64 entry near 1e250 overflows float32 unless it is scaled first."""
+    if scales is None or dtype == torch.float64:
+        return _scaled(load_block(mats, r0, r1, device, dtype), scales)
+    return _scaled(load_block(mats, r0, r1, device, torch.float64), scales).to(dtype)
 
 
 def _scaled(x: torch.Tensor, scales: torch.Tensor | None) -> torch.Tensor:
@@ -137,15 +158,30 @@ def _gram_eigen(
     trace(Ĝ) [B]) of the float64 Gram matrices."""
     g = gram_upper(mats, device, chunk, scales)
     trace = g.diagonal(dim1=-2, dim2=-1).sum(-1)
+    # small eigenproblems of a GPU batch are solved by LAPACK on the host (HOST_EIGEN_RANGE)
+    on_host = g.is_cuda and HOST_EIGEN_RANGE[0] <= g.shape[-1] <= HOST_EIGEN_RANGE[1]
+    a = g.cpu() if on_host else g
     try:
-        with small_problem_threads(g.shape[-1], device):
+        with small_problem_threads(a.shape[-1], a.device):
             if vectors:
-                lam, vecs = torch.linalg.eigh(g, UPLO="U")
+                lam, vecs = torch.linalg.eigh(a, UPLO="U")
             else:
-                lam, vecs = torch.linalg.eigvalsh(g, UPLO="U"), None
+                lam, vecs = torch.linalg.eigvalsh(a, UPLO="U"), None
     except torch.linalg.LinAlgError:
         return None, None, trace
+    if on_host:
+        lam = lam.to(g.device)
+        vecs = None if vecs is None else vecs.to(g.device)
     return lam, vecs, trace
+
+
+# cuSOLVER's batched eigensolver is a Jacobi kernel up to n = 32 and a loop of syevd
+# above it, whose launches and host round trips dwarf the work on small matrices (pytorch
+# #86234). Measured on an H200 (docs/benchmarks.md#gpu), a batch of 32: n = 32 on the GPU
+# 0.3 ms (host 3.1 ms); n = 64 22 ms (host 10 ms); n = 80 33 ms (host 15 ms); n = 128
+# 49 ms (host 45 ms); n = 256 64 ms (host 160 ms). Gram matrices in this range (per-head
+# slices, small layers) are moved to the host, solved by LAPACK and moved back.
+HOST_EIGEN_RANGE = (33, 128)
 
 
 # LAPACK on a few hundred rows gains nothing from threads, and on a busy machine the
@@ -291,9 +327,22 @@ def svdvals(
 ) -> torch.Tensor:
     """LAPACK/cuSOLVER singular values [B, s] (descending) of whole (L, s) matrices in `dtype`."""
     length = mats[0].shape[0]
-    x = _scaled(load_block(mats, 0, length, device, dtype), scales)
+    x = scaled_block(mats, 0, length, device, dtype, scales)
     with small_problem_threads(x.shape[-1], device):
-        return torch.linalg.svdvals(x)
+        return solver_svdvals(x)
+
+
+def solver_svdvals(x: torch.Tensor) -> torch.Tensor:
+    """``torch.linalg.svdvals`` of x [B, L, s], with cuSOLVER's QR-iteration driver for float32.
+
+    cuSOLVER's default route (Jacobi, gesvdj) stops at a tolerance that left float32
+    values up to 2.1e-4·σ1 off on an H200 (docs/benchmarks.md#gpu), above the float32
+    contract, and was 1.5× slower than gesvd (backward stable QR iteration) in float64
+    on 10240×2560; gesvd is used for both.
+    """
+    if x.is_cuda:
+        return torch.linalg.svdvals(x, driver="gesvd")
+    return torch.linalg.svdvals(x)
 
 
 def tsqr_r(
@@ -306,11 +355,11 @@ def tsqr_r(
     """The R factor [B, s, s] of (L, s) matrices by a chunked QR (R of [R; next block],
     repeatedly): backward stable like a QR of the whole matrix, in bounded memory."""
     length = mats[0].shape[0]
-    first = _scaled(load_block(mats, 0, min(chunk, length), device, dtype), scales)
+    first = scaled_block(mats, 0, min(chunk, length), device, dtype, scales)
     r = torch.linalg.qr(first, mode="r").R
     del first
     for r0 in range(chunk, length, chunk):
-        c = _scaled(load_block(mats, r0, min(r0 + chunk, length), device, dtype), scales)
+        c = scaled_block(mats, r0, min(r0 + chunk, length), device, dtype, scales)
         x = torch.cat([r, c], dim=-2)
         del c
         r = torch.linalg.qr(x, mode="r").R
@@ -327,7 +376,7 @@ def tsqr_svdvals(
 ) -> torch.Tensor:
     """Singular values [B, s] via a chunked QR (``tsqr_r``), then svdvals(R): backward
     stable like LAPACK on the whole matrix, in bounded memory."""
-    return torch.linalg.svdvals(tsqr_r(mats, device, dtype, chunk, scales))
+    return solver_svdvals(tsqr_r(mats, device, dtype, chunk, scales))
 
 
 def svd_chain(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

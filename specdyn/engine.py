@@ -18,8 +18,9 @@ docs/methods.md derives their accuracy and gives measured times):
   with a large Frobenius norm) is recomputed with ``svdvals-f64``.
 - ``svdvals-f64``: float64 LAPACK (cuSOLVER on a GPU) on the whole matrix, in
   its tall orientation. Used for ``exact=True`` and as the Gram route's fallback.
-- ``svdvals-f32``: float32 solver, for ``precision="float32"`` on a GPU (where
-  float64 is slow; a float32 Gram would not meet 1e-4·σ1).
+- ``svdvals-f32``: float32 solver, for ``precision="float32"`` on a GPU whose float64
+  is slow (a float32 Gram would not meet 1e-4·σ1); a GPU with full-rate float64
+  (``fast_float64``: A100, H100, …) keeps ``gram-eigvalsh-f64``, faster and more accurate.
 - ``tsqr-svdvals-f64`` / ``tsqr-svdvals-f32``: a QR accumulated over row blocks,
   then the solver on the s×s R factor: the two above when a whole float64
   (float32) copy of the matrix does not fit ``max_memory``.
@@ -59,7 +60,15 @@ from . import _linalg
 from .errors import EngineError, option_ref
 from .types import Note
 
-__all__ = ["Spectrum", "TopK", "SpectrumEngine", "singular_values", "METHODS", "VECTOR_METHODS"]
+__all__ = [
+    "Spectrum",
+    "TopK",
+    "SpectrumEngine",
+    "singular_values",
+    "fast_float64",
+    "METHODS",
+    "VECTOR_METHODS",
+]
 
 METHODS = (
     "gram-eigvalsh-f64",
@@ -104,6 +113,26 @@ _SMALL_PRODUCT = 512 * 512
 # float64 sources outside this magnitude range are scaled by a power of two
 # (exactly) so that squares in the Gram matrix neither overflow nor underflow.
 _SAFE_MAX_EXPONENT = 200
+# the same for the float32 solvers, whose own range is 2^±126 (a float64 matrix with
+# entries near 1e250 became inf, hence σ NaN, on the GPU's float32 route)
+_SAFE_MAX_EXPONENT_F32 = 60
+
+# GPUs whose float64 units run at half their float32 rate or better, by compute capability:
+# P100 (6.0), V100 (7.0), A100 (8.0), H100/H200 (9.0), B100/B200 (10.0). Others run float64
+# at 1/32–1/64 of float32. On the former, precision="float32" keeps the float64 Gram route:
+# on an H200 it was 7× faster than float32 svdvals and 100× more accurate (docs/benchmarks.md#gpu).
+_FULL_RATE_FP64 = frozenset({(6, 0), (7, 0), (8, 0), (9, 0), (10, 0)})
+
+
+def fast_float64(device: torch.device) -> bool:
+    """Whether a CUDA device runs float64 at half its float32 rate or better
+    (``_FULL_RATE_FP64``); False for a CPU or when the capability cannot be read."""
+    if device.type != "cuda":
+        return False
+    try:
+        return tuple(torch.cuda.get_device_capability(device)) in _FULL_RATE_FP64
+    except (RuntimeError, AssertionError, ValueError):
+        return False
 
 
 @dataclass(frozen=True, eq=False)
@@ -269,7 +298,7 @@ class SpectrumEngine:
 
     device: "auto" (CUDA when available, else CPU) | "cpu" | "cuda" | "cuda:N";
     precision: "float64" (σ within 1e-6·σ1 of float64 LAPACK) or "float32"
-    (within 1e-4·σ1; selects float32 solvers on a GPU, where float64 is slow;
+    (within 1e-4·σ1; selects float32 solvers on a GPU whose float64 is slow;
     vectors stay float64); exact: always float64 LAPACK (``svdvals-f64``,
     ``svd-f64``); max_memory: bytes the engine may hold on the device at once
     (None: plan against what is free): batches are split, and one matrix larger
@@ -327,7 +356,8 @@ class SpectrumEngine:
 
         shape: (m, n); source_dtype: the stored dtype (only its size matters, for
         memory planning). Returns one of ``METHODS``: "svdvals-f64" when exact;
-        "svdvals-f32" for precision float32 on a GPU; else "gram-eigvalsh-f64"
+        "svdvals-f32" for precision float32 on a GPU whose float64 is slow (not
+        ``fast_float64``); else "gram-eigvalsh-f64"
         (whose a-posteriori bound may still send an ill-conditioned matrix to
         "svdvals-f64"). A "svdvals-*" whose whole-matrix copy exceeds
         ``max_memory`` becomes the chunked "tsqr-svdvals-*".
@@ -335,7 +365,11 @@ class SpectrumEngine:
         m, n = (int(d) for d in shape)
         if self.exact:
             method = "svdvals-f64"
-        elif self.precision == "float32" and self._device.type == "cuda":
+        elif (
+            self.precision == "float32"
+            and self._device.type == "cuda"
+            and not fast_float64(self._device)
+        ):
             method = "svdvals-f32"
         else:
             # A float64 Gram meets 1e-4·σ1 a priori for any practical shape and
@@ -478,7 +512,8 @@ class SpectrumEngine:
             return TopK(sigma, np.full((m, kk), np.nan), np.full((n, kk), np.nan), method)
         scale = 1.0
         exponent = math.frexp(max(abs(top), abs(bottom)))[1]
-        if abs(exponent) > _SAFE_MAX_EXPONENT:
+        limit = _SAFE_MAX_EXPONENT_F32 if self.precision == "float32" else _SAFE_MAX_EXPONENT
+        if abs(exponent) > limit:
             # clamped so that the scale itself stays finite for subnormal matrices
             scale = math.ldexp(1.0, max(-1000, min(1000, -exponent)))
         return _Item(index, _linalg.oriented(w), scale, m < n, min(k, rank))

@@ -541,3 +541,66 @@ def test_small_cpu_problems_run_on_one_thread_and_restore_the_count():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+# ------------------------------------------- routes chosen from the GPU check (issue 20)
+
+
+@pytest.mark.parametrize(
+    ("capability", "method"),
+    [((9, 0), "gram-eigvalsh-f64"), ((8, 0), "gram-eigvalsh-f64"), ((8, 6), "svdvals-f32"),
+     ((8, 9), "svdvals-f32"), ((7, 5), "svdvals-f32")],
+)  # fmt: skip
+def test_float32_precision_keeps_the_float64_gram_on_full_rate_fp64_gpus(
+    fake_cuda, monkeypatch, capability, method
+):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    engine = SpectrumEngine("cuda", precision="float32")
+    assert engine.choose_method((3072, 768)) == method
+    w = torch.randn(300, 120, dtype=torch.float64)
+    spec = engine.singular_values([w])[0]
+    assert spec.method == method
+    ref = np.linalg.svd(w.numpy(), compute_uv=False)
+    assert np.abs(spec.sigma - ref).max() <= 1e-4 * ref[0]
+
+
+def test_fast_float64_is_false_without_a_readable_gpu(monkeypatch):
+    from specdyn.engine import fast_float64
+
+    assert not fast_float64(torch.device("cpu"))
+
+    def broken(device=None):
+        raise RuntimeError("no CUDA driver")
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", broken)
+    assert not fast_float64(torch.device("cuda", 0))
+
+
+@pytest.mark.parametrize("scale", [1e250, 1e-250, 1e80, 1e-80])
+def test_float32_solvers_scale_before_narrowing(scale):
+    # a float64 matrix far outside float32's range became inf (σ NaN) on the GPU's float32
+    # route: the engine's power-of-two scale must be applied before the cast
+    w = torch.randn(90, 30, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    w = w * scale
+    engine = SpectrumEngine("cpu", precision="float32")
+    item = engine._admit(0, 1, w, 0)
+    assert item.scale != 1.0 and 0.5 <= float(w.abs().max()) * item.scale <= 1.0
+    scales = torch.tensor([item.scale], dtype=torch.float64)
+    ref = np.linalg.svd(w.numpy(), compute_uv=False)
+    for sigma in (
+        _linalg.svdvals([item.tall], torch.device("cpu"), torch.float32, scales),
+        _linalg.tsqr_svdvals([item.tall], torch.device("cpu"), torch.float32, 32, scales),
+    ):
+        got = sigma[0].double().numpy() / item.scale
+        assert np.isfinite(got).all()
+        assert np.abs(got - ref).max() <= 1e-4 * ref[0]
+
+
+def test_load_block_stacks_the_same_rows_whatever_the_path():
+    g = torch.Generator().manual_seed(2)
+    mats = [torch.randn(50, 20, generator=g).half() for _ in range(3)]
+    wide = [torch.randn(20, 50, generator=g).half().mT for _ in range(3)]
+    for group in (mats, wide):
+        got = _linalg.load_block(group, 10, 30, torch.device("cpu"), torch.float64)
+        want = torch.stack([m[10:30].double() for m in group])
+        assert torch.equal(got, want)
