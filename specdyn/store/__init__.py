@@ -5,7 +5,9 @@ workspace of stores, and the comparison store. Schemas: ``docs/store.md``,
 Modules: ``_layout`` (the schema: every path and type), ``_records`` (step and matrix
 records), ``_plan`` (what a store is built from; a request checked against a store),
 ``_build`` (building a whole file, renamed over the store), ``_writer`` (`StoreWriter`),
-``_sections`` and ``_reader`` (`Run` and its sections), ``_vectors`` and ``_training``
+``_sections`` and ``_reader`` (`Run` and its sections), ``_tables`` (a run's sections
+as tidy tables, chunk by chunk: `Run.to_pandas`, `Run.to_xarray`), ``_export`` (those
+tables written to parquet, CSV or netCDF: `export`), ``_vectors`` and ``_training``
 (the optional sections), ``_lock`` (one writer per store), ``_workspace`` and
 ``_listing`` (where stores live, `list_runs`), ``_checksums`` and ``_verify`` (damage
 on disk detected: the checksums, `verify`), ``_comparison`` (what `specdyn compare`
@@ -33,6 +35,9 @@ from ._prune_results import (
 from ._reader import Run, open_run
 from ._records import CheckpointProblem, MatrixRecord, StepRecord
 from ._sections import RunAgreement, RunAlignment, RunTraining, RunValues, RunVectors
+from ._tables import COLUMNS as TABLE_COLUMNS
+from ._tables import DEFAULT_CHUNK_ROWS, TableChunk, table_chunks
+from ._tables import SECTIONS as TABLE_SECTIONS
 from ._vectors import (
     SAVE_MODES,
     MatrixAgreement,
@@ -78,6 +83,11 @@ __all__ = [
     "SCHEMA_VERSION",
     "STORE_SUFFIX",
     "StepRecord",
+    "TABLE_COLUMNS",
+    "TABLE_SECTIONS",
+    "DEFAULT_CHUNK_ROWS",
+    "TableChunk",
+    "table_chunks",
     "StepVectors",
     "StoreWriter",
     "VectorLayout",

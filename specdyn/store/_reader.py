@@ -258,6 +258,56 @@ class Run:
             "problems": [asdict(p) for p in self.problems],
         }
 
+    def to_pandas(self, section: str = "metrics") -> Any:
+        """One section as a tidy pandas DataFrame: one row per value, done rows only.
+
+        Args:
+            section: ``"metrics"`` (columns run, step, epoch, matrix, kind, metric,
+                value), ``"sigma"`` (run, matrix, step, i, sigma), ``"alignment"`` (run,
+                pair, step, i, value: the diagonal A_ii), ``"agreement"`` (run, matrix,
+                step, i, value: S_ii) or ``"training"`` (run, step, metric, value).
+
+        Returns:
+            A DataFrame: step and epoch int64 (epoch -1 when unknown), i int32 (0-based,
+            descending σ), values float64; run, matrix, kind, metric and pair
+            categorical of str, matrices and pairs in forward order. Steps not done
+            (and, for alignment and agreement, steps whose section is not done) have no
+            row; the training table has a row per metric and step where it was logged.
+
+        Raises:
+            SpecdynError: pandas is not installed (``pip install 'specdyn[pandas]'``).
+            StoreError: unknown section, or one this run lacks (a values-only store has
+                no alignment or agreement).
+        """
+        from ._tables import to_pandas
+
+        return to_pandas(self, section)
+
+    def to_xarray(self, section: str = "metrics") -> Any:
+        """One section as an `xarray.Dataset` with named dimensions and coordinates.
+
+        Args:
+            section: ``"metrics"``: one variable per metric, dims (step, matrix), coords
+                epoch (step), kind and rank (matrix); ``"sigma"``: sigma (matrix, step,
+                sv), NaN beyond each matrix's rank (coord rank); ``"alignment"``:
+                diagonal (pair, step, k) and score (step, pair), coords first, second,
+                length (the pair's diagonal length k_p; NaN beyond it); ``"agreement"``:
+                diagonal (matrix, step, k) and score (step, matrix), attribute reference;
+                ``"training"``: value (metric, step), NaN where a metric was not logged.
+
+        Returns:
+            The Dataset (float64 values, int64 step coordinate of done steps only;
+            alignment and agreement of the steps whose section is done). The whole
+            section is read into memory (use `specdyn.export` for large ones).
+
+        Raises:
+            SpecdynError: xarray is not installed (``pip install 'specdyn[xarray]'``).
+            StoreError: unknown section, or one this run lacks.
+        """
+        from ._tables import to_xarray
+
+        return to_xarray(self, section)
+
     def close(self) -> None:
         """Close the file (idempotent)."""
         self._store.close()
