@@ -8,15 +8,23 @@ the cluster helpers (`cluster_spec`, `connect`) run the steps on a Dask cluster
 
 from ._analyze import analyze
 from ._distributed import (
+    MEMORY_SHARE,
+    STREAM_BYTES,
     DaskSteps,
     RemoteCheckpoint,
     SchedulerSpec,
+    available_memory,
+    check_devices,
     check_max_inflight,
+    check_version,
     check_workers,
+    client_engine,
     cluster_spec,
     connect,
+    default_max_inflight,
     parse_scheduler,
     require_distributed,
+    result_bytes,
     worker_space,
 )
 from ._records import AnalyzeResult, ComputeOptions, MatrixSelection, Progress, RunAnalysis
@@ -26,6 +34,8 @@ from ._vector_step import DEFAULTS as VECTOR_DEFAULTS
 from ._vector_step import VectorOptions
 
 __all__ = [
+    "MEMORY_SHARE",
+    "STREAM_BYTES",
     "AnalyzeResult",
     "ComputeOptions",
     "DaskSteps",
@@ -40,12 +50,18 @@ __all__ = [
     "VectorOptions",
     "analyze",
     "analyze_stream",
+    "available_memory",
+    "check_devices",
     "check_max_inflight",
+    "check_version",
     "check_workers",
+    "client_engine",
     "cluster_spec",
     "connect",
+    "default_max_inflight",
     "parse_scheduler",
     "require_distributed",
+    "result_bytes",
     "settled_vectors",
     "worker_space",
 ]

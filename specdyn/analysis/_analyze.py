@@ -18,7 +18,7 @@ from ..engine import SpectrumEngine
 from ..errors import SpecdynError, option_ref
 from ..sources import Discovery, RunSource, discover, read_training_log
 from ..store import CheckpointProblem, resolve_home, store_path_for
-from ._distributed import DaskSteps, cluster_spec, connect
+from ._distributed import DaskSteps, client_engine, cluster_spec, connect
 from ._records import AnalyzeResult, ComputeOptions, MatrixSelection, Progress, RunAnalysis
 from ._run import analyze_stream
 from ._stepstream import LocalSteps
@@ -80,10 +80,13 @@ def analyze(
             as without it): ``"local:N"`` (a LocalCluster of N worker processes with
             one thread each, made and closed here), ``"tcp://HOST:PORT"`` (a running
             scheduler) or the path of a scheduler JSON file (dask-jobqueue,
-            dask-mpi). The workers must read the checkpoints at the same paths.
+            dask-mpi). The workers must read the checkpoints at the same paths, and
+            use `compute.device` (checked on every worker before any task).
             Needs the extra ``specdyn[dist]``. None: here, one step after the other.
-        max_inflight: with `scheduler`, the most tasks submitted and not yet written
-            (default: two per worker), which bounds the results held in memory here.
+        max_inflight: with `scheduler`, the most tasks submitted and not yet written,
+            which bounds the results held in memory (default: two per worker, fewer
+            when the steps' estimated results would not fit in a quarter of this
+            machine's available memory; docs/distributed.md#backpressure-and-memory).
 
     Returns:
         AnalyzeResult with, per run, the store path, steps computed now and
@@ -118,17 +121,13 @@ def analyze(
             file=metrics_file,
             option="metrics_file",
         )
-    # one engine for every run (its device is set up once)
-    engine = SpectrumEngine(
-        device=compute.device,
-        precision=compute.precision,
-        exact=compute.exact,
-        max_memory=compute.max_memory,
-    )
+    # one engine for every run (its device is set up once); on a cluster the workers
+    # make theirs with `compute.device`
+    engine = client_engine(compute, on_cluster=spec is not None)
     with ExitStack() as stack:
         dispatcher = None
         if spec is not None:
-            client = stack.enter_context(connect(spec))
+            client = stack.enter_context(connect(spec, compute=compute))
             dispatcher = DaskSteps(client, compute, max_inflight=max_inflight)
         results = [
             _analyze_run(

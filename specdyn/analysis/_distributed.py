@@ -10,6 +10,11 @@ A step's task is given the checkpoint the stream acquires here (local files the 
 read at the same paths) or, for a stream whose files are fetched (the Pythia hub), a
 `RemoteCheckpoint` that the worker fetches into its own local disk and deletes.
 
+A step whose kept vectors (or, on the reference pass, full top-k vectors) are larger
+than `STREAM_BYTES` is streamed: its task's result stays on the worker, the client fetches
+the rest of it first, then the kept vectors one matrix at a time, and the reference's
+vectors never come to the client at all (docs/distributed.md#large-results).
+
 `distributed` is imported only when a scheduler is asked for (the extra
 ``specdyn[dist]``).
 """
@@ -17,6 +22,7 @@ read at the same paths) or, for a stream whose files are fetched (the Pythia hub
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import threading
 import uuid
@@ -26,9 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 from ..engine import SpectrumEngine
 from ..errors import SpecdynError, option_ref
+from ..metrics import METRIC_NAMES
 from ..sources import Checkpoint
+from ..store import StepVectors
 from ..types import Note
 from ..vectors import TopK
 from ..version import __version__
@@ -36,15 +46,23 @@ from ._records import ComputeOptions
 from ._run import STEP_FAILURES, StepPlan, StepResult, _AnalysisRun, compute_step
 
 __all__ = [
+    "MEMORY_SHARE",
+    "STREAM_BYTES",
     "DaskSteps",
     "RemoteCheckpoint",
     "SchedulerSpec",
+    "available_memory",
+    "check_devices",
     "check_max_inflight",
+    "check_version",
     "check_workers",
+    "client_engine",
     "cluster_spec",
     "connect",
+    "default_max_inflight",
     "parse_scheduler",
     "require_distributed",
+    "result_bytes",
     "worker_space",
 ]
 
@@ -55,6 +73,13 @@ _ACCEPTED = (
 )
 # How long a running cluster may take to offer its first worker (jobs still queued).
 WORKER_WAIT_S = 120.0
+# A step whose kept vectors (and, on the reference pass, full top-k vectors) are estimated
+# above this many bytes is streamed (`DaskSteps`): its result stays on the worker and the
+# client fetches the vectors one matrix at a time. Tests lower it to take that path.
+STREAM_BYTES = 256 * 2**20
+# The default max_inflight keeps the results submitted and not yet written within this
+# share of the client's available memory (the rest: the client's own work, other programs).
+MEMORY_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -144,13 +169,20 @@ def require_distributed() -> Any:
 
 
 @contextmanager
-def connect(spec: SchedulerSpec, *, wait_s: float = WORKER_WAIT_S) -> Iterator[Any]:
+def connect(
+    spec: SchedulerSpec,
+    *,
+    wait_s: float = WORKER_WAIT_S,
+    compute: ComputeOptions | None = None,
+) -> Iterator[Any]:
     """A `distributed.Client` for `spec` whose workers all run this specdyn version
-    (a LocalCluster for "local:N" is made here and closed on exit).
+    (a LocalCluster for "local:N" is made here and closed on exit) and, with `compute`,
+    can all make an engine with its options (`check_devices`).
 
     Raises:
         SpecdynError: the scheduler cannot be reached, no worker joins within `wait_s`
-            seconds, or a worker cannot import specdyn or runs another version.
+            seconds, a worker cannot import specdyn or runs another version, or a
+            worker cannot use `compute.device`.
     """
     dist = require_distributed()
     with ExitStack() as stack:
@@ -170,6 +202,8 @@ def connect(spec: SchedulerSpec, *, wait_s: float = WORKER_WAIT_S) -> Iterator[A
                 ) from None
             _wait_for_a_worker(client, spec, wait_s)
         check_workers(client)
+        if compute is not None:
+            check_devices(client, compute)
         yield client
 
 
@@ -238,6 +272,143 @@ def check_workers(client: Any) -> None:
             )
 
 
+def check_version(version: str) -> None:
+    """In a task: SpecdynError unless this worker runs the client's specdyn `version` (a
+    worker that joined after `check_workers`)."""
+    if version != __version__:
+        raise SpecdynError(
+            f"a worker runs specdyn {__version__}, the client {version}; "
+            "install the same version on every worker"
+        )
+
+
+def _worker_device(compute: ComputeOptions) -> str:
+    """The device an engine with `compute`'s options uses on this worker, in words (run on
+    every worker by `check_devices`; not kept: tasks make their own, `_worker_engine`)."""
+    engine = SpectrumEngine(
+        device=compute.device,
+        precision=compute.precision,
+        exact=compute.exact,
+        max_memory=compute.max_memory,
+    )
+    return engine.device_name
+
+
+def check_devices(client: Any, compute: ComputeOptions) -> dict[str, str]:
+    """Check that every worker can make an engine with `compute`'s device and options:
+    ``--device`` applies on the workers, not here.
+
+    Returns:
+        worker address → the device its engine uses, in words (e.g. "cpu",
+        "cuda:0 (NVIDIA H100 80GB HBM3)").
+
+    Raises:
+        SpecdynError: one line naming the first worker that cannot (no GPU for
+            ``--device cuda``, a bad device), before any task is submitted.
+    """
+    devices: Mapping[str, Any] = client.run(_worker_device, compute, on_error="return")
+    for worker, device in sorted(devices.items()):
+        if isinstance(device, BaseException):
+            message = getattr(device, "message", None) or _one_line(device)
+            raise SpecdynError(
+                f"{option_ref('device')} {compute.device}: worker {worker}: {message}",
+                option="device",
+            )
+    return dict(devices)
+
+
+def client_engine(compute: ComputeOptions, on_cluster: bool) -> SpectrumEngine:
+    """The engine of the process that runs the analysis: with `compute`'s options, or, on
+    a cluster (`on_cluster`), on the CPU: there it computes nothing, and the client is often
+    a login node without the GPU that ``--device cuda`` asks of the workers."""
+    return SpectrumEngine(
+        device="cpu" if on_cluster else compute.device,
+        precision=compute.precision,
+        exact=compute.exact,
+        max_memory=compute.max_memory,
+    )
+
+
+def result_bytes(plan: StepPlan, wanted: set[str]) -> tuple[int, int]:
+    """Estimated bytes of one step's task result: (what is always sent back whole — σ,
+    metrics, methods, alignment and agreement diagonals and matrices —, what may be
+    streamed — kept float32 vectors with "vectors", full float64 top-k vectors with
+    "tops").
+
+    Per matrix (m, n), R = min(m, n), k' = min(k, R): σ R·8; metrics and method 8 per
+    metric + 64; agreement k'·8 (+ k'²·8 with full matrices); kept vectors (m + n)·k'·4;
+    full top-k vectors R·8 + (m + n)·k'·8. Per pair: its diagonal k_p·8, heads
+    blocks·k_p·8 when it has blocks, k_p²·8 with full matrices.
+    """
+    layout = plan.layout
+    full = layout is not None and layout.full_matrices
+    whole = streamed = 0
+    for view in plan.views:
+        m, n = (int(d) for d in view.shape)
+        rank = plan.ranks[view.name]
+        k = min(plan.k, rank)
+        if "values" in wanted:
+            whole += rank * 8 + 8 * len(METRIC_NAMES) + 64
+        if "agreement" in wanted and layout is not None:
+            whole += k * 8 + (k * k * 8 if full else 0)
+        if "vectors" in wanted:
+            streamed += (m + n) * k * 4
+        if "tops" in wanted:
+            streamed += rank * 8 + (m + n) * k * 8
+    if "alignment" in wanted and layout is not None:
+        for pair in layout.pairs:
+            heads = pair.blocks * pair.k * 8 if pair.blocks > 1 else 0
+            whole += pair.k * 8 + heads + (pair.k * pair.k * 8 if full else 0)
+    return whole, streamed
+
+
+def available_memory(meminfo: str | Path = "/proc/meminfo") -> int | None:
+    """Bytes of memory available to this process: Linux's MemAvailable (`meminfo`), else
+    the free physical pages (`os.sysconf`), else None (unknown)."""
+    try:
+        with open(meminfo, encoding="ascii") as lines:
+            for line in lines:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # "MemAvailable:  123 kB"
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def default_max_inflight(
+    step_bytes: list[int], workers: int, available: int | None, share: float = MEMORY_SHARE
+) -> int:
+    """The default ``max_inflight``: two tasks per worker, fewer when the results of that
+    many steps would not fit in `share` of `available` memory, at least 1.
+
+    Args:
+        step_bytes: the estimated result size of each step to compute (`result_bytes`,
+            both parts).
+        workers: the cluster's workers now.
+        available: the client's available memory in bytes (`available_memory`), None
+            when unknown (then two per worker).
+        share: the share of `available` the results may take.
+
+    Returns:
+        The largest n ≤ 2 × workers whose n largest results fit in share × available
+        (so any n of them fit), and at least 1.
+    """
+    cap = 2 * max(1, int(workers))
+    if available is None:
+        return cap
+    budget = share * available
+    n, total = 0, 0
+    for size in sorted(step_bytes, reverse=True)[:cap]:
+        total += size
+        if total > budget:
+            break
+        n += 1
+    return max(1, min(cap, n if step_bytes else cap))
+
+
 def worker_space() -> tuple[Path, str]:
     """(This worker's local directory, its address): where a task may put files on the
     worker's own disk. Outside a worker (a test calling a task directly): the system's
@@ -281,6 +452,7 @@ class _Outcome:
     engine_notes: list[Note]
     device: str
     fetched_bytes: int = 0
+    kept: tuple[str, ...] = ()  # a streamed step: the matrices whose kept vectors wait
 
 
 # One engine per worker thread and options: made on a task's first use, kept for the next.
@@ -311,11 +483,7 @@ def _step_task(
 ) -> _Outcome:
     """One step on a worker: read (or fetch) its checkpoint, compute `wanted`, return the
     results."""
-    if version != __version__:  # a worker that joined after `check_workers`
-        raise SpecdynError(
-            f"a worker runs specdyn {__version__}, the client {version}; "
-            "install the same version on every worker"
-        )
+    check_version(version)
     engine = _worker_engine(compute)
     result, failure = None, None
     opened = nullcontext(ckpt) if isinstance(ckpt, Checkpoint) else ckpt.on_worker()
@@ -337,14 +505,19 @@ class DaskSteps:
     `StepDispatcher` for `analyze_stream`).
 
     client: a connected `distributed.Client` (`connect`); compute: the engine options the
-    workers use; max_inflight: the most tasks submitted and not yet written (default two
-    per worker), so that results cannot pile up in the client's memory;
-    reference_here: compute the agreement's reference in this process instead of as a
-    task (docs/distributed.md#the-reference-step); remote: step → the `RemoteCheckpoint`
-    its task fetches on the worker, for a stream whose files are not here (the Pythia hub;
-    None: the task reads the checkpoint the stream acquires here); on_fetch: called here
-    with (step, "done", bytes the worker fetched) as each such task's result arrives.
-    fetched_bytes: the bytes the workers fetched, in total.
+    workers use; max_inflight: the most tasks submitted and not yet written (default
+    `default_max_inflight`: two per worker, fewer when the steps' estimated results would
+    not fit in `MEMORY_SHARE` of this machine's available memory), so that results cannot
+    pile up; reference_here: compute the agreement's reference in this process instead of
+    as a task (docs/distributed.md#the-reference-step); remote: step → the
+    `RemoteCheckpoint` its task fetches on the worker, for a stream whose files are not
+    here (the Pythia hub; None: the task reads the checkpoint the stream acquires here);
+    on_fetch: called here with (step, "done", bytes the worker fetched) as each such
+    task's result arrives.
+
+    Set while it runs: fetched_bytes (the bytes the workers fetched, in total), inflight
+    (the bound the last `analyse` used), streamed (the steps whose kept vectors were
+    fetched one matrix at a time, `STREAM_BYTES`).
     """
 
     def __init__(
@@ -365,6 +538,8 @@ class DaskSteps:
         self.remote = remote
         self.on_fetch = on_fetch
         self.fetched_bytes = 0
+        self.inflight: int | None = None
+        self.streamed: list[int] = []
         self.devices: set[str] = set()
 
     def analyse(self, run: _AnalysisRun, work: list[int]) -> None:
@@ -372,16 +547,21 @@ class DaskSteps:
         `run.reference_first`) and hand each result to `run.write_result`."""
         client = self.client
         plan = self._share(run.step_plan, "plan")
+        reference = None
         if run.reference_first:
             if self.reference_here:
                 run.take_reference(run.visit_reference(len(work)))
             else:
-                outcome = self._wait(run, run.reference, run.reference_wanted(), plan, None)
-                run.take_reference(self._take(run, outcome))
+                outcome, held = self._wait(run, run.reference, run.reference_wanted(), plan)
+                run.take_reference(self._take(run, outcome, held))
+                if held is not None:  # its full vectors stay on the cluster
+                    reference = client.submit(
+                        _tops_of, held, pure=False, key=f"specdyn-reference-{_token()}"
+                    )
+                    held = None  # the rest of its result may go once `reference` is made
                 run.on_done(run.reference, 0, len(work), "reference")
             work = [s for s in work if s != run.reference]
-        reference = None
-        if run.reference_tops is not None:
+        if reference is None and run.reference_tops is not None:
             reference = self._share(run.reference_tops, "reference")
         self._stream(run, work, plan, reference)
         workers = len(client.scheduler_info().get("workers", {}))
@@ -393,17 +573,18 @@ class DaskSteps:
         killed worker held is lost for good ("can't be recovered") and cancels every task
         needing it, whereas a task's result is recomputed by the scheduler from the task,
         which carries the value."""
-        return self.client.submit(
-            _held, value, pure=False, key=f"specdyn-{what}-{uuid.uuid4().hex[:12]}"
-        )
+        return self.client.submit(_held, value, pure=False, key=f"specdyn-{what}-{_token()}")
 
-    def _submit(self, run: _AnalysisRun, step: int, wanted: set[str], plan, reference) -> Any:
+    def _submit(
+        self, run: _AnalysisRun, step: int, wanted: set[str], plan, reference
+    ) -> tuple[Any, Any]:
         """Submit one step's task (its checkpoint acquired here and read on the worker, or
-        fetched there when `remote`)."""
+        fetched there when `remote`): (the future whose result comes here, the future of
+        the whole result, held on the worker, for a streamed step, else None)."""
         ckpt = run.source.acquire(step) if self.remote is None else self.remote(step)
         worker = getattr(ckpt, "worker", None)
         placed = {"workers": [worker], "allow_other_workers": True} if worker else {}
-        return self.client.submit(
+        future = self.client.submit(
             _step_task,
             ckpt,
             plan,
@@ -414,15 +595,23 @@ class DaskSteps:
             __version__,
             pure=False,
             retries=2,
-            key=f"specdyn-step-{step}-{uuid.uuid4().hex[:12]}",
+            key=f"specdyn-step-{step}-{_token()}",
             **placed,
         )
+        if result_bytes(run.step_plan, wanted)[1] <= STREAM_BYTES:
+            return future, None
+        # the vectors stay with the result on its worker; the rest is sent first
+        light = self.client.submit(
+            _light_outcome, future, pure=False, key=f"specdyn-light-{step}-{_token()}"
+        )
+        return light, future
 
-    def _wait(self, run: _AnalysisRun, step: int, wanted: set[str], plan, reference) -> _Outcome:
-        """Run one step's task and wait for it."""
-        future = self._submit(run, step, wanted, plan, reference)
+    def _wait(self, run: _AnalysisRun, step: int, wanted: set[str], plan) -> tuple[_Outcome, Any]:
+        """Run one step's task and wait for it: its outcome and, when streamed, the future
+        of its whole result."""
+        future, held = self._submit(run, step, wanted, plan, None)
         try:
-            return self.result_of(future, step)
+            return self.result_of(future, step), held
         finally:
             run.source.release(step)
 
@@ -430,33 +619,43 @@ class DaskSteps:
         """Submit the steps with at most `max_inflight` not yet written; write each as it
         completes."""
         dist = require_distributed()
-        limit = self.max_inflight or 2 * max(1, len(self.client.scheduler_info()["workers"]))
+        limit = self.max_inflight or self._default_inflight(run, work)
+        self.inflight = limit
         queue = iter(work)
-        live: dict[Any, int] = {}
+        live: dict[Any, tuple[int, Any]] = {}
         completed = dist.as_completed()
 
         def submit_next() -> None:
             step = next(queue, None)
             if step is not None:
-                future = self._submit(run, step, run.sections[step], plan, reference)
-                live[future] = step
+                future, held = self._submit(run, step, run.sections[step], plan, reference)
+                live[future] = (step, held)
                 completed.add(future)
 
         for _ in range(min(limit, len(work))):
             submit_next()
         try:
             for index, future in enumerate(completed):
-                step = live.pop(future)
+                step, held = live.pop(future)
                 try:
                     outcome = self.result_of(future, step)
                 finally:
                     run.source.release(step)
-                self._take(run, outcome)
+                self._take(run, outcome, held)
+                held = None  # the worker may drop the whole result before the next task
                 run.on_done(step, index, len(work), "analysing")
                 submit_next()
         finally:
-            for future in live:  # an error stopped the run: nothing more is computed
+            for future, (_step, held) in live.items():  # an error stopped the run
                 future.cancel()
+                if held is not None:
+                    held.cancel()
+
+    def _default_inflight(self, run: _AnalysisRun, work: list[int]) -> int:
+        """`default_max_inflight` for the steps of `work` and this machine's memory."""
+        workers = len(self.client.scheduler_info()["workers"])
+        sizes = [sum(result_bytes(run.step_plan, run.sections[s])) for s in work]
+        return default_max_inflight(sizes, workers, available_memory())
 
     def result_of(self, future: Any, step: int) -> Any:
         """What `step`'s task returned (for a step's task its `_Outcome`); SpecdynError in
@@ -477,9 +676,13 @@ class DaskSteps:
                 step=step,
             ) from None
 
-    def _take(self, run: _AnalysisRun, outcome: _Outcome) -> dict[str, TopK] | None:
-        """Write a task's results (or handle its checkpoint's error as the local loop does);
-        the step's full top-k vectors (reference pass), or None when it failed."""
+    def _take(
+        self, run: _AnalysisRun, outcome: _Outcome, held: Any = None
+    ) -> dict[str, TopK] | None:
+        """Write a task's results (or handle its checkpoint's error as the local loop does),
+        then a streamed step's kept vectors from `held`; the step's full top-k vectors
+        (reference pass; for a streamed step only their σ and methods), or None when it
+        failed."""
         self.devices.add(outcome.device)
         if self.remote is not None:
             self.fetched_bytes += outcome.fetched_bytes
@@ -491,7 +694,63 @@ class DaskSteps:
             run.step_failed(outcome.step, outcome.failure)
             return None
         run.write_result(outcome.result)
+        if outcome.kept:
+            self._write_kept(run, outcome.step, held, outcome.kept)
         return outcome.result.tops
+
+    def _write_kept(self, run: _AnalysisRun, step: int, held: Any, names: tuple[str, ...]) -> None:
+        """Fetch a streamed step's kept vectors from its result on the worker, one matrix
+        per request, and write them. The step's other sections are written (and done)
+        already; a worker lost now makes Dask compute the step's task again for the
+        requests, and when it gives up the vectors stay not done (a re-run adds them)."""
+        kept: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for name in names:
+            piece = self.client.submit(
+                _kept_piece, held, name, pure=False, key=f"specdyn-kept-{step}-{_token()}"
+            )
+            kept[name] = self.result_of(piece, step)
+        # the store's writer takes a step's kept vectors in one durable write
+        run.writer.write_step(step, vectors=StepVectors(vectors=kept))
+        if step not in run.with_vectors:
+            run.with_vectors.append(step)
+        self.streamed.append(step)
+
+
+def _light_outcome(outcome: _Outcome) -> _Outcome:
+    """A streamed step's outcome as sent to the client first: without its kept vectors
+    (named in `kept`, fetched by `_kept_piece`) and with only the σ and method of its full
+    top-k vectors (which stay on the cluster, `_tops_of`)."""
+    result = outcome.result
+    if result is None:
+        return outcome
+    vectors, kept = result.vectors, ()
+    if vectors is not None and vectors.vectors is not None:
+        kept = tuple(vectors.vectors)
+        vectors = StepVectors(alignment=vectors.alignment, agreement=vectors.agreement)
+        if vectors.alignment is None and vectors.agreement is None:
+            vectors = None
+    empty = np.empty((0, 0))
+    tops = {name: TopK(t.sigma, empty, empty, t.method) for name, t in result.tops.items()}
+    light = StepResult(result.step, result.spectra, result.metrics, result.notes,
+                       result.sha256, vectors, tops)  # fmt: skip
+    return _Outcome(outcome.step, light, None, outcome.engine_notes, outcome.device,
+                    outcome.fetched_bytes, kept)  # fmt: skip
+
+
+def _kept_piece(outcome: _Outcome, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """One matrix's kept (u, v) from a streamed step's whole result on the worker."""
+    return outcome.result.vectors.vectors[name]
+
+
+def _tops_of(outcome: _Outcome) -> dict[str, TopK]:
+    """A streamed reference step's full top-k vectors, from its whole result on the worker
+    (what every other step's task compares with)."""
+    return outcome.result.tops
+
+
+def _token() -> str:
+    """A short random suffix for task keys."""
+    return uuid.uuid4().hex[:12]
 
 
 def _held(value: Any) -> Any:

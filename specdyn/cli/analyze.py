@@ -101,7 +101,7 @@ def analyze_command(
             "--scheduler",
             help="Compute the steps on a Dask cluster, one task per checkpoint (same store): "
             "local:N (N worker processes), tcp://HOST:PORT (a running scheduler) or a "
-            "scheduler JSON file. Needs pip install 'specdyn[dist]'; docs/distributed.md.",
+            "scheduler JSON file. Needs pip install 'specdyn\\[dist]'; docs/distributed.md.",
         ),
     ] = None,
     max_inflight: Annotated[
@@ -109,7 +109,8 @@ def analyze_command(
         typer.Option(
             "--max-inflight",
             help="With --scheduler: the most steps computed and not yet written at once, which "
-            "bounds the results held in memory (default: 2 per worker).",
+            "bounds the results held in memory (default: 2 per worker, fewer when their "
+            "estimated results would not fit in a quarter of this machine's available memory).",
         ),
     ] = None,
     json_out: JsonOption = False,

@@ -41,16 +41,18 @@ from ..analysis import (
     StepStream,
     VectorOptions,
     analyze_stream,
+    check_version,
+    client_engine,
     cluster_spec,
     connect,
     worker_space,
 )
-from ..engine import SpectrumEngine
 from ..errors import CheckpointError, SpecdynError, option_ref
 from ..sources import Checkpoint, open_checkpoint
 from ..steps import select_steps
 from ..store import StepRecord, open_run, resolve_home, store_path_for
 from ..types import Note, TensorInfo
+from ..version import __version__
 from ._hub import Branch, Hub, HubError, HubLimits, HubRevision, free_bytes
 
 __all__ = [
@@ -681,10 +683,12 @@ class _Metadata:
     worker: str
 
 
-def _revision_metadata(remote: RemoteRevision) -> _Metadata | CheckpointError:
+def _revision_metadata(remote: RemoteRevision, version: str) -> _Metadata | CheckpointError:
     """A Dask task: download one revision on the worker, read its tensors' metadata and
     hold the files under `remote.held` for the revision's own task (a CheckpointError is
-    returned: Dask retries are for lost workers)."""
+    returned: Dask retries are for lost workers); first, SpecdynError when the worker runs
+    another specdyn than the client's `version`, before anything is downloaded."""
+    check_version(version)
     try:
         with remote._local(keep=True) as ckpt, ckpt.open() as reader:
             keys = reader.keys()
@@ -798,6 +802,7 @@ class ClusterSteps(StepStream):
         future = dispatcher.client.submit(
             _revision_metadata,
             remote,
+            __version__,
             pure=False,
             retries=2,
             key=f"specdyn-plan-{step}-{uuid.uuid4().hex[:12]}",
@@ -936,18 +941,13 @@ def pythia(
     store = store_path_for(plan.name, resolve_home(home))
     if all(r.action == "done" for r in analysed) and _complete(store, vectors, revisions):
         return PythiaResult(plan, None, 0, notes)
-    engine = SpectrumEngine(
-        device=compute.device,
-        precision=compute.precision,
-        exact=compute.exact,
-        max_memory=compute.max_memory,
-    )
+    engine = client_engine(compute, on_cluster=spec is not None)
     with ExitStack() as stack:
         dispatcher = None
         if spec is None:
             stream = HubSteps(hub, plan, revisions, keep=keep, on_fetch=on_fetch)
         else:
-            client = stack.enter_context(connect(spec))
+            client = stack.enter_context(connect(spec, compute=compute))
             dispatcher = DaskSteps(client, compute, max_inflight=max_inflight, on_fetch=on_fetch)
             stream = ClusterSteps(hub, plan, revisions, dispatcher, token=_hub_token())
             dispatcher.remote = stream.remote

@@ -23,7 +23,7 @@ import torch
 from _stores import store_contents
 
 import specdyn
-from specdyn.analysis import ComputeOptions, LocalSteps, _distributed, analyze_stream
+from specdyn.analysis import ComputeOptions, LocalSteps, VectorOptions, _distributed, analyze_stream
 from specdyn.cli import main
 from specdyn.engine import SpectrumEngine
 from specdyn.errors import ShapeChangedError, SpecdynError
@@ -324,3 +324,132 @@ def test_a_killed_worker_changes_nothing(client, synthetic, tmp_path):
 def _steps(keys) -> list[str]:
     """The keys of specdyn step tasks among a worker's keys."""
     return [k for k in keys if str(k).startswith("specdyn-step-")]
+
+
+# ----------------------------------------------------------------- memory, streaming, devices
+
+
+def test_the_default_max_inflight_is_sized_from_memory(client, synthetic, tmp_path, monkeypatch):
+    unwritten, most = [0], [0]
+    real_submit, real_take = _distributed.DaskSteps._submit, _distributed.DaskSteps._take
+
+    def submit(self, *args, **kwargs):
+        unwritten[0] += 1
+        most[0] = max(most[0], unwritten[0])
+        return real_submit(self, *args, **kwargs)
+
+    def take(self, *args, **kwargs):
+        unwritten[0] -= 1
+        return real_take(self, *args, **kwargs)
+
+    monkeypatch.setattr(_distributed.DaskSteps, "_submit", submit)
+    monkeypatch.setattr(_distributed.DaskSteps, "_take", take)
+    address = client.scheduler.address
+    for available, expected in [(10**12, 4), (1, 1)]:  # 2 × 2 workers; nothing fits: one
+        monkeypatch.setattr(_distributed, "available_memory", lambda available=available: available)
+        most[0] = 0
+        home = tmp_path / f"dist-{available}"
+        result = specdyn.analyze(synthetic, home=home, vectors=None, scheduler=address).runs[0]
+        assert len(result.steps_computed) == 12 and most[0] == expected and unwritten[0] == 0
+    # a user-given bound wins over the estimate
+    most[0] = 0
+    specdyn.analyze(synthetic, home=tmp_path / "given", vectors=None, scheduler=address,
+                    max_inflight=3)  # fmt: skip
+    assert most[0] == 3
+
+
+def _dispatched(folder: Path, store: Path, vectors, dispatcher=None):
+    """One run of `folder` into `store`, on the cluster when `dispatcher` is given."""
+    (source,) = discover(folder).runs
+    return analyze_stream(LocalSteps(source), store, run_name=source.name, vectors=vectors,
+                          engine=SpectrumEngine(), dispatcher=dispatcher)  # fmt: skip
+
+
+def test_large_results_are_streamed_and_give_the_same_store(
+    client, synthetic, tmp_path, monkeypatch
+):
+    vectors = VectorOptions(save_vectors="all")
+    local = _dispatched(synthetic, tmp_path / "local.h5", vectors)
+    whole = _distributed.DaskSteps(client, ComputeOptions())
+    _dispatched(synthetic, tmp_path / "whole.h5", vectors, whole)
+    assert whole.streamed == []  # kilobytes of vectors: below the 256 MiB bound
+    shared: list[str] = []
+    real_share = _distributed.DaskSteps._share
+
+    def share(self, value, what):
+        shared.append(what)
+        return real_share(self, value, what)
+
+    monkeypatch.setattr(_distributed.DaskSteps, "_share", share)
+    monkeypatch.setattr(_distributed, "STREAM_BYTES", 0)  # every step that keeps vectors
+    streamed = _distributed.DaskSteps(client, ComputeOptions())
+    _dispatched(synthetic, tmp_path / "streamed.h5", vectors, streamed)
+    # every step's kept vectors came one matrix at a time, the reference's first; its full
+    # vectors never came here (not shared from the client)
+    assert streamed.streamed[0] == local.reference == 1100
+    assert sorted(streamed.streamed) == list(range(0, 1200, 100))
+    assert shared == ["plan"]
+    _assert_same_store(str(tmp_path / "streamed.h5"), local.store_path)
+    _assert_same_store(str(tmp_path / "whole.h5"), local.store_path)
+
+
+def test_a_worker_lost_between_the_two_phases_changes_nothing(
+    client, synthetic, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(_distributed, "STREAM_BYTES", 0)
+    pids = client.run(os.getpid)
+    killed: list[int] = []
+    real_write_kept = _distributed.DaskSteps._write_kept
+
+    def write_kept(self, run, step, held, names):
+        # the step's values and diagonals are written; every copy of its whole result
+        # dies before its kept vectors are fetched
+        if step != run.reference and not killed:
+            for worker in client.who_has([held])[held.key]:
+                os.kill(pids[worker], signal.SIGKILL)
+                killed.append(step)
+        return real_write_kept(self, run, step, held, names)
+
+    monkeypatch.setattr(_distributed.DaskSteps, "_write_kept", write_kept)
+    result = specdyn.analyze(
+        synthetic, home=tmp_path / "dist", scheduler=client.scheduler.address
+    ).runs[0]
+    assert killed == [0]  # "ends": the reference (1100) and step 0 keep vectors
+    assert len(result.steps_computed) == 12 and result.steps_with_vectors == list(
+        range(0, 1200, 100)
+    )
+    local = specdyn.analyze(synthetic, home=tmp_path / "local").runs[0]
+    _assert_same_store(result.store_path, local.store_path)
+    client.wait_for_workers(2, timeout=60)
+
+
+def test_the_device_applies_on_the_workers(client, synthetic, tmp_path):
+    marker = 2**40 + 12345  # a max_memory no other test uses: finds this run's engines
+    compute = ComputeOptions(device="cpu", max_memory=marker)
+    result = specdyn.analyze(synthetic, home=tmp_path / "cpu", steps="0:300", vectors=None,
+                             compute=compute, scheduler=client.scheduler.address).runs[0]  # fmt: skip
+    assert result.device == "cpu on 2 Dask workers"
+    engines = client.run(
+        lambda: [(key[0], e.device.type) for key, e in _distributed._ENGINES.items()]
+    )
+    used = [(options, device) for got in engines.values() for options, device in got
+            if options.max_memory == marker]  # fmt: skip
+    assert used and all(options == compute and device == "cpu" for options, device in used)
+    assert _distributed.check_devices(client, compute) == dict.fromkeys(engines, "cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_the_workers_lack_is_one_line_before_any_task(client, synthetic, tmp_path):
+    # the client computes nothing: it makes its engine on the CPU and asks the workers
+    with pytest.raises(SpecdynError) as err:
+        specdyn.analyze(synthetic, home=tmp_path / "ws", compute=ComputeOptions(device="cuda"),
+                        scheduler=client.scheduler.address)  # fmt: skip
+    message = str(err.value)
+    assert message.startswith("device cuda: worker tcp://") and "\n" not in message
+    assert "device 'cuda' asked for, but this torch build sees no CUDA GPU" in message
+    assert not list((tmp_path / "ws").glob("*.h5"))
+
+
+def test_analyze_help_names_the_extra(capsys):
+    assert main(["analyze", "--help"]) == 0
+    assert "'specdyn[dist]'" in capsys.readouterr().out

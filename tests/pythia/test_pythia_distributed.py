@@ -28,7 +28,7 @@ from specdyn import open_run
 from specdyn.analysis import ComputeOptions, VectorOptions
 from specdyn.cli import main
 from specdyn.errors import HubError, SpecdynError, StoreMismatchError
-from specdyn.pythia import plan_pythia, pythia
+from specdyn.pythia import _sweep, plan_pythia, pythia
 
 distributed = pytest.importorskip("distributed")
 
@@ -410,3 +410,15 @@ def test_dry_run_on_workers_plans_whole_downloads(hub, tiny, env, tmp_path, caps
     assert main([*args, "--dry-run", "--scheduler", "local:2"]) == 0
     out = capsys.readouterr().out
     assert "per worker thread" in out and "two revisions at most" not in out
+
+
+def test_the_planning_task_checks_the_workers_specdyn_first():
+    # a worker that joined after the check of every worker: one line, nothing downloaded
+    # (the revision is never looked at)
+    with pytest.raises(SpecdynError) as err:
+        _sweep._revision_metadata(None, "0.0.1")
+    message = str(err.value)
+    assert message == (
+        f"a worker runs specdyn {specdyn.__version__}, the client 0.0.1; "
+        "install the same version on every worker"
+    )
