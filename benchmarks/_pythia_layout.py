@@ -47,19 +47,25 @@ def write_pythia_checkpoint(
     sd["gpt_neox.final_layer_norm.bias"] = torch.zeros(hidden).half()
     sd["embed_out.weight"] = rand(vocab, hidden)
     step_dir.mkdir(parents=True, exist_ok=True)
-    config = {
+    config = pythia_config(hidden=hidden, layers=layers, heads=heads, inter=inter, vocab=vocab)
+    config["max_position_embeddings"] = context
+    (step_dir / "config.json").write_text(json.dumps(config))
+    torch.save(sd, step_dir / "pytorch_model.bin")
+    return step_dir
+
+
+def pythia_config(*, hidden: int, layers: int, heads: int, inter: int, vocab: int) -> dict:
+    """The ``config.json`` of a Pythia (GPT-NeoX) size, as the hub's revisions carry it."""
+    return {
         "model_type": "gpt_neox",
         "hidden_size": hidden,
         "num_hidden_layers": layers,
         "num_attention_heads": heads,
         "intermediate_size": inter,
         "vocab_size": vocab,
-        "max_position_embeddings": context,
+        "max_position_embeddings": 2048,
         "rotary_pct": 0.25,
         "use_parallel_residual": True,
         "tie_word_embeddings": False,
         "torch_dtype": "float16",
     }
-    (step_dir / "config.json").write_text(json.dumps(config))
-    torch.save(sd, step_dir / "pytorch_model.bin")
-    return step_dir

@@ -54,6 +54,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from _pythia_layout import pythia_config  # noqa: E402
 
 from specdyn import _linalg  # noqa: E402  (a benchmark reaches into the engine's kernels)
 from specdyn import engine as engine_module  # noqa: E402
@@ -406,17 +409,7 @@ def pythia_infos(hidden: int, layers: int, heads: int, inter: int, vocab: int):
     infos["gpt_neox.final_layer_norm.weight"] = TensorInfo((hidden,), f16)
     infos["gpt_neox.final_layer_norm.bias"] = TensorInfo((hidden,), f16)
     infos["embed_out.weight"] = TensorInfo((vocab, hidden), f16)
-    config = {
-        "model_type": "gpt_neox",
-        "hidden_size": hidden,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "intermediate_size": inter,
-        "vocab_size": vocab,
-        "rotary_pct": 0.25,
-        "use_parallel_residual": True,
-        "tie_word_embeddings": False,
-    }
+    config = pythia_config(hidden=hidden, layers=layers, heads=heads, inter=inter, vocab=vocab)
     return infos, config
 
 
