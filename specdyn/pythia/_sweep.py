@@ -910,7 +910,8 @@ def pythia(
             deletes it; this process writes the store. Not with ``HF_HUB_OFFLINE`` or
             `keep`. Needs the extra ``specdyn[dist]``.
         max_inflight: with `scheduler`, the most tasks submitted and not yet written
-            (default: two per worker).
+            (default: as `specdyn.analyze`'s, two per worker, fewer when the results
+            would not fit in a quarter of this machine's available memory).
 
     Returns:
         `PythiaResult`: the plan (with flags), the `RunAnalysis` (None when nothing

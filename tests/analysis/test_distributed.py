@@ -414,7 +414,7 @@ def test_a_worker_lost_between_the_two_phases_changes_nothing(
     result = specdyn.analyze(
         synthetic, home=tmp_path / "dist", scheduler=client.scheduler.address
     ).runs[0]
-    assert killed == [0]  # "ends": the reference (1100) and step 0 keep vectors
+    assert set(killed) == {0}  # "ends": the reference (1100) and step 0 keep vectors
     assert len(result.steps_computed) == 12 and result.steps_with_vectors == list(
         range(0, 1200, 100)
     )
