@@ -28,7 +28,7 @@ from .plots import PLOT_NAMES as _PLOT_NAMES
 from .pythia import plan_pythia
 from .sources import discover
 from .steps import select_steps
-from .store import Run, VerifyReport, list_runs, open_run, resolve_home, verify
+from .store import Run, VerifyReport, export, list_runs, open_run, resolve_home, verify
 from .types import Note, TensorInfo
 from .version import __version__
 
@@ -47,6 +47,7 @@ __all__ = [
     "resolve_home",
     "verify",
     "VerifyReport",
+    "export",
     "discover",
     "plan_pythia",
     "select_steps",

@@ -20,6 +20,7 @@ from ..version import __version__
 from . import analyze as _analyze_cmd
 from . import compare as _compare_cmd
 from . import demo as _demo_cmd
+from . import export as _export_cmd
 from . import info as _info_cmd
 from . import pairs as _pairs_cmd
 from . import plot as _plot_cmd
@@ -51,6 +52,7 @@ app.command("pythia")(_pythia_cmd.pythia_command)
 app.command("prune")(_prune_cmd.prune_command)
 app.command("compare")(_compare_cmd.compare_command)
 app.command("verify")(_verify_cmd.verify_command)
+app.command("export")(_export_cmd.export_command)
 app.add_typer(_demo_cmd.demo_app, name="demo")
 
 

@@ -23,6 +23,7 @@ from ._comparison import (
     open_comparison,
     write_comparison,
 )
+from ._export import EXPORT_FORMATS, ExportFile, ExportReport, export
 from ._layout import SCHEMA_VERSION
 from ._listing import RunSummary, list_runs
 from ._lock import WriterLock, is_being_written, lock_path_for
@@ -65,6 +66,10 @@ __all__ = [
     "CheckpointProblem",
     "Comparison",
     "Damage",
+    "EXPORT_FORMATS",
+    "ExportFile",
+    "ExportReport",
+    "export",
     "ComparisonResult",
     "DEFAULT_HOME",
     "HOME_ENV",

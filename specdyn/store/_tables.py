@@ -30,7 +30,12 @@ __all__ = [
     "DEFAULT_CHUNK_ROWS",
     "SECTIONS",
     "TableChunk",
+    "STACKED",
+    "empty_chunk",
+    "frame",
     "require_extra",
+    "section_rows",
+    "xarray_skeleton",
     "run_sections",
     "table_chunks",
     "to_pandas",
@@ -47,9 +52,9 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "training": ("run", "step", "metric", "value"),
 }
 CATEGORICAL = frozenset({"run", "matrix", "kind", "metric", "pair"})
-# Rows per chunk: ~8 MB of columns (about 30 bytes a row), big enough for parquet row
-# groups, small next to a large store's sigma section (a Pythia-12b one is ~1.5 GB).
-DEFAULT_CHUNK_ROWS = 1 << 18
+# Rows per chunk: ~2 MB of columns (about 28 bytes a row), a fair parquet row group, small
+# next to a large store's sigma section (a Pythia-12b one is ~1.5 GB); benchmarks/bench_export.py.
+DEFAULT_CHUNK_ROWS = 1 << 16
 
 
 @dataclass
@@ -282,7 +287,7 @@ def _training_pieces(store: OpenStore, chunk_rows: int):
         )
 
 
-def _empty_chunk(run: Run, section: str) -> TableChunk:
+def empty_chunk(run: Run, section: str) -> TableChunk:
     """A chunk of no rows with the section's columns and dtypes."""
     ints = {"step", "epoch"}
     columns = {
@@ -316,7 +321,7 @@ def to_pandas(run: Run, section: str) -> Any:
     _check_section(run, section)
     frames = [frame(pd, c) for c in table_chunks(run, section)]
     if not frames:
-        return frame(pd, _empty_chunk(run, section))
+        return frame(pd, empty_chunk(run, section))
     if len(frames) == 1:
         return frames[0]
     # the chunks share their categories, so concatenation keeps the columns categorical
@@ -333,12 +338,26 @@ def _padded(store: OpenStore, rows: np.ndarray, paths: Sequence[str]) -> np.ndar
     return out
 
 
+# The sections with one large variable (a padded stack of per-matrix or per-pair
+# datasets): its name, the dimension it stacks and its trailing dimension.
+STACKED = {
+    "sigma": ("sigma", "matrix", "sv"),
+    "alignment": ("diagonal", "pair", "k"),
+    "agreement": ("diagonal", "matrix", "k"),
+}
+
+
 def to_xarray(run: Run, section: str) -> Any:
     """`Run.to_xarray`: one section as an `xarray.Dataset` with named dimensions."""
     xr = require_extra("xarray", "xarray", "Run.to_xarray")
     _check_section(run, section)
     store = run._store
     attrs = {"run": run.name, "section": section, "step_unit": run.step_unit}
+    if section in STACKED:
+        data, rows, paths = xarray_skeleton(run, section)
+        variable, stacked, last = STACKED[section]
+        data[variable] = ((stacked, "step", last), _padded(store, rows, paths))
+        return data
     if section == "metrics":
         rows = store.done_rows
         epochs = np.asarray(store.file[layout.STEPS_EPOCH][()], dtype=np.int64)[rows]
@@ -347,15 +366,6 @@ def to_xarray(run: Run, section: str) -> Any:
             for name in store.metric_names
         }
         return xr.Dataset(data, coords=_matrix_coords(store, rows, epoch=epochs), attrs=attrs)
-    if section == "sigma":
-        rows = store.done_rows
-        paths = [layout.sigma_path(n) for n in store.matrices]
-        sigma = _padded(store, rows, paths)
-        coords = _matrix_coords(store, rows)
-        coords["sv"] = np.arange(sigma.shape[2], dtype=np.int64)
-        return xr.Dataset({"sigma": (("matrix", "step", "sv"), sigma)}, coords=coords, attrs=attrs)
-    if section in ("alignment", "agreement"):
-        return _vector_dataset(xr, run, section, attrs)
     log = trainstore.read(store.file)
     values = np.array([log.values[n] for n in log.names]).reshape(len(log.names), -1)
     coords = {"metric": list(log.names), "step": log.steps.astype(np.int64)}
@@ -375,30 +385,48 @@ def _matrix_coords(store: OpenStore, rows: np.ndarray, **per_step: np.ndarray) -
     return coords
 
 
-def _vector_dataset(xr: ModuleType, run: Run, section: str, attrs: dict) -> Any:
-    """alignment: diagonal [pair, step, k], score [step, pair]; agreement: diagonal
-    [matrix, step, k], score [step, matrix] (done rows of the section only)."""
+def xarray_skeleton(run: Run, section: str) -> tuple[Any, np.ndarray, list[str]]:
+    """A `STACKED` section's Dataset without its large variable (coordinates, and the
+    scores of alignment and agreement), the file rows of its steps and the dataset of
+    each matrix or pair (the large variable stacks them, NaN beyond each one's width).
+    alignment: score [step, pair], coords first, second, length (k_p); agreement: score
+    [step, matrix], attribute reference; sigma: coords kind, rank."""
+    xr = require_extra("xarray", "xarray", "Run.to_xarray")
     store = run._store
-    rows = section_rows(store, section)
-    if section == "alignment":
-        names, dim = list(store.pair_column), "pair"
-        score_path = layout.ALIGNMENT_SCORE
+    attrs: dict[str, Any] = {"run": run.name, "section": section, "step_unit": run.step_unit}
+    data: dict[str, Any] = {}
+    if section == "sigma":
+        rows = store.done_rows
+        paths = [layout.sigma_path(n) for n in store.matrices]
+        coords = _matrix_coords(store, rows)
+    elif section == "alignment":
+        rows = section_rows(store, section)
+        names = list(store.pair_column)
+        paths = [layout.diagonal_path(section, n) for n in names]
         pairs = store.vector_layout.pairs
-        coords: dict[str, Any] = {
+        coords = {
             "step": store.all_steps[rows],
             "pair": names,
             "first": ("pair", [p.first for p in pairs]),
             "second": ("pair", [p.second for p in pairs]),
         }
+        data["score"] = (("step", "pair"), _rows_or_empty(store, layout.ALIGNMENT_SCORE, rows))
     else:
-        names, dim = list(store.matrices), "matrix"
-        score_path = layout.AGREEMENT_SCORE
+        rows = section_rows(store, section)
+        paths = [layout.diagonal_path(section, n) for n in store.matrices]
         coords = _matrix_coords(store, rows)
-        attrs = {**attrs, "reference": int(store.vector_layout.reference)}
-    paths = [layout.diagonal_path(section, n) for n in names]
-    diagonal = _padded(store, rows, paths)
-    coords["k"] = np.arange(diagonal.shape[2], dtype=np.int64)
-    coords["length"] = (dim, np.array([store.file[p].shape[1] for p in paths], dtype=np.int64))
-    score = store.read_rows(score_path, rows) if len(rows) else np.zeros((0, len(names)))
-    data = {"diagonal": ((dim, "step", "k"), diagonal), "score": (("step", dim), score)}
-    return xr.Dataset(data, coords=coords, attrs=attrs)
+        attrs["reference"] = int(store.vector_layout.reference)
+        data["score"] = (("step", "matrix"), _rows_or_empty(store, layout.AGREEMENT_SCORE, rows))
+    widths = np.array([store.file[p].shape[1] for p in paths], dtype=np.int64)
+    _, stacked, last = STACKED[section]
+    if section != "sigma":
+        coords["length"] = (stacked, widths)
+    coords[last] = np.arange(int(widths.max(initial=0)), dtype=np.int64)
+    return xr.Dataset(data, coords=coords, attrs=attrs), rows, paths
+
+
+def _rows_or_empty(store: OpenStore, path: str, rows: np.ndarray) -> np.ndarray:
+    """Rows of a [T, n] dataset ([0, n] when there are none)."""
+    if len(rows):
+        return store.read_rows(path, rows)
+    return np.zeros((0, store.file[path].shape[1]))

@@ -1,0 +1,340 @@
+"""`export`: runs' sections written as parquet, CSV or netCDF files, chunk by chunk.
+
+Tables (parquet, CSV) hold the rows of `_tables.table_chunks`, several runs one after the
+other with their ``run`` column; a parquet file gets one row group per chunk, a CSV file
+is appended to. netCDF keeps each run's section in its own group ``<run>/<section>`` (the
+runs' step axes differ), laid out as `Run.to_xarray` gives it; the large variables (σ,
+diagonals) are filled one matrix or pair and one step chunk at a time. No section is
+ever held whole in memory. Every file is written beside its place and renamed over it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import StoreError, option_ref
+from ..files import atomic_output
+from . import _tables as tables
+from ._reader import Run, open_run
+
+__all__ = ["EXPORT_FORMATS", "ExportFile", "ExportReport", "export"]
+
+EXPORT_FORMATS = ("parquet", "csv", "netcdf")
+_SUFFIX = {"parquet": ".parquet", "csv": ".csv", "netcdf": ".nc"}
+_SECTION = option_ref("section")
+_OUT = option_ref("out")
+
+
+@dataclass
+class ExportFile:
+    """One file written: path, the sections in it, rows (table rows, or values for
+    netCDF) and size in bytes."""
+
+    path: str
+    sections: list[str]
+    rows: int
+    bytes: int
+
+
+@dataclass
+class ExportReport:
+    """What `export` wrote: format, out (the file or folder given), runs (names, in
+    order), sections, files (`ExportFile`), seconds, chunk_rows."""
+
+    format: str
+    out: str
+    runs: list[str]
+    sections: list[str]
+    files: list[ExportFile] = field(default_factory=list)
+    seconds: float = 0.0
+    chunk_rows: int = tables.DEFAULT_CHUNK_ROWS
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-serialisable data (``specdyn export --json``)."""
+        return asdict(self)
+
+
+def export(
+    runs: str | os.PathLike[str] | Run | Sequence[str | os.PathLike[str] | Run],
+    *,
+    out: str | os.PathLike[str],
+    format: str = "parquet",
+    section: str | Sequence[str] | None = None,
+    home: str | os.PathLike[str] | None = None,
+    chunk_rows: int = tables.DEFAULT_CHUNK_ROWS,
+) -> ExportReport:
+    """Write the sections of one or several runs as parquet, CSV or netCDF files.
+
+    The tables are those of `Run.to_pandas` (done rows only; columns in docs/store.md,
+    "Tidy tables"), several runs in one table with their ``run`` column. They are read
+    and written `chunk_rows` rows at a time, so memory holds one chunk, never a section.
+
+    Args:
+        runs: run names in the workspace, store paths or open `Run`s (one or several;
+            names must differ).
+        out: parquet or CSV: with one section, the file (or an existing folder, which
+            gets ``<section>.parquet``); with several, a folder (created) with one file
+            per section. netCDF: the file, one group ``<run>/<section>`` per run and
+            section (what `Run.to_xarray` gives; ``xarray.open_dataset(out,
+            group="run/sigma", engine="h5netcdf")``). Files already there are replaced.
+        format: ``"parquet"``, ``"csv"`` (both through pyarrow) or ``"netcdf"`` (xarray,
+            h5netcdf).
+        section: one of ``metrics``, ``sigma``, ``alignment``, ``agreement``,
+            ``training``, or several; None: every section all the runs have.
+        home: the workspace of run names (default ``$SPECDYN_HOME``, else
+            ``./specdyn-runs``).
+        chunk_rows: table rows read and written at once (parquet: rows per row group).
+
+    Returns:
+        `ExportReport` (files with their rows and sizes; ``to_dict()`` for JSON).
+
+    Raises:
+        SpecdynError: the format's library is not installed (the pip extra is named).
+        StoreError: unknown format or section, a section some run lacks, two runs of one
+            name, or `out` not writable.
+        RunNotFoundError, StoreDamagedError: as `open_run` and the readers.
+    """
+    start = time.perf_counter()
+    if format not in EXPORT_FORMATS:
+        raise StoreError(
+            f"{option_ref('format')} {format!r}: not a format; use one of "
+            f"{', '.join(EXPORT_FORMATS)}",
+            option="format",
+        )
+    _need_libraries(format)
+    items = [runs] if isinstance(runs, (str, os.PathLike, Run)) else list(runs)
+    if not items:
+        raise StoreError("no run to export; name one or more runs", option="runs")
+    with ExitStack() as stack:
+        opened = [_opened(stack, item, home) for item in items]
+        names = [r.name for r in opened]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise StoreError(
+                f"two runs named {twice[0]!r} ({', '.join(str(r.path) for r in opened if r.name == twice[0])}); "
+                "export them one at a time",
+                option="runs",
+            )
+        sections = _sections(opened, section)
+        report = ExportReport(format, os.fspath(out), names, sections, chunk_rows=chunk_rows)
+        if format == "netcdf":
+            report.files.append(_write_netcdf(Path(out), opened, sections, chunk_rows))
+        else:
+            for path, name in _table_paths(Path(out), format, sections):
+                rows = _write_table(path, format, opened, name, names, chunk_rows)
+                report.files.append(ExportFile(str(path), [name], rows, path.stat().st_size))
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _need_libraries(format: str) -> None:
+    """One line naming the extra when a format's library is missing."""
+    if format == "parquet":
+        tables.require_extra("pyarrow", "pandas", "export to parquet")
+    elif format == "csv":
+        tables.require_extra("pyarrow", "pandas", "export to CSV")
+    else:
+        tables.require_extra("xarray", "xarray", "export to netCDF")
+        tables.require_extra("h5netcdf", "xarray", "export to netCDF")
+
+
+def _opened(stack: ExitStack, item: Any, home: Any) -> Run:
+    """An open run: `item` itself, or the store it names (closed on exit)."""
+    if isinstance(item, Run):
+        return item
+    return stack.enter_context(open_run(item, home=home))
+
+
+def _sections(runs: list[Run], section: str | Sequence[str] | None) -> list[str]:
+    """The sections asked for (checked against every run), or those all runs have."""
+    if section is None:
+        have = [set(tables.run_sections(r)) for r in runs]
+        return [s for s in tables.SECTIONS if all(s in h for h in have)]
+    asked = [section] if isinstance(section, str) else list(section)
+    for name in asked:
+        if name not in tables.SECTIONS:
+            raise StoreError(
+                f"{_SECTION} {name!r}: no such section; sections: {', '.join(tables.SECTIONS)}",
+                option="section",
+            )
+        for run in runs:
+            if name not in tables.run_sections(run):
+                raise StoreError(
+                    f"{run.path}: run {run.name!r} has no {name} section (its sections: "
+                    f"{', '.join(tables.run_sections(run))}); leave it out of {_SECTION}",
+                    file=run.path,
+                    option="section",
+                )
+    return list(dict.fromkeys(asked))
+
+
+def _table_paths(out: Path, format: str, sections: list[str]) -> Iterator[tuple[Path, str]]:
+    """(file, section) of each table: `out` itself for one section, else files in it."""
+    folder = out if (len(sections) > 1 or out.is_dir()) else None
+    if folder is not None:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"{_OUT} {out}: cannot create the folder ({exc.strerror or exc})", file=out
+            ) from None
+        for name in sections:
+            yield folder / f"{name}{_SUFFIX[format]}", name
+    else:
+        if not out.parent.is_dir():
+            raise StoreError(f"{_OUT} {out}: its folder does not exist; create it first", file=out)
+        yield out, sections[0]
+
+
+def _chunks(runs: list[Run], section: str, names: list[str], chunk_rows: int):
+    """The chunks of every run's section, in run order (sharing the run categories)."""
+    for run in runs:
+        yield from tables.table_chunks(run, section, chunk_rows=chunk_rows, runs=names)
+
+
+def _write_table(
+    path: Path, format: str, runs: list[Run], section: str, names: list[str], chunk_rows: int
+) -> int:
+    """One section of every run into one parquet or CSV file; the rows written."""
+    rows = 0
+    try:
+        with atomic_output(path) as tmp:
+            if format == "parquet":
+                rows = _write_parquet(tmp, runs, section, names, chunk_rows)
+            else:
+                rows = _write_csv(tmp, runs, section, names, chunk_rows)
+    except OSError as exc:
+        raise StoreError(
+            f"{_OUT} {path}: cannot write ({exc.strerror or exc})", file=path
+        ) from None
+    return rows
+
+
+def _arrow_table(pa: Any, chunk: tables.TableChunk, *, strings: bool = False) -> Any:
+    """A pyarrow table of one chunk: categorical columns dictionary-encoded (str), or
+    plain strings with `strings`."""
+    arrays = {}
+    for name, column in chunk.columns.items():
+        if name in chunk.categories:
+            codes = pa.array(column, type=pa.int32())
+            values = pa.array(chunk.categories[name], pa.string())
+            arrays[name] = (
+                values.take(codes) if strings else pa.DictionaryArray.from_arrays(codes, values)
+            )
+        else:
+            arrays[name] = pa.array(column)
+    return pa.table(arrays)
+
+
+def _write_parquet(tmp: Path, runs, section, names, chunk_rows) -> int:
+    """Row group by row group, through one `pyarrow.parquet.ParquetWriter`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = 0
+    writer = None
+    try:
+        for chunk in _chunks(runs, section, names, chunk_rows):
+            table = _arrow_table(pa, chunk)
+            if writer is None:
+                writer = _parquet_writer(pq, tmp, table.schema, chunk)
+            writer.write_table(table, row_group_size=max(chunk.rows, 1))
+            rows += chunk.rows
+        if writer is None:  # no row: a file with the columns only
+            empty = tables.empty_chunk(runs[0], section)
+            empty.categories["run"] = list(names)
+            table = _arrow_table(pa, empty)
+            writer = _parquet_writer(pq, tmp, table.schema, empty)
+            writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()
+    return rows
+
+
+def _parquet_writer(pq: Any, tmp: Path, schema: Any, chunk: tables.TableChunk) -> Any:
+    """A writer that dictionary-encodes the categorical columns only (trying it on the
+    numbers, all distinct, costs three times the write)."""
+    return pq.ParquetWriter(tmp, schema, use_dictionary=sorted(chunk.categories))
+
+
+def _write_csv(tmp: Path, runs, section, names, chunk_rows) -> int:
+    """A header, then each chunk appended, through `pyarrow.csv.CSVWriter` (strings
+    quoted; floats in their shortest form that reads back exactly)."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    rows = 0
+    writer = None
+    try:
+        for chunk in _chunks(runs, section, names, chunk_rows):
+            table = _arrow_table(pa, chunk, strings=True)
+            if writer is None:
+                writer = pcsv.CSVWriter(tmp, table.schema)
+            writer.write_table(table)
+            rows += chunk.rows
+        if writer is None:  # no row: the header only
+            table = _arrow_table(pa, tables.empty_chunk(runs[0], section), strings=True)
+            writer = pcsv.CSVWriter(tmp, table.schema)
+    finally:
+        if writer is not None:
+            writer.close()
+    return rows
+
+
+def _write_netcdf(out: Path, runs: list[Run], sections: list[str], chunk_rows: int) -> ExportFile:
+    """Every run's sections as groups ``<run>/<section>`` of one netCDF-4 file."""
+    if not out.parent.is_dir():
+        raise StoreError(f"{_OUT} {out}: its folder does not exist; create it first", file=out)
+    values = 0
+    try:
+        with atomic_output(out) as tmp:
+            for run in runs:
+                for section in sections:
+                    values += _netcdf_section(tmp, run, section, chunk_rows)
+    except OSError as exc:
+        raise StoreError(f"{_OUT} {out}: cannot write ({exc.strerror or exc})", file=out) from None
+    return ExportFile(str(out), list(sections), values, out.stat().st_size)
+
+
+def _netcdf_section(path: Path, run: Run, section: str, chunk_rows: int) -> int:
+    """One group of the netCDF file: the small variables through xarray, the large one
+    (if any) written matrix by matrix, step chunk by step chunk; the values written."""
+    import h5netcdf
+
+    group = f"{run.name}/{section}"
+    mode = "a" if path.exists() and path.stat().st_size else "w"
+    if section not in tables.STACKED:
+        data = run.to_xarray(section)
+        data.to_netcdf(path, mode=mode, group=group, engine="h5netcdf")
+        return int(sum(v.size for v in data.data_vars.values()))
+    skeleton, rows, paths = tables.xarray_skeleton(run, section)
+    skeleton.to_netcdf(path, mode=mode, group=group, engine="h5netcdf")
+    variable, stacked, last = tables.STACKED[section]
+    store = run._store
+    width = skeleton.sizes[last]
+    written = int(sum(v.size for v in skeleton.data_vars.values()))
+    steps = max(1, min(len(rows), chunk_rows // max(1, width)))
+    with h5netcdf.File(path, "a") as nc:
+        v = nc[group].create_variable(
+            variable,
+            (stacked, "step", last),
+            dtype="f8",
+            fillvalue=np.nan,
+            chunks=(1, steps, width) if len(rows) and width else None,
+        )
+        for j, dataset in enumerate(paths):
+            n = int(store.file[dataset].shape[1])
+            for a in range(0, len(rows), steps):
+                part = rows[a : a + steps]
+                v[j, a : a + len(part), :n] = store.read_rows(dataset, part)
+                written += len(part) * n
+    return written
