@@ -411,10 +411,13 @@ def test_a_worker_lost_between_the_two_phases_changes_nothing(
         return real_write_kept(self, run, step, held, names)
 
     monkeypatch.setattr(_distributed.DaskSteps, "_write_kept", write_kept)
-    result = specdyn.analyze(
-        synthetic, home=tmp_path / "dist", scheduler=client.scheduler.address
-    ).runs[0]
+    with distributed.get_task_stream(client) as stream:
+        result = specdyn.analyze(
+            synthetic, home=tmp_path / "dist", scheduler=client.scheduler.address
+        ).runs[0]
     assert set(killed) == {0}  # "ends": the reference (1100) and step 0 keep vectors
+    ran = [t for t in stream.data if str(t["key"]).startswith("specdyn-step-0-")]
+    assert len(ran) == 2  # step 0's task computed again for its vectors
     assert len(result.steps_computed) == 12 and result.steps_with_vectors == list(
         range(0, 1200, 100)
     )
