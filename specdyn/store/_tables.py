@@ -76,8 +76,7 @@ class TableChunk:
 
     def strings(self, name: str) -> np.ndarray:
         """A categorical column as str values (object array [rows])."""
-        cats = np.array(self.categories[name] + [""], dtype=object)
-        return cats[self.columns[name]]
+        return np.array(self.categories[name], dtype=object)[self.columns[name]]
 
 
 def require_extra(module: str, extra: str, what: str) -> ModuleType:
@@ -299,9 +298,17 @@ def empty_chunk(run: Run, section: str) -> TableChunk:
         )
         for n in COLUMNS[section]
     }
-    cats = {n: [] for n in COLUMNS[section] if n in CATEGORICAL}
-    cats["run"] = [run.name]
-    return TableChunk(section, columns, cats)
+    store = run._store
+    known = {
+        "run": [run.name],
+        "matrix": list(store.matrices),
+        "kind": sorted({r.kind for r in store.records}),
+        "pair": list(store.pair_column),
+        "metric": list(store.metric_names)
+        if section == "metrics"
+        else (trainstore.read(store.file).names if layout_has_training(store) else []),
+    }
+    return TableChunk(section, columns, {n: known[n] for n in COLUMNS[section] if n in known})
 
 
 def frame(pd: ModuleType, chunk: TableChunk) -> Any:

@@ -205,3 +205,19 @@ def test_a_missing_extra_is_named_in_one_line(stores, monkeypatch, module, metho
             getattr(run, method)("metrics")
     text = str(info.value)
     assert f"pip install 'specdyn[{module}]'" in text and "\n" not in text
+
+
+def test_a_store_with_no_step_done_gives_empty_typed_tables(stores, tmp_path):
+    path = tmp_path / "empty.h5"
+    shutil.copyfile(stores[0], path)
+    with h5py.File(path, "r+", locking=False) as f:
+        f["steps/done"][:] = 0
+    with specdyn.open_run(path) as run:
+        sigma, metrics = run.to_pandas("sigma"), run.to_pandas("metrics")
+        assert sigma.empty and list(sigma.columns) == ["run", "matrix", "step", "i", "sigma"]
+        assert list(sigma["matrix"].cat.categories) == run.values.matrices
+        assert metrics.empty and sigma["step"].dtype == np.int64
+        assert dict(run.to_xarray("sigma").sizes) == {"matrix": 16, "step": 0, "sv": 32}
+        specdyn.export(run, out=tmp_path / "sigma.parquet", section="sigma")
+        assert pd.read_parquet(tmp_path / "sigma.parquet").empty
+        assert len(run.to_pandas("training")) > 0  # its own axis, no done flags
