@@ -84,7 +84,8 @@ def pythia_command(
         typer.Option(
             "--max-inflight",
             help="With --scheduler: the most revisions computed and not yet written at once "
-            "(default: 2 per worker).",
+            "(default: 2 per worker, fewer when their estimated results would not fit in a "
+            "quarter of this machine's available memory).",
         ),
     ] = None,
     json_out: JsonOption = False,
