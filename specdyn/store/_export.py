@@ -322,7 +322,10 @@ def _netcdf_section(path: Path, run: Run, section: str, chunk_rows: int) -> int:
     store = run._store
     width = skeleton.sizes[last]
     written = int(sum(v.size for v in skeleton.data_vars.values()))
+    # steps per HDF5 chunk, evened out so that the last chunk is not mostly empty
+    # (a chunk is allocated whole: 154 steps in chunks of 128 would take 256)
     steps = max(1, min(len(rows), chunk_rows // max(1, width)))
+    steps = -(-len(rows) // -(-len(rows) // steps)) if len(rows) else 1
     with h5netcdf.File(path, "a") as nc:
         v = nc[group].create_variable(
             variable,
