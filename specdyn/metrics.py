@@ -19,13 +19,31 @@ Degenerate spectra give defined answers and never raise or warn: an all-zero
 spectrum (or R = 0) has norms 0 and NaN entropy, effective ranks and stable
 rank (there is no normalised spectrum); a spectrum holding NaN, ±Inf or a
 negative value gives NaN for every metric.
+
+Heavy-tailed metrics (docs/metrics.md#heavy-tailed-metrics-weightwatcher) follow
+WeightWatcher 0.7.7's conventions: the eigenvalues λ = σ² of WᵀW, unnormalised,
+a continuous power-law fit of their tail with xmin chosen by the smallest
+Kolmogorov-Smirnov distance, and the norm metrics built from α. They need the
+matrix's shape as well (the Marchenko-Pastur edge depends on it):
+``heavy_tail_metrics(sigma, shape)``; ``power_law_fit(evals)`` fits one ESD.
+They are not part of ``METRIC_NAMES``.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
+from .errors import SpecdynError
+
 __all__ = [
+    "EVALS_THRESHOLD",
+    "HEAVY_TAIL_NAMES",
+    "MIN_EVALS",
+    "PowerLawFit",
+    "heavy_tail_metrics",
+    "power_law_fit",
     "METRIC_NAMES",
     "spectral_metrics",
     "entropy",
@@ -172,3 +190,284 @@ def spectral_metrics(sigma: np.ndarray) -> dict[str, np.ndarray]:
         "nuclear_norm": np.asarray(nuclear, dtype=np.float64),
         "stable_rank": np.asarray(stable, dtype=np.float64),
     }
+
+
+# --------------------------------------------------------------------------------------
+# Heavy-tailed metrics (WeightWatcher 0.7.7 conventions)
+
+HEAVY_TAIL_NAMES = (
+    "alpha",
+    "alpha_stderr",
+    "xmin",
+    "ks_distance",
+    "num_tail",
+    "alpha_weighted",
+    "log_alpha_norm",
+    "log_norm",
+    "log_spectral_norm",
+    "stable_rank",
+    "mp_bulk_max",
+    "mp_softrank",
+    "num_above_mp_edge",
+)
+
+EVALS_THRESHOLD = 1e-5
+"""Eigenvalues at or below this (absolute) value are left out of the power-law fit,
+as WeightWatcher's ``EVALS_THRESH``; the norm metrics keep them."""
+
+MIN_EVALS = 8
+"""Fewer eigenvalues than this (R = min(m, n)) give NaN: WeightWatcher's default
+``min_evals`` skips such layers."""
+
+_SMALL_N = 20  # below this many fitted eigenvalues WeightWatcher switches to its small-N fit
+_SMALL_N_MIN_TAIL = 8  # the small-N fit's smallest tail
+_LB_SLACK = 1e-9  # a coarse KS lower bound this close to the best exact D is checked exactly
+_EXACT_BATCH = 32  # candidates whose exact KS distance is computed in one array operation
+
+
+class PowerLawFit(NamedTuple):
+    """One ESD's continuous power-law fit p(λ) ∝ λ^−α for λ ≥ xmin.
+
+    alpha: the MLE exponent; alpha_stderr: its standard error (α − 1)/√n;
+    xmin: the smallest eigenvalue of the tail; ks_distance: the Kolmogorov-Smirnov
+    distance D of the tail from the fitted law; num_tail: n, the eigenvalues
+    ≥ xmin; reason: "" for a fit, else why the values are NaN (a note's text).
+    """
+
+    alpha: float
+    alpha_stderr: float
+    xmin: float
+    ks_distance: float
+    num_tail: int
+    reason: str
+
+
+def _failed_fit(reason: str) -> PowerLawFit:
+    """A fit of NaNs carrying its reason."""
+    nan = float("nan")
+    return PowerLawFit(nan, nan, nan, nan, 0, reason)
+
+
+def _ks_rows(x: np.ndarray, rows: np.ndarray, alphas: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """max over cols j ≥ i of |F_i(x_j) − (j−i)/n_i| for each candidate i in rows.
+
+    F_i(x) = 1 − (x/x_i)^(1−α_i) is the fitted CDF of the tail starting at x_i and
+    (j−i)/n_i the tail's empirical CDF just below x_j (WeightWatcher's one-sided KS).
+    x: [N] sorted data; rows, alphas: [B]; cols: [C] sorted column indices.
+    """
+    n = (x.shape[0] - rows).astype(np.float64)
+    with np.errstate(all="ignore"):
+        ratio = x[cols][None, :] / x[rows][:, None]
+        fitted = 1.0 - ratio ** (1.0 - alphas[:, None])
+        k = (cols[None, :] - rows[:, None]).astype(np.float64)
+        dist = np.abs(fitted - k / n[:, None])
+    dist = np.where(cols[None, :] >= rows[:, None], dist, 0.0)
+    return np.max(dist, axis=1)
+
+
+def _exact_alpha(logs: np.ndarray, i: int) -> float:
+    """The MLE α of the tail starting at index i, summed as one pass over the tail."""
+    n = float(logs.shape[0] - i)
+    with np.errstate(all="ignore"):
+        return float(1.0 + n / (np.sum(logs[i:]) - n * logs[i]))
+
+
+def _fit_standard(x: np.ndarray) -> tuple[int, float, float]:
+    """Best candidate (index, α, D) of sorted data x, N ≥ 20: the smallest KS distance.
+
+    Every candidate's α comes from cumulative sums of log x; a coarse KS lower bound
+    (a grid of columns) ranks them, and exact distances are computed in that order
+    until no remaining bound can beat the best, so the answer is that of a full scan.
+    """
+    size = x.shape[0]
+    logs = np.log(x)
+    # suffix sums of log(x/x_max) keep the MLE's sums clear of cancellation
+    shifted = logs - logs[-1]
+    suffix = np.cumsum(shifted[::-1])[::-1]
+    rows = np.arange(size - 1)
+    n = (size - rows).astype(np.float64)
+    with np.errstate(all="ignore"):
+        spread = suffix[:-1] - n * shifted[:-1]
+        alphas = np.where(spread > 0, 1.0 + n / spread, np.inf)
+    step = max(1, size // 64)
+    grid = np.unique(np.concatenate([np.arange(0, size, step), [size - 1]]))
+    bound = _ks_rows(x, rows, alphas, grid)
+    order = np.argsort(bound, kind="stable")
+    best_i, best_alpha, best_d = -1, np.nan, np.inf
+    for start in range(0, order.shape[0], _EXACT_BATCH):
+        chosen = order[start : start + _EXACT_BATCH]
+        chosen = chosen[bound[chosen] <= best_d + _LB_SLACK]
+        if chosen.shape[0] == 0:
+            break
+        exact = np.array([_exact_alpha(logs, int(i)) for i in chosen])
+        dists = _ks_rows(x, chosen, exact, np.arange(int(chosen.min()), size))
+        # a candidate whose α is not above 1 keeps D = 1, as WeightWatcher's does
+        dists = np.where(exact > 1.0, dists, 1.0)
+        for i, a, d in zip(chosen.tolist(), exact.tolist(), dists.tolist(), strict=True):
+            if d < best_d or (d == best_d and i < best_i):
+                best_i, best_alpha, best_d = i, a, d
+    return best_i, best_alpha, best_d
+
+
+def _fit_small(x: np.ndarray) -> tuple[int, float, float]:
+    """Best candidate (index, α, D) of sorted data x, N < 20: WeightWatcher's small-N fit.
+
+    α = 1 + (n−1)/Σ log(x/xmin) (bias-corrected) over tails of at least 8 values, the
+    smallest D among them; with no admissible tail the whole data is the tail.
+    Index −1 means no fit (a flat spectrum).
+    """
+    size = x.shape[0]
+    logs = np.log(x)
+    best_i, best_alpha, best_d = -1, np.nan, np.inf
+    for i in range(size - _SMALL_N_MIN_TAIL + 1):
+        n = size - i
+        spread = float(np.sum(logs[i:]) - n * logs[i])
+        alpha = 1.0 + (n - 1.0) / spread if spread > 1e-12 else 1.0
+        if alpha <= 1.0:
+            continue
+        d = float(_ks_rows(x, np.array([i]), np.array([alpha]), np.arange(i, size))[0])
+        if d < best_d:
+            best_i, best_alpha, best_d = i, alpha, d
+    if best_i >= 0:
+        return best_i, best_alpha, best_d
+    spread = float(np.sum(logs) - size * logs[0])
+    if spread <= 1e-12:
+        return -1, np.nan, np.nan
+    alpha = 1.0 + (size - 1.0) / spread
+    d = float(_ks_rows(x, np.array([0]), np.array([alpha]), np.arange(size))[0])
+    return 0, alpha, d
+
+
+def power_law_fit(evals: np.ndarray, *, threshold: float = EVALS_THRESHOLD) -> PowerLawFit:
+    """The continuous power-law MLE of one ESD, xmin by the smallest KS distance.
+
+    evals: 1-D array-like of eigenvalues λ (float, converted to float64; any order),
+    usually σ² of one matrix. Only λ > ``threshold`` (absolute, default 1e-5, as
+    WeightWatcher) enter the fit; ``num_tail`` counts every λ ≥ xmin. For each
+    candidate xmin among the fitted values but the largest, α = 1 + n/Σ log(λ_j/xmin)
+    over the n values ≥ xmin and D = max_k |1 − (λ_k/xmin)^(1−α) − k/n| (k = 0…n−1,
+    λ_k ascending); the fit is the first candidate with the smallest D. With fewer than
+    20 fitted values WeightWatcher's small-N rule applies: tails of at least 8 values,
+    α = 1 + (n−1)/Σ log(λ_j/xmin) (docs/metrics.md#the-power-law-fit).
+
+    Returns a `PowerLawFit`; never raises or warns for degenerate input: NaN values
+    with a reason when a value is NaN/±Inf/negative ("nonfinite"), all are zero
+    ("zero-matrix"), fewer than 2 exceed the threshold ("too-few-eigenvalues") or the
+    fitted values are all equal ("flat-spectrum").
+    """
+    lam = np.ravel(np.asarray(evals, dtype=np.float64))
+    if not np.all(np.isfinite(lam) & (lam >= 0)):
+        return _failed_fit("nonfinite")
+    if lam.shape[0] and np.max(lam) == 0:
+        return _failed_fit("zero-matrix")
+    x = np.sort(lam[lam > threshold])
+    if x.shape[0] < 2:
+        return _failed_fit("too-few-eigenvalues")
+    fit = _fit_small if x.shape[0] < _SMALL_N else _fit_standard
+    i, alpha, d = fit(x)
+    if i < 0 or not np.isfinite(alpha):
+        return _failed_fit("flat-spectrum")
+    xmin = float(x[i])
+    num_tail = int(np.count_nonzero(lam >= xmin))
+    stderr = (alpha - 1.0) / np.sqrt(x.shape[0] - i)
+    return PowerLawFit(float(alpha), float(stderr), xmin, float(d), num_tail, "")
+
+
+def _check_shape(rank: int, shape: tuple[int, int]) -> tuple[int, int]:
+    """(N, M) = (max, min) of a 2-D shape whose min is the spectrum's length R."""
+    if len(shape) != 2 or min(shape) < 0:
+        raise SpecdynError(f"shape must be (m, n) of a matrix, got {tuple(shape)}", option="shape")
+    big, small = int(max(shape)), int(min(shape))
+    if small != rank:
+        raise SpecdynError(
+            f"sigma holds {rank} values per spectrum but shape {tuple(shape)} has "
+            f"min(m, n) = {small}: pass every singular value of the matrix",
+            option="shape",
+        )
+    return big, small
+
+
+def _one_spectrum(sigma: np.ndarray, big: int, small: int, threshold: float) -> tuple[dict, str]:
+    """Every heavy-tailed metric of one 1-D spectrum, and the reason for NaNs ("" if none)."""
+    out = dict.fromkeys(HEAVY_TAIL_NAMES, np.nan)
+    if not np.all(np.isfinite(sigma) & (sigma >= 0)):
+        return out, "nonfinite"
+    # ascending, as WeightWatcher sums them: the sums do not depend on the input order
+    lam = np.sort(sigma * sigma)
+    top = float(np.max(lam, initial=0.0))
+    if top == 0:
+        return out, "zero-matrix"
+    if small < MIN_EVALS:
+        return out, "too-few-eigenvalues"
+    total = float(np.sum(lam))
+    bulk_max = total / small * (1.0 + np.sqrt(small / big)) ** 2
+    out.update(
+        log_norm=np.log10(total),
+        log_spectral_norm=np.log10(top),
+        stable_rank=total / top,
+        mp_bulk_max=bulk_max,
+        mp_softrank=bulk_max / top,
+        num_above_mp_edge=float(np.count_nonzero(lam > bulk_max)),
+    )
+    fit = power_law_fit(lam, threshold=threshold)
+    if fit.reason:
+        return out, fit.reason
+    # Σλ^α as λ_max^α · Σ(λ/λ_max)^α: no overflow for large α
+    rel = np.sum((lam / top) ** fit.alpha)
+    out.update(
+        alpha=fit.alpha,
+        alpha_stderr=fit.alpha_stderr,
+        xmin=fit.xmin,
+        ks_distance=fit.ks_distance,
+        num_tail=float(fit.num_tail),
+        alpha_weighted=fit.alpha * np.log10(top),
+        log_alpha_norm=fit.alpha * np.log10(top) + np.log10(rel),
+    )
+    return out, ""
+
+
+def heavy_tail_metrics(
+    sigma: np.ndarray,
+    shape: tuple[int, int],
+    *,
+    threshold: float = EVALS_THRESHOLD,
+    return_reasons: bool = False,
+) -> dict[str, np.ndarray] | tuple[dict[str, np.ndarray], np.ndarray]:
+    """WeightWatcher's heavy-tailed metrics of a batch of spectra of one matrix shape.
+
+    sigma: array-like [..., R] of singular values (converted to float64; any order),
+    R = min(m, n), for example a [T, R] history of one matrix. shape: (m, n) of the
+    matrix (either orientation). λ = σ² are the eigenvalues of WᵀW, unnormalised.
+    Returns {name: float64 array of shape [...]} in ``HEAVY_TAIL_NAMES`` order:
+
+    - ``alpha``, ``alpha_stderr``, ``xmin``, ``ks_distance``, ``num_tail``: the
+      power-law fit of the λ (`power_law_fit`);
+    - ``alpha_weighted`` α·log10 λ_max; ``log_alpha_norm`` log10 Σ λ^α;
+      ``log_norm`` log10 Σ λ (= log10 ‖W‖_F²); ``log_spectral_norm`` log10 λ_max;
+      ``stable_rank`` Σ λ / λ_max;
+    - ``mp_bulk_max`` λ+ = (Σλ/M)(1 + √(M/N))², the Marchenko-Pastur bulk edge of a
+      random N×M matrix (N ≥ M) with the same Frobenius norm; ``mp_softrank``
+      λ+/λ_max; ``num_above_mp_edge`` the count of λ > λ+.
+
+    Never raises or warns for degenerate spectra: NaN/±Inf/negative values or an
+    all-zero spectrum give NaN everywhere; R < 8, fewer than 2 λ above ``threshold``
+    or a flat ESD give NaN fit metrics (α and those made from it, xmin, D, n) and
+    defined norm metrics (R < 8: NaN everywhere). With ``return_reasons`` the result
+    is (metrics, reasons): reasons is a str array [...] of "" or "nonfinite",
+    "zero-matrix", "too-few-eigenvalues", "flat-spectrum".
+    Raises SpecdynError when min(shape) is not R.
+    """
+    s = np.atleast_1d(np.asarray(sigma, dtype=np.float64))
+    big, small = _check_shape(s.shape[-1], tuple(shape))
+    batch = s.shape[:-1]
+    flat = s.reshape(-1, s.shape[-1])
+    columns = {name: np.empty(flat.shape[0]) for name in HEAVY_TAIL_NAMES}
+    reasons = np.empty(flat.shape[0], dtype=object)
+    for row in range(flat.shape[0]):
+        values, reasons[row] = _one_spectrum(flat[row], big, small, threshold)
+        for name in HEAVY_TAIL_NAMES:
+            columns[name][row] = values[name]
+    out = {name: columns[name].reshape(batch) for name in HEAVY_TAIL_NAMES}
+    if return_reasons:
+        return out, reasons.astype(str).reshape(batch)
+    return out
