@@ -23,7 +23,7 @@ from specdyn.metrics import (
     stable_rank,
 )
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "mlp-wd"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 # WeightWatcher's column for each specdyn name it also reports (mp_softrank and its
 # spike count are fitted differently: docs/metrics.md#differences-from-weightwatcher)
@@ -113,11 +113,14 @@ def test_matches_weightwatcher_on_heavy_tailed_matrices():
     assert _compare_with_weightwatcher(weights) == len(weights)
 
 
-@pytest.mark.parametrize("step", [0, 200, 4000])
-def test_matches_weightwatcher_on_the_mlp_fixture(step):
+@pytest.mark.parametrize(
+    ("run", "step"), [("mlp-wd", 0), ("mlp-wd", 200), ("mlp-wd", 4000), ("mlp-nowd", 4000)]
+)
+def test_matches_weightwatcher_on_the_mlp_fixtures(run, step):
     import torch
 
-    state = torch.load(FIXTURE / f"step_{step:06d}.pt", map_location="cpu", weights_only=True)
+    path = FIXTURES / run / f"step_{step:06d}.pt"
+    state = torch.load(path, map_location="cpu", weights_only=True)
     params = state["model_state_dict"]
     weights = [params[f"layers.{i}.weight"].numpy() for i in range(4)]
     # 96×32, 96×96, 96×96 and 8×96: the last one goes through the small-N fit
