@@ -12,9 +12,10 @@ from ._options import HomeOption, JsonOption
 from ._output import Output
 
 _KINDS_HELP = (
-    "rank | sv | alignment | agreement | alignment-matrix | metric NAME | dynamics | all, "
-    "then the run (name or store path; default: the workspace's only run; metric takes "
-    "NAME RUN or RUN NAME); "
+    "rank | sv | esd | alignment | agreement | alignment-matrix | metric NAME | dynamics | "
+    "all, then the run (name or store path; default: the workspace's only run; metric takes "
+    "NAME RUN or RUN NAME, NAME a stored metric or a heavy-tailed one computed from σ: "
+    "alpha, alpha_weighted, log_alpha_norm, ks_distance, mp_softrank, …); "
     "side-by-side | branch-agreement | split, then a comparison (specdyn compare); "
     "prune, then the folder of specdyn prune --magnitude."
 )
@@ -38,7 +39,7 @@ def plot_command(
         ),
     ] = None,
     matrix: Annotated[
-        str | None, typer.Option(help="Matrix name or unique substring (sv, agreement).")
+        str | None, typer.Option(help="Matrix name or unique substring (sv, esd, agreement).")
     ] = None,
     pair: Annotated[
         str | None,
@@ -50,7 +51,8 @@ def plot_command(
     steps: Annotated[
         str | None,
         typer.Option(
-            help="Steps shown: 0,1000,5000 | start:stop | start:stop:stride | lin:N | log:N."
+            help="Steps shown: 0,1000,5000 | start:stop | start:stop:stride | lin:N | log:N "
+            "(esd: analysed steps only, default log:5)."
         ),
     ] = None,
     matrices: Annotated[
@@ -141,12 +143,15 @@ def plot_command(
 
 def _metric_argument(args: list[str]) -> str:
     """The metric of ``plot metric``, taken out of `args`: the one argument that is a
-    metric name, in either order (``NAME RUN`` or ``RUN NAME``); with two names neither
-    known, the first (a store may hold other metrics); a lone argument must be a metric."""
-    from ..metrics import METRIC_NAMES
+    metric name (stored or heavy-tailed), in either order (``NAME RUN`` or ``RUN NAME``);
+    with two names neither known, the first (a store may hold other metrics); a lone
+    argument must be a metric."""
+    from ..metrics import HEAVY_TAIL_NAMES, METRIC_NAMES
 
-    known = [a for a in args if a in METRIC_NAMES]
-    choose = f"give one of {', '.join(METRIC_NAMES)} (plot metric NAME [RUN])"
+    # the heavy-tailed names are not stored: `plot_metric` computes them from σ
+    names = list(dict.fromkeys([*METRIC_NAMES, *HEAVY_TAIL_NAMES]))
+    known = [a for a in args if a in names]
+    choose = f"give one of {', '.join(names)} (plot metric NAME [RUN])"
     if not args:
         raise typer.BadParameter(f"no metric name; {choose}", param_hint="NAME")
     if len(args) == 1 and not known:

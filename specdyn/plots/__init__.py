@@ -5,9 +5,10 @@ matplotlib takes about half a second to import, so this package loads its figure
 on first use of a figure name (PEP 562 module ``__getattr__``): ``import specdyn`` and
 ``specdyn analyze`` never import matplotlib. User documentation: ``docs/gallery.md``.
 
-Modules: `_common` (what every figure shares), the figures of a run (`_run`, `_dynamics`,
-`_all`), of a comparison (`_compare`) and of pruning results (`_prune`), and `_table`, the
-table of figure kinds with `draw`; each imports only those before it in this list.
+Modules: `_common` (what every figure shares), the figures of a run (`_esd`, the ESDs
+and the heavy-tailed metrics computed from σ; `_run`, `_dynamics`, `_all`), of a
+comparison (`_compare`) and of pruning results (`_prune`), and `_table`, the table of
+figure kinds with `draw`; each imports only those before it in this list.
 """
 
 from importlib import import_module
@@ -27,6 +28,7 @@ _HOMES = {
     "plot_agreement": "_run",
     "plot_agreement_score": "_run",
     "plot_alignment_matrix": "_run",
+    "plot_esd": "_esd",
     "plot_dynamics": "_dynamics",
     "plot_all": "_all",
     "plot_side_by_side": "_compare",

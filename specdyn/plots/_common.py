@@ -2,8 +2,8 @@
 step axis, heatmaps with labelled colour bars, flagged-step marks and short row labels.
 
 Every figure module imports this one, which imports none of them: the package's
-layering is `_common` → figures (`_run` → `_dynamics` → `_all`; `_compare`; `_prune`) →
-`_table`.
+layering is `_common` → figures (`_esd` → `_run` → `_dynamics` → `_all`; `_compare`;
+`_prune`) → `_table`.
 """
 
 from __future__ import annotations
@@ -43,6 +43,19 @@ _METRIC_PARTS = {
     "nuclear_norm": ("nuclear norm", "Σσ"),
     "stable_rank": ("stable rank", "Σσ²/σ₁²"),
     "agreement_score": ("agreement score", "s(t)"),
+    # heavy-tailed metrics of the ESD λ = σ² (docs/metrics.md), computed from σ when drawn
+    "alpha": ("power-law exponent α", "of the ESD λ = σ²"),
+    "alpha_stderr": ("standard error of α", "(α − 1)/√n"),
+    "xmin": ("power-law xmin", "smallest λ of the tail"),
+    "ks_distance": ("KS distance", "D of the power-law fit"),
+    "num_tail": ("power-law tail size", "n = #λ ≥ xmin"),
+    "alpha_weighted": ("weighted alpha", "α·log₁₀ λ_max"),
+    "log_alpha_norm": ("log alpha norm", "log₁₀ Σλ^α"),
+    "log_norm": ("log norm", "log₁₀ Σλ"),
+    "log_spectral_norm": ("log spectral norm", "log₁₀ λ_max"),
+    "mp_bulk_max": ("Marchenko–Pastur edge", "λ+"),
+    "mp_softrank": ("MP soft rank", "λ+/λ_max"),
+    "num_above_mp_edge": ("eigenvalues above the MP edge", "#λ > λ+"),
 }
 _METRIC_LABELS = {name: f"{words} {formula}" for name, (words, formula) in _METRIC_PARTS.items()}
 

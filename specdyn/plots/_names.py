@@ -13,6 +13,7 @@ PLOT_NAMES = (
     "plot_agreement",
     "plot_agreement_score",
     "plot_alignment_matrix",
+    "plot_esd",
     "plot_all",
     "plot_dynamics",
     "plot_side_by_side",

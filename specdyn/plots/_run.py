@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -30,6 +31,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from ..errors import StoreError, command_ref, option_ref
+from ..metrics import HEAVY_TAIL_NAMES
 from ..store import Run
 from ._common import (
     PlotError,
@@ -53,6 +55,7 @@ from ._common import (
     _titled,
     short_names,
 )
+from ._esd import _heavy_tail_rows
 
 __all__ = [
     "plot_metric",
@@ -87,7 +90,12 @@ def plot_metric(
 
     Args:
         run: a `Run`, or a run name / store path (None: the workspace's only run).
-        metric: a name of `Run.metric_names` (default the normalised effective rank).
+        metric: a name of `Run.metric_names` (default the normalised effective rank),
+            or a heavy-tailed one of `specdyn.metrics.HEAVY_TAIL_NAMES` ("alpha",
+            "alpha_weighted", "mp_softrank", …) that the store does not hold: computed
+            from the stored σ with `specdyn.metrics.heavy_tail_metrics` (the shapes
+            from the matrix table); its NaN cells (degenerate spectra) are drawn as
+            missing and a note counts their reasons.
         home: workspace for a run given by name.
         ax: Axes to draw into (default: a new Figure).
         steps: ``--steps`` (docs/runs.md#steps-grammar) among the run's steps (done or
@@ -97,13 +105,19 @@ def plot_metric(
         size: (w, h) inches of a new Figure.
 
     Returns:
-        The Axes; its QuadMesh holds exactly the stored values (rows × columns), NaN
-        (masked) in the columns of steps not analysed yet.
+        The Axes; its QuadMesh holds exactly the stored (or computed) values (rows ×
+        columns), NaN (masked) in the columns of steps not analysed yet.
     """
     with _opened(run, home) as r:
+        if metric not in r.metric_names and metric in HEAVY_TAIL_NAMES:
+            return _heavy_tail_heatmap(
+                r, metric, ax=ax, steps=steps, matrices=matrices, log_x=log_x, cmap=cmap,
+                title=title, size=size,
+            )  # fmt: skip
         if metric not in r.metric_names:
             raise PlotError(
-                f"{r.path}: no metric {metric!r}; stored metrics: {', '.join(r.metric_names)}"
+                f"{r.path}: no metric {metric!r}; stored metrics: {', '.join(r.metric_names)}; "
+                f"computed from σ: {', '.join(HEAVY_TAIL_NAMES)}"
             )
         shown = _step_axis(r, steps)
         rows = _filtered(r.matrices, matrices, "matrices", r)
@@ -120,6 +134,48 @@ def plot_metric(
             # the colour bar names the metric; the title names the run only
             title=title if title is not None else r.name,
         )
+
+
+def _heatmap_note(ax: Axes, reasons: Counter) -> None:
+    """A note in the lower left corner counting why cells are NaN (drawn as missing)."""
+    if not reasons:
+        return
+    counts = ", ".join(f"{n} {why}" for why, n in sorted(reasons.items()))
+    ax.text(0.01, 0.01, f"missing (NaN): {counts}", transform=ax.transAxes, fontsize=7,
+            color="0.2", ha="left", va="bottom",
+            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1.5})  # fmt: skip
+
+
+def _heavy_tail_heatmap(
+    r: Run,
+    metric: str,
+    *,
+    ax: Axes | None,
+    steps: str | None,
+    matrices: str | None,
+    log_x: bool,
+    cmap: str,
+    title: str | None,
+    size: tuple[float, float] | None,
+) -> Axes:
+    """`plot_metric` of a heavy-tailed metric the store does not hold: computed from σ."""
+    shown = _step_axis(r, steps)
+    rows = _filtered(r.matrices, matrices, "matrices", r)
+    data, reasons = _heavy_tail_rows(r, metric, rows, shown)
+    ax = _heatmap(
+        _axes(ax, size),
+        r,
+        data,
+        [r.matrices[i] for i in rows],
+        shown,
+        log_x=log_x,
+        cmap=cmap,
+        label=f"{_metric_label(metric)} (from σ)",
+        row_label="matrix (forward depth)",
+        title=title if title is not None else r.name,
+    )
+    _heatmap_note(ax, reasons)
+    return ax
 
 
 def plot_rank(run: Run | str | os.PathLike | None = None, **options) -> Axes:

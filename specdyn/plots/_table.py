@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 
 from ..comparison import Comparison
 from ..errors import option_ref
+from ..metrics import HEAVY_TAIL_NAMES
 from ..store import Run
 from ._all import plot_all
 from ._common import (
@@ -42,6 +43,7 @@ from ._common import (
 from ._compare import _opened as _opened_comparison
 from ._compare import plot_branch_agreement, plot_side_by_side, plot_split
 from ._dynamics import plot_dynamics
+from ._esd import plot_esd
 from ._prune import plot_prune
 from ._run import (
     plot_agreement,
@@ -81,15 +83,17 @@ class FigureOptions:
             replace each other.
         dpi: resolution of raster files.
     What it shows:
-        metric: a stored metric name ("metric"; "side-by-side", default the normalised
-            effective rank).
-        matrix: a matrix name or unique substring ("sv", "agreement", "branch-agreement",
-            "prune").
+        metric: a stored metric name, or for "metric" a heavy-tailed one computed from
+            σ (`specdyn.metrics.HEAVY_TAIL_NAMES`); "side-by-side", default the
+            normalised effective rank.
+        matrix: a matrix name or unique substring ("sv", "esd", "agreement",
+            "branch-agreement", "prune").
         pair: a pair name or unique substring ("alignment", "alignment-matrix"), or
             ``FIRST~`` / ``~SECOND`` / ``FIRST~SECOND`` (``→`` or ``->`` for ``~``): the
             pair by its matrices; for "branch-agreement" the two runs compared,
             ``"RUN_A,RUN_B"``.
-        steps: which steps, in the `specdyn.select_steps` grammar.
+        steps: which steps, in the `specdyn.select_steps` grammar ("esd": each must be
+            analysed; default ``log:5`` of the done steps).
         matrices: a regex on the heatmap's row names (matrices, or pairs for "alignment").
         top: only the `top` largest singular values / first `top` indices
             ("alignment-matrix": the top-left block, default 20).
@@ -249,6 +253,10 @@ FIGURES: MappingProxyType[str, FigureKind] = MappingProxyType({
         FigureKind(
             "sv", "run", plot_sv,
             ("matrix", "steps", "top", "log_x", "log_y", "cmap", "size", "title"),
+            needs="matrix", named_by="matrix",
+        ),
+        FigureKind(
+            "esd", "run", plot_esd, ("matrix", "steps", "cmap", "size", "title"),
             needs="matrix", named_by="matrix",
         ),
         FigureKind(
@@ -458,7 +466,8 @@ def _refuse_unused(entry: FigureKind, options: FigureOptions) -> None:
 def _missing(kind: str, option: str, run: Run) -> str:
     """What a figure of a run cannot be drawn without, with names to choose from."""
     if option == "metric":
-        return f"the {kind} figure needs a metric name: {', '.join(run.metric_names)}"
+        names = ", ".join(dict.fromkeys([*run.metric_names, *HEAVY_TAIL_NAMES]))
+        return f"the {kind} figure needs a metric name: {names}"
     if option == "matrix":
         needed = option_ref("matrix=NAME", "--matrix NAME")
         return f"the {kind} figure needs {needed} (e.g. {', '.join(run.matrices[:3])})"
@@ -477,7 +486,8 @@ def draw(
 
     Args:
         kind: a name of `FIGURES` (in `FIGURE_KINDS`): for a run, "rank", "metric"
-            (needs `metric`), "sv" (needs `matrix`), "alignment" (the a(t) heatmap of
+            (needs `metric`), "sv" (needs `matrix`), "esd" (log-log ESDs of `matrix` at
+            a few steps with their power-law fits), "alignment" (the a(t) heatmap of
             every pair; with `pair`, that pair's A_ii beside it), "agreement" (the s(t)
             heatmap; with `matrix`, its S_ii beside it), "alignment-matrix" (needs
             `pair`; a store analysed with ``--full-matrices``), "dynamics" (training
