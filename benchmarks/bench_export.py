@@ -27,9 +27,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_verify import _open as open_bench_store
 
 import specdyn
-from specdyn.store import MatrixRecord, StepRecord, StoreWriter
+from specdyn.store import MatrixRecord
 
 _CHILD = r"""
 import json, sys, time, tracemalloc
@@ -80,19 +81,7 @@ def write_store(path: Path, n_steps: int, n_matrices: int, rank: int) -> None:
     ]
     steps = list(range(0, 1000 * n_steps, 1000))
     rng = np.random.default_rng(0)
-    with StoreWriter.open(
-        path,
-        run_name="bench",
-        source_root="/bench",
-        step_unit="step",
-        steps=[StepRecord(s, None, f"/bench/step{s}", "torch", 1, 0.0, "") for s in steps],
-        matrices=matrices,
-        skipped=[],
-        aliases={},
-        options={},
-        provenance={"bench": True},
-        metric_names=specdyn.METRIC_NAMES,
-    ) as w:
+    with open_bench_store(path, steps, matrices) as w:
         for s in steps:
             spectra = {
                 m.name: (np.sort(rng.random(rank))[::-1], "gram-eigvalsh-f64") for m in matrices
