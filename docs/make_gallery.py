@@ -132,7 +132,7 @@ def weight_decay_figure(home: Path, path: Path) -> None:
                 r, "layers.1", ax=bottom_ax, log_x=True, title=f"{run}: layers.1 (96×96), all σᵢ"
             )
             bottom_ax.title.set_fontsize(10)  # as the heatmaps' titles
-            values = r.metric("normalized_effective_rank")
+            values = r.metric("normalized_effective_rank").T  # [matrices, steps], as drawn
             finals[run] = values[:, -1]
             last = int(r.steps[-1])
             mesh = next(c for c in top_ax.collections if isinstance(c, QuadMesh))

@@ -6,7 +6,7 @@ training checkpoint, stored in HDF5 and drawn from there.
     import specdyn
     result = specdyn.analyze("ckpts/")            # writes ./specdyn-runs/<run>.h5
     with specdyn.open_run("ckpts") as run:
-        run.metric("normalized_effective_rank")   # [matrices, steps]
+        run.metric("normalized_effective_rank")   # [steps, matrices]
     specdyn.plot_rank("ckpts").figure.savefig("rank.png")
 """
 

@@ -30,6 +30,25 @@ def strip_checksums(path: Path) -> None:
         f.attrs["schema_version"] = 2
 
 
+def as_schema_3(path: Path) -> None:
+    """Make a store look as schema 3 wrote it: checksums, but no ``docs`` root attribute,
+    no description, units or dims attributes and no dimension scales."""
+    with h5py.File(path, "r+", locking=False) as f:
+        datasets: list[h5py.Dataset] = []
+        f.visititems(lambda _, obj: datasets.append(obj) if isinstance(obj, h5py.Dataset) else None)
+        for ds in datasets:
+            for attr in ("DIMENSION_LIST", "description", "units", "dims"):
+                if attr in ds.attrs:
+                    del ds.attrs[attr]
+        for scale in ("step", "matrix", "pair"):
+            if scale in f:
+                del f[scale]
+        del f.attrs["docs"]
+        f.attrs["schema_version"] = 3
+        del f[_checksums.GROUP]
+        _checksums.seal(f, describe=False)
+
+
 # What differs between two correct runs of one analysis: who ran them and when (and the
 # checksums over those records); compare stores without it, and verify each instead.
 VOLATILE = ("/provenance", "/steps/invocation", "/checksums")

@@ -31,7 +31,7 @@ def info_command(
                 rows.append(meta)
         pair_rows = store.pairs if pairs else []
         if pair_rows and store.steps.size:
-            last = store.alignment_score()[:, -1]
+            last = store.alignment_score()[-1]
             for row, score in zip(pair_rows, last, strict=True):
                 row["last_score"] = None if score != score else float(score)
     if out.json_mode:

@@ -476,14 +476,14 @@ def _side_by_side(opened: list[Run], matrices: list[str], union: np.ndarray) -> 
             cols = np.searchsorted(union, run.steps)
             values = run.metric(metric)
             rows = [run.matrices.index(m) for m in matrices]
-            data[r][:, cols] = values[rows]
+            data[r][:, cols] = values[:, rows].T  # [T, M] read, [M, T] stored here
         out[metric] = data
     if all(r.vectors_config is not None for r in opened):
         data = np.full((len(opened), len(matrices), len(union)), np.nan)
         for r, run in enumerate(opened):
             cols = np.searchsorted(union, run.steps)
             rows = [run.matrices.index(m) for m in matrices]
-            data[r][:, cols] = run.agreement_score()[rows]
+            data[r][:, cols] = run.agreement_score()[:, rows].T
         out["agreement_score"] = data
     return out
 

@@ -109,8 +109,8 @@ def _summary(name: str, home) -> dict[str, Any]:
     with open_run(name, home) as run:
         rank = run.metric("normalized_effective_rank")
         out: dict[str, Any] = {
-            "rank_first": round(float(np.nanmean(rank[:, 0])), 3),
-            "rank_last": round(float(np.nanmean(rank[:, -1])), 3),
+            "rank_first": round(float(np.nanmean(rank[0])), 3),
+            "rank_last": round(float(np.nanmean(rank[-1])), 3),
         }
         for key, metric, level in (
             ("train_fit_step", "train_acc", 0.99),

@@ -124,7 +124,7 @@ def plot_metric(
         return _heatmap(
             _axes(ax, size),
             r,
-            r.values.metric(metric)[rows],
+            r.values.metric(metric)[:, rows].T,  # heatmap rows: matrices
             [r.matrices[i] for i in rows],
             shown,
             log_x=log_x,
@@ -401,7 +401,7 @@ def plot_alignment_score(
         return _heatmap(
             _axes(ax, size),
             r,
-            r.alignment.score()[rows],
+            r.alignment.score()[:, rows].T,
             [names[i] for i in rows],
             shown,
             log_x=log_x,
@@ -436,7 +436,7 @@ def plot_agreement_score(
         return _heatmap(
             _axes(ax, size),
             r,
-            r.agreement.score()[rows],
+            r.agreement.score()[:, rows].T,
             [r.matrices[i] for i in rows],
             shown,
             log_x=log_x,

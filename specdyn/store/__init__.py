@@ -8,7 +8,8 @@ records), ``_plan`` (what a store is built from; a request checked against a sto
 ``_sections`` and ``_reader`` (`Run` and its sections), ``_tables`` (a run's sections
 as tidy tables, chunk by chunk: `Run.to_pandas`, `Run.to_xarray`), ``_export`` (those
 tables written to parquet, CSV or netCDF: `export`), ``_vectors`` and ``_training``
-(the optional sections), ``_lock`` (one writer per store), ``_workspace`` and
+(the optional sections), ``_describe`` (every dataset's description, units and dims
+attributes, and the dimension scales: schema 4), ``_lock`` (one writer per store), ``_workspace`` and
 ``_listing`` (where stores live, `list_runs`), ``_checksums`` and ``_verify`` (damage
 on disk detected: the checksums, `verify`), ``_comparison`` (what `specdyn compare`
 writes, and `Comparison` to read it), ``_prune_results`` (``prune.h5`` of

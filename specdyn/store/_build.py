@@ -21,6 +21,7 @@ from ..errors import StoreError
 from ..files import atomic_output
 from ..version import __version__
 from . import _checksums as checksums
+from . import _describe as describe
 from . import _hooks as hooks
 from . import _layout as layout
 from . import _training as trainstore
@@ -179,6 +180,9 @@ def build(
         elif old is not None:
             trainstore.copy(old, f)
         layout.new_dataset(f, layout.STEPS_DONE, (carried.n_steps,), np.uint8)[...] = done
+        # attributes and dimension scales are metadata: written here, once, and covered
+        # by the static checksums like the rest of what the build writes
+        describe.describe_file(f, plan.step_unit)
         checksums.seal(f)
         f.flush()
 

@@ -10,8 +10,9 @@ Two kinds, both under ``/checksums`` (docs/store.md, "Checksums"):
   data, before its done flag, so a row that counts (done flag 1) always has them; 0
   means "none written".
 - **static**: everything written once, when the file is built (the step and matrix
-  tables, pairs, training metrics, attributes, the row tables' dataset lists), has one
-  digest per dataset or attribute in ``/checksums/static/{name,digest}``.
+  tables, pairs, training metrics, attributes, among them every dataset's description,
+  units and dims and the dimension scales of schema 4, the row tables' dataset lists),
+  has one digest per dataset or attribute in ``/checksums/static/{name,digest}``.
 
 A digest is CRC-32 (low 32 bits) and Adler-32 (high 32 bits) of the raw bytes HDF5 returns
 for the row (or of the dataset's dtype, shape and bytes; or of the attribute's value), with
@@ -31,6 +32,7 @@ import h5py
 import numpy as np
 
 from ..errors import StoreDamagedError, command_ref, option_ref
+from . import _describe as describe_
 from . import _layout as layout
 
 __all__ = [
@@ -192,10 +194,12 @@ def section_datasets(f: h5py.File, section: str) -> list[str]:
     return sorted(found)
 
 
-def seal(f: h5py.File) -> None:
+def seal(f: h5py.File, describe: bool = True) -> None:
     """Write every checksum of a file being built (after all its content, before it is
     renamed into place): the digests of each row section's counting rows, read back
-    from the file, and the digests of its static content."""
+    from the file, and the digests of its static content, the attributes of the
+    checksum tables included (`describe`: give them their ``description`` and ``dims``,
+    as a schema 4 build does)."""
     f.attrs["checksum"] = ALGORITHM
     g = f.create_group(GROUP)
     row_paths: set[str] = set()
@@ -205,7 +209,7 @@ def seal(f: h5py.File) -> None:
             continue
         row_paths.update(paths)
         g.create_group(section)
-        layout.vlen_strings(f, table_path(section, "datasets"), paths)
+        listed = layout.vlen_strings(f, table_path(section, "datasets"), paths)
         n = f[paths[0]].shape[0]
         counts = np.ones(n, dtype=bool) if done_path is None else np.asarray(f[done_path][()]) == 1
         table = np.zeros((n, len(paths)), dtype=np.uint64)
@@ -213,12 +217,34 @@ def seal(f: h5py.File) -> None:
         for j, path in enumerate(paths):
             for block_rows, data in _blocks(f[path], rows):
                 table[block_rows, j] = row_digests(data)
-        layout.new_dataset(f, table_path(section), table.shape, np.uint64)[...] = table
+        rows_ds = layout.new_dataset(f, table_path(section), table.shape, np.uint64)
+        rows_ds[...] = table
+        if describe:
+            describe_.annotate(listed)
+            describe_.annotate(rows_ds)
     items = list(_static_items(f, row_paths))
     g.create_group("static")
-    layout.vlen_strings(f, STATIC_NAME, [name for name, _ in items])
-    digests = np.array([digest(data) for _, data in items], dtype=np.uint64)
-    layout.new_dataset(f, STATIC_DIGEST, (len(items),), np.uint64)[...] = digests
+    # the static tables' own attributes are static content too: named in the table
+    # before they exist, hashed once they are written
+    own = [
+        (path, attr)
+        for path in (STATIC_NAME, STATIC_DIGEST)
+        for attr in (_described_attrs(path) if describe else ())
+    ]
+    names = [name for name, _ in items] + [f"@/{path}:{attr}" for path, attr in own]
+    name_ds = layout.vlen_strings(f, STATIC_NAME, names)
+    digest_ds = layout.new_dataset(f, STATIC_DIGEST, (len(names),), np.uint64)
+    if describe:
+        describe_.annotate(name_ds)
+        describe_.annotate(digest_ds)
+    data = [d for _, d in items] + [_attr_bytes(f[path], attr) for path, attr in own]
+    digest_ds[...] = np.array([digest(d) for d in data], dtype=np.uint64)
+
+
+def _described_attrs(path: str) -> list[str]:
+    """The attributes `describe_.annotate` gives the dataset at `path`, sorted."""
+    _, units, _ = describe_.spec(path)
+    return sorted(["description", "dims"] + (["units"] if units else []))
 
 
 def _blocks(ds: h5py.Dataset, rows: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -243,19 +269,32 @@ def _static_items(f: h5py.File, row_paths: set[str]) -> Iterator[tuple[str, byte
     f.visititems(lambda name, obj: objects.append(("/" + name, obj)))
     for name, obj in sorted(objects, key=lambda item: item[0]):
         for attr in sorted(obj.attrs.keys()):
-            yield f"@{name}:{attr}", _attr_bytes(obj.attrs[attr])
+            yield f"@{name}:{attr}", _attr_bytes(obj, attr)
         path = name.lstrip("/")
         if isinstance(obj, h5py.Dataset) and path not in excluded:
             yield path, _dataset_bytes(obj)
 
 
-def _attr_bytes(value: Any) -> bytes:
-    """The bytes an attribute's value is hashed as."""
+def _attr_bytes(obj: Any, attr: str) -> bytes:
+    """The bytes the attribute `attr` of `obj` is hashed as. Object references (the
+    dimension scales' ``DIMENSION_LIST`` and ``REFERENCE_LIST``) are file addresses, which
+    a rebuild moves: they are hashed as the paths they point to."""
+    value = obj.attrs[attr]
+    if attr == "DIMENSION_LIST":
+        names = [[obj.file[ref].name for ref in refs] for refs in value]
+        return b"d" + repr(names).encode("utf-8")
+    if attr == "REFERENCE_LIST":
+        rows = [(obj.file[row[0]].name, int(row[1])) for row in value]
+        return b"r" + repr(rows).encode("utf-8")
     if isinstance(value, bytes):
         return b"b" + value
     if isinstance(value, str):
         return b"s" + value.encode("utf-8", "surrogatepass")
     arr = np.asarray(value)
+    if arr.dtype.kind == "O":  # an array of strings (``dims``): length-prefixed values
+        items = [v if isinstance(v, bytes) else str(v).encode("utf-8") for v in arr.reshape(-1)]
+        body = b"".join(len(v).to_bytes(8, "little") + v for v in items)
+        return b"o" + repr(arr.shape).encode() + body
     return arr.dtype.str.encode() + repr(arr.shape).encode() + arr.tobytes()
 
 
@@ -485,10 +524,10 @@ def _static_damage(f: h5py.File) -> list[Damage]:
     except (KeyError, OSError, ValueError, TypeError, RuntimeError) as exc:
         out.append(Damage("static", None, None, f"unreadable content ({_reason(exc)})"))
         return out
-    for name in wanted:
-        if name not in seen:
-            out.append(Damage("static", None, None, f"{name} is missing"))
-    return out
+    # what is gone first, datasets before attributes: a removed dataset takes its
+    # attributes with it and changes the scales that pointed to it
+    gone = sorted((n for n in wanted if n not in seen), key=lambda n: n.startswith("@"))
+    return [Damage("static", None, None, f"{n} is missing") for n in gone] + out
 
 
 def _schema(f: h5py.File) -> int:

@@ -24,7 +24,8 @@ from ..errors import StoreError, command_ref, option_ref
 from ..version import __version__
 
 FORMAT = "specdyn-store"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+DESCRIBED_SCHEMA = 4  # the first schema whose datasets describe themselves (docs, dims)
 
 # Fixed-size per-step fields: a step's write must never change HDF5 metadata
 # (variable-length strings would allocate in the global heap), so every value

@@ -3,8 +3,8 @@
 with open_run("mlp-wd") as run:
     run.values.steps                              # int64 [T_done]
     run.values.sigma("fc1.weight")                # float64 [T_done, R]
-    run.values.metric("normalized_effective_rank")  # float64 [M, T_done]
-    run.alignment.score()                         # float64 [P, T_done]
+    run.values.metric("normalized_effective_rank")  # float64 [T_done, M]
+    run.alignment.score()                         # float64 [T_done, P]
     run.agreement("fc1")                          # float64 [T_done, k]
     run.training("loss")                          # (steps, values)
 """

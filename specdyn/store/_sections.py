@@ -241,7 +241,9 @@ class RunValues:
             matrix: exact name or unique substring; None for every matrix.
 
         Returns:
-            float64 [T_done] for one matrix, [M, T_done] for all (forward order).
+            float64 [T_done] for one matrix, [T_done, M] for all (columns in forward
+            order): the axis order of ``/metrics/<name>`` in the file (docs/store.md,
+            "Axis order").
 
         Raises:
             StoreError: unknown metric or matrix.
@@ -253,7 +255,7 @@ class RunValues:
             )
         data = store.read_rows(layout.metric_path(name), store.done_rows)  # [T_done, M]
         if matrix is None:
-            return np.ascontiguousarray(data.T)
+            return data
         return data[:, store.column[self.find_matrix(matrix)]].copy()
 
     def matrix_info(self, matrix: str) -> dict[str, Any]:
@@ -403,18 +405,19 @@ class RunAlignment:
             top: entries averaged (None: the store's `score_top`, default 10).
 
         Returns:
-            float64 [T_done] for one pair, [P, T_done] for all (forward order).
+            float64 [T_done] for one pair, [T_done, P] for all (columns in forward order,
+            as ``/alignment/score`` in the file).
         """
         store = self._store
         store.need_vectors("alignment")
         if top is None:
             data = store.section_rows("alignment", layout.ALIGNMENT_SCORE)  # [T_done, P]
             if pair is None:
-                return np.ascontiguousarray(data.T)
+                return data
             return data[:, store.pair_column[self.find_pair(pair)]].copy()
         names = list(store.pair_column) if pair is None else [self.find_pair(pair)]
         rows = [vecstore.head_mean(self.diagonal(n), top) for n in names]
-        return rows[0] if pair is not None else np.array(rows).reshape(len(names), -1)
+        return rows[0] if pair is not None else np.array(rows).reshape(len(names), -1).T.copy()
 
 
 class RunAgreement:
@@ -471,17 +474,17 @@ class RunAgreement:
 
     def score(self, matrix: str | None = None, top: int | None = None) -> np.ndarray:
         """The agreement score s(t), like `RunAlignment.score`: float64 [T_done] for one
-        matrix, [M, T_done] for all."""
+        matrix, [T_done, M] for all."""
         store = self._store
         store.need_vectors("agreement")
         if top is None:
             data = store.section_rows("agreement", layout.AGREEMENT_SCORE)
             if matrix is None:
-                return np.ascontiguousarray(data.T)
+                return data
             return data[:, store.column[self._values.find_matrix(matrix)]].copy()
         names = store.matrices if matrix is None else [self._values.find_matrix(matrix)]
         rows = [vecstore.head_mean(self.diagonal(n), top) for n in names]
-        return rows[0] if matrix is not None else np.array(rows).reshape(len(names), -1)
+        return rows[0] if matrix is not None else np.array(rows).reshape(len(names), -1).T.copy()
 
 
 class RunVectors:

@@ -48,7 +48,8 @@ class StoreWriter:
             `open` made (what is recomputed).
         integrity_notes: (kind, line) for what `open` found checking the store's
             checksums: ``"store-damage"`` for rows damaged on disk (marked not done, so
-            computed again), ``"store-upgrade"`` when checksums were added to a store
+            computed again), ``"store-upgrade"`` when checksums (schema 3) or the
+            datasets' attributes and dimension scales (schema 4) were added to a store
             written before them.
     """
 
@@ -620,6 +621,15 @@ def integrity_notes(found: checksums.FileScan, schema: int) -> list[tuple[str, s
                 "store-upgrade",
                 f"checksums added to a store of schema {schema}: the steps it held are "
                 "trusted as they were; from now on damage on disk is detected",
+            )
+        )
+    if schema < layout.DESCRIBED_SCHEMA:
+        notes.append(
+            (
+                "store-upgrade",
+                f"a store of schema {schema} upgraded to {layout.SCHEMA_VERSION}: every "
+                "dataset now has description, units and dims attributes, and the step, "
+                "matrix and pair axes dimension scales (docs/store.md); no value recomputed",
             )
         )
     return notes

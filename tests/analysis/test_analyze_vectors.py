@@ -351,19 +351,19 @@ def _check_scores(run: specdyn.Run) -> None:
     """Scores are the mean of the first 10 (or `top`) stored diagonal entries."""
     pairs = [p["name"] for p in run.pairs]
     scores = run.alignment_score()
-    assert scores.shape == (len(pairs), run.steps.size)
+    assert scores.shape == (run.steps.size, len(pairs))
     for j, name in enumerate(pairs):
         d = run.alignment(name)
-        np.testing.assert_allclose(scores[j], d[:, :TOP].mean(axis=1), rtol=0, atol=1e-12)
-        np.testing.assert_allclose(run.alignment_score(name), scores[j], rtol=0, atol=0)
+        np.testing.assert_allclose(scores[:, j], d[:, :TOP].mean(axis=1), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(run.alignment_score(name), scores[:, j], rtol=0, atol=0)
         np.testing.assert_allclose(
             run.alignment_score(name, top=3), d[:, :3].mean(axis=1), rtol=0, atol=1e-12
         )
     scores = run.agreement_score()
-    assert scores.shape == (len(run.matrices), run.steps.size)
+    assert scores.shape == (run.steps.size, len(run.matrices))
     for j, matrix in enumerate(run.matrices):
         d = run.agreement(matrix)
-        np.testing.assert_allclose(scores[j], d[:, :TOP].mean(axis=1), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(scores[:, j], d[:, :TOP].mean(axis=1), rtol=0, atol=1e-12)
         np.testing.assert_allclose(
             run.agreement_score(matrix, top=3), d[:, :3].mean(axis=1), rtol=0, atol=1e-12
         )

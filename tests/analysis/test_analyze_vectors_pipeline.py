@@ -351,9 +351,9 @@ def test_every_preset_model_is_analysed_with_its_pairs(tmp_path, kind):
             (p.name, p.rule) for p in expected.pairs
         ]
         scores = run.alignment_score()
-        assert scores.shape == (len(expected.pairs), 2)
+        assert scores.shape == (2, len(expected.pairs))
         assert np.isfinite(scores).all() and (scores >= 0).all() and (scores <= 1 + 1e-9).all()
-        assert np.abs(run.agreement_score()[:, -1] - 1).max() < 1e-9
+        assert np.abs(run.agreement_score()[-1] - 1).max() < 1e-9
         if kind == "llama":
             # grouped-query attention: query head h meets key head h // 2
             q = model.model.layers[0].self_attn.q_proj.weight.detach().double().numpy()
@@ -391,7 +391,7 @@ def test_nan_and_zero_matrices_give_nan_vectors_metrics_and_a_warning(tmp_path):
     (note,) = [n for n in result.notes if n.kind == "reference-undefined"]
     assert "b.weight" in note.message and "--reference" in note.message
     with specdyn.open_run("bad", home=tmp_path / "ws") as run:
-        align = run.alignment_score()[0]
+        align = run.alignment_score()[:, 0]
         assert np.isfinite(align[0]) and np.isnan(align[1:]).all()
         assert np.isnan(run.agreement("b.weight")).all()
         agree_a = run.agreement_score("a.weight")

@@ -155,9 +155,9 @@ def test_metric_differences_and_final_values(tmp_path):
     with specdyn.open_run("mlp-wd", home) as ra, specdyn.open_run("mlp-nowd", home) as rb:
         with open_comparison(result.path) as cmp:
             for metric in ("normalized_effective_rank", "stable_rank", "spectral_norm"):
-                want = rb.metric(metric) - ra.metric(metric)
+                want = (rb.metric(metric) - ra.metric(metric)).T  # a comparison is [M, T]
                 assert np.array_equal(cmp.difference(metric, "mlp-wd", "mlp-nowd"), want)
-                assert np.array_equal(cmp.final(metric)[0], ra.metric(metric)[:, -1])
+                assert np.array_equal(cmp.final(metric)[0], ra.metric(metric)[-1])
             assert np.array_equal(cmp.steps, ra.steps)
             # both start from one initialisation: equal spectra at step 0
             assert np.all(cmp.difference("normalized_effective_rank")[:, 0] == 0)

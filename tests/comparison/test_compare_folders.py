@@ -83,7 +83,7 @@ def test_trunk_b_after_trunk_a_analyses_its_own_checkpoints(tmp_path):
         for r in direct.runs:
             with specdyn.open_run(r.store_path) as run:
                 want.append(
-                    run.metric(metric)[[run.matrices.index(m) for m in second.matrices], -1]
+                    run.metric(metric)[-1, [run.matrices.index(m) for m in second.matrices]]
                 )
         np.testing.assert_array_equal(second.final(metric), np.array(want))
         assert not np.array_equal(first.final(metric), second.final(metric))

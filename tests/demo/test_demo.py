@@ -24,7 +24,7 @@ def demos(tmp_path_factory):
 def _mean_rank(home, name):
     with specdyn.open_run(name, home) as run:
         rank = run.metric("normalized_effective_rank")
-        return float(np.mean(rank[:, 0])), float(np.mean(rank[:, -1]))
+        return float(np.mean(rank[0])), float(np.mean(rank[-1]))
 
 
 def test_validation_accuracy_rises_late(demos):

@@ -124,7 +124,7 @@ def _luminance(rgba) -> float:
 def test_rank_heatmap_is_the_stored_metric(ws, store):
     with specdyn.open_run(store, home=ws) as run:
         ax = specdyn.plot_rank(run)
-        _assert_same(_mesh(ax).get_array(), run.metric("normalized_effective_rank"))
+        _assert_same(_mesh(ax).get_array(), run.metric("normalized_effective_rank").T)
         _assert_first_row_on_top(ax, len(run.matrices))
         assert _row_labels(ax) == short_names(run.matrices, 48)
         assert ax.get_xlabel() == "training step"
@@ -139,7 +139,7 @@ def test_every_stored_metric_draws_itself(ws):
     with specdyn.open_run("mlp-wd", home=ws) as run:
         for metric in run.metric_names:
             ax = specdyn.plot_metric(run, metric)
-            _assert_same(_mesh(ax).get_array(), run.metric(metric))
+            _assert_same(_mesh(ax).get_array(), run.metric(metric).T)
             assert _colorbar_label(ax.figure, [ax]), metric
 
 
@@ -151,7 +151,7 @@ def test_metric_by_name_and_into_a_given_axes(ws):
     ax = specdyn.plot_metric("mlp-wd", "stable_rank", home=ws, ax=mine, title="mine")
     assert ax is mine and ax.get_title() == "mine"
     with specdyn.open_run("mlp-wd", home=ws) as run:
-        _assert_same(_mesh(ax).get_array(), run.metric("stable_rank"))
+        _assert_same(_mesh(ax).get_array(), run.metric("stable_rank").T)
         assert "stable rank" in _colorbar_label(fig, [ax])
 
 
@@ -160,13 +160,13 @@ def test_steps_select_columns_and_matrices_select_rows(ws):
         ax = specdyn.plot_rank(run, steps="0,100,4000", matrices=r"layers\.[12]\.")
         cols = [0, 4, 9]
         assert run.steps[cols].tolist() == [0, 100, 4000]
-        stored = run.metric("normalized_effective_rank")[np.ix_([1, 2], cols)]
+        stored = run.metric("normalized_effective_rank")[np.ix_(cols, [1, 2])].T
         _assert_same(_mesh(ax).get_array(), stored)
         assert _row_labels(ax) == ["layers.1", "layers.2"]
         _assert_first_row_on_top(ax, 2)
         _assert_steps_in_cells(ax, np.array([0, 100, 4000]))
         ax = specdyn.plot_rank(run, steps="100:1000")
-        _assert_same(_mesh(ax).get_array(), run.metric("normalized_effective_rank")[:, 4:8])
+        _assert_same(_mesh(ax).get_array(), run.metric("normalized_effective_rank")[4:8].T)
 
 
 def test_log_x_is_symlog_and_keeps_step_zero(ws):
@@ -188,7 +188,7 @@ def test_alignment_and_agreement_score_heatmaps(ws):
     with specdyn.open_run("neox-trainer", home=ws) as run:
         names = [p["name"] for p in run.pairs]
         ax = specdyn.plot_alignment_score(run)
-        _assert_same(_mesh(ax).get_array(), run.alignment_score())
+        _assert_same(_mesh(ax).get_array(), run.alignment_score().T)
         _assert_first_row_on_top(ax, len(names))
         labels = _row_labels(ax)
         assert labels == short_names(names, 64)
@@ -201,10 +201,10 @@ def test_alignment_and_agreement_score_heatmaps(ws):
         ax = specdyn.plot_alignment_score(run, pairs=r"\[q\]~\[k\]")
         qk = [i for i, n in enumerate(names) if n.endswith("[q]~[k]")]
         assert len(qk) == 2
-        _assert_same(_mesh(ax).get_array(), run.alignment_score()[qk])
+        _assert_same(_mesh(ax).get_array(), run.alignment_score()[:, qk].T)
 
         ax = specdyn.plot_agreement_score(run)
-        _assert_same(_mesh(ax).get_array(), run.agreement_score())
+        _assert_same(_mesh(ax).get_array(), run.agreement_score().T)
         _assert_first_row_on_top(ax, len(run.matrices))
         assert "matrix" in ax.get_ylabel() and ax.get_xlabel() == "training step"
         label = _colorbar_label(ax.figure, [ax])
@@ -213,7 +213,7 @@ def test_alignment_and_agreement_score_heatmaps(ws):
         ax = specdyn.plot_agreement_score(run, matrices="mlp", steps="0,1500")
         rows = [i for i, n in enumerate(run.matrices) if "mlp" in n]
         cols = [0, len(run.steps) - 1]
-        _assert_same(_mesh(ax).get_array(), run.agreement_score()[np.ix_(rows, cols)])
+        _assert_same(_mesh(ax).get_array(), run.agreement_score()[np.ix_(cols, rows)].T)
 
 
 def test_alignment_and_agreement_diagonals(ws):
@@ -373,7 +373,7 @@ def test_values_only_store_names_the_option(ws):
     # values are still drawn
     with specdyn.open_run("mlp-nowd", home=ws) as run:
         ax = specdyn.plot_rank(run)
-        _assert_same(_mesh(ax).get_array(), run.metric("normalized_effective_rank"))
+        _assert_same(_mesh(ax).get_array(), run.metric("normalized_effective_rank").T)
 
 
 def test_alignment_matrix_needs_full_matrices(ws):

@@ -165,7 +165,7 @@ def test_a_partial_store_is_drawn_with_gaps(partial):
         np.testing.assert_allclose(edges[1:-1], inner)
         shown = np.ma.getmaskarray(_mesh(ax).get_array()).reshape(len(run.matrices), -1)
         assert [bool(shown[:, i].all()) for i in range(len(every))] == [s in pending for s in every]
-        metric = run.metric("normalized_effective_rank")
+        metric = run.metric("normalized_effective_rank").T  # drawn as [matrices, steps]
         data = np.ma.getdata(_mesh(ax).get_array()).reshape(len(run.matrices), -1)
         np.testing.assert_array_equal(data[:, [every.index(s) for s in done]], metric)
         # the pending columns are hatched, and a note says how many

@@ -46,7 +46,7 @@ def test_curves_are_the_stored_training_metrics(home):
                 assert np.array_equal(curves[LEGENDS[name]][0], steps)
                 assert np.array_equal(curves[LEGENDS[name]][1], values)
         drawn = rank_ax.collections[0].get_array().reshape(len(run.matrices), -1)
-        assert np.array_equal(drawn, run.metric("normalized_effective_rank"))
+        assert np.array_equal(drawn, run.metric("normalized_effective_rank").T)
     assert loss_ax.get_yscale() == "log" and acc_ax.get_ylim()[1] == pytest.approx(1.03)
     # one step axis: every panel spans the heatmap's range
     assert loss_ax.get_xlim() == rank_ax.get_xlim() == acc_ax.get_xlim()
@@ -61,9 +61,9 @@ def test_scores_and_chosen_metrics(home):
     assert rank_ax.get_xscale() == "symlog" and curves_ax.get_xscale() == "symlog"
     with specdyn.open_run("mlp-wd", home) as run:
         drawn = align_ax.collections[0].get_array().reshape(len(run.pairs), -1)
-        assert np.array_equal(drawn, run.alignment_score(), equal_nan=True)
+        assert np.array_equal(drawn, run.alignment_score().T, equal_nan=True)
         drawn = agree_ax.collections[0].get_array().reshape(len(run.matrices), -1)
-        assert np.array_equal(drawn, run.agreement_score(), equal_nan=True)
+        assert np.array_equal(drawn, run.agreement_score().T, equal_nan=True)
 
 
 def test_errors_name_what_to_do(home, tmp_path):

@@ -35,11 +35,16 @@ def test_the_notebook_page_runs(tmp_path, monkeypatch):
         exec(compile(block, str(PAGE), "exec"), ns)  # noqa: S102 - the page's own examples
     with specdyn.open_run("mlp-wd") as run:
         steps = run.values.steps
-        rank = run.values.metric("normalized_effective_rank")  # [M, T]
+        rank = run.values.metric("normalized_effective_rank")  # [T, M]
         matrices = run.values.matrices
         want = run.to_pandas("metrics")
+    from_file = ns["rank_from_file"]  # the store opened by xarray, without specdyn
+    assert from_file.dims == ("step", "matrix")
+    assert from_file["step"].values.tolist() == steps.tolist()
+    assert from_file["matrix"].values.tolist() == matrices
+    np.testing.assert_array_equal(from_file.values, rank)
     assert ns["table"].shape == (len(steps), len(matrices))
-    np.testing.assert_array_equal(ns["table"][matrices].to_numpy(), rank.T)
+    np.testing.assert_array_equal(ns["table"][matrices].to_numpy(), rank)
     assert ns["sigma1"].shape == (len(steps), len(matrices))
     assert list(ns["score"].columns) == [
         "layers.0.weight~layers.1.weight",
@@ -47,7 +52,7 @@ def test_the_notebook_page_runs(tmp_path, monkeypatch):
         "layers.2.weight~layers.3.weight",
     ]
     assert len(ns["loss"]) > 0 and (tmp_path / "rank.png").stat().st_size > 0
-    np.testing.assert_array_equal(ns["layer0"].values, rank[0])
+    np.testing.assert_array_equal(ns["layer0"].values, rank[:, 0])
     assert ns["last"].dims == ("matrix", "sv") and ns["reference"] == steps[-1]
     assert ns["back"].equals(want)
     assert ns["nc_sigma"]["sigma"].dims == ("matrix", "step", "sv")

@@ -191,8 +191,9 @@ def test_round_trip_returns_what_was_written(tmp_path):
                 one = run.metric(metric, name)
                 assert one.shape == (len(STEPS),)
                 np.testing.assert_array_equal(one, recomputed[metric])
-                np.testing.assert_array_equal(everything[metric][j], one)
-        assert everything["spectral_norm"].shape == (len(worker.SMALL), len(STEPS))
+                np.testing.assert_array_equal(everything[metric][:, j], one)
+        # [T, M], the axis order of /metrics in the file
+        assert everything["spectral_norm"].shape == (len(STEPS), len(worker.SMALL))
         info = run.matrix_info("layers.0.attention.query_key_value.weight[q]")
         assert info == {
             "name": "layers.0.attention.query_key_value.weight[q]",
@@ -787,7 +788,7 @@ def test_an_empty_store_reads_as_empty(tmp_path):
     with open_run(path) as run:
         assert run.steps.size == 0 and list(run.all_steps) == [0, 10]
         assert run.sigma("embed_in").shape == (0, 12)
-        assert run.metric("entropy").shape == (len(worker.SMALL), 0)
+        assert run.metric("entropy").shape == (0, len(worker.SMALL))
         info = run.info()
         assert info["first_step"] is None and info["methods"] == {} and info["steps_done"] == 0
         assert run.matrix_info("embed_in")["method"] == ""

@@ -136,8 +136,11 @@ def test_round_trip_of_every_vector_section(tmp_path):
                 got = run.agreement(name)[t]
                 assert np.array_equal(got, want.agreement[name].diagonal)
                 assert run.agreement_score(name)[t] == pytest.approx(got[:3].mean())
-        assert run.alignment_score().shape == (2, 3)
-        assert run.agreement_score().shape == (len(MATS), 3)
+        # [T, P] and [T, M], as /alignment/score and /agreement/score in the file
+        assert run.alignment_score().shape == (3, 2)
+        assert run.alignment_score(top=2).shape == (3, 2)
+        assert run.agreement_score().shape == (3, len(MATS))
+        assert run.agreement_score(top=2).shape == (3, len(MATS))
         # "ends": the first and last step keep their vectors (stored as float32)
         assert run.section_steps("vectors").tolist() == [0, 20]
         u, v = run.vectors("embed_in", 20)
