@@ -104,8 +104,7 @@ def test_revision_weights_match_the_planned_views(gpu_check):
         assert tuple(view.extract(tensor).shape) == tuple(view.shape)
 
 
-def test_no_cuda_is_one_line(gpu_check, capsys):
-    if torch.cuda.is_available():
-        pytest.skip("a CUDA device is visible")
+def test_no_cuda_is_one_line(gpu_check, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert gpu_check.main(["--device", "cuda", "--out", "unused"]) == 2
     assert "use --device cpu" in capsys.readouterr().err
