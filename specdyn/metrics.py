@@ -26,7 +26,9 @@ a continuous power-law fit of their tail with xmin chosen by the smallest
 Kolmogorov-Smirnov distance, and the norm metrics built from α. They need the
 matrix's shape as well (the Marchenko-Pastur edge depends on it):
 ``heavy_tail_metrics(sigma, shape)``; ``power_law_fit(evals)`` fits one ESD.
-They are not part of ``METRIC_NAMES``.
+They are not part of ``METRIC_NAMES`` (what ``spectral_metrics`` gives from σ alone);
+``STORED_METRIC_NAMES`` is every metric an analysis stores (both families, one
+``stable_rank``), and ``matrix_metrics(sigma, shape)`` computes them.
 """
 
 from __future__ import annotations
@@ -39,7 +41,13 @@ from .errors import SpecdynError
 
 __all__ = [
     "EVALS_THRESHOLD",
+    "FIT_NAMES",
+    "FIT_REASONS",
     "HEAVY_TAIL_NAMES",
+    "STORED_METRIC_NAMES",
+    "fit_nan_note",
+    "fit_nan_step_notes",
+    "matrix_metrics",
     "MIN_EVALS",
     "PowerLawFit",
     "heavy_tail_metrics",
@@ -401,10 +409,10 @@ def _one_spectrum(sigma: np.ndarray, big: int, small: int, threshold: float) -> 
         return out, "too-few-eigenvalues"
     total = float(np.sum(lam))
     bulk_max = total / small * (1.0 + np.sqrt(small / big)) ** 2
+    # stable_rank is set by heavy_tail_metrics from `stable_rank`, the one definition
     out.update(
         log_norm=np.log10(total),
         log_spectral_norm=np.log10(top),
-        stable_rank=total / top,
         mp_bulk_max=bulk_max,
         mp_softrank=bulk_max / top,
         num_above_mp_edge=float(np.count_nonzero(lam > bulk_max)),
@@ -444,7 +452,8 @@ def heavy_tail_metrics(
       power-law fit of the λ (`power_law_fit`);
     - ``alpha_weighted`` α·log10 λ_max; ``log_alpha_norm`` log10 Σ λ^α;
       ``log_norm`` log10 Σ λ (= log10 ‖W‖_F²); ``log_spectral_norm`` log10 λ_max;
-      ``stable_rank`` Σ λ / λ_max;
+      ``stable_rank`` Σ λ / λ_max, computed by `stable_rank` (the same value as
+      ``spectral_metrics``' where R ≥ 8, NaN below);
     - ``mp_bulk_max`` λ+ = (Σλ/M)(1 + √(M/N))², the Marchenko-Pastur bulk edge of a
       random N×M matrix (N ≥ M) with the same Frobenius norm; ``mp_softrank``
       λ+/λ_max; ``num_above_mp_edge`` the count of λ > λ+.
@@ -467,7 +476,113 @@ def heavy_tail_metrics(
         values, reasons[row] = _one_spectrum(flat[row], big, small, threshold)
         for name in HEAVY_TAIL_NAMES:
             columns[name][row] = values[name]
+    # the same stable rank as METRIC_NAMES' (one definition), NaN where R < MIN_EVALS
+    defined = np.full(flat.shape[0], small >= MIN_EVALS)
+    columns["stable_rank"] = np.where(defined, stable_rank(flat), np.nan)
     out = {name: columns[name].reshape(batch) for name in HEAVY_TAIL_NAMES}
     if return_reasons:
         return out, reasons.astype(str).reshape(batch)
     return out
+
+
+# --------------------------------------------------------------------------------------
+# What an analysis stores: both families, one stable rank
+
+FIT_NAMES = (
+    "alpha",
+    "alpha_stderr",
+    "xmin",
+    "ks_distance",
+    "num_tail",
+    "alpha_weighted",
+    "log_alpha_norm",
+)
+"""The heavy-tailed metrics made from the power-law fit: NaN whenever the fit is."""
+
+STORED_METRIC_NAMES = METRIC_NAMES + tuple(n for n in HEAVY_TAIL_NAMES if n not in METRIC_NAMES)
+"""Every metric an analysis stores per matrix and step (``/metrics/<name>``):
+``METRIC_NAMES``, then ``HEAVY_TAIL_NAMES`` but ``stable_rank`` (kept once, the
+``METRIC_NAMES`` one, defined for every R)."""
+
+FIT_REASONS = {
+    "too-few-eigenvalues": (
+        f"fewer than {MIN_EVALS} singular values, or fewer than 2 eigenvalues above "
+        f"{EVALS_THRESHOLD:g}"
+    ),
+    "flat-spectrum": "every fitted eigenvalue equal",
+    "zero-matrix": "an all-zero matrix",
+    "nonfinite": "NaN/Inf weights",
+}
+"""Why a power-law fit gives NaN (the reasons of ``heavy_tail_metrics``) → what it means."""
+
+
+def matrix_metrics(
+    sigma: np.ndarray,
+    shape: tuple[int, int],
+    *,
+    names: tuple[str, ...] | list[str] = STORED_METRIC_NAMES,
+    return_reasons: bool = False,
+) -> dict[str, np.ndarray] | tuple[dict[str, np.ndarray], np.ndarray]:
+    """The stored metrics (`STORED_METRIC_NAMES`, or the subset `names`) of a batch of
+    spectra of one matrix shape: what an analysis writes and a store gains from its σ.
+
+    sigma: array-like [..., R] of singular values (float64 after conversion), R = min(m,
+    n); shape: (m, n) of the matrix (either orientation). Returns {name: float64 array
+    [...]} in the order of `names`: ``spectral_metrics`` for ``METRIC_NAMES``,
+    ``heavy_tail_metrics`` for the others (computed only when one is asked for). With
+    ``return_reasons`` the result is (metrics, reasons): reasons is a str array [...]
+    of "" or a key of `FIT_REASONS`, why the heavy-tailed fit is NaN ("" everywhere
+    when no heavy-tailed name is asked for).
+    Never raises or warns for degenerate spectra. Raises ValueError for a name that is
+    not in `STORED_METRIC_NAMES`, SpecdynError when min(shape) is not R.
+    """
+    unknown = [n for n in names if n not in STORED_METRIC_NAMES]
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}: use names of STORED_METRIC_NAMES")
+    s = np.atleast_1d(np.asarray(sigma, dtype=np.float64))
+    values = spectral_metrics(s) if any(n in METRIC_NAMES for n in names) else {}
+    reasons = np.full(s.shape[:-1], "", dtype=object)
+    if any(n not in METRIC_NAMES for n in names):
+        heavy, reasons = heavy_tail_metrics(s, shape, return_reasons=True)
+        values = {**heavy, **values}  # stable_rank: the METRIC_NAMES one
+    else:
+        _check_shape(s.shape[-1], tuple(shape))
+    out = {n: np.asarray(values[n], dtype=np.float64) for n in names}
+    if return_reasons:
+        return out, np.asarray(reasons, dtype=str)
+    return out
+
+
+def fit_nan_step_notes(reasons: dict[str, str]) -> list[str]:
+    """One line per reason of one step's NaN power-law fits, naming the matrices.
+
+    reasons: matrix name → reason ("" or a key of `FIT_REASONS`), in matrix order.
+    Returns e.g. ["alpha NaN (too-few-eigenvalues): head.weight"]; [] when every fit
+    succeeded.
+    """
+    by_reason: dict[str, list[str]] = {}
+    for matrix, reason in reasons.items():
+        if reason:
+            by_reason.setdefault(reason, []).append(matrix)
+    lines = []
+    for reason, matrices in by_reason.items():
+        shown = ", ".join(matrices[:5]) + (
+            f" and {len(matrices) - 5} more" if len(matrices) > 5 else ""
+        )
+        lines.append(f"alpha NaN ({reason}): {shown}")
+    return lines
+
+
+def fit_nan_note(matrix: str, reason: str, count: int, total: int, unit: str = "step") -> str:
+    """The one line that sums up a matrix's NaN power-law fits over steps.
+
+    matrix: its name; reason: a key of `FIT_REASONS`; count: the steps where the fit
+    gave NaN for that reason, of `total` steps; unit: "step" or "epoch".
+    Returns e.g. "head.weight: alpha NaN at 12 of 154 steps: too-few-eigenvalues
+    (fewer than 8 singular values, ...); so are the other power-law metrics".
+    """
+    what = FIT_REASONS.get(reason, reason)
+    return (
+        f"{matrix}: alpha NaN at {count} of {total} {unit}s: {reason} ({what}); so are "
+        "the other power-law metrics (docs/metrics.md#heavy-tailed-metrics-weightwatcher)"
+    )

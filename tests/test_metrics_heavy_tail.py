@@ -16,10 +16,16 @@ import pytest
 from specdyn import metrics
 from specdyn.errors import SpecdynError
 from specdyn.metrics import (
+    FIT_REASONS,
     HEAVY_TAIL_NAMES,
     METRIC_NAMES,
+    STORED_METRIC_NAMES,
+    fit_nan_note,
+    fit_nan_step_notes,
     heavy_tail_metrics,
+    matrix_metrics,
     power_law_fit,
+    spectral_metrics,
     stable_rank,
 )
 
@@ -275,8 +281,63 @@ def test_batches_give_one_value_per_spectrum():
     assert all(shuffled[k] == out[k][0, 0] for k in HEAVY_TAIL_NAMES)
 
 
-def test_heavy_tail_metrics_are_not_stored_metrics_yet():
-    assert not set(HEAVY_TAIL_NAMES) - {"stable_rank"} & set(METRIC_NAMES)
+def test_stored_metrics_hold_both_families_and_one_stable_rank():
+    assert not (set(HEAVY_TAIL_NAMES) - {"stable_rank"}) & set(METRIC_NAMES)
+    assert STORED_METRIC_NAMES[: len(METRIC_NAMES)] == METRIC_NAMES
+    assert set(STORED_METRIC_NAMES) == set(METRIC_NAMES) | set(HEAVY_TAIL_NAMES)
+    assert len(STORED_METRIC_NAMES) == len(set(STORED_METRIC_NAMES))
+    assert STORED_METRIC_NAMES.count("stable_rank") == 1
+    rng = np.random.default_rng(11)
+    sigma = np.stack([_sigma(rng.standard_t(3.0, size=(40, 12))) for _ in range(3)])
+    sigma[1] = 0.0
+    out, reasons = matrix_metrics(sigma, (40, 12), return_reasons=True)
+    assert tuple(out) == STORED_METRIC_NAMES and reasons.tolist() == ["", "zero-matrix", ""]
+    plain = spectral_metrics(sigma)
+    heavy = heavy_tail_metrics(sigma, (12, 40))
+    for name in STORED_METRIC_NAMES:
+        want = plain[name] if name in METRIC_NAMES else heavy[name]
+        assert np.array_equal(out[name], want, equal_nan=True), name
+    # a subset: only what is asked for, the heavy-tailed fit skipped without such a name
+    only = matrix_metrics(sigma, (40, 12), names=["entropy", "stable_rank"])
+    assert list(only) == ["entropy", "stable_rank"]
+    with pytest.raises(ValueError, match="unknown metrics"):
+        matrix_metrics(sigma, (40, 12), names=["nope"])
+
+
+@pytest.mark.parametrize("rank", [4, 7, 8, 9, 30, 120])
+def test_the_two_stable_ranks_cannot_diverge(rank):
+    """heavy_tail_metrics' stable_rank is METRIC_NAMES' bit for bit where R >= 8 (one
+    definition, `stable_rank`), NaN below, over spectra of very different scales."""
+    rng = np.random.default_rng(rank)
+    sigma = np.stack(
+        [_sigma(rng.standard_t(2.5, size=(rank + 7, rank))) * 10.0**e for e in (-150, -3, 0, 100)]
+    )
+    sigma = np.concatenate([sigma, np.zeros((1, rank)), np.full((1, rank), np.nan)])
+    heavy = heavy_tail_metrics(sigma, (rank + 7, rank))["stable_rank"]
+    plain = spectral_metrics(sigma)["stable_rank"]
+    stored = matrix_metrics(sigma, (rank, rank + 7))["stable_rank"]
+    assert np.array_equal(stored, plain, equal_nan=True)
+    if rank >= metrics.MIN_EVALS:
+        assert np.array_equal(heavy, plain, equal_nan=True)
+        assert np.isfinite(heavy[:4]).all()
+    else:
+        assert np.isnan(heavy).all() and np.isfinite(plain[:4]).all()
+
+
+def test_nan_fit_notes_name_the_matrix_the_reason_and_the_count():
+    line = fit_nan_note("head.weight", "too-few-eigenvalues", 12, 154)
+    assert line.startswith("head.weight: alpha NaN at 12 of 154 steps: too-few-eigenvalues (")
+    assert "fewer than 8 singular values" in line and "\n" not in line
+    assert "epochs" in fit_nan_note("w", "flat-spectrum", 1, 2, unit="epoch")
+    reasons = {f"m{i}": ("too-few-eigenvalues" if i % 2 else "") for i in range(14)}
+    reasons["z"] = "zero-matrix"
+    lines = fit_nan_step_notes(reasons)
+    assert lines == [
+        "alpha NaN (too-few-eigenvalues): m1, m3, m5, m7, m9 and 2 more",
+        "alpha NaN (zero-matrix): z",
+    ]
+    assert fit_nan_step_notes({"a": "", "b": ""}) == []
+    assert set(FIT_REASONS) == {"too-few-eigenvalues", "flat-spectrum", "zero-matrix", "nonfinite"}
 
 
 FIT_NAMES = ("alpha", "alpha_stderr", "xmin", "ks_distance", "num_tail")
