@@ -36,7 +36,7 @@ import numpy as np
 
 from ..engine import SpectrumEngine
 from ..errors import SpecdynError, option_ref
-from ..metrics import METRIC_NAMES
+from ..metrics import STORED_METRIC_NAMES
 from ..sources import Checkpoint
 from ..store import StepVectors
 from ..types import Note
@@ -348,7 +348,7 @@ def result_bytes(plan: StepPlan, wanted: set[str]) -> tuple[int, int]:
         rank = plan.ranks[view.name]
         k = min(plan.k, rank)
         if "values" in wanted:
-            whole += rank * 8 + 8 * len(METRIC_NAMES) + 64
+            whole += rank * 8 + 8 * len(STORED_METRIC_NAMES) + 64
         if "agreement" in wanted and layout is not None:
             whole += k * 8 + (k * k * 8 if full else 0)
         if "vectors" in wanted:
@@ -732,7 +732,7 @@ def _light_outcome(outcome: _Outcome) -> _Outcome:
     empty = np.empty((0, 0))
     tops = {name: TopK(t.sigma, empty, empty, t.method) for name, t in result.tops.items()}
     light = StepResult(result.step, result.spectra, result.metrics, result.notes,
-                       result.sha256, vectors, tops)  # fmt: skip
+                       result.sha256, vectors, tops, result.fit_reasons)  # fmt: skip
     return _Outcome(outcome.step, light, None, outcome.engine_notes, outcome.device,
                     outcome.fetched_bytes, kept)  # fmt: skip
 

@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -33,7 +33,7 @@ from ..errors import (
     option_ref,
 )
 from ..matrices import MatrixGroup, plan_checkpoint, read_matrices, views_by_parameter
-from ..metrics import spectral_metrics
+from ..metrics import STORED_METRIC_NAMES, fit_nan_note, fit_nan_step_notes, matrix_metrics
 from ..pairs import Operand, Pair, PairPlan, plan_pairs
 from ..sources import Checkpoint, TensorReader
 from ..steps import select_steps
@@ -203,10 +203,12 @@ class StepResult:
     """One step's results, ready for `StoreWriter.write_step` (computed without the store).
 
     spectra: name → (σ float64 [R], method), None when the step's values are not wanted;
-    metrics: name → metric → value (with spectra); notes: the step's warnings (with
-    spectra); sha256: the checkpoint's content hash when it was computed now; vectors:
-    the alignment / agreement / kept vectors wanted (None: no vector section); tops:
-    name → full TopK (only on the reference pass, else {}).
+    metrics: name → metric → value (with spectra; every name of `STORED_METRIC_NAMES`);
+    notes: the step's warnings (with spectra); sha256: the checkpoint's content hash when
+    it was computed now; vectors: the alignment / agreement / kept vectors wanted (None:
+    no vector section); tops: name → full TopK (only on the reference pass, else {});
+    fit_reasons: name → why its power-law fit is NaN (a key of
+    `specdyn.metrics.FIT_REASONS`), only for matrices whose fit failed.
     """
 
     step: int
@@ -216,6 +218,7 @@ class StepResult:
     sha256: str | None
     vectors: StepVectors | None
     tops: dict[str, TopK]
+    fit_reasons: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -257,7 +260,8 @@ class _AnalysisRun:
     - `_analyse_reference`: reference_tops (the reference's top-k vectors, name → TopK).
 
     Accumulated while steps are analysed: notes, methods (method → matrices), computed,
-    with_vectors and failed (steps).
+    with_vectors and failed (steps), fit_nan ((matrix, reason) → steps whose power-law
+    fit gave NaN for that reason).
     """
 
     def __init__(
@@ -286,6 +290,7 @@ class _AnalysisRun:
         self.computed: list[int] = []
         self.with_vectors: list[int] = []
         self.failed: list[int] = []
+        self.fit_nan: Counter[tuple[str, str]] = Counter()
         self.problems: list[CheckpointProblem] | None = None
         self.reference_tops: dict[str, TopK] | None = None
         self.hasher: ThreadPoolExecutor | None = None  # set while steps are analysed
@@ -472,6 +477,7 @@ class _AnalysisRun:
             options=self.store_options,
             provenance=self._provenance(),
             overwrite=overwrite,
+            metric_names=STORED_METRIC_NAMES,
             vectors=self.layout,
             training=training,
             problems=self.problems,
@@ -504,6 +510,10 @@ class _AnalysisRun:
                 )
             )
         self.notes.extend(Note("vectors", line) for line in writer.vector_changes)
+        # metrics a store written before them gained from its σ (no checkpoint read)
+        self.notes.extend(
+            Note(kind, line, path=str(writer.path)) for kind, line in writer.metric_changes
+        )
         # rows damaged on disk were marked not done by the writer: computed again below
         self.notes.extend(
             Note(kind, line, path=str(writer.path)) for kind, line in writer.integrity_notes
@@ -658,18 +668,21 @@ class _AnalysisRun:
         if result.spectra is not None:
             for _sigma, method in result.spectra.values():
                 self.methods[method] += 1
+        # the store keeps each step's NaN fits; the summary counts them over steps (_record)
+        fits = fit_nan_step_notes(result.fit_reasons) if result.spectra is not None else []
         if result.spectra is not None or result.vectors is not None:
             self.writer.write_step(
                 result.step,
                 result.spectra,
                 result.metrics,
-                notes=[n.message for n in result.notes],
+                notes=[n.message for n in result.notes] + fits,
                 sha256=result.sha256,
                 vectors=result.vectors,
             )
         if result.spectra is not None:
             self.notes.extend(result.notes)
             self.computed.append(result.step)
+            self.fit_nan.update(result.fit_reasons.items())
         if result.vectors is not None:
             self.with_vectors.append(result.step)
 
@@ -690,7 +703,7 @@ class _AnalysisRun:
             methods=dict(self.methods),
             device=self.device or self.engine.device_name,
             seconds=seconds,
-            notes=self.notes,
+            notes=self.notes + self._fit_nan_notes(),
             k=None if layout is None else layout.k,
             reference=self.reference,
             pairs=0 if pair_plan is None else len(pair_plan.pairs),
@@ -699,6 +712,15 @@ class _AnalysisRun:
             steps_failed=sorted(self.failed),
             problems=list(self.problems or []),
         )
+
+    def _fit_nan_notes(self) -> list[Note]:
+        """One note per (matrix, reason) of the power-law fits that gave NaN, over the
+        steps computed now."""
+        total, unit = len(self.computed), self.source.step_unit
+        return [
+            Note("heavy-tail-nan", fit_nan_note(matrix, reason, n, total, unit), path=matrix)
+            for (matrix, reason), n in sorted(self.fit_nan.items())
+        ]
 
 
 def compute_step(
@@ -768,11 +790,15 @@ def _step_result(
     """The wanted sections (values, metrics, vectors) of one decomposed step."""
     spectra = result.spectra if "values" in wanted else None
     metrics = None
+    fit_reasons: dict[str, str] = {}
     if spectra is not None:
-        metrics = {
-            matrix: {k: float(v) for k, v in spectral_metrics(sigma).items()}
-            for matrix, (sigma, _method) in spectra.items()
-        }
+        shapes = {view.name: tuple(view.shape) for view in plan.views}
+        metrics = {}
+        for matrix, (sigma, _method) in spectra.items():
+            values, reason = matrix_metrics(sigma, shapes[matrix], return_reasons=True)
+            metrics[matrix] = {k: float(v) for k, v in values.items()}
+            if str(reason):
+                fit_reasons[matrix] = str(reason)
     step_vec = None
     if wanted & {"alignment", "agreement", "vectors"} and plan.layout is not None:
         alignment = None
@@ -791,6 +817,7 @@ def _step_result(
         sha256=sha256,
         vectors=step_vec,
         tops=tops.full,
+        fit_reasons=fit_reasons,
     )
 
 

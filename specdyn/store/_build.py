@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import numpy as np
 
 from ..errors import StoreError
 from ..files import atomic_output
+from ..metrics import fit_nan_step_notes, matrix_metrics
 from ..version import __version__
 from . import _checksums as checksums
 from . import _describe as describe
@@ -29,7 +31,7 @@ from . import _vectors as vecstore
 from ._lock import WriterLock
 from ._plan import StorePlan
 
-__all__ = ["build", "remove_partial_builds", "replace_with"]
+__all__ = ["BuildReport", "build", "remove_partial_builds", "replace_with"]
 
 # A file being built is hidden beside the store and named after it and the building
 # process: `.<store name>.rebuild-<pid>.tmp` (docs/store.md, "Files in the workspace").
@@ -42,13 +44,27 @@ def _rebuild_name(path: Path) -> str:
     return f".{path.name}{_REBUILD_INFIX}{os.getpid()}{_REBUILD_SUFFIX}"
 
 
+@dataclass
+class BuildReport:
+    """What a build computed rather than copied (store evolution, docs/store.md).
+
+    added_metrics: the metrics the old store lacked, computed from its stored σ;
+    rows: the done steps they were computed for; fit_nan: (matrix, reason) → those
+    steps whose power-law fit gave NaN for that reason (`specdyn.metrics.FIT_REASONS`).
+    """
+
+    added_metrics: list[str] = field(default_factory=list)
+    rows: int = 0
+    fit_nan: Counter = field(default_factory=Counter)
+
+
 def replace_with(
     path: Path,
     plan: StorePlan,
     old: h5py.File | None,
     lock: WriterLock,
     trusted: dict[str, np.ndarray] | None = None,
-) -> None:
+) -> BuildReport:
     """Build a complete store for `plan` in a temporary file beside `path` (copying the
     done steps of `old`), make it durable, then rename it over `path` atomically, the
     new file locked by `lock` before it appears there.
@@ -56,6 +72,9 @@ def replace_with(
     trusted: for each row section of `old` ("values", "alignment", "agreement",
     "vectors", "flag", "provenance"), bool [rows]: the rows that may be copied (done and
     matching their checksums, `specdyn.store._checksums.scan`); None trusts the done flags.
+
+    Returns:
+        `BuildReport`: the metrics computed from the old store's σ (none for a fresh one).
 
     Raises:
         StoreError: the file could not be written or put in place (the store keeps
@@ -66,7 +85,7 @@ def replace_with(
         with atomic_output(
             path, temp_name=_rebuild_name(path), replace=lambda new, _store: lock.replace_store(new)
         ) as temp:
-            build(temp, plan, old, trusted)
+            report = build(temp, plan, old, trusted)
     except (OSError, RuntimeError) as exc:
         raise StoreError(
             f"cannot write the store {path} ({layout.write_reason(exc)}); "
@@ -75,6 +94,7 @@ def replace_with(
             f"and run the same command again, or use another {layout.HOME}",
             file=path,
         ) from None
+    return report
 
 
 def remove_partial_builds(path: Path) -> None:
@@ -153,10 +173,11 @@ def build(
     plan: StorePlan,
     old: h5py.File | None,
     trusted: dict[str, np.ndarray] | None = None,
-) -> None:
+) -> BuildReport:
     """Write a whole store file for `plan` at `target`; rows of `old`'s done steps (and
     its flags, provenance and training metrics) are copied, only those `trusted` allows
-    (default: the done flags), and every checksum of the new file is written last."""
+    (default: the done flags), metrics `old` lacks are computed from the copied σ, and
+    every checksum of the new file is written last. Returns what was computed."""
     step_values = np.array([r.step for r in plan.steps], dtype=np.int64)
     trusted = _trusted_rows(old, trusted)
     carried = _carried(plan, step_values, old, trusted)
@@ -164,7 +185,8 @@ def build(
         _write_attributes(f, plan)
         _write_step_table(f, plan, carried, step_values, trusted)
         _write_matrix_table(f, plan, carried)
-        _write_values(f, plan, carried)
+        added = _write_values(f, plan, carried)
+        report = _evolve_metrics(f, plan, carried, added)
         _write_left_out(f, plan)
         _write_provenance(f, plan, carried, trusted)
         # the done flags last: within the new file nothing is visible before the rename,
@@ -185,6 +207,7 @@ def build(
         describe.describe_file(f, plan.step_unit)
         checksums.seal(f)
         f.flush()
+    return report
 
 
 def _trusted_rows(
@@ -296,8 +319,9 @@ def _write_matrix_table(f: h5py.File, plan: StorePlan, carried: _Carried) -> Non
     )
 
 
-def _write_values(f: h5py.File, plan: StorePlan, carried: _Carried) -> None:
-    """``/sigma`` and ``/metrics``, NaN but for the copied steps."""
+def _write_values(f: h5py.File, plan: StorePlan, carried: _Carried) -> list[str]:
+    """``/sigma`` and ``/metrics``, NaN but for the copied steps; the metrics the old
+    store lacks (all NaN here, computed by `_evolve_metrics`)."""
     f.create_group(layout.SIGMA)
     hold = os.environ.get(hooks.HOLD_REBUILD_ENV) if carried.old is not None else None
     for j, m in enumerate(plan.matrices):
@@ -307,10 +331,59 @@ def _write_values(f: h5py.File, plan: StorePlan, carried: _Carried) -> None:
             hooks.hold_here(hold)
     f.create_group(layout.METRICS)
     n_matrices = len(plan.matrices)
+    old = carried.old
+    had = set(json.loads(layout.attr_str(old, "metric_names", "[]"))) if old is not None else None
+    added = [] if had is None else [n for n in plan.metric_names if n not in had]
     for name in plan.metric_names:
-        carried.dataset(
-            f, layout.metric_path(name), np.float64, np.nan, (n_matrices,), by_matrix=True
-        )
+        if name in added:
+            shape = (carried.n_steps, n_matrices)
+            layout.new_dataset(f, layout.metric_path(name), shape, np.float64, fill=np.nan)
+        else:
+            carried.dataset(
+                f, layout.metric_path(name), np.float64, np.nan, (n_matrices,), by_matrix=True
+            )
+    return added
+
+
+def _evolve_metrics(
+    f: h5py.File, plan: StorePlan, carried: _Carried, added: list[str]
+) -> BuildReport:
+    """Fill the `added` metrics of the copied steps from their σ in the new file (no
+    checkpoint read, nothing else recomputed); each step's NaN fits join its notes."""
+    report = BuildReport(added_metrics=list(added), rows=len(carried.rows) if added else 0)
+    if not added or not len(carried.rows):
+        return report
+    rows = np.sort(carried.rows[:, 0])
+    columns = {name: f[layout.metric_path(name)][()] for name in added}  # [T, M], NaN
+    reasons = np.full((len(rows), len(plan.matrices)), "", dtype=object)
+    for j, m in enumerate(plan.matrices):
+        sigma = f[layout.sigma_path(m.name)][()][rows]
+        values, why = matrix_metrics(sigma, tuple(m.shape), names=added, return_reasons=True)
+        for name in added:
+            columns[name][rows, j] = values[name]
+        reasons[:, j] = why
+    for name in added:
+        f[layout.metric_path(name)][...] = columns[name]
+    notes = f[layout.STEPS_NOTES]
+    names = [m.name for m in plan.matrices]
+    for t, row in enumerate(rows.tolist()):
+        by_matrix = {n: str(r) for n, r in zip(names, reasons[t], strict=True) if r}
+        report.fit_nan.update(by_matrix.items())
+        lines = fit_nan_step_notes(by_matrix)
+        if lines:
+            kept = _stored_notes(bytes(notes[row]))
+            notes[row] = np.array(layout.notes_bytes(kept + lines), dtype=layout.NOTES_DTYPE)
+    return report
+
+
+def _stored_notes(raw: bytes) -> list[str]:
+    """A notes slot as its list of lines (a slot that is not a JSON list kept as one line)."""
+    text = raw.rstrip(b"\0").decode("utf-8", "replace")
+    try:
+        items = json.loads(text) if text else []
+    except ValueError:
+        return [text]
+    return [str(n) for n in items] if isinstance(items, list) else [text]
 
 
 def _write_left_out(f: h5py.File, plan: StorePlan) -> None:

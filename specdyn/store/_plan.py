@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 
 from ..errors import StoreMismatchError
+from ..metrics import STORED_METRIC_NAMES
 from ..types import TrainingLog
 from . import _layout as layout
 from . import _training as trainstore
@@ -34,6 +35,7 @@ from ._vectors import VectorLayout
 __all__ = [
     "StoreContents",
     "StorePlan",
+    "added_metrics",
     "check_compatible",
     "read_contents",
     "requested_plan",
@@ -141,6 +143,7 @@ def updated_plan(
     rebuild = (
         force
         or grow
+        or bool(added_metrics(stored.plan, request))
         or new_training
         or problems != stored.plan.problems
         or wanted != old_vectors
@@ -228,17 +231,41 @@ def check_compatible(path: Path, stored: StorePlan, request: StorePlan) -> None:
             f"use {layout.OVERWRITE} to recompute",
             file=path,
         )
-    if sorted(stored.metric_names) != sorted(request.metric_names):
-        raise StoreMismatchError(
-            f"store {path} holds metrics {stored.metric_names}, this specdyn computes "
-            f"{request.metric_names}; use {layout.OVERWRITE} to recompute",
-            file=path,
-        )
+    _check_metrics(path, stored, request)
     problems = _matrix_differences(stored.matrices, request.matrices)
     if problems:
         raise StoreMismatchError(
             f"store {path} has other matrices than these checkpoints ({'; '.join(problems[:5])}); "
             f"use {layout.OVERWRITE} to recompute or {layout.NAME} for a separate store",
+            file=path,
+        )
+
+
+def added_metrics(stored: StorePlan, request: StorePlan) -> list[str]:
+    """The metrics a request adds to a compatible store, in the request's order: computed
+    from the stored σ when the store is rebuilt (docs/store.md#store-evolution)."""
+    have = set(stored.metric_names)
+    return [n for n in request.metric_names if n not in have]
+
+
+def _check_metrics(path: Path, stored: StorePlan, request: StorePlan) -> None:
+    """StoreMismatchError unless the store's metrics are the request's, or some of them
+    with the rest computable from σ (`STORED_METRIC_NAMES`, added at the rebuild)."""
+    wanted = set(request.metric_names)
+    extra = [n for n in stored.metric_names if n not in wanted]
+    unknown = [n for n in extra if n not in STORED_METRIC_NAMES]
+    if unknown:
+        raise StoreMismatchError(
+            f"store {path} holds metrics this specdyn does not know ({layout.few(unknown)}): "
+            f"it was written by a newer specdyn; upgrade specdyn, or use {layout.OVERWRITE} "
+            "to recompute it with this one",
+            file=path,
+        )
+    missing = [n for n in added_metrics(stored, request) if n not in STORED_METRIC_NAMES]
+    if extra or missing:
+        raise StoreMismatchError(
+            f"store {path} holds metrics {stored.metric_names}, this writer computes "
+            f"{request.metric_names}; use {layout.OVERWRITE} to recompute",
             file=path,
         )
 

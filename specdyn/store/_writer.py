@@ -20,13 +20,13 @@ import h5py
 import numpy as np
 
 from ..errors import StoreError, StoreWriteError
-from ..metrics import METRIC_NAMES
+from ..metrics import METRIC_NAMES, fit_nan_note
 from ..types import TrainingLog
 from . import _checksums as checksums
 from . import _hooks as hooks
 from . import _layout as layout
 from . import _vectors as vecstore
-from ._build import remove_partial_builds, replace_with
+from ._build import BuildReport, remove_partial_builds, replace_with
 from ._lock import WriterLock
 from ._plan import StorePlan, check_compatible, read_contents, requested_plan, updated_plan
 from ._records import CheckpointProblem, MatrixRecord, StepRecord, read_matrix_records
@@ -51,6 +51,10 @@ class StoreWriter:
             computed again), ``"store-upgrade"`` when checksums (schema 3) or the
             datasets' attributes and dimension scales (schema 4) were added to a store
             written before them.
+        metric_changes: (kind, line) for the metrics `open` added to a store written
+            without them, computed from its stored σ (store evolution): one
+            ``"store-upgrade"`` line naming them, and one ``"heavy-tail-nan"`` line per
+            (matrix, reason) whose power-law fit gave NaN at some of those steps.
     """
 
     def __init__(
@@ -81,6 +85,7 @@ class StoreWriter:
         self._slot = layout.INVOCATION_NONE
         self.vector_changes: list[str] = []
         self.integrity_notes: list[tuple[str, str]] = []
+        self.metric_changes: list[tuple[str, str]] = []
         self._checksum_paths = {
             section: layout.read_strings(f[checksums.table_path(section, "datasets")])
             for section in checksums.ROW_SECTIONS
@@ -137,7 +142,11 @@ class StoreWriter:
                 device, time...); one record is appended per open.
             overwrite: rebuild the store from scratch (new file, then an
                 atomic rename over the old one), whatever it holds.
-            metric_names: the scalar metrics given to `write_step` per matrix.
+            metric_names: the scalar metrics given to `write_step` per matrix. A store
+                that lacks some of them, all names of
+                `specdyn.metrics.STORED_METRIC_NAMES`, is rebuilt with them computed from
+                its stored σ for every done step (`metric_changes`); a store holding
+                other metrics is refused.
             vectors: the singular-vector sections wanted (k, reference, pairs,
                 full matrices, saved vectors); None keeps what the store has
                 (nothing for a values-only store). A layout that differs from
@@ -193,9 +202,10 @@ class StoreWriter:
         lock = WriterLock.acquire(path)
         try:
             remove_partial_builds(path)
-            changed, vector_changes, notes = _bring_in_line(path, request, overwrite, lock)
+            changed, vector_changes, notes, report = _bring_in_line(path, request, overwrite, lock)
             writer = cls._attach(path, lock, request, changed, vector_changes)
             writer.integrity_notes = notes
+            writer.metric_changes = _metric_notes(report, step_unit)
         except BaseException:
             lock.release()
             raise
@@ -571,16 +581,17 @@ def _check_names(what: str, given: Any, expected: Sequence[str]) -> None:
 
 def _bring_in_line(
     path: Path, request: StorePlan, overwrite: bool, lock: WriterLock
-) -> tuple[list[tuple[int, str, str]], list[str], list[tuple[str, str]]]:
+) -> tuple[list[tuple[int, str, str]], list[str], list[tuple[str, str]], BuildReport]:
     """Create, check or rebuild the store at `path` so that it can take `request` (the
     lock is held): (the changed done steps, the changes of the vector layout, what the
-    checksums showed). Rows damaged on disk are left out of the rebuilt file, so that
-    they are computed again; damaged built content is refused (only overwrite helps)."""
+    checksums showed, what the rebuild computed from σ). Rows damaged on disk are left
+    out of the rebuilt file, so that they are computed again; damaged built content is
+    refused (only overwrite helps)."""
     if overwrite or not path.exists():
         if path.exists():
             _refuse_foreign(path)
         replace_with(path, request, old=None, lock=lock)
-        return [], [], []
+        return [], [], [], BuildReport()
     with _open_existing(path) as old:
         found = _scan(old, path)
         stored = read_contents(old, path)
@@ -591,9 +602,29 @@ def _bring_in_line(
             }
         check_compatible(path, stored.plan, request)
         plan, changed, vector_changes = updated_plan(stored, request, force=bool(found.damage))
+        report = BuildReport()
         if plan is not None:
-            replace_with(path, plan, old=old, lock=lock, trusted=found.trusted)
-    return changed, vector_changes, integrity_notes(found, stored.schema)
+            report = replace_with(path, plan, old=old, lock=lock, trusted=found.trusted)
+    return changed, vector_changes, integrity_notes(found, stored.schema), report
+
+
+def _metric_notes(report: BuildReport, unit: str) -> list[tuple[str, str]]:
+    """(kind, line) for the metrics a rebuild added (`StoreWriter.metric_changes`)."""
+    if not report.added_metrics:
+        return []
+    lines = [
+        (
+            "store-upgrade",
+            f"{len(report.added_metrics)} metrics added to a store written without them "
+            f"({layout.few(report.added_metrics, 4)}), computed from the stored σ of its "
+            f"{report.rows} done {unit}(s); no checkpoint read, nothing else recomputed",
+        )
+    ]
+    lines += [
+        ("heavy-tail-nan", fit_nan_note(matrix, reason, n, report.rows, unit))
+        for (matrix, reason), n in sorted(report.fit_nan.items())
+    ]
+    return lines
 
 
 def _scan(old: h5py.File, path: Path) -> checksums.FileScan:

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import torch
 
-from specdyn import METRIC_NAMES
+from specdyn.metrics import STORED_METRIC_NAMES
 from specdyn.analysis import (
     MEMORY_SHARE,
     ComputeOptions,
@@ -25,7 +25,7 @@ from specdyn.engine import SpectrumEngine
 from specdyn.sources import discover
 from specdyn.store import PairRecord, VectorLayout
 
-M = len(METRIC_NAMES)
+M = len(STORED_METRIC_NAMES)
 
 
 def _plan(shapes, k, pairs=(), full=False) -> StepPlan:
