@@ -12,7 +12,8 @@ tables written to parquet, CSV or netCDF: `export`), ``_vectors`` and ``_trainin
 attributes, and the dimension scales: schema 4), ``_lock`` (one writer per store), ``_workspace`` and
 ``_listing`` (where stores live, `list_runs`), ``_checksums`` and ``_verify`` (damage
 on disk detected: the checksums, `verify`), ``_comparison`` (what `specdyn compare`
-writes, and `Comparison` to read it), ``_prune_results`` (``prune.h5`` of
+writes, and `Comparison` to read it), ``_comparison_tables`` (its sections as tidy
+tables and labelled arrays: `Comparison.to_pandas`, `Comparison.to_xarray`), ``_prune_results`` (``prune.h5`` of
 `specdyn.prune.prune_magnitude`).
 """
 
@@ -24,6 +25,7 @@ from ._comparison import (
     open_comparison,
     write_comparison,
 )
+from ._comparison_tables import COMPARISON_COLUMNS, COMPARISON_SECTIONS
 from ._export import EXPORT_FORMATS, ExportFile, ExportReport, export
 from ._layout import SCHEMA_VERSION
 from ._listing import RunSummary, list_runs
@@ -66,6 +68,8 @@ __all__ = [
     "write_prune_results",
     "CheckpointProblem",
     "Comparison",
+    "COMPARISON_COLUMNS",
+    "COMPARISON_SECTIONS",
     "Damage",
     "EXPORT_FORMATS",
     "ExportFile",

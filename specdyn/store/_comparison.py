@@ -21,6 +21,7 @@ from ..errors import RunNotFoundError, StoreError, command_ref, option_ref
 from ..files import atomic_output
 from ..version import __version__
 from . import _layout as layout
+from ._comparison_tables import comparison_sections, comparison_to_pandas, comparison_to_xarray
 from ._reader import Run
 from ._workspace import STORE_SUFFIX, resolve_home
 
@@ -117,10 +118,19 @@ def _write(f: h5py.File, result: ComparisonResult, opened: Sequence[Run], name: 
     layout.vlen_strings(runs, "trunk", [e.trunk or "" for e in result.runs])
     runs["split"] = np.array([-1 if e.split is None else e.split for e in result.runs], np.int64)
     runs["last_step"] = np.array([e.last_step for e in result.runs], np.int64)
+    # which union steps each run holds: a metric's NaN cannot tell a missing step from a
+    # NaN value (the tables keep the one, drop the other)
+    steps = np.asarray(result.steps, np.int64)
+    runs["has_step"] = np.stack(
+        [np.isin(steps, np.asarray(r.steps, np.int64)) for r in opened]
+    ).astype(np.int8)
     mats = f.create_group("matrices")
     layout.vlen_strings(mats, "name", result.matrices)
+    # the diagonal length of each matrix, min(k, R): the NaN past it is padding
+    ranks = {rec.name: rec.rank for rec in opened[0]._store.records}
+    mats["length"] = np.array([min(result.k, ranks[m]) for m in result.matrices], np.int64)
     mats.attrs["only_in"] = json.dumps(result.only_in)
-    f["steps"] = np.asarray(result.steps, np.int64)
+    f["steps"] = steps
     metrics = f.create_group("metrics")
     for metric, data in result.metrics.items():
         metrics.create_dataset(metric, data=data.astype(np.float64), compression="gzip")
@@ -369,6 +379,71 @@ class Comparison:
             return None
         g = self._f["barrier"]
         return {key: np.asarray(g[key][()]) for key in ("pair", "alpha", "loss", "barrier")}
+
+    # ---------------------------------------------------------------- tables
+
+    @property
+    def sections(self) -> list[str]:
+        """The table sections this comparison holds (`to_pandas`): runs, steps, metrics,
+        agreement, agreement_score; split and split_diagonal in mode "split"; barrier
+        when barriers were measured."""
+        return comparison_sections(self)
+
+    def to_pandas(self, section: str = "metrics") -> Any:
+        """One section as a tidy pandas DataFrame: one row per value, valid rows only.
+
+        Args:
+            section: ``"runs"`` (columns run, store, trunk, split, last_step: one row per
+                run), ``"steps"`` (run, step: the union steps each run holds),
+                ``"metrics"`` (run, step, matrix, metric, value), ``"agreement"`` (pair,
+                a, b, step_a, step_b, endpoint, source, matrix, i, value: the branch
+                agreement diagonal S_ii), ``"agreement_score"`` (pair, a, b, step_a,
+                step_b, endpoint, source, matrix, score), ``"split"`` (split, trunks,
+                pairs, matrix, score: the mean endpoint score per split step over
+                one-trunk, trunks "same", or different-trunk pairs, "other"),
+                ``"split_diagonal"`` (split, trunks, pairs, matrix, i, value) or
+                ``"barrier"`` (pair, a, b, alpha, loss, barrier).
+
+        Returns:
+            A DataFrame: steps, split, pairs and last_step int64 (split -1 when none), i
+            int32 (0-based), endpoint bool (the pair's last row: the two runs'
+            endpoints), values float64; run, a, b (run labels), pair
+            (``"<a>~<b>"``), matrix, metric, source, trunks, store and trunk
+            categorical of str (runs, matrices and pairs in the file's order). No row for
+            a step a run does not hold, past a matrix's diagonal length min(k, R), or for
+            a split group with no pair; a NaN value at a step a run holds keeps its row.
+
+        Raises:
+            MissingExtraError: pandas is not installed (``pip install 'specdyn[pandas]'``).
+            StoreError: unknown section, or one this comparison lacks (split sections
+                outside mode "split", barrier without barriers).
+        """
+        return comparison_to_pandas(self, section)
+
+    def to_xarray(self, section: str = "metrics") -> Any:
+        """One section as an `xarray.Dataset` with named dimensions and coordinates.
+
+        Args:
+            section: ``"metrics"``: one variable per metric, dims (run, step, matrix), NaN
+                where a run lacks the step (coord has_step (run, step)), coords store,
+                trunk, split, last_step (run) and length (matrix); ``"agreement"``:
+                diagonal (pair, row, matrix, k) and score (pair, row, matrix), every
+                pair's rows stacked on ``row`` (coords step_a, step_b, source (pair,
+                row); rows, a, b, same_trunk (pair); NaN, -1 and "" past a pair's rows);
+                ``"split"``: score (trunks, split, matrix), diagonal (trunks, split,
+                matrix, k), pairs (trunks, split), barrier (split), trunks "same" and
+                "other"; ``"barrier"``: loss (pair, alpha), barrier (pair); ``"runs"``:
+                steps (run: steps held) and the run coordinates.
+
+        Returns:
+            The Dataset (float64 values; attributes comparison, mode, k, score_top,
+            step_unit).
+
+        Raises:
+            MissingExtraError: xarray is not installed (``pip install 'specdyn[xarray]'``).
+            StoreError: unknown section, or one this comparison lacks.
+        """
+        return comparison_to_xarray(self, section)
 
     def close(self) -> None:
         """Close the file (idempotent)."""

@@ -30,6 +30,7 @@ def test_the_notebook_page_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("SPECDYN_HOME", raising=False)
     specdyn.analyze(ROOT / "fixtures" / "mlp-wd")  # into ./specdyn-runs, as the page says
+    specdyn.analyze(ROOT / "fixtures" / "mlp-nowd")  # the comparison's second run
     ns: dict = {}
     for block in blocks:
         exec(compile(block, str(PAGE), "exec"), ns)  # noqa: S102 - the page's own examples
@@ -56,3 +57,11 @@ def test_the_notebook_page_runs(tmp_path, monkeypatch):
     assert ns["last"].dims == ("matrix", "sv") and ns["reference"] == steps[-1]
     assert ns["back"].equals(want)
     assert ns["nc_sigma"]["sigma"].dims == ("matrix", "step", "sv")
+    with specdyn.open_run("mlp-nowd") as other:
+        last_nowd = other.values.metric("normalized_effective_rank")[-1]
+    final_rank = ns["final_rank"]  # runs × matrices, from the comparison's long table
+    assert final_rank.index.tolist() == ["mlp-wd", "mlp-nowd"]
+    np.testing.assert_array_equal(final_rank.loc["mlp-wd", matrices].to_numpy(), rank[-1])
+    np.testing.assert_array_equal(final_rank.loc["mlp-nowd", matrices].to_numpy(), last_nowd)
+    assert ns["top10"].index.tolist() == matrices and ns["top10"].between(0, 1).all()
+    assert ns["side_by_side"].dims == ("run", "step", "matrix")
