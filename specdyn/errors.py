@@ -42,6 +42,7 @@ __all__ = [
     "PlotError",
     "PruneError",
     "DemoError",
+    "MissingExtraError",
 ]
 
 # An option or command reference inside a message: NUL-delimited, so that no path, value
@@ -184,3 +185,23 @@ class PruneError(SpecdynError):
 
 class DemoError(SpecdynError):
     """A demo option is out of range, or the output folder holds another run."""
+
+
+class MissingExtraError(SpecdynError):
+    """An optional dependency is not installed: `module` (its import name) is missing and
+    the pip extra `extra` installs it (``pip install 'specdyn[EXTRA]'``); `what` names
+    what needs it. `specdyn.extras.require_extra` raises it."""
+
+    def __init__(self, module: str, extra: str, what: str, **fields) -> None:
+        fields.setdefault("option", None)
+        super().__init__(
+            f"{what} needs {module}, which is not installed: pip install 'specdyn[{extra}]'",
+            **fields,
+        )
+        self.module = module
+        self.extra = extra
+        self.what = what
+
+    def __reduce__(self):
+        """Rebuilt from its fields (a worker process sends it back pickled)."""
+        return (type(self), (self.module, self.extra, self.what), dict(self.__dict__))

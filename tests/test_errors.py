@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import pickle
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -207,3 +208,90 @@ def test_library_messages_name_flags_and_commands_only_through_refs():
         for line, text in cli_wording_in_raises(path.read_text(encoding="utf-8")):
             offenders.append(f"{path.relative_to(LIBRARY.parent)}:{line}: {text!r}")
     assert not offenders, "\n".join(offenders)
+
+
+# ------------------------------------------------- a missing optional extra
+
+
+def test_a_missing_extra_is_one_typed_line(monkeypatch):
+    from specdyn.errors import MissingExtraError
+    from specdyn.extras import EXTRAS, require_extra
+
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # what an uninstalled module reads as
+    with pytest.raises(MissingExtraError) as info:
+        require_extra("pyarrow.parquet", "pandas", "export to parquet")
+    err = info.value
+    assert isinstance(err, SpecdynError)
+    assert (err.module, err.extra, err.what) == ("pyarrow", "pandas", "export to parquet")
+    assert str(err) == (
+        "export to parquet needs pyarrow, which is not installed: pip install 'specdyn[pandas]'"
+    )
+    assert err.render(cli=True) == str(err) and "\n" not in str(err)
+    assert again_equal(err)
+    assert "pyarrow" in EXTRAS["pandas"]  # the extra named installs the module
+    assert require_extra("json", "pandas", "a test").dumps([1]) == "[1]"  # installed: the module
+
+
+def again_equal(err) -> bool:
+    """The error survives pickling (worker processes send errors back) with its fields."""
+    again = pickle.loads(pickle.dumps(err))
+    return (str(again), again.module, again.extra) == (str(err), err.module, err.extra)
+
+
+@pytest.mark.parametrize(
+    ("reader", "missing", "extra"),
+    [
+        ("Run.to_pandas", "pandas", "pandas"),
+        ("Run.to_xarray", "xarray", "xarray"),
+        ("Comparison.to_pandas", "pandas", "pandas"),
+        ("Comparison.to_xarray", "xarray", "xarray"),
+    ],
+)
+def test_the_readers_raise_missing_extra(monkeypatch, reader, missing, extra):
+    from specdyn.errors import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, missing, None)
+    cls, method = reader.split(".")
+    # the extra is checked before the store is touched: no store needed
+    with pytest.raises(MissingExtraError) as info:
+        getattr(getattr(specdyn.store, cls), method)(None, "metrics")
+    assert (info.value.module, info.value.extra, info.value.what) == (missing, extra, reader)
+    assert f"pip install 'specdyn[{extra}]'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "missing", "extra"),
+    [
+        ("parquet", "pyarrow", "pandas"),
+        ("csv", "pyarrow", "pandas"),
+        ("netcdf", "h5netcdf", "xarray"),
+    ],
+)
+def test_the_cli_prints_a_missing_extra_as_one_line(
+    tmp_path, monkeypatch, capsys, fmt, missing, extra
+):
+    monkeypatch.setitem(sys.modules, missing, None)
+    code = main(["export", "no-such-run", "--format", fmt, "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.splitlines() == [
+        f"specdyn: error: export to {'CSV' if fmt == 'csv' else fmt.replace('netcdf', 'netCDF')} "
+        f"needs {missing}, which is not installed: pip install 'specdyn[{extra}]'"
+    ]
+
+
+OPTIONAL = re.compile(
+    r"^\s*(?:import|from)\s+(pandas|xarray|pyarrow|h5netcdf|dask|distributed|scipy|weightwatcher)\b",
+    re.M,
+)
+# owned by another change of issue 17: its `require_distributed` moves to require_extra too
+NOT_YET = {"analysis/_distributed.py"}
+
+
+def test_every_optional_import_goes_through_require_extra():
+    found = [
+        str(path.relative_to(LIBRARY))
+        for path in sorted(LIBRARY.rglob("*.py"))
+        if OPTIONAL.search(path.read_text(encoding="utf-8"))
+    ]
+    assert sorted(set(found) - NOT_YET) == []

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import StoreError, option_ref
+from ..extras import require_extra
 from ..files import atomic_output
 from . import _tables as tables
 from ._reader import Run, open_run
@@ -97,7 +98,7 @@ def export(
         `ExportReport` (files with their rows and sizes; ``to_dict()`` for JSON).
 
     Raises:
-        SpecdynError: the format's library is not installed (the pip extra is named).
+        MissingExtraError: the format's library is not installed (the pip extra is named).
         StoreError: unknown format or section, a section some run lacks, two runs of one
             name, or `out` not writable.
         RunNotFoundError, StoreDamagedError: as `open_run` and the readers.
@@ -138,12 +139,12 @@ def export(
 def _need_libraries(format: str) -> None:
     """One line naming the extra when a format's library is missing."""
     if format == "parquet":
-        tables.require_extra("pyarrow", "pandas", "export to parquet")
+        require_extra("pyarrow", "pandas", "export to parquet")
     elif format == "csv":
-        tables.require_extra("pyarrow", "pandas", "export to CSV")
+        require_extra("pyarrow", "pandas", "export to CSV")
     else:
-        tables.require_extra("xarray", "xarray", "export to netCDF")
-        tables.require_extra("h5netcdf", "xarray", "export to netCDF")
+        require_extra("xarray", "xarray", "export to netCDF")
+        require_extra("h5netcdf", "xarray", "export to netCDF")
 
 
 def _opened(stack: ExitStack, item: Any, home: Any) -> Run:
@@ -236,8 +237,8 @@ def _arrow_table(pa: Any, chunk: tables.TableChunk, *, strings: bool = False) ->
 
 def _write_parquet(tmp: Path, runs, section, names, chunk_rows) -> int:
     """Row group by row group, through one `pyarrow.parquet.ParquetWriter`."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    pa = require_extra("pyarrow", "pandas", "export to parquet")
+    pq = require_extra("pyarrow.parquet", "pandas", "export to parquet")
 
     rows = 0
     writer = None
@@ -269,8 +270,8 @@ def _parquet_writer(pq: Any, tmp: Path, schema: Any, chunk: tables.TableChunk) -
 def _write_csv(tmp: Path, runs, section, names, chunk_rows) -> int:
     """A header, then each chunk appended, through `pyarrow.csv.CSVWriter` (strings
     quoted; floats in their shortest form that reads back exactly)."""
-    import pyarrow as pa
-    import pyarrow.csv as pcsv
+    pa = require_extra("pyarrow", "pandas", "export to CSV")
+    pcsv = require_extra("pyarrow.csv", "pandas", "export to CSV")
 
     rows = 0
     writer = None
@@ -308,7 +309,7 @@ def _write_netcdf(out: Path, runs: list[Run], sections: list[str], chunk_rows: i
 def _netcdf_section(path: Path, run: Run, section: str, chunk_rows: int) -> int:
     """One group of the netCDF file: the small variables through xarray, the large one
     (if any) written matrix by matrix, step chunk by step chunk; the values written."""
-    import h5netcdf
+    h5netcdf = require_extra("h5netcdf", "xarray", "export to netCDF")
 
     group = f"{run.name}/{section}"
     mode = "a" if path.exists() and path.stat().st_size else "w"

@@ -275,7 +275,7 @@ class Run:
             row; the training table has a row per metric and step where it was logged.
 
         Raises:
-            SpecdynError: pandas is not installed (``pip install 'specdyn[pandas]'``).
+            MissingExtraError: pandas is not installed (``pip install 'specdyn[pandas]'``).
             StoreError: unknown section, or one this run lacks (a values-only store has
                 no alignment or agreement).
         """
@@ -301,7 +301,7 @@ class Run:
             section is read into memory (use `specdyn.export` for large ones).
 
         Raises:
-            SpecdynError: xarray is not installed (``pip install 'specdyn[xarray]'``).
+            MissingExtraError: xarray is not installed (``pip install 'specdyn[xarray]'``).
             StoreError: unknown section, or one this run lacks.
         """
         from ._tables import to_xarray

@@ -9,7 +9,6 @@ same numbers as labelled arrays. Only rows whose done flags are set are read
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -17,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import SpecdynError, StoreError
+from ..errors import StoreError
+from ..extras import require_extra
 from . import _layout as layout
 from . import _training as trainstore
 
@@ -33,7 +33,6 @@ __all__ = [
     "STACKED",
     "empty_chunk",
     "frame",
-    "require_extra",
     "section_rows",
     "xarray_skeleton",
     "run_sections",
@@ -77,17 +76,6 @@ class TableChunk:
     def strings(self, name: str) -> np.ndarray:
         """A categorical column as str values (object array [rows])."""
         return np.array(self.categories[name], dtype=object)[self.columns[name]]
-
-
-def require_extra(module: str, extra: str, what: str) -> ModuleType:
-    """`module` imported, or one line naming the pip extra that installs it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise SpecdynError(
-            f"{what} needs {module}, which is not installed: pip install 'specdyn[{extra}]'",
-            option=extra,
-        ) from None
 
 
 def run_sections(run: Run) -> list[str]:
