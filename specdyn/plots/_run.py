@@ -31,7 +31,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from ..errors import StoreError, command_ref, option_ref
-from ..metrics import HEAVY_TAIL_NAMES
+from ..metrics import HEAVY_TAIL_NAMES, METRIC_NAMES, heavy_tail_metrics
 from ..store import Run
 from ._common import (
     PlotError,
@@ -92,10 +92,12 @@ def plot_metric(
         run: a `Run`, or a run name / store path (None: the workspace's only run).
         metric: a name of `Run.metric_names` (default the normalised effective rank),
             or a heavy-tailed one of `specdyn.metrics.HEAVY_TAIL_NAMES` ("alpha",
-            "alpha_weighted", "mp_softrank", …) that the store does not hold: computed
-            from the stored σ with `specdyn.metrics.heavy_tail_metrics` (the shapes
-            from the matrix table); its NaN cells (degenerate spectra) are drawn as
-            missing and a note counts their reasons.
+            "alpha_weighted", "mp_softrank", …). Stores analysed since these are
+            stored hold them and the stored values are drawn; a store that does not
+            (written before, and not re-analysed) has them computed from the stored σ
+            with `specdyn.metrics.heavy_tail_metrics` (the shapes from the matrix
+            table). Either way NaN cells of a heavy-tailed metric (degenerate spectra)
+            are drawn as missing and a note counts their reasons.
         home: workspace for a run given by name.
         ax: Axes to draw into (default: a new Figure).
         steps: ``--steps`` (docs/runs.md#steps-grammar) among the run's steps (done or
@@ -121,10 +123,11 @@ def plot_metric(
             )
         shown = _step_axis(r, steps)
         rows = _filtered(r.matrices, matrices, "matrices", r)
-        return _heatmap(
+        data = r.values.metric(metric)[:, rows].T  # heatmap rows: matrices
+        ax = _heatmap(
             _axes(ax, size),
             r,
-            r.values.metric(metric)[:, rows].T,  # heatmap rows: matrices
+            data,
             [r.matrices[i] for i in rows],
             shown,
             log_x=log_x,
@@ -134,6 +137,25 @@ def plot_metric(
             # the colour bar names the metric; the title names the run only
             title=title if title is not None else r.name,
         )
+        if metric in HEAVY_TAIL_NAMES and metric not in METRIC_NAMES:
+            _heatmap_note(ax, _stored_nan_reasons(r, data, rows, shown))
+        return ax
+
+
+def _stored_nan_reasons(r: Run, data: np.ndarray, rows: list[int], shown: _Steps) -> Counter:
+    """Why the shown NaN cells of a stored heavy-tailed metric (data [rows, T_done]) are
+    NaN: the fit of those spectra only (degenerate ones: quick) gives the reasons."""
+    cols = shown.cols[shown.done]
+    reasons: Counter = Counter()
+    for i, j in enumerate(rows):
+        nan = cols[np.isnan(data[i, cols])]
+        if nan.size == 0:
+            continue
+        name = r.matrices[j]
+        shape = tuple(r.values.matrix_info(name)["shape"])
+        _, why = heavy_tail_metrics(r.values.sigma(name)[nan], shape, return_reasons=True)
+        reasons.update(w or "undefined" for w in why.tolist())
+    return reasons
 
 
 def _heatmap_note(ax: Axes, reasons: Counter) -> None:

@@ -180,6 +180,20 @@ _METRICS: dict[str, tuple[str, str | None]] = {
     "frobenius_norm": ("Frobenius norm", None),
     "nuclear_norm": ("nuclear norm (sum of singular values)", None),
     "stable_rank": ("stable rank ||W||_F^2 / ||W||_2^2", None),
+    # heavy-tailed (WeightWatcher 0.7.7 conventions, λ = σ² unnormalised); NaN where the
+    # power-law fit is degenerate (a step note says why)
+    "alpha": ("power-law exponent of the ESD tail (lambda = sigma^2)", None),
+    "alpha_stderr": ("standard error of alpha, (alpha - 1)/sqrt(num_tail)", None),
+    "xmin": ("smallest eigenvalue lambda = sigma^2 of the power-law tail", None),
+    "ks_distance": ("Kolmogorov-Smirnov distance D of the tail from the fitted law", None),
+    "num_tail": ("number of eigenvalues in the power-law tail (>= xmin)", None),
+    "alpha_weighted": ("alpha * log10(lambda_max)", None),
+    "log_alpha_norm": ("log10 of sum(lambda^alpha)", None),
+    "log_norm": ("log10 of sum(lambda) = log10 ||W||_F^2", None),
+    "log_spectral_norm": ("log10 of lambda_max = log10 ||W||_2^2", None),
+    "mp_bulk_max": ("Marchenko-Pastur bulk edge lambda+ for the matrix's shape and norm", None),
+    "mp_softrank": ("MP soft rank lambda+ / lambda_max", None),
+    "num_above_mp_edge": ("number of eigenvalues above the Marchenko-Pastur edge", None),
 }
 
 

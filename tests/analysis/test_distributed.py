@@ -27,6 +27,7 @@ from specdyn.analysis import ComputeOptions, LocalSteps, VectorOptions, _distrib
 from specdyn.cli import main
 from specdyn.engine import SpectrumEngine
 from specdyn.errors import ShapeChangedError, SpecdynError
+from specdyn.metrics import STORED_METRIC_NAMES
 from specdyn.sources import discover
 
 distributed = pytest.importorskip("distributed")
@@ -107,6 +108,11 @@ def test_store_equals_the_local_run(fixture, how, client, synthetic, tmp_path):
     assert result.steps_computed == local.steps_computed
     assert result.methods == local.methods
     _assert_same_store(result.store_path, local.store_path)
+    with specdyn.open_run(result.store_path) as got, specdyn.open_run(local.store_path) as want:
+        assert got.metric_names == want.metric_names == list(STORED_METRIC_NAMES)
+    assert [n.message for n in result.notes if n.kind == "heavy-tail-nan"] == [
+        n.message for n in local.notes if n.kind == "heavy-tail-nan"
+    ]
     # progress: the reference first, then one event per other step as it is written
     assert events[0].phase == "reference" and events[0].step == local.reference
     assert sorted(e.step for e in events[1:]) == sorted(

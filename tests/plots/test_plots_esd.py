@@ -7,8 +7,11 @@ The references are computed here from the σ a store holds, with
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -16,7 +19,13 @@ from matplotlib.collections import QuadMesh
 
 import specdyn
 from specdyn.cli import main
-from specdyn.metrics import EVALS_THRESHOLD, heavy_tail_metrics, power_law_fit
+from specdyn.metrics import (
+    EVALS_THRESHOLD,
+    METRIC_NAMES,
+    STORED_METRIC_NAMES,
+    heavy_tail_metrics,
+    power_law_fit,
+)
 from specdyn.steps import select_steps
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
@@ -29,6 +38,27 @@ def ws(tmp_path_factory):
     """mlp-wd, values only: the σ the ESDs and heavy-tailed metrics come from."""
     home = tmp_path_factory.mktemp("esd-ws")
     specdyn.analyze(FIXTURES / "mlp-wd", home=home, vectors=None)
+    return home
+
+
+@pytest.fixture(scope="module")
+def old(ws, tmp_path_factory):
+    """mlp-wd's store as specdyn wrote it before the heavy-tailed metrics were stored,
+    read-only (so nothing can add them): plot metric computes them from σ."""
+    from _stores import reseal
+
+    home = tmp_path_factory.mktemp("esd-old")
+    path = home / "mlp-wd.h5"
+    shutil.copyfile(ws / "mlp-wd.h5", path)
+    with h5py.File(path, "r+", locking=False) as f:
+        for name in STORED_METRIC_NAMES[len(METRIC_NAMES) :]:
+            ds = f["metrics/" + name]
+            ds.dims[0].detach_scale(f["step"])
+            ds.dims[1].detach_scale(f["matrix"])
+            del f["metrics/" + name]
+        f.attrs["metric_names"] = json.dumps(list(METRIC_NAMES))
+    reseal(path)
+    path.chmod(0o444)
     return home
 
 
@@ -146,11 +176,41 @@ def test_esd_steps_must_be_in_the_store_and_done(ws, partial):
 # ----------------------------------------------------------------------------- plot metric
 
 
+def _expected(home, metric) -> np.ndarray:
+    """`metric` [matrices, steps] computed here from the σ and shapes of mlp-wd's store."""
+    with specdyn.open_run("mlp-wd", home=home) as run:
+        return np.array([
+            heavy_tail_metrics(run.values.sigma(m), tuple(run.values.matrix_info(m)["shape"]))[
+                metric
+            ]
+            for m in run.matrices
+        ])  # fmt: skip
+
+
 @pytest.mark.parametrize("metric", ["alpha", "alpha_weighted", "log_alpha_norm", "mp_softrank"])
-def test_plot_metric_computes_heavy_tail_metrics_from_sigma(ws, metric):
+def test_plot_metric_reads_stored_heavy_tail_metrics(ws, metric, monkeypatch):
+    def no_fit(*args, **kwargs):
+        raise AssertionError("computed, not read from the store")
+
+    # the figure code cannot compute them: what it draws is what the store holds
+    monkeypatch.setattr("specdyn.plots._run.heavy_tail_metrics", no_fit)
+    monkeypatch.setattr("specdyn.plots._esd.heavy_tail_metrics", no_fit)
     ax = specdyn.plot_metric("mlp-wd", metric, home=ws)
-    shown = _mesh_values(ax)
+    monkeypatch.undo()
     with specdyn.open_run("mlp-wd", home=ws) as run:
+        assert metric in run.metric_names
+    expected = _expected(ws, metric)
+    assert np.all(np.isfinite(expected))
+    np.testing.assert_array_equal(_mesh_values(ax), expected)
+    assert "(from σ)" not in ax.figure.axes[-1].get_ylabel()
+    assert not ax.texts  # nothing degenerate, no note
+
+
+@pytest.mark.parametrize("metric", ["alpha", "alpha_weighted", "log_alpha_norm", "mp_softrank"])
+def test_plot_metric_computes_heavy_tail_metrics_from_sigma(old, metric):
+    ax = specdyn.plot_metric("mlp-wd", metric, home=old)
+    shown = _mesh_values(ax)
+    with specdyn.open_run("mlp-wd", home=old) as run:
         assert metric not in run.metric_names  # not stored: computed
         expected = np.array([
             heavy_tail_metrics(run.values.sigma(m), tuple(run.values.matrix_info(m)["shape"]))[
@@ -165,9 +225,9 @@ def test_plot_metric_computes_heavy_tail_metrics_from_sigma(ws, metric):
     assert not ax.texts  # nothing degenerate, no note
 
 
-def test_plot_metric_steps_and_matrices_pick_what_is_computed(ws):
-    ax = specdyn.plot_metric("mlp-wd", "ks_distance", home=ws, steps="0,4000", matrices="layers.3")
-    with specdyn.open_run("mlp-wd", home=ws) as run:
+def test_plot_metric_steps_and_matrices_pick_what_is_computed(old):
+    ax = specdyn.plot_metric("mlp-wd", "ks_distance", home=old, steps="0,4000", matrices="layers.3")
+    with specdyn.open_run("mlp-wd", home=old) as run:
         sigma = run.values.sigma("layers.3.weight")[[0, -1]]
         expected = heavy_tail_metrics(sigma, (8, 96))["ks_distance"]
     np.testing.assert_array_equal(_mesh_values(ax), expected[None, :])

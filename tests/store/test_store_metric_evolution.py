@@ -370,3 +370,12 @@ def test_reanalyze_adds_the_metrics_without_reading_a_checkpoint(
         for name in ADDED:  # the same numbers as the first analysis computed
             assert np.array_equal(f["metrics/" + name][()], full[name], equal_nan=True), name
     assert verify_store(path).ok
+
+
+def test_every_stored_metric_describes_itself():
+    from specdyn.store import _describe
+
+    for name in STORED_METRIC_NAMES:
+        description, _units, dims = _describe.spec(f"metrics/{name}")
+        assert not description.startswith(f"metric {name}"), name  # not the fallback
+        assert dims == ("step", "matrix")
