@@ -43,8 +43,10 @@ __all__ = [
     "EVALS_THRESHOLD",
     "FIT_NAMES",
     "FIT_REASONS",
+    "CONV2D_NORM",
     "HEAVY_TAIL_NAMES",
     "STORED_METRIC_NAMES",
+    "conv_heavy_tail_metrics",
     "fit_nan_note",
     "fit_nan_step_notes",
     "matrix_metrics",
@@ -397,22 +399,29 @@ def _check_shape(rank: int, shape: tuple[int, int]) -> tuple[int, int]:
 
 def _one_spectrum(sigma: np.ndarray, big: int, small: int, threshold: float) -> tuple[dict, str]:
     """Every heavy-tailed metric of one 1-D spectrum, and the reason for NaNs ("" if none)."""
-    out = dict.fromkeys(HEAVY_TAIL_NAMES, np.nan)
     if not np.all(np.isfinite(sigma) & (sigma >= 0)):
-        return out, "nonfinite"
+        return dict.fromkeys(HEAVY_TAIL_NAMES, np.nan), "nonfinite"
     # ascending, as WeightWatcher sums them: the sums do not depend on the input order
-    lam = np.sort(sigma * sigma)
+    return _esd_metrics(np.sort(sigma * sigma), big, small, threshold)
+
+
+def _esd_metrics(lam: np.ndarray, big: int, small: int, threshold: float) -> tuple[dict, str]:
+    """Every heavy-tailed metric of one ESD (finite λ ≥ 0, ascending) of matrices N×M =
+    big×small, and the reason for NaNs; stable_rank is Σλ/λ_max here (heavy_tail_metrics
+    replaces it by `stable_rank`, the one definition of the stored metric)."""
+    out = dict.fromkeys(HEAVY_TAIL_NAMES, np.nan)
     top = float(np.max(lam, initial=0.0))
     if top == 0:
         return out, "zero-matrix"
-    if small < MIN_EVALS:
+    count = lam.shape[0]
+    if count < MIN_EVALS:
         return out, "too-few-eigenvalues"
     total = float(np.sum(lam))
-    bulk_max = total / small * (1.0 + np.sqrt(small / big)) ** 2
-    # stable_rank is set by heavy_tail_metrics from `stable_rank`, the one definition
+    bulk_max = total / count * (1.0 + np.sqrt(small / big)) ** 2
     out.update(
         log_norm=np.log10(total),
         log_spectral_norm=np.log10(top),
+        stable_rank=total / top,
         mp_bulk_max=bulk_max,
         mp_softrank=bulk_max / top,
         num_above_mp_edge=float(np.count_nonzero(lam > bulk_max)),
@@ -586,3 +595,55 @@ def fit_nan_note(matrix: str, reason: str, count: int, total: int, unit: str = "
         f"{matrix}: alpha NaN at {count} of {total} {unit}s: {reason} ({what}); so are "
         "the other power-law metrics (docs/metrics.md#heavy-tailed-metrics-weightwatcher)"
     )
+
+
+# --------------------------------------------------------------------------------------
+# WeightWatcher's conv convention (per-tap matrices, one pooled ESD)
+
+CONV2D_NORM = float(np.sqrt(0.5))
+"""WeightWatcher 0.7.7's default ``conv2d_norm`` scale of a Conv2d weight: W·√(1/2)
+(``sqrt(conv2d_count / 2)`` with ``conv2d_count = 1`` when layers are pooled)."""
+
+
+def conv_heavy_tail_metrics(
+    weight: np.ndarray,
+    *,
+    threshold: float = EVALS_THRESHOLD,
+    scale: float = CONV2D_NORM,
+) -> tuple[dict[str, float], str]:
+    """WeightWatcher 0.7.7's heavy-tailed metrics of one 2-D convolution weight, by its own
+    convention: per-tap matrices pooled into one ESD (docs/metrics.md#convolutions).
+
+    weight: array-like [out, in, kh, kw] (PyTorch's Conv2d layout, converted to float64;
+    a ConvTranspose2d's [in, out, kh, kw] gives the same values: a tap's σ do not depend
+    on its orientation). Each of the kh·kw taps W[:, :, i, j] is an out×in matrix; its
+    singular values times `scale` (WeightWatcher's default ``conv2d_norm``, √(1/2); 1.0
+    for none) are squared, and the kh·kw·min(out, in) eigenvalues of all taps form one
+    ESD. From it, as `heavy_tail_metrics` from a dense matrix's: the power-law fit
+    (alpha … num_tail), alpha_weighted, log_alpha_norm, log_norm, log_spectral_norm and
+    stable_rank = Σλ/λ_max of the pool, and the Marchenko-Pastur edge λ+ = (mean λ of
+    the pool)·(1 + √(M/N))² with N, M = max, min(out, in) of one tap.
+
+    Returns:
+        ({name: float} for every name of `HEAVY_TAIL_NAMES`, reason): reason is "" or a
+        key of `FIT_REASONS` (fewer than 8 pooled eigenvalues: "too-few-eigenvalues";
+        NaN values for the same degenerate cases as `heavy_tail_metrics`).
+
+    Raises:
+        SpecdynError: `weight` is not 4-D.
+    """
+    w = np.asarray(weight, dtype=np.float64)
+    if w.ndim != 4:
+        raise SpecdynError(
+            f"a conv2d weight is [out, in, kh, kw], got shape {tuple(w.shape)}", option="weight"
+        )
+    nan = dict.fromkeys(HEAVY_TAIL_NAMES, float("nan"))
+    if not np.all(np.isfinite(w)):
+        return nan, "nonfinite"
+    if w.size == 0:
+        return nan, "too-few-eigenvalues"
+    taps = np.ascontiguousarray(w.transpose(2, 3, 0, 1)) * float(scale)  # [kh, kw, out, in]
+    sigma = np.linalg.svd(taps, compute_uv=False)
+    lam = np.sort(np.ravel(sigma * sigma))
+    values, reason = _esd_metrics(lam, max(w.shape[:2]), min(w.shape[:2]), threshold)
+    return {k: float(v) for k, v in values.items()}, reason

@@ -393,3 +393,91 @@ def test_a_wrong_shape_is_an_error_naming_the_option():
     assert info.value.option == "shape"
     with pytest.raises(SpecdynError, match="shape must be"):
         heavy_tail_metrics(np.ones(10), (10,))
+
+
+# ------------------------------------------------------------------ WeightWatcher's conv convention
+
+
+def _conv_weights() -> list[np.ndarray]:
+    """Conv2d weights [out, in, kh, kw]: heavy-tailed and Gaussian, 3x3, 5x5, 1x3 and 1x1
+    kernels, more outputs than inputs and the other way round, one with few eigenvalues."""
+    rng = np.random.default_rng(33)
+    return [
+        rng.standard_t(2.5, size=(32, 16, 3, 3)),
+        rng.standard_t(3.5, size=(12, 24, 3, 3)),
+        rng.standard_normal(size=(20, 20, 5, 5)),
+        rng.pareto(2.0, size=(40, 8, 1, 3)) * rng.choice([-1.0, 1.0], size=(40, 8, 1, 3)),
+        rng.standard_t(3.0, size=(30, 10, 1, 1)),
+        rng.standard_t(3.0, size=(6, 4, 3, 3)),  # 36 pooled eigenvalues from 4x6 taps
+    ]
+
+
+def _weightwatcher_conv(weights: list[np.ndarray]):
+    """WeightWatcher 0.7.7's analyze() of bias-free nn.Conv2d layers holding `weights`."""
+    import torch
+    import weightwatcher
+    from torch import nn
+
+    logging.getLogger("weightwatcher").setLevel(logging.ERROR)
+    layers = []
+    for w in weights:
+        out, inp, kh, kw = w.shape
+        layer = nn.Conv2d(inp, out, (kh, kw), bias=False)
+        with torch.no_grad():
+            layer.weight.copy_(torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)))
+        layers.append(layer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return weightwatcher.WeightWatcher(model=nn.ModuleList(layers)).analyze()
+
+
+def test_conv_metrics_match_weightwatcher_per_tap_convention():
+    weights = _conv_weights()
+    details = _weightwatcher_conv(weights)
+    assert len(details) == len(weights)
+    for (_, row), w in zip(details.iterrows(), weights, strict=True):
+        w32 = np.asarray(w, dtype=np.float32)
+        ours, reason = metrics.conv_heavy_tail_metrics(w32)
+        assert reason == "" and row["alpha"] != -1
+        assert int(row["num_evals"]) == w.shape[2] * w.shape[3] * min(w.shape[:2])
+        # as for dense layers: the fit to float64 precision (measured: 1e-15), the rest 1e-6
+        assert ours["alpha"] == pytest.approx(row["alpha"], rel=1e-9, abs=0)
+        assert ours["xmin"] == pytest.approx(row["xmin"], rel=1e-9, abs=0)
+        assert ours["ks_distance"] == pytest.approx(row["D"], rel=1e-9, abs=1e-15)
+        assert int(ours["num_tail"]) == int(row["num_pl_spikes"])
+        for name, column in WW_COLUMNS.items():
+            assert ours[name] == pytest.approx(float(row[column]), rel=1e-6), name
+        # not the flattened view's numbers: a different ESD
+        flat = heavy_tail_metrics(_sigma(w32.reshape(w.shape[0], -1)), (w.shape[0], w[0].size))
+        assert ours["log_norm"] != pytest.approx(float(flat["log_norm"]), rel=1e-3)
+
+
+def test_conv_metrics_known_answers_and_degenerate_weights():
+    rng = np.random.default_rng(5)
+    w = rng.standard_t(3.0, size=(10, 6, 3, 3))
+    ours, _ = metrics.conv_heavy_tail_metrics(w, scale=1.0)
+    taps = [np.linalg.svd(w[:, :, i, j], compute_uv=False) for i in range(3) for j in range(3)]
+    lam = np.sort(np.concatenate(taps) ** 2)
+    assert lam.size == 54
+    fit = power_law_fit(lam)
+    assert ours["alpha"] == fit.alpha and ours["xmin"] == fit.xmin
+    assert ours["log_norm"] == pytest.approx(math.log10(np.sum(w**2)), rel=1e-12)
+    assert ours["stable_rank"] == pytest.approx(lam.sum() / lam.max(), rel=1e-12)
+    edge = lam.mean() * (1 + math.sqrt(6 / 10)) ** 2
+    assert ours["mp_bulk_max"] == pytest.approx(edge, rel=1e-12)
+    # the default scale √(1/2) halves every eigenvalue: alpha unchanged, norms shifted
+    scaled, _ = metrics.conv_heavy_tail_metrics(w)
+    assert scaled["alpha"] == pytest.approx(ours["alpha"], rel=1e-9)
+    assert scaled["log_norm"] == pytest.approx(ours["log_norm"] - math.log10(2), rel=1e-12)
+    # the transposed layout (ConvTranspose2d) gives the same numbers
+    swapped, _ = metrics.conv_heavy_tail_metrics(w.transpose(1, 0, 2, 3))
+    assert all(swapped[k] == pytest.approx(scaled[k], rel=1e-9) for k in HEAVY_TAIL_NAMES)
+    for bad, reason in [
+        (np.zeros((4, 4, 3, 3)), "zero-matrix"),
+        (np.full((4, 4, 3, 3), np.nan), "nonfinite"),
+        (rng.standard_normal((3, 2, 1, 3)), "too-few-eigenvalues"),  # 6 pooled < 8
+    ]:
+        values, why = metrics.conv_heavy_tail_metrics(bad)
+        assert why == reason and all(np.isnan(v) for v in values.values())
+    with pytest.raises(SpecdynError, match="out, in, kh, kw"):
+        metrics.conv_heavy_tail_metrics(np.ones((4, 4)))
