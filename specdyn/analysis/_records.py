@@ -18,13 +18,18 @@ class ComputeOptions:
     device: "auto" | "cpu" | "cuda" | "cuda:N"; precision: "float64" (σ within
     1e-6·σ1 of float64 LAPACK) or "float32" (1e-4·σ1, faster on GPUs with weak
     float64); exact: force float64 LAPACK; max_memory: bytes the engine may hold
-    on the device at once (None: no bound beyond what fits).
+    on the device at once (None: no bound beyond what fits); conv_metrics: how the
+    heavy-tailed metrics of a Conv2d weight are stored, "flattened" (of the flattened
+    (out, in·kh·kw) view, like every other metric) or "weightwatcher" (WeightWatcher's
+    per-tap ESD, `specdyn.metrics.conv_heavy_tail_metrics`; recorded in the store's
+    options, docs/metrics.md#convolutions).
     """
 
     device: str = "auto"
     precision: str = "float64"
     exact: bool = False
     max_memory: int | None = None
+    conv_metrics: str = "flattened"
 
 
 @dataclass(frozen=True)

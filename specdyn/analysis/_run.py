@@ -33,7 +33,15 @@ from ..errors import (
     option_ref,
 )
 from ..matrices import MatrixGroup, plan_checkpoint, read_matrices, views_by_parameter
-from ..metrics import STORED_METRIC_NAMES, fit_nan_note, fit_nan_step_notes, matrix_metrics
+from ..metrics import (
+    HEAVY_TAIL_NAMES,
+    METRIC_NAMES,
+    STORED_METRIC_NAMES,
+    conv_heavy_tail_metrics,
+    fit_nan_note,
+    fit_nan_step_notes,
+    matrix_metrics,
+)
 from ..pairs import Operand, Pair, PairPlan, plan_pairs
 from ..sources import Checkpoint, TensorReader
 from ..steps import select_steps
@@ -82,6 +90,11 @@ _GROUP_BYTES = 64 * 2**20
 
 # How a message names the agreement's reference: vectors.reference (Python) or --reference.
 _REFERENCE = option_ref("vectors.reference", "--reference")
+
+# compute.conv_metrics: the heavy-tailed metrics of a Conv2d weight from its flattened view
+# (the default, like every metric) or WeightWatcher's per-tap ESD (docs/metrics.md#convolutions)
+CONV_METRICS = ("flattened", "weightwatcher")
+_CONV_KINDS = ("conv", "conv_transpose")
 
 
 def analyze_stream(
@@ -149,6 +162,12 @@ def analyze_stream(
     """
     matrices = matrices or MatrixSelection()
     compute = compute or ComputeOptions()
+    if compute.conv_metrics not in CONV_METRICS:
+        raise SpecdynError(
+            f"{option_ref('compute.conv_metrics', '--conv-metrics')} "
+            f"{compute.conv_metrics!r}: use flattened or weightwatcher",
+            option="compute.conv_metrics",
+        )
     if vectors is not None:
         vectors.validate()
     if engine is None:
@@ -185,7 +204,8 @@ class StepPlan:
     sliced: matrix name → the pair operands that need slices of it decomposed; layout:
     the store's vector layout (None for values only); pairs: the pairs whose alignment is
     measured; ranks: matrix name → R = min(shape); pair_sides: matrix name → the sides of
-    the whole matrix that pairs compare.
+    the whole matrix that pairs compare; conv_taps: the Conv2d matrices whose heavy-tailed
+    metrics follow WeightWatcher's per-tap convention (compute.conv_metrics).
     """
 
     views: tuple[MatrixView, ...]
@@ -196,6 +216,7 @@ class StepPlan:
     pairs: tuple[Pair, ...]
     ranks: dict[str, int]
     pair_sides: dict[str, set[str]]
+    conv_taps: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -224,12 +245,14 @@ class StepResult:
 @dataclass
 class _Decomposed:
     """What one checkpoint gave: name → (σ float64 [R], method), the top-k vectors of
-    pair-operand slices (`operand_key` → one TopK per slice; None without vectors), and
-    its warnings."""
+    pair-operand slices (`operand_key` → one TopK per slice; None without vectors), its
+    warnings, and the per-tap heavy-tailed metrics of `StepPlan.conv_taps` (name →
+    (metrics, reason))."""
 
     spectra: dict[str, tuple[np.ndarray, str]]
     slices: dict[tuple, list[TopK]] | None
     notes: list[Note]
+    conv: dict[str, tuple[dict[str, float], str]] = field(default_factory=dict)
 
 
 class StepDispatcher(Protocol):
@@ -430,6 +453,13 @@ class _AnalysisRun:
             pairs=tuple(pairs),
             ranks={m.name: int(min(m.shape)) for m in self.plan.matrices},
             pair_sides=whole_matrix_sides(pairs),
+            conv_taps=frozenset(
+                m.name
+                for m in self.plan.matrices
+                if self.compute.conv_metrics == "weightwatcher"
+                and m.kind in _CONV_KINDS
+                and len(m.source_shape) == 4
+            ),
         )
 
     # ------------------------------------------------------------------ the store
@@ -465,6 +495,9 @@ class _AnalysisRun:
             "exclude": list(self.matrices.exclude),
             "transposed": self.matrices.transposed,
         }
+        if self.compute.conv_metrics != "flattened":
+            # only when set: stores written before the option keep matching the default
+            self.store_options["conv_metrics"] = self.compute.conv_metrics
         return StoreWriter.open(
             self.store_path,
             run_name=self.run_name,
@@ -797,8 +830,12 @@ def _step_result(
         for matrix, (sigma, _method) in spectra.items():
             values, reason = matrix_metrics(sigma, shapes[matrix], return_reasons=True)
             metrics[matrix] = {k: float(v) for k, v in values.items()}
-            if str(reason):
-                fit_reasons[matrix] = str(reason)
+            reason = str(reason)
+            if matrix in result.conv:  # WeightWatcher's per-tap ESD; one stable_rank
+                conv, reason = result.conv[matrix]
+                metrics[matrix].update((k, conv[k]) for k in _CONV_NAMES)
+            if reason:
+                fit_reasons[matrix] = reason
     step_vec = None
     if wanted & {"alignment", "agreement", "vectors"} and plan.layout is not None:
         alignment = None
@@ -840,6 +877,9 @@ def _decompose(
         _check_same_parameters(ckpt, reader, views, plan.infos, out.notes)
         for group in read_matrices(reader, views, group_bytes=_GROUP_BYTES):
             _decompose_group(engine, group, ckpt, out, k=k, sliced=sliced, take=take)
+            for view, matrix in group:
+                if view.name in plan.conv_taps:
+                    out.conv[view.name] = _conv_taps_metrics(view, matrix)
             if on_group is not None:
                 on_group(len(out.spectra), len(views))  # matrices of this step done so far
     return out
@@ -869,6 +909,18 @@ def _decompose_group(
         note = _degenerate_note(view, method, ckpt)
         if note is not None:
             out.notes.append(note)
+
+
+# the heavy-tailed metrics a per-tap conv ESD replaces (stable_rank stays the stored one)
+_CONV_NAMES = tuple(n for n in HEAVY_TAIL_NAMES if n not in METRIC_NAMES)
+
+
+def _conv_taps_metrics(view: MatrixView, matrix: torch.Tensor) -> tuple[dict[str, float], str]:
+    """WeightWatcher's per-tap heavy-tailed metrics of a Conv2d view (out, in·kh·kw)."""
+    out = int(view.shape[0])
+    kernel = tuple(int(d) for d in view.source_shape[2:])
+    weight = matrix.detach().to("cpu", torch.float64).reshape(out, -1, *kernel).numpy()
+    return conv_heavy_tail_metrics(weight)
 
 
 def settled_vectors(

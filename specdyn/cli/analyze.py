@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import Counter
 from pathlib import Path
@@ -67,6 +68,15 @@ def analyze_command(
     precision: PrecisionOption = "float64",
     exact: ExactOption = False,
     max_memory: MaxMemoryOption = None,
+    conv_metrics: Annotated[
+        str,
+        typer.Option(
+            "--conv-metrics",
+            help="Heavy-tailed metrics (alpha, ...) of Conv2d weights: 'flattened' (of the "
+            "flattened out x in*kh*kw matrix, like every metric) or 'weightwatcher' "
+            "(WeightWatcher's per-tap ESD, to reproduce its numbers); docs/metrics.md.",
+        ),
+    ] = "flattened",
     values_only: ValuesOnlyOption = False,
     vectors: VectorsOption = None,
     reference: ReferenceOption = None,
@@ -118,6 +128,9 @@ def analyze_command(
 ) -> int:
     """Analyse a directory of checkpoints: singular values and spectral metrics of every matrix at every step."""
     compute = compute_options(device, precision, exact, max_memory)
+    if conv_metrics not in ("flattened", "weightwatcher"):
+        raise typer.BadParameter("choose flattened or weightwatcher", param_hint="--conv-metrics")
+    compute = dataclasses.replace(compute, conv_metrics=conv_metrics)
     vector_options = vector_options_from(
         values_only, vectors, reference, full_matrices, save_vectors, score_top, pairs, gate
     )
