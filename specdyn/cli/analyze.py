@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from ..analysis import AnalyzeResult, MatrixSelection, analyze
+from ..analysis import AnalyzeResult, ComputeOptions, MatrixSelection, analyze
 from ._options import (
     DeviceOption,
     ExactOption,
@@ -31,6 +31,23 @@ from ._options import (
     vector_options_from,
 )
 from ._output import Output, is_warning
+
+_ConvMetricsOption = Annotated[
+    str,
+    typer.Option(
+        "--conv-metrics",
+        help="Heavy-tailed metrics (alpha, ...) of Conv2d weights: 'flattened' (of the "
+        "flattened out x in*kh*kw matrix, like every metric) or 'weightwatcher' "
+        "(WeightWatcher's per-tap ESD, to reproduce its numbers); docs/metrics.md.",
+    ),
+]
+
+
+def _with_conv_metrics(compute: ComputeOptions, conv_metrics: str) -> ComputeOptions:
+    """`compute` with ``--conv-metrics`` (a usage error for another value)."""
+    if conv_metrics not in ("flattened", "weightwatcher"):
+        raise typer.BadParameter("choose flattened or weightwatcher", param_hint="--conv-metrics")
+    return dataclasses.replace(compute, conv_metrics=conv_metrics)
 
 
 def analyze_command(
@@ -68,15 +85,7 @@ def analyze_command(
     precision: PrecisionOption = "float64",
     exact: ExactOption = False,
     max_memory: MaxMemoryOption = None,
-    conv_metrics: Annotated[
-        str,
-        typer.Option(
-            "--conv-metrics",
-            help="Heavy-tailed metrics (alpha, ...) of Conv2d weights: 'flattened' (of the "
-            "flattened out x in*kh*kw matrix, like every metric) or 'weightwatcher' "
-            "(WeightWatcher's per-tap ESD, to reproduce its numbers); docs/metrics.md.",
-        ),
-    ] = "flattened",
+    conv_metrics: _ConvMetricsOption = "flattened",
     values_only: ValuesOnlyOption = False,
     vectors: VectorsOption = None,
     reference: ReferenceOption = None,
@@ -128,15 +137,10 @@ def analyze_command(
 ) -> int:
     """Analyse a directory of checkpoints: singular values and spectral metrics of every matrix at every step."""
     compute = compute_options(device, precision, exact, max_memory)
-    if conv_metrics not in ("flattened", "weightwatcher"):
-        raise typer.BadParameter("choose flattened or weightwatcher", param_hint="--conv-metrics")
-    compute = dataclasses.replace(compute, conv_metrics=conv_metrics)
     vector_options = vector_options_from(
         values_only, vectors, reference, full_matrices, save_vectors, score_top, pairs, gate
     )
-    selection = MatrixSelection(
-        include=tuple(include or ()), exclude=tuple(exclude or ()), transposed=transposed
-    )
+    selection = MatrixSelection(tuple(include or ()), tuple(exclude or ()), transposed)
     out = Output(json_mode=json_out, quiet=quiet)
     with out.analysis_progress() as on_progress:
         result = analyze(
@@ -146,7 +150,7 @@ def analyze_command(
             run=run,
             steps=steps,
             matrices=selection,
-            compute=compute,
+            compute=_with_conv_metrics(compute, conv_metrics),
             vectors=vector_options,
             overwrite=overwrite,
             on_progress=on_progress,

@@ -22,6 +22,7 @@ from matplotlib.image import AxesImage
 
 import specdyn
 from specdyn.cli import main
+from specdyn.metrics import STORED_METRIC_NAMES
 from specdyn.plots import short_names
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
@@ -484,7 +485,9 @@ def test_cli_all_writes_every_figure_the_store_allows(ws, tmp_path, capsys):
     args = ["plot", "all", "mlp-wd", "--home", str(ws), "--out", str(folder), "--dpi", "20"]
     assert main([*args, "--json"]) == 0
     files = [Path(f) for f in json.loads(capsys.readouterr().out)["files"]]
-    metrics = [f"metric-{m}" for m in specdyn.METRIC_NAMES if m != "normalized_effective_rank"]
+    # every stored metric: the spectral ones and, since issue 18, the heavy-tailed ones
+    stored = STORED_METRIC_NAMES
+    metrics = [f"metric-{m}" for m in stored if m != "normalized_effective_rank"]
     expected = {"rank", *metrics, "sv", "agreement-score", "agreement"}
     expected |= {"alignment-score", "alignment", "alignment-matrix"}
     expected |= {"dynamics"}  # mlp-wd's checkpoints hold train_loss, train_acc, val_acc
@@ -514,7 +517,9 @@ def test_sv_is_darker_for_larger_whichever_end_of_the_map_is_dark(ws):
 
 def test_plot_all_values_only_store(ws, tmp_path):
     files = specdyn.plot_all("mlp-nowd", tmp_path, home=ws, fmt="pdf", dpi=20)
-    metrics = [f"metric-{m}" for m in specdyn.METRIC_NAMES if m != "normalized_effective_rank"]
+    # every stored metric: the spectral ones and, since issue 18, the heavy-tailed ones
+    stored = STORED_METRIC_NAMES
+    metrics = [f"metric-{m}" for m in stored if m != "normalized_effective_rank"]
     assert {f.stem for f in files} == {"rank", "sv", "dynamics", *metrics}  # curves, no scores
     assert all(f.suffix == ".pdf" and f.read_bytes().startswith(b"%PDF") for f in files)
 
