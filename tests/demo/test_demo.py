@@ -14,11 +14,8 @@ from specdyn.demo import grokking_demo
 
 
 @pytest.fixture(scope="module")
-def demos(tmp_path_factory):
-    home = tmp_path_factory.mktemp("home")
-    with_wd = grokking_demo(home=home, quick=True)
-    without = grokking_demo(home=home, quick=True, weight_decay=False)
-    return home, with_wd, without
+def demos(quick_demos):
+    return quick_demos
 
 
 def _mean_rank(home, name):

@@ -272,10 +272,13 @@ def test_bad_options_are_one_line_errors(tmp_path, option, value, message):
 # ------------------------------------------------------------------ real grokking
 
 
-def test_quick_setting_groks_and_loses_rank_only_with_weight_decay(tmp_path):
-    """Real training (GROKKING_QUICK, ≈ 2 × 8 s): the fit comes first, generalisation
-    late, and the mean normalised effective rank falls far more with weight decay."""
-    run = train_grokking(tmp_path / "wd", threads=1, **GROKKING_QUICK)
+def test_quick_setting_groks_and_loses_rank_only_with_weight_decay(quick_demos):
+    """Real training (GROKKING_QUICK, ≈ 2 × 8 s, shared with the demo's tests): the fit
+    comes first, generalisation late, and the mean normalised effective rank falls far
+    more with weight decay."""
+    _, with_wd, without = quick_demos
+    run = with_wd.training
+    assert run.settings["weight_decay"] == GROKKING_QUICK.get("weight_decay", 1.0) > 0
     steps, val = run.history["step"], run.history["val_acc"]
     fit = run.first_step("train_acc", 0.99)  # measured: 45
     grok = run.first_step("val_acc", 0.9)  # measured: 590
@@ -284,15 +287,14 @@ def test_quick_setting_groks_and_loses_rank_only_with_weight_decay(tmp_path):
     assert val[(steps >= fit) & (steps <= 3 * fit)].max() < 0.65  # … after a plateau
     assert val[-1] > 0.95 and run.history["train_acc"][-1] == 1.0
 
-    control = train_grokking(
-        tmp_path / "nowd", threads=1, **{**GROKKING_QUICK, "weight_decay": 0.0}
-    )
+    control = without.training
+    assert control.settings["weight_decay"] == 0.0
     assert control.first_step("train_acc", 0.99) is not None
     assert control.history["val_acc"].max() < 0.7  # no grokking without weight decay (0.53)
 
     first, last = "step_000000.pt", f"step_{GROKKING_QUICK['steps']:06d}.pt"
-    drop = _mean_rank(tmp_path / "wd" / first) - _mean_rank(tmp_path / "wd" / last)
-    drop_control = _mean_rank(tmp_path / "nowd" / first) - _mean_rank(tmp_path / "nowd" / last)
+    drop = _mean_rank(run.folder / first) - _mean_rank(run.folder / last)
+    drop_control = _mean_rank(control.folder / first) - _mean_rank(control.folder / last)
     assert drop > 0.3  # measured 0.887 → 0.285
     assert 0.0 < drop_control < 0.15  # measured 0.887 → 0.820
     assert drop > 3 * drop_control
