@@ -284,7 +284,8 @@ class _AnalysisRun:
 
     Accumulated while steps are analysed: notes, methods (method → matrices), computed,
     with_vectors and failed (steps), fit_nan ((matrix, reason) → steps whose power-law
-    fit gave NaN for that reason).
+    fit gave NaN for that reason, with fit_nan_steps the steps the store evolution
+    computed the metrics of).
     """
 
     def __init__(
@@ -314,6 +315,7 @@ class _AnalysisRun:
         self.with_vectors: list[int] = []
         self.failed: list[int] = []
         self.fit_nan: Counter[tuple[str, str]] = Counter()
+        self.fit_nan_steps = 0  # steps whose metrics the store gained from its σ
         self.problems: list[CheckpointProblem] | None = None
         self.reference_tops: dict[str, TopK] | None = None
         self.hasher: ThreadPoolExecutor | None = None  # set while steps are analysed
@@ -543,10 +545,15 @@ class _AnalysisRun:
                 )
             )
         self.notes.extend(Note("vectors", line) for line in writer.vector_changes)
-        # metrics a store written before them gained from its σ (no checkpoint read)
+        # metrics a store written before them gained from its σ (no checkpoint read); its
+        # NaN fits are summed with those of the steps computed now (_fit_nan_notes)
         self.notes.extend(
-            Note(kind, line, path=str(writer.path)) for kind, line in writer.metric_changes
+            Note(kind, line, path=str(writer.path))
+            for kind, line in writer.metric_changes
+            if kind != "heavy-tail-nan"
         )
+        self.fit_nan.update(writer.metric_fit_nan)
+        self.fit_nan_steps = writer.metric_rows
         # rows damaged on disk were marked not done by the writer: computed again below
         self.notes.extend(
             Note(kind, line, path=str(writer.path)) for kind, line in writer.integrity_notes
@@ -748,8 +755,8 @@ class _AnalysisRun:
 
     def _fit_nan_notes(self) -> list[Note]:
         """One note per (matrix, reason) of the power-law fits that gave NaN, over the
-        steps computed now."""
-        total, unit = len(self.computed), self.source.step_unit
+        steps whose metrics were written now (computed, or gained from the stored σ)."""
+        total, unit = len(self.computed) + self.fit_nan_steps, self.source.step_unit
         return [
             Note("heavy-tail-nan", fit_nan_note(matrix, reason, n, total, unit), path=matrix)
             for (matrix, reason), n in sorted(self.fit_nan.items())

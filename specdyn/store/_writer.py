@@ -55,6 +55,9 @@ class StoreWriter:
             without them, computed from its stored σ (store evolution): one
             ``"store-upgrade"`` line naming them, and one ``"heavy-tail-nan"`` line per
             (matrix, reason) whose power-law fit gave NaN at some of those steps.
+        metric_rows, metric_fit_nan: the same as numbers: how many done steps the added
+            metrics were computed for, and (matrix, reason) → how many of them gave NaN
+            (for a caller that sums them with steps it computes itself).
     """
 
     def __init__(
@@ -86,6 +89,8 @@ class StoreWriter:
         self.vector_changes: list[str] = []
         self.integrity_notes: list[tuple[str, str]] = []
         self.metric_changes: list[tuple[str, str]] = []
+        self.metric_rows = 0
+        self.metric_fit_nan: dict[tuple[str, str], int] = {}
         self._checksum_paths = {
             section: layout.read_strings(f[checksums.table_path(section, "datasets")])
             for section in checksums.ROW_SECTIONS
@@ -206,6 +211,7 @@ class StoreWriter:
             writer = cls._attach(path, lock, request, changed, vector_changes)
             writer.integrity_notes = notes
             writer.metric_changes = _metric_notes(report, step_unit)
+            writer.metric_rows, writer.metric_fit_nan = report.rows, dict(report.fit_nan)
         except BaseException:
             lock.release()
             raise

@@ -379,3 +379,18 @@ def test_every_stored_metric_describes_itself():
         description, _units, dims = _describe.spec(f"metrics/{name}")
         assert not description.startswith(f"metric {name}"), name  # not the fallback
         assert dims == ("step", "matrix")
+
+
+def test_evolved_and_new_steps_give_one_note_per_matrix_and_reason(tmp_path, one_torch_thread):
+    folder = tmp_path / "tiny"
+    _tiny_run(folder)
+    home = tmp_path / "ws"
+    (first,) = specdyn.analyze(folder, home=home, steps="0,10", vectors=None).runs
+    _strip_heavy_tail(Path(first.store_path))
+    (again,) = specdyn.analyze(folder, home=home, vectors=None).runs
+    assert again.steps_computed == [20] and again.steps_already_done == [0, 10]
+    nan = [n.message for n in again.notes if n.kind == "heavy-tail-nan"]
+    assert len(nan) == 1 and nan[0].startswith("layers.2.weight: alpha NaN at 3 of 3 steps")
+    with open_run(again.store_path) as run:
+        assert np.isnan(run.values.metric("alpha")[:, 2]).all()
+        assert np.isfinite(run.values.metric("alpha")[:, :2]).all()
