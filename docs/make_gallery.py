@@ -40,6 +40,8 @@ COMMANDS: list[tuple[str, list[str]]] = [
         "sv-neox.png",
         ["sv", "neox-trainer", "--matrix", "layers.0.mlp.dense_h_to_4h", "--top", "20", "--log-x"],
     ),
+    ("esd-mlp-wd.png", ["esd", "mlp-wd", "--matrix", "layers.1", "--steps", "0,10,50,500,4000"]),
+    ("metric-alpha-mlp-wd.png", ["metric", "alpha", "mlp-wd", "--log-x"]),
     ("alignment-mlp-wd.png", ["alignment", "mlp-wd", "--pair", "layers.1~", "--log-x"]),
     (
         "agreement-neox.png",
