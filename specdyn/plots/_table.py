@@ -83,9 +83,10 @@ class FigureOptions:
             replace each other.
         dpi: resolution of raster files.
     What it shows:
-        metric: a stored metric name, or for "metric" a heavy-tailed one computed from
-            σ (`specdyn.metrics.HEAVY_TAIL_NAMES`); "side-by-side", default the
-            normalised effective rank.
+        metric: a stored metric name (stores analysed since issue 18 hold the
+            heavy-tailed ones too), or for "metric" a heavy-tailed one a store lacks,
+            computed from σ (`specdyn.metrics.HEAVY_TAIL_NAMES`); "side-by-side",
+            default the normalised effective rank.
         matrix: a matrix name or unique substring ("sv", "esd", "agreement",
             "branch-agreement", "prune").
         pair: a pair name or unique substring ("alignment", "alignment-matrix"), or
