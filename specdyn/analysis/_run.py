@@ -811,6 +811,7 @@ def compute_step(
             sliced=plan.sliced if "alignment" in wanted else {},
             take=tops.take,
             on_group=on_group,
+            conv_taps=plan.conv_taps if "values" in wanted else frozenset(),
         )
         sha256 = hashing.result().sha256 if hashing is not None else None
     finally:
@@ -874,10 +875,12 @@ def _decompose(
     sliced: dict[str, list[Operand]],
     take: Callable[[str, TopK], None],
     on_group: Callable[[int, int], None] | None,
+    conv_taps: frozenset[str] = frozenset(),
 ) -> _Decomposed:
     """Singular values of one checkpoint, reading one group of tensors at a time; with
     k ≥ 1 the top-k vectors of every matrix (handed to `take(name, top)` as they are
-    computed) and of every pair-operand slice in `sliced` (returned)."""
+    computed) and of every pair-operand slice in `sliced` (returned); the per-tap
+    heavy-tailed metrics of the conv matrices `conv_taps`."""
     views = plan.views
     out = _Decomposed(spectra={}, slices={} if k else None, notes=[])
     with ckpt.open() as reader:
@@ -885,7 +888,7 @@ def _decompose(
         for group in read_matrices(reader, views, group_bytes=_GROUP_BYTES):
             _decompose_group(engine, group, ckpt, out, k=k, sliced=sliced, take=take)
             for view, matrix in group:
-                if view.name in plan.conv_taps:
+                if view.name in conv_taps:
                     out.conv[view.name] = _conv_taps_metrics(view, matrix)
             if on_group is not None:
                 on_group(len(out.spectra), len(views))  # matrices of this step done so far
