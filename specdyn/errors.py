@@ -190,18 +190,30 @@ class DemoError(SpecdynError):
 class MissingExtraError(SpecdynError):
     """An optional dependency is not installed: `module` (its import name) is missing and
     the pip extra `extra` installs it (``pip install 'specdyn[EXTRA]'``); `what` names
-    what needs it. `specdyn.extras.require_extra` raises it."""
+    what needs it (an `option_ref` when an option asks for it); `name` is the library's
+    name in the message (default `module`). `specdyn.extras.require_extra` raises it."""
 
-    def __init__(self, module: str, extra: str, what: str, **fields) -> None:
-        fields.setdefault("option", None)
+    def __init__(
+        self, module: str, extra: str, what: str, *, name: str | None = None, **fields
+    ) -> None:
         super().__init__(
-            f"{what} needs {module}, which is not installed: pip install 'specdyn[{extra}]'",
+            f"{what} needs {name or module}, which is not installed: "
+            f"pip install 'specdyn[{extra}]'",
             **fields,
         )
         self.module = module
         self.extra = extra
         self.what = what
+        self.name = name
 
     def __reduce__(self):
         """Rebuilt from its fields (a worker process sends it back pickled)."""
-        return (type(self), (self.module, self.extra, self.what), dict(self.__dict__))
+        args = (self.module, self.extra, self.what)
+        return (_rebuild_missing_extra, (type(self), args, dict(self.__dict__)))
+
+
+def _rebuild_missing_extra(cls: type, args: tuple, state: dict) -> MissingExtraError:
+    """A pickled `MissingExtraError` rebuilt: its message from its fields, then its state."""
+    err = cls(*args, name=state.get("name"))
+    err.__dict__.update(state)
+    return err

@@ -26,22 +26,32 @@ EXTRAS: dict[str, tuple[str, ...]] = {
 }
 
 
-def require_extra(module: str, extra: str, what: str) -> ModuleType:
+def require_extra(
+    module: str, extra: str, what: str, *, name: str | None = None, option: str | None = None
+) -> ModuleType:
     """Import an optional module, or say which extra installs it.
 
     Args:
         module: the import name (``"pyarrow.parquet"`` imports that submodule).
         extra: the pip extra that installs it (a key of `EXTRAS`).
-        what: what needs it, for the message (``"export to parquet"``).
+        what: what needs it, for the message (``"export to parquet"``; an `option_ref`
+            when an option asks for it).
+        name: the library as the message names it (default: the top-level `module`).
+        option: the parameter whose value needs it (the error's ``option`` field).
 
     Returns:
         The imported module.
 
     Raises:
         MissingExtraError: the module cannot be imported (also when ``sys.modules`` holds
-            None for it); fields ``module``, ``extra`` and ``what``.
+            None for it); fields ``module``, ``extra``, ``what``, ``name``, ``option``.
     """
     try:
+        # the top-level package first: a submodule imported earlier stays in sys.modules
+        # after its package is gone
+        importlib.import_module(module.split(".")[0])
         return importlib.import_module(module)
     except ImportError:
-        raise MissingExtraError(module.split(".")[0], extra, what) from None
+        raise MissingExtraError(
+            module.split(".")[0], extra, what, name=name, option=option
+        ) from None

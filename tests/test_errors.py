@@ -232,6 +232,28 @@ def test_a_missing_extra_is_one_typed_line(monkeypatch):
     assert require_extra("json", "pandas", "a test").dumps([1]) == "[1]"  # installed: the module
 
 
+def test_a_missing_extra_asked_for_by_an_option_names_it_as_the_caller_does(monkeypatch):
+    from specdyn.extras import require_extra
+
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    with pytest.raises(errors.MissingExtraError) as info:
+        require_extra(
+            "distributed",
+            "dist",
+            option_ref("scheduler"),
+            name="dask.distributed",
+            option="scheduler",
+        )
+    err = info.value
+    assert str(err) == (
+        "scheduler needs dask.distributed, which is not installed: pip install 'specdyn[dist]'"
+    )
+    assert err.render(cli=True).startswith("--scheduler needs dask.distributed")
+    assert (err.module, err.option, err.options) == ("distributed", "scheduler", ("scheduler",))
+    again = pickle.loads(pickle.dumps(err))
+    assert again.render(cli=True) == err.render(cli=True) and again.option == "scheduler"
+
+
 def again_equal(err) -> bool:
     """The error survives pickling (worker processes send errors back) with its fields."""
     again = pickle.loads(pickle.dumps(err))

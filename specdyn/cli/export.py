@@ -1,4 +1,5 @@
-"""`specdyn export RUN... --format parquet|csv|netcdf --out PATH`: runs' sections as files."""
+"""`specdyn export RUN... --format parquet|csv|netcdf --out PATH`: runs' sections as files
+(or a comparison's: `specdyn export --comparison NAME --out PATH`)."""
 
 from __future__ import annotations
 
@@ -7,18 +8,19 @@ from typing import Annotated
 
 import typer
 
-from ..store import DEFAULT_CHUNK_ROWS, EXPORT_FORMATS, TABLE_SECTIONS, export
+from ..store import (
+    COMPARISON_SECTIONS,
+    CSV_CHUNK_ROWS,
+    DEFAULT_CHUNK_ROWS,
+    EXPORT_FORMATS,
+    TABLE_SECTIONS,
+    export,
+)
 from ._options import HomeOption, JsonOption
 from ._output import Output
 
 
 def export_command(
-    runs: Annotated[
-        list[str],
-        typer.Argument(
-            help="Run names in the workspace, or store paths (one or more).", show_default=False
-        ),
-    ],
     out: Annotated[
         Path,
         typer.Option(
@@ -28,6 +30,14 @@ def export_command(
             show_default=False,
         ),
     ],
+    runs: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Run names in the workspace, or store paths (one or more; none with "
+            "--comparison).",
+            show_default=False,
+        ),
+    ] = None,
     format: Annotated[
         str, typer.Option("--format", help=f"One of {', '.join(EXPORT_FORMATS)}.")
     ] = "parquet",
@@ -35,7 +45,8 @@ def export_command(
         list[str] | None,
         typer.Option(
             "--section",
-            help=f"A section: {', '.join(TABLE_SECTIONS)} (repeat it, or separate with commas; "
+            help=f"A section: {', '.join(TABLE_SECTIONS)}; of a comparison: "
+            f"{', '.join(COMPARISON_SECTIONS)} (repeat it, or separate with commas; "
             "default: every section all the runs have).",
             show_default=False,
         ),
@@ -43,20 +54,44 @@ def export_command(
     home: HomeOption = None,
     json_out: JsonOption = False,
     chunk_rows: Annotated[
-        int, typer.Option("--chunk-rows", min=1, help="Table rows read and written at once.")
-    ] = DEFAULT_CHUNK_ROWS,
+        int | None,
+        typer.Option(
+            "--chunk-rows",
+            min=1,
+            help=f"Table rows read and written at once (default {DEFAULT_CHUNK_ROWS}, "
+            f"{CSV_CHUNK_ROWS} for CSV).",
+            show_default=False,
+        ),
+    ] = None,
+    comparison: Annotated[
+        str | None,
+        typer.Option(
+            "--comparison",
+            help="Export this comparison store (a name in <home>/comparisons, or a path) "
+            "instead of runs.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Write the runs' tables (done rows only, one `run` column) as parquet, CSV or netCDF."""
+    """Write the runs' tables (done rows only, one `run` column), or a comparison's, as
+    parquet, CSV or netCDF."""
     out_ = Output(json_mode=json_out)
     sections = [s.strip() for item in section or () for s in item.split(",") if s.strip()]
     report = export(
-        runs, out=out, format=format, section=sections or None, home=home, chunk_rows=chunk_rows
+        runs or (),
+        out=out,
+        format=format,
+        section=sections or None,
+        home=home,
+        chunk_rows=chunk_rows,
+        comparison=comparison,
     )
     if out_.json_mode:
         out_.json(report.to_dict())
         return
     out_.table(
-        f"exported {', '.join(report.runs)} ({report.format}, {report.seconds:.1f} s)",
+        f"exported {report.comparison or ', '.join(report.runs)} ({report.format}, "
+        f"{report.seconds:.1f} s)",
         ("file", "sections", "rows", "bytes"),
         ((f.path, ", ".join(f.sections), f.rows, f.bytes) for f in report.files),
     )

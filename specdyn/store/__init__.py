@@ -26,7 +26,7 @@ from ._comparison import (
     write_comparison,
 )
 from ._comparison_tables import COMPARISON_COLUMNS, COMPARISON_SECTIONS
-from ._export import EXPORT_FORMATS, ExportFile, ExportReport, export
+from ._export import CSV_CHUNK_ROWS, EXPORT_FORMATS, ExportFile, ExportReport, export
 from ._layout import SCHEMA_VERSION
 from ._listing import RunSummary, list_runs
 from ._lock import WriterLock, is_being_written, lock_path_for
@@ -71,6 +71,7 @@ __all__ = [
     "COMPARISON_COLUMNS",
     "COMPARISON_SECTIONS",
     "Damage",
+    "CSV_CHUNK_ROWS",
     "EXPORT_FORMATS",
     "ExportFile",
     "ExportReport",

@@ -28,6 +28,7 @@ __all__ = [
     "COMPARISON_COLUMNS",
     "COMPARISON_SECTIONS",
     "XARRAY_SECTIONS",
+    "check_section",
     "comparison_chunks",
     "comparison_sections",
     "comparison_to_pandas",
@@ -72,8 +73,8 @@ def comparison_sections(cmp: Comparison) -> list[str]:
     return out
 
 
-def _check(cmp: Comparison, section: str, known: tuple[str, ...]) -> None:
-    """StoreError for an unknown section, or one this comparison does not hold."""
+def check_section(cmp: Comparison, section: str, known: tuple[str, ...]) -> None:
+    """Raise StoreError for a `section` not in `known`, or one this comparison lacks."""
     if section not in known:
         raise StoreError(
             f"{_SECTION} {section!r}: no such section of a comparison; sections: "
@@ -161,7 +162,7 @@ def comparison_chunks(cmp: Comparison, section: str) -> Iterator[TableChunk]:
     Raises:
         StoreError: unknown section, or one the comparison does not hold.
     """
-    _check(cmp, section, COMPARISON_SECTIONS)
+    check_section(cmp, section, COMPARISON_SECTIONS)
     cats = _categories(cmp)
     names = COMPARISON_COLUMNS[section]
     produce = {
@@ -359,7 +360,7 @@ def _run_coords(cmp: Comparison) -> dict[str, Any]:
 def comparison_to_xarray(cmp: Comparison, section: str) -> Any:
     """`Comparison.to_xarray`: one section as an `xarray.Dataset` with named dimensions."""
     xr = require_extra("xarray", "xarray", "Comparison.to_xarray")
-    _check(cmp, section, XARRAY_SECTIONS)
+    check_section(cmp, section, XARRAY_SECTIONS)
     attrs = {
         "comparison": cmp.name,
         "mode": cmp.mode,

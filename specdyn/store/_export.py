@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,18 @@ import numpy as np
 from ..errors import StoreError, option_ref
 from ..extras import require_extra
 from ..files import atomic_output
+from . import _comparison_tables as cmptables
 from . import _tables as tables
+from ._comparison import Comparison, open_comparison
 from ._reader import Run, open_run
 
-__all__ = ["EXPORT_FORMATS", "ExportFile", "ExportReport", "export"]
+__all__ = ["CSV_CHUNK_ROWS", "EXPORT_FORMATS", "ExportFile", "ExportReport", "export"]
 
 EXPORT_FORMATS = ("parquet", "csv", "netcdf")
+# Rows per chunk of a CSV export: its writer holds a chunk's text (~57 bytes a row of σ),
+# 3.7 MB at 65 536 rows; at 8192 the export of benchmarks/bench_export.py's σ section grew
+# resident memory 0.6 MB (under 2× its largest dataset) and ran no slower (docs/benchmarks.md).
+CSV_CHUNK_ROWS = 1 << 13
 _SUFFIX = {"parquet": ".parquet", "csv": ".csv", "netcdf": ".nc"}
 _SECTION = option_ref("section")
 _OUT = option_ref("out")
@@ -48,7 +55,8 @@ class ExportFile:
 @dataclass
 class ExportReport:
     """What `export` wrote: format, out (the file or folder given), runs (names, in
-    order), sections, files (`ExportFile`), seconds, chunk_rows."""
+    order; a comparison's run labels), sections, files (`ExportFile`), seconds,
+    chunk_rows, comparison (its name, or None)."""
 
     format: str
     out: str
@@ -57,6 +65,7 @@ class ExportReport:
     files: list[ExportFile] = field(default_factory=list)
     seconds: float = 0.0
     chunk_rows: int = tables.DEFAULT_CHUNK_ROWS
+    comparison: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-serialisable data (``specdyn export --json``)."""
@@ -64,23 +73,27 @@ class ExportReport:
 
 
 def export(
-    runs: str | os.PathLike[str] | Run | Sequence[str | os.PathLike[str] | Run],
+    runs: str | os.PathLike[str] | Run | Sequence[str | os.PathLike[str] | Run] = (),
     *,
     out: str | os.PathLike[str],
     format: str = "parquet",
     section: str | Sequence[str] | None = None,
     home: str | os.PathLike[str] | None = None,
-    chunk_rows: int = tables.DEFAULT_CHUNK_ROWS,
+    chunk_rows: int | None = None,
+    comparison: str | os.PathLike[str] | Comparison | None = None,
 ) -> ExportReport:
-    """Write the sections of one or several runs as parquet, CSV or netCDF files.
+    """Write the sections of one or several runs, or of a comparison, as parquet, CSV or
+    netCDF files.
 
     The tables are those of `Run.to_pandas` (done rows only; columns in docs/store.md,
     "Tidy tables"), several runs in one table with their ``run`` column. They are read
     and written `chunk_rows` rows at a time, so memory holds one chunk, never a section.
+    A comparison's are those of `Comparison.to_pandas` (docs/compare.md), its netCDF
+    groups ``<comparison>/<section>`` those of `Comparison.to_xarray`.
 
     Args:
         runs: run names in the workspace, store paths or open `Run`s (one or several;
-            names must differ).
+            names must differ); none with `comparison`.
         out: parquet or CSV: with one section, the file (or an existing folder, which
             gets ``<section>.parquet``); with several, a folder (created) with one file
             per section. netCDF: the file, one group ``<run>/<section>`` per run and
@@ -92,7 +105,12 @@ def export(
             ``training``, or several; None: every section all the runs have.
         home: the workspace of run names (default ``$SPECDYN_HOME``, else
             ``./specdyn-runs``).
-        chunk_rows: table rows read and written at once (parquet: rows per row group).
+        chunk_rows: table rows read and written at once (parquet: rows per row group);
+            None: `DEFAULT_CHUNK_ROWS` (65 536), `CSV_CHUNK_ROWS` (8192) for CSV.
+        comparison: instead of runs, a comparison store: its name in
+            ``<home>/comparisons``, its path or an open `Comparison`; `section` one of
+            `Comparison.sections` (netCDF: of runs, metrics, agreement, split, barrier),
+            None: all it has.
 
     Returns:
         `ExportReport` (files with their rows and sizes; ``to_dict()`` for JSON).
@@ -111,9 +129,23 @@ def export(
             option="format",
         )
     _need_libraries(format)
+    if chunk_rows is None:
+        chunk_rows = CSV_CHUNK_ROWS if format == "csv" else tables.DEFAULT_CHUNK_ROWS
     items = [runs] if isinstance(runs, (str, os.PathLike, Run)) else list(runs)
+    if comparison is not None:
+        if items:
+            raise StoreError(
+                f"give runs or {option_ref('comparison')}, not both", option="comparison"
+            )
+        report = _export_comparison(comparison, out, format, section, home)
+        report.chunk_rows = chunk_rows
+        report.seconds = time.perf_counter() - start
+        return report
     if not items:
-        raise StoreError("no run to export; name one or more runs", option="runs")
+        raise StoreError(
+            f"no run to export; name one or more runs, or give {option_ref('comparison')}",
+            option="runs",
+        )
     with ExitStack() as stack:
         opened = [_opened(stack, item, home) for item in items]
         names = [r.name for r in opened]
@@ -130,10 +162,57 @@ def export(
             report.files.append(_write_netcdf(Path(out), opened, sections, chunk_rows))
         else:
             for path, name in _table_paths(Path(out), format, sections):
-                rows = _write_table(path, format, opened, name, names, chunk_rows)
+                chunks, empty = _run_tables(opened, name, names, chunk_rows)
+                rows = _write_table(path, format, chunks, empty)
                 report.files.append(ExportFile(str(path), [name], rows, path.stat().st_size))
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _export_comparison(
+    comparison: Any, out: Any, format: str, section: Any, home: Any
+) -> ExportReport:
+    """`export` of a comparison store's sections (small: each section in one chunk per
+    run or pair)."""
+    with ExitStack() as stack:
+        cmp = comparison
+        if not isinstance(cmp, Comparison):
+            cmp = stack.enter_context(open_comparison(comparison, home))
+        known = cmptables.XARRAY_SECTIONS if format == "netcdf" else cmptables.COMPARISON_SECTIONS
+        have = [s for s in cmp.sections if s in known]
+        asked = (
+            have if section is None else [section] if isinstance(section, str) else list(section)
+        )
+        for name in asked:
+            cmptables.check_section(cmp, name, known)
+        asked = list(dict.fromkeys(asked))
+        report = ExportReport(format, os.fspath(out), list(cmp.labels), asked, comparison=cmp.name)
+        if format == "netcdf":
+            report.files.append(_comparison_netcdf(Path(out), cmp, asked))
+        else:
+            for path, name in _table_paths(Path(out), format, asked):
+                chunks = cmptables.comparison_chunks(cmp, name)
+                empty = partial(cmptables.empty_comparison_chunk, cmp, name)
+                rows = _write_table(path, format, chunks, empty)
+                report.files.append(ExportFile(str(path), [name], rows, path.stat().st_size))
+    return report
+
+
+def _comparison_netcdf(out: Path, cmp: Comparison, sections: list[str]) -> ExportFile:
+    """A comparison's sections as groups ``<name>/<section>`` of one netCDF-4 file."""
+    if not out.parent.is_dir():
+        raise StoreError(f"{_OUT} {out}: its folder does not exist; create it first", file=out)
+    values = 0
+    try:
+        with atomic_output(out) as tmp:
+            for i, section in enumerate(sections):
+                data = cmp.to_xarray(section)
+                mode = "a" if i else "w"
+                data.to_netcdf(tmp, mode=mode, group=f"{cmp.name}/{section}", engine="h5netcdf")
+                values += int(sum(v.size for v in data.data_vars.values()))
+    except OSError as exc:
+        raise StoreError(f"{_OUT} {out}: cannot write ({exc.strerror or exc})", file=out) from None
+    return ExportFile(str(out), list(sections), values, out.stat().st_size)
 
 
 def _need_libraries(format: str) -> None:
@@ -201,17 +280,16 @@ def _chunks(runs: list[Run], section: str, names: list[str], chunk_rows: int):
         yield from tables.table_chunks(run, section, chunk_rows=chunk_rows, runs=names)
 
 
-def _write_table(
-    path: Path, format: str, runs: list[Run], section: str, names: list[str], chunk_rows: int
-) -> int:
-    """One section of every run into one parquet or CSV file; the rows written."""
+def _write_table(path: Path, format: str, chunks: Iterable[Any], empty: Callable[[], Any]) -> int:
+    """Table chunks into one parquet or CSV file (`empty`: the chunk of no rows that gives
+    the columns when there is none); the rows written."""
     rows = 0
     try:
         with atomic_output(path) as tmp:
             if format == "parquet":
-                rows = _write_parquet(tmp, runs, section, names, chunk_rows)
+                rows = _write_parquet(tmp, chunks, empty)
             else:
-                rows = _write_csv(tmp, runs, section, names, chunk_rows)
+                rows = _write_csv(tmp, chunks, empty)
     except OSError as exc:
         raise StoreError(
             f"{_OUT} {path}: cannot write ({exc.strerror or exc})", file=path
@@ -219,41 +297,69 @@ def _write_table(
     return rows
 
 
-def _arrow_table(pa: Any, chunk: tables.TableChunk, *, strings: bool = False) -> Any:
-    """A pyarrow table of one chunk: categorical columns dictionary-encoded (str), or
-    plain strings with `strings`."""
+def _run_tables(runs: list[Run], section: str, names: list[str], chunk_rows: int):
+    """(chunks, empty) of one section of every run, for `_write_table`."""
+
+    def empty() -> tables.TableChunk:
+        chunk = tables.empty_chunk(runs[0], section)
+        chunk.categories["run"] = list(names)
+        return chunk
+
+    return _chunks(runs, section, names, chunk_rows), empty
+
+
+def _arrow_table(
+    pa: Any, chunk: tables.TableChunk, *, strings: bool = False, pool: Any = None
+) -> Any:
+    """A pyarrow table of one chunk (its buffers from `pool`, default pyarrow's):
+    categorical columns dictionary-encoded (str), or plain strings with `strings`."""
     arrays = {}
     for name, column in chunk.columns.items():
         if name in chunk.categories:
-            codes = pa.array(column, type=pa.int32())
-            values = pa.array(chunk.categories[name], pa.string())
-            arrays[name] = (
-                values.take(codes) if strings else pa.DictionaryArray.from_arrays(codes, values)
-            )
+            codes = pa.array(column, type=pa.int32(), memory_pool=pool)
+            values = pa.array(chunk.categories[name], pa.string(), memory_pool=pool)
+            if strings:
+                arrays[name] = pa.compute.take(values, codes, memory_pool=pool)
+            else:
+                arrays[name] = pa.DictionaryArray.from_arrays(codes, values, memory_pool=pool)
         else:
-            arrays[name] = pa.array(column)
+            arrays[name] = pa.array(column, memory_pool=pool)
     return pa.table(arrays)
 
 
-def _write_parquet(tmp: Path, runs, section, names, chunk_rows) -> int:
+def _csv_pool(pa: Any) -> Any:
+    """The allocator of a CSV export: malloc's, whose freed chunks the next chunk reuses
+    (with jemalloc's, even released after each chunk, resident memory grew 2.4 MB more on
+    the benchmark's small store, and its arenas cost 6 MB to set up)."""
+    return pa.system_memory_pool()
+
+
+def _release(pa: Any) -> None:
+    """Give pyarrow's freed memory back to the system after a chunk is written: its
+    allocator (jemalloc) otherwise keeps the pages of every chunk's buffers, and the
+    resident memory of a long export grows by megabytes (benchmarks/bench_export.py)."""
+    pa.default_memory_pool().release_unused()
+
+
+def _write_parquet(tmp: Path, chunks: Iterable[Any], empty: Callable[[], Any]) -> int:
     """Row group by row group, through one `pyarrow.parquet.ParquetWriter`."""
     pa = require_extra("pyarrow", "pandas", "export to parquet")
     pq = require_extra("pyarrow.parquet", "pandas", "export to parquet")
-
     rows = 0
     writer = None
     try:
-        for chunk in _chunks(runs, section, names, chunk_rows):
+        for chunk in chunks:
             table = _arrow_table(pa, chunk)
             if writer is None:
                 writer = _parquet_writer(pq, tmp, table.schema, chunk)
             writer.write_table(table, row_group_size=max(chunk.rows, 1))
             rows += chunk.rows
+            del table
+            _release(pa)
         if writer is None:  # no row: a file with the columns only
-            empty = tables.empty_chunk(runs[0], section)
-            empty.categories["run"] = list(names)
-            table = _arrow_table(pa, empty)
-            writer = _parquet_writer(pq, tmp, table.schema, empty)
+            none = empty()
+            table = _arrow_table(pa, none)
+            writer = _parquet_writer(pq, tmp, table.schema, none)
             writer.write_table(table)
     finally:
         if writer is not None:
@@ -267,24 +373,27 @@ def _parquet_writer(pq: Any, tmp: Path, schema: Any, chunk: tables.TableChunk) -
     return pq.ParquetWriter(tmp, schema, use_dictionary=sorted(chunk.categories))
 
 
-def _write_csv(tmp: Path, runs, section, names, chunk_rows) -> int:
+def _write_csv(tmp: Path, chunks: Iterable[Any], empty: Callable[[], Any]) -> int:
     """A header, then each chunk appended, through `pyarrow.csv.CSVWriter` (strings
     quoted; floats in their shortest form that reads back exactly)."""
     pa = require_extra("pyarrow", "pandas", "export to CSV")
     pcsv = require_extra("pyarrow.csv", "pandas", "export to CSV")
-
+    require_extra("pyarrow.compute", "pandas", "export to CSV")
+    pool = _csv_pool(pa)
     rows = 0
     writer = None
     try:
-        for chunk in _chunks(runs, section, names, chunk_rows):
-            table = _arrow_table(pa, chunk, strings=True)
+        for chunk in chunks:
+            table = _arrow_table(pa, chunk, strings=True, pool=pool)
             if writer is None:
-                writer = pcsv.CSVWriter(tmp, table.schema)
+                writer = pcsv.CSVWriter(tmp, table.schema, memory_pool=pool)
             writer.write_table(table)
             rows += chunk.rows
+            del table
+            _release(pa)
         if writer is None:  # no row: the header only
-            table = _arrow_table(pa, tables.empty_chunk(runs[0], section), strings=True)
-            writer = pcsv.CSVWriter(tmp, table.schema)
+            table = _arrow_table(pa, empty(), strings=True, pool=pool)
+            writer = pcsv.CSVWriter(tmp, table.schema, memory_pool=pool)
     finally:
         if writer is not None:
             writer.close()

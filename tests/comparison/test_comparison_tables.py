@@ -3,6 +3,7 @@ against the values read with plain h5py from the same file (issue 17)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -281,3 +282,55 @@ def test_to_xarray_named_dims_and_coords(stores):
     assert sp["split"].values.tolist() == [0, 9]
     np.testing.assert_array_equal(sp["score"].sel(trunks="other").values, summary["other_score"])
     assert sp["pairs"].sel(trunks="same").values.tolist() == summary["same_pairs"].tolist()
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_export_of_a_comparison_reads_back_equal(stores, tmp_path, fmt):
+    runs, _split, _nan, _old = stores
+    with open_comparison(runs) as cmp:
+        report = specdyn.export(comparison=cmp, out=tmp_path / "tables", format=fmt)
+        assert report.comparison == "a-vs-b" and report.sections == cmp.sections
+        for entry in report.files:
+            section = entry.sections[0]
+            want = cmp.to_pandas(section)
+            if fmt == "parquet":
+                back = pd.read_parquet(entry.path)
+                pd.testing.assert_frame_equal(back, want)
+            else:
+                strings = [
+                    n for n in want.columns if isinstance(want[n].dtype, pd.CategoricalDtype)
+                ]
+                back = pd.read_csv(entry.path, converters=dict.fromkeys(strings, str))  # "" kept
+                assert list(back.columns) == list(want.columns) and len(back) == len(want)
+                for name in want.columns:
+                    got, exp = back[name].to_numpy(), want[name].to_numpy()
+                    if isinstance(want[name].dtype, pd.CategoricalDtype):
+                        exp = want[name].astype(str).to_numpy()
+                        # pandas reads "" (the trunk outside split mode) as NaN
+                        column = back[name].astype(object)
+                        got = column.where(column.notna(), "").astype(str).to_numpy()
+                    np.testing.assert_array_equal(got, exp, err_msg=f"{section}.{name}")
+            assert entry.rows == len(want)
+
+
+def test_export_of_a_comparison_to_netcdf_and_from_the_cli(stores, tmp_path, capsys):
+    pytest.importorskip("h5netcdf")
+    from specdyn.cli import main
+
+    runs, _split, _nan, _old = stores
+    out = tmp_path / "cmp.nc"
+    args = ["export", "--comparison", str(runs), "--format", "netcdf", "--out", str(out)]
+    assert main([*args, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["comparison"] == "a-vs-b"
+    assert summary["sections"] == ["runs", "metrics", "agreement", "barrier"]
+    with open_comparison(runs) as cmp:
+        want = cmp.to_xarray("metrics")
+    with xr.open_dataset(out, group="a-vs-b/metrics", engine="h5netcdf") as back:
+        assert back["stable_rank"].dims == ("run", "step", "matrix")
+        np.testing.assert_array_equal(back["stable_rank"].values, want["stable_rank"].values)
+    # runs and a comparison together: one line, non-zero
+    assert main(["export", "a", "--comparison", str(runs), "--out", str(tmp_path / "x")]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "specdyn: error: give runs or --comparison, not both"
+    ]

@@ -209,3 +209,21 @@ def test_the_sigma_section_is_streamed_chunk_by_chunk(tmp_path):
     assert small < 2 * dataset and small < section / 10
     # the measure sees the section when it is held whole (the test can fail)
     assert whole > section
+
+
+def test_csv_exports_default_to_smaller_chunks(tmp_path):
+    from specdyn.store import CSV_CHUNK_ROWS, DEFAULT_CHUNK_ROWS
+
+    # a CSV chunk's text is what its writer holds (docs/benchmarks.md, export)
+    assert CSV_CHUNK_ROWS < DEFAULT_CHUNK_ROWS
+    store = tmp_path / "synthetic.h5"
+    _synthetic(store, 12, 8, 256)  # 24 576 rows of σ
+    csv = specdyn.export(store, out=tmp_path / "s.csv", format="csv", section="sigma")
+    parquet = specdyn.export(store, out=tmp_path / "s.parquet", section="sigma")
+    assert (csv.chunk_rows, parquet.chunk_rows) == (CSV_CHUNK_ROWS, DEFAULT_CHUNK_ROWS)
+    rows = parquet.files[0].rows
+    assert csv.files[0].rows == rows and rows > CSV_CHUNK_ROWS  # several chunks appended
+    back = pd.read_csv(tmp_path / "s.csv")
+    want = pd.read_parquet(tmp_path / "s.parquet")
+    np.testing.assert_array_equal(back["sigma"].to_numpy(), want["sigma"].to_numpy())
+    assert pq.ParquetFile(tmp_path / "s.parquet").num_row_groups == -(-rows // DEFAULT_CHUNK_ROWS)
