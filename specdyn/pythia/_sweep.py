@@ -393,11 +393,29 @@ def _flag_shared_content(
 # ----------------------------------------------------------------------------- the sweep
 
 
-class HubSteps(StepStream):
-    """The planned revisions of a sweep as a `StepStream`: fetch on demand, one ahead
-    in a background thread, delete after analysis (unless `keep`)."""
+class _PlannedHubSteps(StepStream):
+    """What the local and the cluster sweep share: the planned revisions of a hub repo,
+    their records from the hub's metadata, and the bytes fetched here."""
 
     tolerate_failures = True
+
+    def __init__(self, hub: Hub, plan: PythiaPlan, revisions: dict[int, HubRevision]) -> None:
+        self.hub = hub
+        self.name = plan.name
+        self.root = f"hf://{hub.repo}"
+        self.step_unit = "step"
+        self.available = sorted(revisions)
+        self._revisions = revisions
+        self.fetched_bytes = 0
+
+    def records(self, steps, store_path, on_hashed=None) -> list[StepRecord]:
+        """Records from the hub's metadata (`_hub_records`)."""
+        return _hub_records(self.hub.repo, self._revisions, steps)
+
+
+class HubSteps(_PlannedHubSteps):
+    """The planned revisions of a sweep as a `StepStream`: fetch on demand, one ahead
+    in a background thread, delete after analysis (unless `keep`)."""
 
     def __init__(
         self,
@@ -408,24 +426,14 @@ class HubSteps(StepStream):
         keep: bool,
         on_fetch: Callable[[int, str, int], None] | None = None,
     ) -> None:
-        self.hub = hub
-        self.name = plan.name
-        self.root = f"hf://{hub.repo}"
-        self.step_unit = "step"
+        super().__init__(hub, plan, revisions)
         self.keep = keep
-        self._revisions = revisions
-        self.available = sorted(revisions)
         self._order: list[int] = []
         self._futures: dict[int, Future] = {}
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="specdyn-fetch")
         self._lock = threading.Lock()
         self._released: set[int] = set()
         self._on_fetch = on_fetch
-        self.fetched_bytes = 0
-
-    def records(self, steps, store_path, on_hashed=None) -> list[StepRecord]:
-        """Records from the hub's metadata (`_hub_records`)."""
-        return _hub_records(self.hub.repo, self._revisions, steps)
 
     def schedule(self, order: Sequence[int]) -> None:
         """Remember the visiting order and start fetching its first revision."""
@@ -741,13 +749,11 @@ class _PlannedRevision(Checkpoint):
         return _MetadataReader(str(self.path), self.meta)
 
 
-class ClusterSteps(StepStream):
+class ClusterSteps(_PlannedHubSteps):
     """The planned revisions of a sweep whose tasks fetch them on Dask workers: nothing is
     downloaded here. The one checkpoint the analysis plans from is read by a task too
     (`acquire`), whose worker holds the files for that revision's own task (sent there,
     `RemoteRevision.worker`) until `release`; `remote` is what `DaskSteps` ships per step."""
-
-    tolerate_failures = True
 
     def __init__(
         self,
@@ -758,20 +764,10 @@ class ClusterSteps(StepStream):
         *,
         token: str | None,
     ) -> None:
-        self.hub = hub
-        self.name = plan.name
-        self.root = f"hf://{hub.repo}"
-        self.step_unit = "step"
-        self.available = sorted(revisions)
-        self._revisions = revisions
+        super().__init__(hub, plan, revisions)  # fetched_bytes: the planning task's download
         self._dispatcher = dispatcher
         self._token = token
         self._held: dict[int, tuple[str, str]] = {}  # step → (key, worker) of held files
-        self.fetched_bytes = 0  # the planning task's download
-
-    def records(self, steps, store_path, on_hashed=None) -> list[StepRecord]:
-        """Records from the hub's metadata (`_hub_records`)."""
-        return _hub_records(self.hub.repo, self._revisions, steps)
 
     def remote(self, step: int) -> RemoteRevision:
         """What `step`'s task downloads on its worker (or finds held there)."""
