@@ -9,7 +9,6 @@ from types import SimpleNamespace
 
 import torch
 
-from specdyn.metrics import STORED_METRIC_NAMES
 from specdyn.analysis import (
     MEMORY_SHARE,
     ComputeOptions,
@@ -22,6 +21,7 @@ from specdyn.analysis import (
 )
 from specdyn.analysis._run import StepPlan, _AnalysisRun, compute_step
 from specdyn.engine import SpectrumEngine
+from specdyn.metrics import STORED_METRIC_NAMES
 from specdyn.sources import discover
 from specdyn.store import PairRecord, VectorLayout
 
