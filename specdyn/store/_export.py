@@ -6,6 +6,7 @@ is appended to. netCDF keeps each run's section in its own group ``<run>/<sectio
 runs' step axes differ), laid out as `Run.to_xarray` gives it; the large variables (σ,
 diagonals) are filled one matrix or pair and one step chunk at a time. No section is
 ever held whole in memory. Every file is written beside its place and renamed over it.
+A comparison store's tables (`Comparison.to_pandas`) are written the same way.
 """
 
 from __future__ import annotations
@@ -110,7 +111,8 @@ def export(
         comparison: instead of runs, a comparison store: its name in
             ``<home>/comparisons``, its path or an open `Comparison`; `section` one of
             `Comparison.sections` (netCDF: of runs, metrics, agreement, split, barrier),
-            None: all it has.
+            None: all it has. A comparison is small: its tables are written a run or a
+            pair at a time, whatever `chunk_rows`.
 
     Returns:
         `ExportReport` (files with their rows and sizes; ``to_dict()`` for JSON).
