@@ -152,19 +152,25 @@ def _gram_eigen(
     device: torch.device,
     chunk: int,
     scales: torch.Tensor | None,
-    vectors: bool,
+    k: int,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
-    """(λ [B, s] ascending or None if the eigensolver failed, eigenvectors [B, s, s] or None,
-    trace(Ĝ) [B]) of the float64 Gram matrices."""
+    """(λ [B, s] ascending or None if the eigensolver failed, the eigenvectors of the k
+    largest [B, s, k] ascending or None when k = 0, trace(Ĝ) [B]) of the float64 Gram
+    matrices."""
     g = gram_upper(mats, device, chunk, scales)
     trace = g.diagonal(dim1=-2, dim2=-1).sum(-1)
+    if k and g.device.type == "cpu" and g.shape[-1] >= SCIPY_EIGEN_MIN:
+        solved = top_eigh_lapack(g, k)
+        if solved is not None:
+            return solved[0], solved[1], trace
     # small eigenproblems of a GPU batch are solved by LAPACK on the host (HOST_EIGEN_RANGE)
     on_host = g.is_cuda and HOST_EIGEN_RANGE[0] <= g.shape[-1] <= HOST_EIGEN_RANGE[1]
     a = g.cpu() if on_host else g
     try:
         with small_problem_threads(a.shape[-1], a.device):
-            if vectors:
+            if k:
                 lam, vecs = torch.linalg.eigh(a, UPLO="U")
+                vecs = vecs[..., a.shape[-1] - k :]
             else:
                 lam, vecs = torch.linalg.eigvalsh(a, UPLO="U"), None
     except torch.linalg.LinAlgError:
@@ -173,6 +179,108 @@ def _gram_eigen(
         lam = lam.to(g.device)
         vecs = None if vecs is None else vecs.to(g.device)
     return lam, vecs, trace
+
+
+# From this size on, a CPU Gram matrix's top-k eigenvectors come from scipy's LAPACK
+# (``top_eigh_lapack``): all s eigenvalues and only k eigenvectors, where torch's ``eigh``
+# (syevd) computes all s. Measured on 2 shared cores, one thread, k = 100 (docs/methods.md):
+# s = 768 36 ms against 93 ms (``eigvalsh`` alone: 45 ms); s = 256 4.1 ms against 6.2 ms;
+# s = 192 2.6 ms each; s = 128 1.5 ms against 1.1 ms, hence torch below.
+SCIPY_EIGEN_MIN = 192
+
+# scipy's BLAS threads for its eigensolver: one up to this size (two threads on 2 shared
+# cores: s = 768 in 170–400 ms against 36–54 ms with one; s = 2048 1.06 s against 0.57 s),
+# torch's thread count above it.
+_LAPACK_ONE_THREAD = 2048
+
+
+def top_eigh_lapack(g: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """All eigenvalues and the top-k eigenvectors of CPU Gram matrices by scipy's LAPACK.
+
+    g: float64 [B, s, s] on the CPU, upper triangle valid (``gram_upper``); k ≤ s.
+    Returns (λ [B, s] ascending, eigenvectors of the k largest eigenvalues [B, s, k] in
+    ascending order), float64 on the CPU, or None when scipy is missing or LAPACK reports
+    a failure (the caller then uses torch's ``eigh``). Per matrix: one Householder
+    tridiagonalisation Q·T·Qᵀ (dsytrd, backward stable like syevd), all eigenvalues of T
+    (dsterf), the k eigenvectors of T by inverse iteration (dstein, reorthogonalised
+    within clusters), and Q applied to those k only (dormqr): ``eigvalsh``'s work plus
+    O(s²k), where ``eigh`` adds O(s³).
+    """
+    try:
+        from scipy.linalg import lapack
+    except ImportError:
+        return None
+    s = g.shape[-1]
+    lams, vecs = [], []
+    with lapack_threads(s):
+        for b in range(g.shape[0]):
+            # the row-major upper triangle is, read column-major, a lower one: no copy
+            solved = _top_eigh_one(lapack, g[b].numpy().T, k)
+            if solved is None:
+                return None
+            lams.append(solved[0])
+            vecs.append(solved[1])
+    return torch.from_numpy(np.stack(lams)), torch.from_numpy(np.stack(vecs))
+
+
+def _top_eigh_one(lapack, a: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(λ [s] ascending, top-k eigenvectors [s, k] ascending) of one matrix whose lower
+    triangle (column-major) holds it, or None on a LAPACK failure."""
+    s = a.shape[0]
+    lwork = int(lapack.dsytrd_lwork(s, lower=1)[0])
+    c, d, e, tau, info = lapack.dsytrd(a, lower=1, lwork=max(lwork, 1))
+    if info != 0:
+        return None
+    lam, info = lapack.dsterf(d, e)
+    if info != 0:
+        return None
+    # where T splits into blocks, dstein needs each eigenvalue's block: bisection gives
+    # them (dstebz); else the top k of dsterf's values serve directly
+    _, _, _, isplit, info = lapack.dstebz(d, e, 3, 0.0, 0.0, s, s, 0.0, "B")
+    if info != 0:
+        return None
+    if int(isplit[0]) == s:
+        w = np.ascontiguousarray(lam[s - k :])
+        iblock = np.ones(s, dtype=np.int32)
+    else:
+        m, w, iblock, isplit, info = lapack.dstebz(d, e, 3, 0.0, 0.0, s - k + 1, s, 0.0, "B")
+        if info != 0 or m < k:
+            return None
+        w, iblock = w[:m], iblock
+    z, info = lapack.dstein(d, e, w, iblock, isplit)
+    if info != 0:
+        return None
+    if len(w) != k or np.any(np.diff(w) < 0):
+        # by block, not by value: sort, and keep the k largest
+        z = z[:, np.argsort(w, kind="stable")[len(w) - k :]]
+    if s > 1:
+        # x = Q·z with Q = H(1)…H(s−1) held below the subdiagonal, as dormtr (UPLO=L) does
+        z = np.asfortranarray(z)
+        top, _, info = lapack.dormqr("L", "N", c[1:, : s - 1], tau, z[1:], 64 * k + 4160)
+        if info != 0:
+            return None
+        z[1:] = top
+    return lam, z
+
+
+_CONTROLLER: list = []
+
+
+@contextlib.contextmanager
+def lapack_threads(size: int):
+    """scipy's BLAS/LAPACK on one thread for a problem of this size (≤ ``_LAPACK_ONE_THREAD``),
+    else on ``torch.get_num_threads()``; unchanged when threadpoolctl is missing."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        yield
+        return
+    if not _CONTROLLER:
+        # created once scipy is loaded, so that it finds scipy's BLAS (≈ 3 ms a time)
+        _CONTROLLER.append(ThreadpoolController())
+    threads = 1 if size <= _LAPACK_ONE_THREAD else torch.get_num_threads()
+    with _CONTROLLER[0].limit(limits=threads, user_api="blas"):
+        yield
 
 
 # cuSOLVER's batched eigensolver is a Jacobi kernel up to n = 32 and a loop of syevd
@@ -222,7 +330,7 @@ def gram_eigvalsh(
     sigma1_lower [B]) in float64 on `device`; NaN rows where the eigensolver failed.
     """
     length, s = mats[0].shape
-    lam, _, trace = _gram_eigen(mats, device, chunk, scales, vectors=False)
+    lam, _, trace = _gram_eigen(mats, device, chunk, scales, 0)
     if lam is None:
         return _nan(device, len(mats), s), _nan(device, len(mats), s), _nan(device, len(mats))
     bound, sigma1_lower = gram_error_bound(lam, trace, length, chunk, s)
@@ -237,19 +345,21 @@ def gram_eigh(
     k: int,
     scales: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Singular values and top-k short-side vectors by float64 Gram + eigh.
+    """Singular values and top-k short-side vectors by float64 Gram + a symmetric eigensolver.
 
     Returns (sigma [B, s] descending, bound [B, s] on each |σ̂_i − σ_i|,
     sigma1_lower [B], trace(Ĝ) [B], short [B, s, k] the eigenvectors of the k
     largest eigenvalues, descending), float64 on `device`; NaN rows where the
-    eigensolver failed. The other s − k eigenvectors are dropped at once.
+    eigensolver failed. On a CPU from s = ``SCIPY_EIGEN_MIN`` on, only those k
+    eigenvectors are computed (``top_eigh_lapack``); else torch's ``eigh`` computes
+    all and the other s − k are dropped at once.
     """
     length, s = mats[0].shape
-    lam, vecs, trace = _gram_eigen(mats, device, chunk, scales, vectors=True)
+    lam, vecs, trace = _gram_eigen(mats, device, chunk, scales, k)
     if lam is None or vecs is None:
         nan = _nan(device, len(mats), s)
         return nan, nan.clone(), nan[:, 0].clone(), trace, _nan(device, len(mats), s, k)
-    short = vecs[..., s - k :].flip(-1).contiguous()
+    short = vecs.flip(-1).contiguous()
     del vecs
     bound, sigma1_lower = gram_error_bound(lam, trace, length, chunk, s)
     return lam.clamp(min=0).sqrt().flip(-1), bound.flip(-1), sigma1_lower, trace, short
@@ -317,6 +427,14 @@ def triplet_check(
     gram_u = yty / (safe[:, :, None] * safe[:, None, :])
     gram_u.diagonal(dim1=-2, dim2=-1).sub_(1.0)
     return residual, gram_u.abs().amax(dim=(-2, -1)), norms
+
+
+def orthonormality(v: torch.Tensor) -> torch.Tensor:
+    """max |VᵀV − I| [B] of column blocks v [B, n, k] (float64): how far the returned
+    short-side vectors are from orthonormal (an eigensolver's own guarantee, checked)."""
+    gram = v.mT @ v
+    gram.diagonal(dim1=-2, dim2=-1).sub_(1.0)
+    return gram.abs().amax(dim=(-2, -1))
 
 
 def svdvals(

@@ -732,6 +732,7 @@ class SpectrumEngine:
             passed = (
                 (residual.amax(dim=-1) <= tol * sigma1_lower[sel])
                 & (ortho <= tol)
+                & (_linalg.orthonormality(short[sel]) <= tol)
                 & (norms > 0).all(dim=-1)
             )
             long.div_(norms.cpu()[:, None, :])
