@@ -9,6 +9,8 @@ wall time and peak RSS, with ratios against the floor measured in the same run:
 - vectors: `specdyn.analyze` with its defaults (top-100 vectors: alignment of
   every pair, per head where the preset says so, agreement with the last step,
   vectors of the first and last step kept);
+- vectors-eigh: the same with every Gram matrix's eigenvectors computed by torch's
+  `eigh` (all s of them, the route before issue 19), for a before/after in one run;
 - floor: bare fp32 `torch.linalg.svdvals` over the same matrices (the views
   specdyn analyses) already in memory, loading excluded;
 - paper loop: full `torch.load` of each checkpoint, full `torch.linalg.svd`
@@ -109,6 +111,14 @@ def run_specdyn_vectors(folder: Path) -> dict:
     import specdyn
 
     return run_specdyn(folder, vectors=specdyn.VectorOptions())
+
+
+def run_specdyn_vectors_eigh(folder: Path) -> dict:
+    """specdyn with vectors, torch's full `eigh` for every Gram matrix (the old route)."""
+    from specdyn import _linalg
+
+    _linalg.SCIPY_EIGEN_MIN = 1 << 62
+    return run_specdyn_vectors(folder)
 
 
 def run_paper_vectors(folder: Path) -> dict:
@@ -229,6 +239,7 @@ def run_weightwatcher(folder: Path) -> dict:
 METHODS = {
     "specdyn": run_specdyn,
     "vectors": run_specdyn_vectors,
+    "vectors-eigh": run_specdyn_vectors_eigh,
     "floor": run_floor,
     "paper": run_paper_loop,
     "paper-vectors": run_paper_vectors,
@@ -330,11 +341,27 @@ def main() -> None:
     for name in ("specdyn", "vectors"):
         if results.get(name):
             print(f"{name} methods: {results[name].get('methods')}")
-    pairs = [("vectors", "specdyn"), ("paper-vectors", "vectors")]
+    pairs = [
+        ("vectors", "specdyn"),
+        ("vectors-eigh", "specdyn"),
+        ("vectors-eigh", "vectors"),
+        ("paper-vectors", "vectors"),
+        ("specdyn", "floor"),
+    ]
     for slow, fast in pairs:
-        if results.get(slow) and results.get(fast):
-            ratio = results[slow]["seconds"] / results[fast]["seconds"]
-            print(f"{slow} / {fast}: {ratio:.2f}×")
+        if runs.get(slow) and runs.get(fast):
+            best = results[slow]["seconds"] / results[fast]["seconds"]
+            med = statistics.median(x["seconds"] for x in runs[slow]) / statistics.median(
+                x["seconds"] for x in runs[fast]
+            )
+            # per round: the two ran minutes apart at most, under the same load
+            rounds = [
+                a["seconds"] / b["seconds"] for a, b in zip(runs[slow], runs[fast], strict=False)
+            ]
+            print(
+                f"{slow} / {fast}: {best:.2f}× best, {med:.2f}× medians, "
+                f"{statistics.median(rounds):.2f}× median of per-round ratios"
+            )
 
 
 if __name__ == "__main__":

@@ -14,12 +14,18 @@ with like (every time is the best of --repeat runs):
 - ``methods``: every method on the shapes of docs/methods.md (768×768 …
   16384×4096): time and max |Δσ|/σ1 against float64 LAPACK (numpy's, the
   accuracy reference of docs/methods.md#accuracy-contract, computed outside the timings).
+- ``vectors``: per Pythia-160m matrix shape, values only against all values and the
+  top-100 vectors by the engine's Gram route (today's: the top-k eigenvectors only,
+  ``_linalg.top_eigh_lapack``; and the route before issue 19: torch's full ``eigh``),
+  and float64 LAPACK SVD (``exact=True``), with the ratios to values only and the
+  total over one checkpoint's matrices.
 - ``accuracy``: constructed matrices (condition numbers 1e2–1e8, rank-deficient,
   repeated values): max |Δσ|/σ1 of the Gram route, its a-posteriori bound, and
   the method the engine records.
 
     python benchmarks/bench_engine.py                         # speed
     python benchmarks/bench_engine.py --section all --repeat 3
+    python benchmarks/bench_engine.py --section vectors --threads 1
 
 Results are recorded in docs/benchmarks.md ("Engine") and docs/methods.md.
 """
@@ -163,6 +169,59 @@ def methods_row(shape: tuple[int, int], repeat: int) -> list[str]:
     return cells
 
 
+def vectors_row(shape: tuple[int, int], k: int, repeat: int) -> dict[str, float]:
+    """Values-only, vectors (top-k route, full-eigh route) and float64 SVD times for one shape."""
+    w = random_fp16(shape, seed=shape[0] * 7 + shape[1])
+    engine = SpectrumEngine("cpu")
+    exact = SpectrumEngine("cpu", exact=True)
+    top_min = _linalg.SCIPY_EIGEN_MIN
+
+    def full_eigh() -> object:
+        _linalg.SCIPY_EIGEN_MIN = 1 << 62
+        try:
+            return engine.top_vectors([w], k)
+        finally:
+            _linalg.SCIPY_EIGEN_MIN = top_min
+
+    method = engine.top_vectors([w], k)[0].method
+    values, topk, eigh, svd = best_times(
+        [
+            lambda: engine.singular_values([w]),
+            lambda: engine.top_vectors([w], k),
+            full_eigh,
+            lambda: exact.top_vectors([w], k),
+        ],
+        repeat,
+    )
+    return {"values": values, "topk": topk, "eigh": eigh, "svd": svd, "method": method}
+
+
+def section_vectors(repeat: int, k: int = 100) -> None:
+    """Vectors against values only on Pythia-160m shapes, and one checkpoint's total."""
+    print(f"## vectors: Pythia-160m shapes, fp16 weights, CPU, k = {k} (seconds, best)")
+    cols = ["values", "topk", "eigh", "svd"]
+    print(
+        f"{'shape':>12} {'count':>5} {'values':>8} {'vectors':>8} {'full eigh':>9} "
+        f"{'svd-f64':>8} {'method':>14} {'vec/val':>8} {'eigh/val':>8}"
+    )
+    totals = dict.fromkeys(cols, 0.0)
+    for shape, count in PYTHIA_160M:
+        row = vectors_row(shape, k, repeat)
+        for key in cols:
+            totals[key] += count * row[key]
+        print(
+            f"{'×'.join(map(str, shape)):>12} {count:>5} {row['values']:>8.4f} "
+            f"{row['topk']:>8.4f} {row['eigh']:>9.4f} {row['svd']:>8.4f} {row['method']:>14} "
+            f"{row['topk'] / row['values']:>8.2f} {row['eigh'] / row['values']:>8.2f}",
+            flush=True,
+        )
+    print(
+        f"{'checkpoint':>12} {'':>5} {totals['values']:>8.2f} {totals['topk']:>8.2f} "
+        f"{totals['eigh']:>9.2f} {totals['svd']:>8.2f} {'':>14} "
+        f"{totals['topk'] / totals['values']:>8.2f} {totals['eigh'] / totals['values']:>8.2f}"
+    )
+
+
 def section_methods(repeat: int) -> None:
     """Each method's time and error on the shapes documented in docs/methods.md."""
     print("## methods: time s (max |Δσ|/σ1 vs float64 LAPACK), fp16 weights, CPU")
@@ -224,10 +283,15 @@ def main() -> None:
     """Parse arguments and run the sections asked for."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--section", choices=["speed", "methods", "accuracy", "all"], default="speed"
+        "--section", choices=["speed", "methods", "vectors", "accuracy", "all"], default="speed"
     )
     parser.add_argument("--repeat", type=int, default=5, help="runs per timing (best kept)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(
         f"# torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{platform.processor() or platform.machine()}"
@@ -236,6 +300,8 @@ def main() -> None:
         section_speed(args.repeat)
     if args.section in ("methods", "all"):
         section_methods(args.repeat)
+    if args.section in ("vectors", "all"):
+        section_vectors(args.repeat)
     if args.section in ("accuracy", "all"):
         section_accuracy()
 

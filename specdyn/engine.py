@@ -30,10 +30,13 @@ docs/methods.md derives their accuracy and gives measured times):
 Methods of ``top_vectors`` (``TopK.method``, one of ``VECTOR_METHODS``; always
 float64, whatever the precision):
 
-- ``gram-eigh-f64``: the same float64 Gram matrix, batched ``eigh``; only the top-k
-  eigenvectors are kept (short side); the long side's are A·v_i, formed over row
-  blocks and sent to the host block by block. Kept only when an a-posteriori check
-  passes (σ bound, measured triplet residuals, orthonormality), else ``svd-f64``.
+- ``gram-eigh-f64``: the same float64 Gram matrix, all its eigenvalues and its top-k
+  eigenvectors (short side): on a CPU from s = 192 on only those k are computed
+  (scipy's LAPACK: tridiagonalisation, inverse iteration, k back-transformations),
+  else batched ``eigh`` and the rest dropped; the long side's are A·v_i, formed over
+  row blocks and sent to the host block by block. Kept only when an a-posteriori
+  check passes (σ bound, measured triplet residuals, orthonormality of both sides),
+  else ``svd-f64``.
 - ``svd-f64``: float64 LAPACK thin SVD of the whole matrix (``exact=True``, and
   the Gram route's fallback).
 - ``tsqr-svd-f64``: ``svd-f64`` in bounded memory, when a whole float64 copy does
@@ -414,8 +417,10 @@ class SpectrumEngine:
         settled without computing.
 
         Same-shape matrices are batched on the device like ``singular_values``
-        (Gram accumulated over row blocks, batched ``eigh``); only the top-k'
-        eigenvectors are kept, and the long-side vectors A·v_i are formed over row
+        (Gram accumulated over row blocks, then all eigenvalues and the top-k'
+        eigenvectors: on a CPU from s = 192 on only those k' are computed, by scipy's
+        LAPACK, else batched ``eigh`` whose other vectors are dropped at once), and the
+        long-side vectors A·v_i are formed over row
         blocks and moved to the host block by block, so that device memory per matrix
         is O(block·s + s² + s·k'), whatever k (``_linalg.gram_eigh_bytes``); the
         returned vectors themselves, (m + n)·k' doubles, live on the host.
@@ -424,7 +429,7 @@ class SpectrumEngine:
         ``precision="float32"`` does not change it: σ within 1e-6·σ1 of float64 LAPACK;
         a "gram-eigh-f64" result is kept only if every σ is certified within 1e-6·σ1,
         every returned triplet's measured residual ‖Wv_i − σ_iu_i‖² +
-        ‖Wᵀu_i − σ_iv_i‖² is ≤ (1e-6·σ1)² and the long-side vectors are orthonormal
+        ‖Wᵀu_i − σ_iv_i‖² is ≤ (1e-6·σ1)² and the vectors of both sides are orthonormal
         within 1e-6, else the matrix is recomputed by "svd-f64" (float64 LAPACK thin
         SVD; ``exact=True`` uses it directly), or "tsqr-svd-f64" when a whole float64
         copy does not fit ``max_memory`` (QR over row blocks, SVD of R, long-side

@@ -11,8 +11,9 @@ The vectors are computed by the engine, ``SpectrumEngine.top_vectors`` (batched 
 shape, within ``max_memory``); ``top_singular_vectors`` is its one-matrix form.
 ``TopK`` and ``VECTOR_METHODS`` are defined in ``specdyn.engine`` and re-exported here.
 Methods (``TopK.method``; accuracy derived in docs/methods.md, "Singular vectors"):
-``gram-eigh-f64`` (float64 Gram + ``eigh``, kept only when an a-posteriori check of
-the values, the triplet residuals and the orthonormality passes), ``svd-f64`` (float64
+``gram-eigh-f64`` (float64 Gram, all its eigenvalues and its top-k eigenvectors, kept
+only when an a-posteriori check of the values, the triplet residuals and the
+orthonormality passes), ``svd-f64`` (float64
 LAPACK thin SVD: ``exact=True`` and the fallback), ``tsqr-svd-f64`` (the same in
 bounded memory, under a ``max_memory`` too small for a whole copy), ``nonfinite`` and
 ``zero`` (nothing computed, vectors NaN).
