@@ -10,27 +10,62 @@ training checkpoint, stored in HDF5 and drawn from there.
     specdyn.plot_rank("ckpts").figure.savefig("rank.png")
 """
 
-# The figures need matplotlib (≈0.45 s to import): loaded on first use, so that
-# `specdyn analyze` and `import specdyn` do not pay for it.
-from .analysis import (
-    AnalyzeResult,
-    ComputeOptions,
-    MatrixSelection,
-    Progress,
-    RunAnalysis,
-    VectorOptions,
-    analyze,
-)
-from .comparison import compare, open_comparison
-from .errors import SpecdynError
-from .metrics import METRIC_NAMES, spectral_metrics
-from .plots import PLOT_NAMES as _PLOT_NAMES
-from .pythia import plan_pythia
-from .sources import discover
-from .steps import select_steps
-from .store import Run, VerifyReport, export, list_runs, open_run, resolve_home, verify
-from .types import Note, TensorInfo
+# Every name below is imported on first use (PEP 562), not by ``import specdyn``: torch
+# (≈1 s) and matplotlib (≈0.45 s) are paid for only by what needs them, so that
+# `specdyn --help`, `plot`, `runs` and `info` start at once (issue 19).
+from typing import TYPE_CHECKING
+
+from .lazy import lazy_exports
+from .plots import PLOT_NAMES as _PLOT_NAMES  # the figures' package imports lazily too
 from .version import __version__
+
+# public name → the module that defines it
+_HOMES = {
+    **dict.fromkeys(
+        (
+            "AnalyzeResult",
+            "ComputeOptions",
+            "MatrixSelection",
+            "Progress",
+            "RunAnalysis",
+            "VectorOptions",
+            "analyze",
+        ),
+        ".analysis",
+    ),
+    **dict.fromkeys(("compare", "open_comparison"), ".comparison"),
+    "SpecdynError": ".errors",
+    **dict.fromkeys(("METRIC_NAMES", "STORED_METRIC_NAMES", "spectral_metrics"), ".metrics"),
+    "plan_pythia": ".pythia",
+    "discover": ".sources",
+    "select_steps": ".steps",
+    **dict.fromkeys(
+        ("Run", "VerifyReport", "export", "list_runs", "open_run", "resolve_home", "verify"),
+        ".store",
+    ),
+    **dict.fromkeys(("Note", "TensorInfo"), ".types"),
+}
+_HOMES.update(dict.fromkeys(_PLOT_NAMES, ".plots"))
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES)
+
+if TYPE_CHECKING:  # what static tools see: the same names, imported eagerly
+    from .analysis import (
+        AnalyzeResult,
+        ComputeOptions,
+        MatrixSelection,
+        Progress,
+        RunAnalysis,
+        VectorOptions,
+        analyze,
+    )
+    from .comparison import compare, open_comparison
+    from .errors import SpecdynError
+    from .metrics import METRIC_NAMES, STORED_METRIC_NAMES, spectral_metrics
+    from .pythia import plan_pythia
+    from .sources import discover
+    from .steps import select_steps
+    from .store import Run, VerifyReport, export, list_runs, open_run, resolve_home, verify
+    from .types import Note, TensorInfo
 
 __all__ = [
     "__version__",
@@ -53,6 +88,7 @@ __all__ = [
     "select_steps",
     "spectral_metrics",
     "METRIC_NAMES",
+    "STORED_METRIC_NAMES",
     "Note",
     "TensorInfo",
     "SpecdynError",
@@ -60,11 +96,3 @@ __all__ = [
     "open_comparison",
     *_PLOT_NAMES,
 ]
-
-
-def __getattr__(name: str):
-    if name in _PLOT_NAMES:
-        from . import plots
-
-        return getattr(plots, name)
-    raise AttributeError(f"module 'specdyn' has no attribute {name!r}")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # an annotation only: reading a store or drawing needs no torch
+    import torch
 
 
 @dataclass(frozen=True)

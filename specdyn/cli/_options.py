@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..analysis import ComputeOptions, VectorOptions
+from ..analysis import ComputeOptions
+
+if TYPE_CHECKING:  # an annotation: its module imports torch, which --help must not wait for
+    from ..analysis import VectorOptions
 
 HomeOption = Annotated[
     Path | None,
@@ -164,6 +167,8 @@ def vector_options_from(
             ) from None
     if values_only:
         return None
+    from ..analysis import VectorOptions
+
     return VectorOptions(
         k=k,
         reference=step,

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from ..analysis import AnalyzeResult, ComputeOptions, MatrixSelection, analyze
+from ..analysis import AnalyzeResult, ComputeOptions, MatrixSelection
 from ._options import (
     DeviceOption,
     ExactOption,
@@ -142,6 +142,8 @@ def analyze_command(
     )
     selection = MatrixSelection(tuple(include or ()), tuple(exclude or ()), transposed)
     out = Output(json_mode=json_out, quiet=quiet)
+    from ..analysis import analyze  # torch: imported when a command computes
+
     with out.analysis_progress() as on_progress:
         result = analyze(
             path,

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import typer
 
-from ..comparison import COMPARE_MODES, BarrierOptions, CompareResult, compare
 from ._options import DeviceOption, HomeOption, JsonOption, QuietOption
 from ._output import Output
+
+if TYPE_CHECKING:  # annotations only: the command imports the library when it runs
+    from ..comparison import CompareResult
 
 _SPLIT = re.compile(r"^(.+)=(\d+)$")
 _TABLE_METRICS = ("normalized_effective_rank", "stable_rank")
@@ -87,7 +89,8 @@ def compare_command(
     quiet: QuietOption = False,
 ) -> None:
     """Compare runs: agreement of their singular vectors, metrics side by side, LMC splits."""
-    from ..comparison import load_evaluator
+    # torch: imported when a command computes
+    from ..comparison import COMPARE_MODES, BarrierOptions, compare, load_evaluator
 
     if by not in COMPARE_MODES:
         raise typer.BadParameter(f"use one of {', '.join(COMPARE_MODES)}", param_hint="--by")

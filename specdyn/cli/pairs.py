@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..pairs import Operand, pairs_for
 from ._options import JsonOption
 from ._output import Output
+
+if TYPE_CHECKING:  # annotations only: the command imports the library when it runs
+    from ..pairs import Operand
 
 _GATES = ("i", "f", "g", "o", "r", "z", "n")
 
@@ -30,6 +32,8 @@ def pairs_command(
         raise typer.BadParameter(f"{gate!r}: use one of {' '.join(_GATES)}", param_hint="--gate")
     if pairs_file is not None and not pairs_file.is_file():
         raise typer.BadParameter(f"{pairs_file}: no such file", param_hint="--pairs")
+    from ..pairs import pairs_for  # torch: imported when a command computes
+
     out = Output(json_mode=json_out)
     result = pairs_for(path, pairs_file=pairs_file, gate=gate)
     if out.json_mode:

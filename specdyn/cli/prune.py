@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..prune import MagnitudePruneResult, SvdPruneResult, prune_magnitude, prune_svd
 from ._options import DeviceOption, HomeOption, JsonOption, QuietOption
 from ._output import Output
+
+if TYPE_CHECKING:  # annotations only: the command imports the library when it runs
+    from ..prune import MagnitudePruneResult, SvdPruneResult
 
 
 def prune_command(
@@ -94,6 +96,8 @@ def prune_command(
         raise typer.BadParameter(
             "only with --svd (use --step with --magnitude)", param_hint="--steps"
         )
+    from ..prune import prune_magnitude, prune_svd  # torch: imported when a command computes
+
     output = Output(json_mode=json_out, quiet=quiet)
     if svd is not None:
         result = prune_svd(

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..analysis import cluster_spec
-from ..pythia import PythiaPlan, PythiaResult, plan_pythia, pythia
 from ._options import (
     DeviceOption,
     ExactOption,
@@ -26,6 +24,9 @@ from ._options import (
     vector_options_from,
 )
 from ._output import Output
+
+if TYPE_CHECKING:  # annotations only: the command imports the library when it runs
+    from ..pythia import PythiaPlan, PythiaResult
 
 
 def pythia_command(
@@ -94,6 +95,9 @@ def pythia_command(
     """Analyse a Pythia model's training revisions, one at a time, from the hub."""
     if duplicates not in ("skip", "analyze"):
         raise typer.BadParameter("choose skip or analyze", param_hint="--duplicates")
+    from ..analysis import cluster_spec  # torch: imported when a command computes
+    from ..pythia import plan_pythia, pythia
+
     out = Output(json_mode=json_out, quiet=quiet)
     on_workers = cluster_spec(scheduler, max_inflight) is not None  # before any request
     planned = {"steps": steps, "home": home, "name": name, "duplicates": duplicates}

@@ -22,11 +22,32 @@ from the file: unknown classes become inert stubs and a pickle that tries to cal
 ``os.system``, ``eval`` and the like raises `UnsafePickleError`.
 """
 
-from ._checkpoint import Checkpoint, Fingerprint, open_checkpoint
-from ._discover import Discovery, RunSource, discover
-from ._formats import TensorReader
-from ._trainlog import read_metrics_file, read_training_log
-from ._writer import CheckpointOutput, plan_output
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
+
+# each public name is imported from its module on first use (specdyn/lazy.py)
+_HOMES = {
+    "Checkpoint": "._checkpoint",
+    "Fingerprint": "._checkpoint",
+    "open_checkpoint": "._checkpoint",
+    "Discovery": "._discover",
+    "RunSource": "._discover",
+    "discover": "._discover",
+    "TensorReader": "._formats",
+    "read_metrics_file": "._trainlog",
+    "read_training_log": "._trainlog",
+    "CheckpointOutput": "._writer",
+    "plan_output": "._writer",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES)
+
+if TYPE_CHECKING:  # what static tools see: the same names, imported eagerly
+    from ._checkpoint import Checkpoint, Fingerprint, open_checkpoint
+    from ._discover import Discovery, RunSource, discover
+    from ._formats import TensorReader
+    from ._trainlog import read_metrics_file, read_training_log
+    from ._writer import CheckpointOutput, plan_output
 
 __all__ = [
     "discover",
