@@ -14,7 +14,7 @@ from ._output import Output
 _KINDS_HELP = (
     "rank | sv | esd | alignment | agreement | alignment-matrix | metric NAME | dynamics | "
     "all, then the run (name or store path; default: the workspace's only run; metric takes "
-    "NAME RUN or RUN NAME, NAME a stored metric or a heavy-tailed one computed from σ: "
+    "NAME RUN or RUN NAME, NAME a stored metric, heavy-tailed ones included: "
     "alpha, alpha_weighted, log_alpha_norm, ks_distance, mp_softrank, …); "
     "side-by-side | branch-agreement | split, then a comparison (specdyn compare); "
     "prune, then the folder of specdyn prune --magnitude."
@@ -146,10 +146,11 @@ def _metric_argument(args: list[str]) -> str:
     metric name (stored or heavy-tailed), in either order (``NAME RUN`` or ``RUN NAME``);
     with two names neither known, the first (a store may hold other metrics); a lone
     argument must be a metric."""
-    from ..metrics import HEAVY_TAIL_NAMES, METRIC_NAMES
+    from ..metrics import STORED_METRIC_NAMES
 
-    # the heavy-tailed names are not stored: `plot_metric` computes them from σ
-    names = list(dict.fromkeys([*METRIC_NAMES, *HEAVY_TAIL_NAMES]))
+    # every name an analysis stores; `plot_metric` computes the heavy-tailed ones from σ
+    # for a store written before they were stored
+    names = list(STORED_METRIC_NAMES)
     known = [a for a in args if a in names]
     choose = f"give one of {', '.join(names)} (plot metric NAME [RUN])"
     if not args:
