@@ -137,6 +137,8 @@ def measure(store: Path, out: Path, fmt: str, chunk_rows: int, variant: str) -> 
         capture_output=True,
         text=True,
     )
+    if out.is_dir():  # a parquet table of more than PARQUET_GROUPS_PER_FILE row groups
+        shutil.rmtree(out)
     out.unlink(missing_ok=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 

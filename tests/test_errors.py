@@ -303,11 +303,9 @@ def test_the_cli_prints_a_missing_extra_as_one_line(
 
 
 OPTIONAL = re.compile(
-    r"^\s*(?:import|from)\s+(pandas|xarray|pyarrow|h5netcdf|dask|distributed|scipy|weightwatcher)\b",
+    r"^\s*(?:import|from)\s+(pandas|xarray|pyarrow|h5netcdf|dask|distributed|weightwatcher)\b",
     re.M,
 )
-# owned by another change of issue 17: its `require_distributed` moves to require_extra too
-NOT_YET = {"analysis/_distributed.py"}
 
 
 def test_every_optional_import_goes_through_require_extra():
@@ -316,4 +314,4 @@ def test_every_optional_import_goes_through_require_extra():
         for path in sorted(LIBRARY.rglob("*.py"))
         if OPTIONAL.search(path.read_text(encoding="utf-8"))
     ]
-    assert sorted(set(found) - NOT_YET) == []
+    assert found == []

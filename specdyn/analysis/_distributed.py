@@ -36,6 +36,7 @@ import numpy as np
 
 from ..engine import SpectrumEngine
 from ..errors import SpecdynError, option_ref
+from ..extras import require_extra
 from ..metrics import STORED_METRIC_NAMES
 from ..sources import Checkpoint
 from ..store import StepVectors
@@ -156,16 +157,11 @@ def cluster_spec(scheduler: str | None, max_inflight: int | None) -> SchedulerSp
 
 
 def require_distributed() -> Any:
-    """The `distributed` module, or one line naming the extra that installs it."""
-    try:
-        import distributed
-    except ImportError:
-        raise SpecdynError(
-            f"{_SCHEDULER} needs dask.distributed, which is not installed: "
-            "pip install 'specdyn[dist]'",
-            option="scheduler",
-        ) from None
-    return distributed
+    """The `distributed` module, or one line naming the extra that installs it
+    (`MissingExtraError`)."""
+    return require_extra(
+        "distributed", "dist", _SCHEDULER, name="dask.distributed", option="scheduler"
+    )
 
 
 @contextmanager

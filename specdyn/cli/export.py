@@ -10,8 +10,8 @@ import typer
 
 from ..store import (
     COMPARISON_SECTIONS,
-    CSV_CHUNK_ROWS,
     DEFAULT_CHUNK_ROWS,
+    EXPORT_CHUNK_ROWS,
     EXPORT_FORMATS,
     TABLE_SECTIONS,
     export,
@@ -58,8 +58,8 @@ def export_command(
         typer.Option(
             "--chunk-rows",
             min=1,
-            help=f"Table rows read and written at once (default {DEFAULT_CHUNK_ROWS}, "
-            f"{CSV_CHUNK_ROWS} for CSV).",
+            help=f"Table rows read and written at once (default {EXPORT_CHUNK_ROWS}, "
+            f"{DEFAULT_CHUNK_ROWS} for netCDF).",
             show_default=False,
         ),
     ] = None,

@@ -26,7 +26,14 @@ from ._comparison import (
     write_comparison,
 )
 from ._comparison_tables import COMPARISON_COLUMNS, COMPARISON_SECTIONS
-from ._export import CSV_CHUNK_ROWS, EXPORT_FORMATS, ExportFile, ExportReport, export
+from ._export import (
+    EXPORT_CHUNK_ROWS,
+    EXPORT_FORMATS,
+    PARQUET_GROUPS_PER_FILE,
+    ExportFile,
+    ExportReport,
+    export,
+)
 from ._layout import SCHEMA_VERSION
 from ._listing import RunSummary, list_runs
 from ._lock import WriterLock, is_being_written, lock_path_for
@@ -71,7 +78,8 @@ __all__ = [
     "COMPARISON_COLUMNS",
     "COMPARISON_SECTIONS",
     "Damage",
-    "CSV_CHUNK_ROWS",
+    "EXPORT_CHUNK_ROWS",
+    "PARQUET_GROUPS_PER_FILE",
     "EXPORT_FORMATS",
     "ExportFile",
     "ExportReport",

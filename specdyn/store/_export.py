@@ -12,6 +12,7 @@ A comparison store's tables (`Comparison.to_pandas`) are written the same way.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
@@ -24,19 +25,34 @@ import numpy as np
 
 from ..errors import StoreError, option_ref
 from ..extras import require_extra
-from ..files import atomic_output
+from ..files import atomic_output, fsync_dir, fsync_path
 from . import _comparison_tables as cmptables
 from . import _tables as tables
 from ._comparison import Comparison, open_comparison
 from ._reader import Run, open_run
 
-__all__ = ["CSV_CHUNK_ROWS", "EXPORT_FORMATS", "ExportFile", "ExportReport", "export"]
+__all__ = [
+    "EXPORT_CHUNK_ROWS",
+    "EXPORT_FORMATS",
+    "PARQUET_GROUPS_PER_FILE",
+    "ExportFile",
+    "ExportReport",
+    "export",
+]
 
 EXPORT_FORMATS = ("parquet", "csv", "netcdf")
-# Rows per chunk of a CSV export: its writer holds a chunk's text (~57 bytes a row of σ),
-# 3.7 MB at 65 536 rows; at 8192 the export of benchmarks/bench_export.py's σ section grew
-# resident memory 0.6 MB (under 2× its largest dataset) and ran no slower (docs/benchmarks.md).
-CSV_CHUNK_ROWS = 1 << 13
+# Rows per chunk (and parquet row group) of a table export. A chunk's columns are ~28 bytes
+# a row (the CSV writer's text ~57): 1.8 MB at 65 536 rows, over the memory target of
+# benchmarks/bench_export.py (resident growth under 2× the largest dataset, 1.26 MB); at
+# 8192 rows its σ section grew resident memory 0.07–0.16 MB (parquet) and 0.6–0.7 MB (CSV).
+# CSV runs no slower; parquet 1.9× slower than at 65 536 rows (docs/benchmarks.md, export).
+EXPORT_CHUNK_ROWS = 1 << 13
+# Row groups per parquet file. pyarrow's writer keeps ~4.2 KB of metadata per row group
+# (its footer's builders; 312–460 bytes once serialised) until the file is closed, so one
+# file of a Pythia-12b σ section (3600 row groups) would hold 15 MB, growing with the store.
+# A larger table is a folder of part files (read as one table by pandas, pyarrow, DuckDB,
+# Spark; benchmarks/bench_export.py): ≤ 270 KB of metadata, whatever the store's size.
+PARQUET_GROUPS_PER_FILE = 64
 _SUFFIX = {"parquet": ".parquet", "csv": ".csv", "netcdf": ".nc"}
 _SECTION = option_ref("section")
 _OUT = option_ref("out")
@@ -45,12 +61,15 @@ _OUT = option_ref("out")
 @dataclass
 class ExportFile:
     """One file written: path, the sections in it, rows (table rows, or values for
-    netCDF) and size in bytes."""
+    netCDF), size in bytes and parts: 1, or for a parquet table of more than
+    `PARQUET_GROUPS_PER_FILE` row groups the number of ``part-NNNNN.parquet`` files in
+    the folder `path` (bytes: of them all)."""
 
     path: str
     sections: list[str]
     rows: int
     bytes: int
+    parts: int = 1
 
 
 @dataclass
@@ -107,7 +126,8 @@ def export(
         home: the workspace of run names (default ``$SPECDYN_HOME``, else
             ``./specdyn-runs``).
         chunk_rows: table rows read and written at once (parquet: rows per row group);
-            None: `DEFAULT_CHUNK_ROWS` (65 536), `CSV_CHUNK_ROWS` (8192) for CSV.
+            None: `EXPORT_CHUNK_ROWS` (8192) for parquet and CSV, `DEFAULT_CHUNK_ROWS`
+            (65 536) for netCDF.
         comparison: instead of runs, a comparison store: its name in
             ``<home>/comparisons``, its path or an open `Comparison`; `section` one of
             `Comparison.sections` (netCDF: of runs, metrics, agreement, split, barrier),
@@ -132,7 +152,7 @@ def export(
         )
     _need_libraries(format)
     if chunk_rows is None:
-        chunk_rows = CSV_CHUNK_ROWS if format == "csv" else tables.DEFAULT_CHUNK_ROWS
+        chunk_rows = tables.DEFAULT_CHUNK_ROWS if format == "netcdf" else EXPORT_CHUNK_ROWS
     items = [runs] if isinstance(runs, (str, os.PathLike, Run)) else list(runs)
     if comparison is not None:
         if items:
@@ -165,8 +185,7 @@ def export(
         else:
             for path, name in _table_paths(Path(out), format, sections):
                 chunks, empty = _run_tables(opened, name, names, chunk_rows)
-                rows = _write_table(path, format, chunks, empty)
-                report.files.append(ExportFile(str(path), [name], rows, path.stat().st_size))
+                report.files.append(_write_table(path, format, name, chunks, empty))
     report.seconds = time.perf_counter() - start
     return report
 
@@ -195,8 +214,7 @@ def _export_comparison(
             for path, name in _table_paths(Path(out), format, asked):
                 chunks = cmptables.comparison_chunks(cmp, name)
                 empty = partial(cmptables.empty_comparison_chunk, cmp, name)
-                rows = _write_table(path, format, chunks, empty)
-                report.files.append(ExportFile(str(path), [name], rows, path.stat().st_size))
+                report.files.append(_write_table(path, format, name, chunks, empty))
     return report
 
 
@@ -259,8 +277,11 @@ def _sections(runs: list[Run], section: str | Sequence[str] | None) -> list[str]
 
 
 def _table_paths(out: Path, format: str, sections: list[str]) -> Iterator[tuple[Path, str]]:
-    """(file, section) of each table: `out` itself for one section, else files in it."""
-    folder = out if (len(sections) > 1 or out.is_dir()) else None
+    """(file, section) of each table: `out` itself for one section, else files in it.
+    A folder given as `out` is where the tables go, unless it is a parquet table written
+    as part files (an earlier export of one section), which is replaced."""
+    earlier_table = format == "parquet" and out.suffix == ".parquet" and _is_part_folder(out)
+    folder = out if (len(sections) > 1 or (out.is_dir() and not earlier_table)) else None
     if folder is not None:
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -282,21 +303,88 @@ def _chunks(runs: list[Run], section: str, names: list[str], chunk_rows: int):
         yield from tables.table_chunks(run, section, chunk_rows=chunk_rows, runs=names)
 
 
-def _write_table(path: Path, format: str, chunks: Iterable[Any], empty: Callable[[], Any]) -> int:
-    """Table chunks into one parquet or CSV file (`empty`: the chunk of no rows that gives
-    the columns when there is none); the rows written."""
-    rows = 0
+def _write_table(
+    path: Path, format: str, section: str, chunks: Iterable[Any], empty: Callable[[], Any]
+) -> ExportFile:
+    """Table chunks into one CSV file, or one parquet file (a folder of part files past
+    `PARQUET_GROUPS_PER_FILE` row groups); `empty`: the chunk of no rows that gives the
+    columns when there is none."""
     try:
-        with atomic_output(path) as tmp:
-            if format == "parquet":
-                rows = _write_parquet(tmp, chunks, empty)
-            else:
+        if format == "parquet":
+            rows, parts = _write_parquet_output(path, chunks, empty)
+        else:
+            parts = 1
+            with atomic_output(path) as tmp:
                 rows = _write_csv(tmp, chunks, empty)
     except OSError as exc:
         raise StoreError(
             f"{_OUT} {path}: cannot write ({exc.strerror or exc})", file=path
         ) from None
-    return rows
+    size = sum(p.stat().st_size for p in path.iterdir()) if parts > 1 else path.stat().st_size
+    return ExportFile(str(path), [section], rows, size, parts)
+
+
+def _write_parquet_output(
+    path: Path, chunks: Iterable[Any], empty: Callable[[], Any]
+) -> tuple[int, int]:
+    """(rows, parts): the chunks as parquet part files in a hidden folder beside `path`,
+    then put in its place: the one part as the file `path`, several as the folder `path`.
+    On any error the folder is removed and `path` keeps what it held."""
+    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(temp, ignore_errors=True)  # a leftover of a killed export of this process id
+    temp.mkdir()
+    try:
+        rows, files = _write_parquet(temp, chunks, empty)
+        for file in files:
+            fsync_path(file)
+        _put_in_place(files, temp, path)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    fsync_dir(path.parent)
+    return rows, len(files)
+
+
+def _put_in_place(files: list[Path], temp: Path, path: Path) -> None:
+    """The finished part files at `path` (one: the file itself; several: the folder
+    `temp` renamed), replacing a file or an earlier export's part folder there."""
+    old = None
+    if path.is_dir() and not path.is_symlink():
+        if not _is_part_folder(path):
+            raise StoreError(
+                f"{_OUT} {path}: a folder that is not a parquet export is in the way; move "
+                "it away or choose another out",
+                file=path,
+            )
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)  # a folder cannot be renamed over, nor a file over a folder
+    elif len(files) > 1 and (path.exists() or path.is_symlink()):
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+    if len(files) == 1:
+        os.replace(files[0], path)
+        temp.rmdir()
+    else:
+        os.replace(temp, path)
+    # a process killed between the two renames leaves `path` missing and the earlier
+    # export hidden beside it as `old`: the run to do again is the same command
+    if old is not None and old.is_dir():
+        shutil.rmtree(old)
+    elif old is not None:
+        old.unlink()
+
+
+def _is_part_folder(path: Path) -> bool:
+    """Whether `path` is a folder of parquet part files (and nothing else)."""
+    if not path.is_dir() or path.is_symlink():
+        return False
+    entries = list(path.iterdir())
+    return bool(entries) and all(_is_part(p) for p in entries)
+
+
+def _is_part(path: Path) -> bool:
+    """Whether `path` is a part file of a parquet export."""
+    return path.is_file() and path.name.startswith("part-") and path.suffix == ".parquet"
 
 
 def _run_tables(runs: list[Run], section: str, names: list[str], chunk_rows: int):
@@ -343,30 +431,39 @@ def _release(pa: Any) -> None:
     pa.default_memory_pool().release_unused()
 
 
-def _write_parquet(tmp: Path, chunks: Iterable[Any], empty: Callable[[], Any]) -> int:
-    """Row group by row group, through one `pyarrow.parquet.ParquetWriter`."""
+def _write_parquet(
+    folder: Path, chunks: Iterable[Any], empty: Callable[[], Any]
+) -> tuple[int, list[Path]]:
+    """(rows, files): row group by row group into ``part-00000.parquet``, … in `folder`,
+    a new part every `PARQUET_GROUPS_PER_FILE` row groups."""
     pa = require_extra("pyarrow", "pandas", "export to parquet")
     pq = require_extra("pyarrow.parquet", "pandas", "export to parquet")
-    rows = 0
+    rows, groups, files = 0, 0, []
     writer = None
     try:
         for chunk in chunks:
             table = _arrow_table(pa, chunk)
+            if writer is not None and groups == PARQUET_GROUPS_PER_FILE:
+                writer.close()
+                writer = None
             if writer is None:
-                writer = _parquet_writer(pq, tmp, table.schema, chunk)
+                files.append(folder / f"part-{len(files):05d}.parquet")
+                writer, groups = _parquet_writer(pq, files[-1], table.schema, chunk), 0
             writer.write_table(table, row_group_size=max(chunk.rows, 1))
             rows += chunk.rows
+            groups += 1
             del table
             _release(pa)
         if writer is None:  # no row: a file with the columns only
             none = empty()
             table = _arrow_table(pa, none)
-            writer = _parquet_writer(pq, tmp, table.schema, none)
+            files.append(folder / "part-00000.parquet")
+            writer = _parquet_writer(pq, files[-1], table.schema, none)
             writer.write_table(table)
     finally:
         if writer is not None:
             writer.close()
-    return rows
+    return rows, files
 
 
 def _parquet_writer(pq: Any, tmp: Path, schema: Any, chunk: tables.TableChunk) -> Any:

@@ -202,7 +202,8 @@ def test_the_sigma_section_is_streamed_chunk_by_chunk(tmp_path):
     dataset = steps * rank * 8  # its largest dataset
     out = tmp_path / "sigma.parquet"
     small = _peak(store, out, chunk_rows=1024)
-    assert pq.ParquetFile(out).num_row_groups == steps * matrices * rank // 1024
+    parts = sorted(out.iterdir())  # 288 row groups: a folder of parts
+    assert [pq.ParquetFile(p).num_row_groups for p in parts] == [64] * 4 + [32]
     whole = _peak(store, out, chunk_rows=steps * matrices * rank)
     assert pq.ParquetFile(out).num_row_groups == 1
     # one chunk at a time: well under the section, and within twice its largest dataset
@@ -211,19 +212,90 @@ def test_the_sigma_section_is_streamed_chunk_by_chunk(tmp_path):
     assert whole > section
 
 
-def test_csv_exports_default_to_smaller_chunks(tmp_path):
-    from specdyn.store import CSV_CHUNK_ROWS, DEFAULT_CHUNK_ROWS
+def test_table_exports_default_to_smaller_chunks_than_netcdf(tmp_path):
+    from specdyn.store import DEFAULT_CHUNK_ROWS, EXPORT_CHUNK_ROWS
 
-    # a CSV chunk's text is what its writer holds (docs/benchmarks.md, export)
-    assert CSV_CHUNK_ROWS < DEFAULT_CHUNK_ROWS
+    # a chunk's columns (and a CSV chunk's text) are what the writers hold
+    # (docs/benchmarks.md, export)
+    assert EXPORT_CHUNK_ROWS < DEFAULT_CHUNK_ROWS
     store = tmp_path / "synthetic.h5"
     _synthetic(store, 12, 8, 256)  # 24 576 rows of σ
     csv = specdyn.export(store, out=tmp_path / "s.csv", format="csv", section="sigma")
     parquet = specdyn.export(store, out=tmp_path / "s.parquet", section="sigma")
-    assert (csv.chunk_rows, parquet.chunk_rows) == (CSV_CHUNK_ROWS, DEFAULT_CHUNK_ROWS)
+    netcdf = specdyn.export(store, out=tmp_path / "s.nc", format="netcdf", section="sigma")
+    assert (csv.chunk_rows, parquet.chunk_rows) == (EXPORT_CHUNK_ROWS, EXPORT_CHUNK_ROWS)
+    assert netcdf.chunk_rows == DEFAULT_CHUNK_ROWS
     rows = parquet.files[0].rows
-    assert csv.files[0].rows == rows and rows > CSV_CHUNK_ROWS  # several chunks appended
+    assert csv.files[0].rows == rows and rows > EXPORT_CHUNK_ROWS  # several chunks appended
     back = pd.read_csv(tmp_path / "s.csv")
     want = pd.read_parquet(tmp_path / "s.parquet")
     np.testing.assert_array_equal(back["sigma"].to_numpy(), want["sigma"].to_numpy())
-    assert pq.ParquetFile(tmp_path / "s.parquet").num_row_groups == -(-rows // DEFAULT_CHUNK_ROWS)
+    meta = pq.ParquetFile(tmp_path / "s.parquet").metadata
+    sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+    assert sum(sizes) == rows and max(sizes) <= EXPORT_CHUNK_ROWS < rows
+
+
+def test_a_parquet_table_past_its_row_groups_is_a_folder_of_parts(home, tmp_path, monkeypatch):
+    """pyarrow holds each row group's metadata until a file closes: past
+    PARQUET_GROUPS_PER_FILE row groups the table is a folder of parts, read as one."""
+    from specdyn.store import _export
+
+    monkeypatch.setattr(_export, "PARQUET_GROUPS_PER_FILE", 3)
+    with specdyn.open_run("mlp-wd", home=home) as run:
+        want = run.to_pandas("sigma")
+    out = tmp_path / "sigma.parquet"
+    out.write_bytes(b"an earlier export")  # replaced, as a file would be
+    report = specdyn.export("mlp-wd", out=out, section="sigma", home=home, chunk_rows=100)
+    groups = -(-len(want) // 100)
+    parts = sorted(out.iterdir())
+    assert out.is_dir() and [p.name for p in parts] == [
+        f"part-{i:05d}.parquet" for i in range(-(-groups // 3))
+    ]
+    assert [pq.ParquetFile(p).metadata.num_row_groups for p in parts][:-1] == [3] * (len(parts) - 1)
+    file = report.files[0]
+    assert (file.parts, file.rows, file.bytes) == (
+        len(parts),
+        len(want),
+        sum(p.stat().st_size for p in parts),
+    )
+    got = pd.read_parquet(out)
+    for column in want.columns:
+        assert got[column].astype(str).tolist() == want[column].astype(str).tolist()
+    np.testing.assert_array_equal(got["sigma"].to_numpy(), want["sigma"].to_numpy())
+    # a later export that fits in one file replaces the folder with a file
+    monkeypatch.setattr(_export, "PARQUET_GROUPS_PER_FILE", 10**6)
+    report = specdyn.export("mlp-wd", out=out, section="sigma", home=home, chunk_rows=100)
+    assert out.is_file() and report.files[0].parts == 1
+    assert len(pd.read_parquet(out)) == len(want)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sigma.parquet"]  # no leftovers
+
+
+def test_a_failed_parquet_export_leaves_what_was_there(home, tmp_path, monkeypatch):
+    from specdyn.store import _export
+
+    out = tmp_path / "sigma.parquet"
+    specdyn.export("mlp-wd", out=out, section="sigma", home=home)
+    before = out.read_bytes()
+    monkeypatch.setattr(_export, "PARQUET_GROUPS_PER_FILE", 2)
+
+    def failing(chunks):
+        for n, chunk in enumerate(chunks):
+            if n == 5:
+                raise OSError(28, "No space left on device")
+            yield chunk
+
+    real = _export._run_tables
+    monkeypatch.setattr(_export, "_run_tables", lambda *a: (failing(real(*a)[0]), real(*a)[1]))
+    with pytest.raises(StoreError, match="sigma.parquet: cannot write .No space left"):
+        specdyn.export("mlp-wd", out=out, section="sigma", home=home, chunk_rows=50)
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sigma.parquet"]
+    # a folder of other files where the table goes is never removed
+    monkeypatch.setattr(_export, "_run_tables", real)
+    other = tmp_path / "kept" / "sigma.parquet"
+    other.mkdir(parents=True)
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(StoreError, match="not a parquet export is in the way"):
+        specdyn.export("mlp-wd", out=other.parent, section="sigma", home=home, chunk_rows=50)
+    assert (other / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in other.parent.iterdir()) == ["sigma.parquet"]
