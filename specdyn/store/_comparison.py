@@ -21,7 +21,12 @@ from ..errors import RunNotFoundError, StoreError, command_ref, option_ref
 from ..files import atomic_output
 from ..version import __version__
 from . import _layout as layout
-from ._comparison_tables import comparison_sections, comparison_to_pandas, comparison_to_xarray
+from ._comparison_tables import (
+    comparison_sections,
+    comparison_to_datatree,
+    comparison_to_pandas,
+    comparison_to_xarray,
+)
 from ._reader import Run
 from ._workspace import STORE_SUFFIX, resolve_home
 
@@ -444,6 +449,15 @@ class Comparison:
             StoreError: unknown section, or one this comparison lacks.
         """
         return comparison_to_xarray(self, section)
+
+    def to_datatree(self) -> Any:
+        """Every section `to_xarray` gives (runs, metrics, agreement; split and barrier
+        where held) as the children of one `xarray.DataTree` named after the comparison.
+
+        Raises:
+            MissingExtraError: xarray is not installed (``pip install 'specdyn[xarray]'``).
+        """
+        return comparison_to_datatree(self)
 
     def close(self) -> None:
         """Close the file (idempotent)."""

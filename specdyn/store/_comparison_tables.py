@@ -28,6 +28,7 @@ __all__ = [
     "COMPARISON_COLUMNS",
     "COMPARISON_SECTIONS",
     "XARRAY_SECTIONS",
+    "comparison_to_datatree",
     "check_section",
     "comparison_chunks",
     "comparison_sections",
@@ -355,6 +356,14 @@ def _run_coords(cmp: Comparison) -> dict[str, Any]:
         "split": ("run", np.array([-1 if s is None else s for s in cmp.splits], np.int64)),
         "last_step": ("run", np.array(cmp.last_steps, np.int64)),
     }
+
+
+def comparison_to_datatree(cmp: Comparison) -> Any:
+    """`Comparison.to_datatree`: its labelled sections as children of one DataTree."""
+    xr = require_extra("xarray", "xarray", "Comparison.to_datatree")
+    have = [s for s in comparison_sections(cmp) if s in XARRAY_SECTIONS]
+    children = {f"/{section}": comparison_to_xarray(cmp, section) for section in have}
+    return xr.DataTree.from_dict(children, name=cmp.name)
 
 
 def comparison_to_xarray(cmp: Comparison, section: str) -> Any:

@@ -308,6 +308,23 @@ class Run:
 
         return to_xarray(self, section)
 
+    def to_datatree(self) -> Any:
+        """Every section this run has (metrics, sigma, and alignment, agreement, training
+        where present) as the children of one `xarray.DataTree` named after the run, each
+        the Dataset `to_xarray` gives.
+
+        ``xarray.open_datatree`` cannot open the store file itself: group-local datasets
+        (``/steps/step``, ``/vectors/step``) and the ``/alignment/matrix`` group share
+        names with the root's ``step`` and ``matrix`` coordinates, which a DataTree's
+        children inherit (docs/store.md, "Opening with xarray").
+
+        Raises:
+            MissingExtraError: xarray is not installed (``pip install 'specdyn[xarray]'``).
+        """
+        from ._tables import to_datatree
+
+        return to_datatree(self)
+
     def close(self) -> None:
         """Close the file (idempotent)."""
         self._store.close()

@@ -37,6 +37,7 @@ __all__ = [
     "xarray_skeleton",
     "run_sections",
     "table_chunks",
+    "to_datatree",
     "to_pandas",
     "to_xarray",
 ]
@@ -366,6 +367,13 @@ def to_xarray(run: Run, section: str) -> Any:
     coords = {"metric": list(log.names), "step": log.steps.astype(np.int64)}
     coords["source"] = ("metric", list(log.sources.get(n, "") for n in log.names))
     return xr.Dataset({"value": (("metric", "step"), values)}, coords=coords, attrs=attrs)
+
+
+def to_datatree(run: Run) -> Any:
+    """`Run.to_datatree`: every section the run has, as children of one `xarray.DataTree`."""
+    xr = require_extra("xarray", "xarray", "Run.to_datatree")
+    children = {f"/{section}": to_xarray(run, section) for section in run_sections(run)}
+    return xr.DataTree.from_dict(children, name=run.name)
 
 
 def _matrix_coords(store: OpenStore, rows: np.ndarray, **per_step: np.ndarray) -> dict:

@@ -334,3 +334,17 @@ def test_export_of_a_comparison_to_netcdf_and_from_the_cli(stores, tmp_path, cap
     assert capsys.readouterr().err.splitlines() == [
         "specdyn: error: give runs or --comparison, not both"
     ]
+
+
+def test_to_datatree_holds_the_labelled_sections(stores):
+    runs, split, _nan, _old = stores
+    for path, sections in ((runs, {"runs", "metrics", "agreement", "barrier"}), (split, None)):
+        with open_comparison(path) as cmp:
+            tree = cmp.to_datatree()
+            held = [
+                s for s in cmp.sections if s in ("runs", "metrics", "agreement", "split", "barrier")
+            ]
+            assert set(held) == sections if sections else {"metrics", "split"} <= set(held)
+            assert tree.name == cmp.name and sorted(tree.children) == sorted(held)
+            for section in held:
+                xr.testing.assert_identical(tree[section].to_dataset(), cmp.to_xarray(section))

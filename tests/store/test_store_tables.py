@@ -224,3 +224,16 @@ def test_a_store_with_no_step_done_gives_empty_typed_tables(stores, tmp_path):
         specdyn.export(run, out=tmp_path / "sigma.parquet", section="sigma")
         assert pd.read_parquet(tmp_path / "sigma.parquet").empty
         assert len(run.to_pandas("training")) > 0  # its own axis, no done flags
+
+
+def test_to_datatree_holds_every_section_as_to_xarray_gives_it(stores):
+    path = stores[1]
+    with specdyn.open_run(path) as run:
+        tree = run.to_datatree()
+        want = {
+            s: run.to_xarray(s) for s in ("metrics", "sigma", "alignment", "agreement", "training")
+        }
+        name = run.name
+    assert tree.name == name and sorted(tree.children) == sorted(want)
+    for section, data in want.items():
+        xr.testing.assert_identical(tree[section].to_dataset(), data)
