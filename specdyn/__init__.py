@@ -19,35 +19,6 @@ from .lazy import lazy_exports
 from .plots import PLOT_NAMES as _PLOT_NAMES  # the figures' package imports lazily too
 from .version import __version__
 
-# public name → the module that defines it
-_HOMES = {
-    **dict.fromkeys(
-        (
-            "AnalyzeResult",
-            "ComputeOptions",
-            "MatrixSelection",
-            "Progress",
-            "RunAnalysis",
-            "VectorOptions",
-            "analyze",
-        ),
-        ".analysis",
-    ),
-    **dict.fromkeys(("compare", "open_comparison"), ".comparison"),
-    "SpecdynError": ".errors",
-    **dict.fromkeys(("METRIC_NAMES", "STORED_METRIC_NAMES", "spectral_metrics"), ".metrics"),
-    "plan_pythia": ".pythia",
-    "discover": ".sources",
-    "select_steps": ".steps",
-    **dict.fromkeys(
-        ("Run", "VerifyReport", "export", "list_runs", "open_run", "resolve_home", "verify"),
-        ".store",
-    ),
-    **dict.fromkeys(("Note", "TensorInfo"), ".types"),
-}
-_HOMES.update(dict.fromkeys(_PLOT_NAMES, ".plots"))
-__getattr__, __dir__ = lazy_exports(__name__, _HOMES)
-
 if TYPE_CHECKING:  # what static tools see: the same names, imported eagerly
     from .analysis import (
         AnalyzeResult,
@@ -96,3 +67,6 @@ __all__ = [
     "open_comparison",
     *_PLOT_NAMES,
 ]
+
+# each name of the TYPE_CHECKING imports above, and the figures, loaded on first use
+__getattr__, __dir__ = lazy_exports(__name__, dict.fromkeys(_PLOT_NAMES, ".plots"))

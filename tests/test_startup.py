@@ -85,3 +85,14 @@ def test_commands_that_read_a_store_never_import_torch(home, argv):
     )
     loaded = _modules_after(code)
     assert "torch" not in loaded, argv
+
+
+def test_the_lazy_names_are_read_from_the_type_checking_block():
+    from specdyn.lazy import type_checking_imports
+
+    source = (
+        "from typing import TYPE_CHECKING\nfrom .kept import eager\n"
+        "if TYPE_CHECKING:\n    from ._a import x, y as z\n    from ..b import w\n"
+        "    import os\n"
+    )
+    assert type_checking_imports(source) == {"x": "._a", "z": "._a:y", "w": "..b"}

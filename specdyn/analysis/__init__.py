@@ -10,41 +10,6 @@ from typing import TYPE_CHECKING
 
 from ..lazy import lazy_exports
 
-# each public name is imported from its module on first use (specdyn/lazy.py)
-_HOMES = {
-    "analyze": "._analyze",
-    "MEMORY_SHARE": "._distributed",
-    "STREAM_BYTES": "._distributed",
-    "DaskSteps": "._distributed",
-    "RemoteCheckpoint": "._distributed",
-    "SchedulerSpec": "._distributed",
-    "available_memory": "._distributed",
-    "check_devices": "._distributed",
-    "check_max_inflight": "._distributed",
-    "check_version": "._distributed",
-    "check_workers": "._distributed",
-    "client_engine": "._distributed",
-    "cluster_spec": "._distributed",
-    "connect": "._distributed",
-    "default_max_inflight": "._distributed",
-    "parse_scheduler": "._distributed",
-    "require_distributed": "._distributed",
-    "result_bytes": "._distributed",
-    "worker_space": "._distributed",
-    "AnalyzeResult": "._records",
-    "ComputeOptions": "._records",
-    "MatrixSelection": "._records",
-    "Progress": "._records",
-    "RunAnalysis": "._records",
-    "analyze_stream": "._run",
-    "settled_vectors": "._run",
-    "LocalSteps": "._stepstream",
-    "StepStream": "._stepstream",
-    "VECTOR_DEFAULTS": "._vector_step:DEFAULTS",
-    "VectorOptions": "._vector_step",
-}
-__getattr__, __dir__ = lazy_exports(__name__, _HOMES)
-
 if TYPE_CHECKING:  # what static tools see: the same names, imported eagerly
     from ._analyze import analyze
     from ._distributed import (
@@ -105,3 +70,6 @@ __all__ = [
     "settled_vectors",
     "worker_space",
 ]
+
+# each public name is imported from its module on first use (specdyn/lazy.py)
+__getattr__, __dir__ = lazy_exports(__name__)

@@ -9,26 +9,6 @@ from typing import TYPE_CHECKING
 
 from ..lazy import lazy_exports
 
-# each public name is imported from its module on first use (specdyn/lazy.py)
-_HOMES = {
-    "Comparison": "..store",
-    "comparison_path": "..store",
-    "open_comparison": "..store",
-    "write_comparison": "..store",
-    "BarrierOptions": "._barrier",
-    "BarrierResult": "._barrier",
-    "barrier_between": "._barrier",
-    "load_evaluator": "._barrier",
-    "COMPARE_MODES": "._compare",
-    "CompareResult": "._compare",
-    "PairAgreement": "._compare",
-    "RunEntry": "._compare",
-    "SplitSummary": "._compare",
-    "chance_agreement": "._compare",
-    "compare": "._compare",
-}
-__getattr__, __dir__ = lazy_exports(__name__, _HOMES)
-
 if TYPE_CHECKING:  # what static tools see: the same names, imported eagerly
     from ..store import Comparison, comparison_path, open_comparison, write_comparison
     from ._barrier import BarrierOptions, BarrierResult, barrier_between, load_evaluator
@@ -59,3 +39,6 @@ __all__ = [
     "open_comparison",
     "write_comparison",
 ]
+
+# each public name is imported from its module on first use (specdyn/lazy.py)
+__getattr__, __dir__ = lazy_exports(__name__)

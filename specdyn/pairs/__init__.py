@@ -6,25 +6,6 @@ from typing import TYPE_CHECKING
 
 from ..lazy import lazy_exports
 
-# each public name is imported from its module on first use (specdyn/lazy.py)
-_HOMES = {
-    "CONV_BASES": "._plan",
-    "RULES": "._plan",
-    "SIDES": "._plan",
-    "TAP_MODES": "._plan",
-    "ConvAlignment": "._plan",
-    "Operand": "._plan",
-    "OperandOp": "._plan",
-    "Pair": "._plan",
-    "PairPlan": "._plan",
-    "PairsFileError": "._plan",
-    "head_pairs": "._plan",
-    "pairs_for": "._plan",
-    "plan_pairs": "._plan",
-    "GATE_LETTERS": "._presets",
-}
-__getattr__, __dir__ = lazy_exports(__name__, _HOMES)
-
 if TYPE_CHECKING:  # what static tools see: the same names, imported eagerly
     from ._plan import (
         CONV_BASES,
@@ -59,3 +40,6 @@ __all__ = [
     "pairs_for",
     "plan_pairs",
 ]
+
+# each public name is imported from its module on first use (specdyn/lazy.py)
+__getattr__, __dir__ = lazy_exports(__name__)

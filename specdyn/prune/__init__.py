@@ -6,29 +6,6 @@ from typing import TYPE_CHECKING
 
 from ..lazy import lazy_exports
 
-# each public name is imported from its module on first use (specdyn/lazy.py)
-_HOMES = {
-    "PruneError": "..errors",
-    "PruneResults": "..store",
-    "read_prune_results": "..store",
-    "MagnitudePruneResult": "._common",
-    "MaskedMatrix": "._common",
-    "MaskedParameter": "._common",
-    "PrunedCheckpoint": "._common",
-    "PrunedMatrix": "._common",
-    "SvdPruneResult": "._common",
-    "Untouched": "._common",
-    "singular_vector_agreement": "._common",
-    "view_indices": "._common",
-    "MAGNITUDE_KINDS": "._masks",
-    "prune_magnitude": "._masks",
-    "SvdMode": "._svd",
-    "parse_svd_mode": "._svd",
-    "prune_svd": "._svd",
-    "svd_truncate": "._svd",
-}
-__getattr__, __dir__ = lazy_exports(__name__, _HOMES)
-
 if TYPE_CHECKING:  # what static tools see: the same names, imported eagerly
     from ..errors import PruneError
     from ..store import PruneResults, read_prune_results
@@ -66,3 +43,6 @@ __all__ = [
     "svd_truncate",
     "view_indices",
 ]
+
+# each public name is imported from its module on first use (specdyn/lazy.py)
+__getattr__, __dir__ = lazy_exports(__name__)

@@ -7,29 +7,6 @@ from typing import TYPE_CHECKING
 
 from ..lazy import lazy_exports
 
-# each public name is imported from its module on first use (specdyn/lazy.py)
-_HOMES = {
-    "STEP_BRANCH": "._hub",
-    "Branch": "._hub",
-    "Hub": "._hub",
-    "HubError": "._hub",
-    "HubFile": "._hub",
-    "HubRevision": "._hub",
-    "CATALOG": "._sweep",
-    "DUPLICATE_MODES": "._sweep",
-    "ClusterSteps": "._sweep",
-    "HubSteps": "._sweep",
-    "PythiaModel": "._sweep",
-    "PythiaPlan": "._sweep",
-    "PythiaResult": "._sweep",
-    "RemoteRevision": "._sweep",
-    "RevisionPlan": "._sweep",
-    "plan_pythia": "._sweep",
-    "pythia": "._sweep",
-    "resolve_model": "._sweep",
-}
-__getattr__, __dir__ = lazy_exports(__name__, _HOMES)
-
 if TYPE_CHECKING:  # what static tools see: the same names, imported eagerly
     from ._hub import STEP_BRANCH, Branch, Hub, HubError, HubFile, HubRevision
     from ._sweep import (
@@ -67,3 +44,6 @@ __all__ = [
     "pythia",
     "resolve_model",
 ]
+
+# each public name is imported from its module on first use (specdyn/lazy.py)
+__getattr__, __dir__ = lazy_exports(__name__)

@@ -26,22 +26,6 @@ from typing import TYPE_CHECKING
 
 from ..lazy import lazy_exports
 
-# each public name is imported from its module on first use (specdyn/lazy.py)
-_HOMES = {
-    "Checkpoint": "._checkpoint",
-    "Fingerprint": "._checkpoint",
-    "open_checkpoint": "._checkpoint",
-    "Discovery": "._discover",
-    "RunSource": "._discover",
-    "discover": "._discover",
-    "TensorReader": "._formats",
-    "read_metrics_file": "._trainlog",
-    "read_training_log": "._trainlog",
-    "CheckpointOutput": "._writer",
-    "plan_output": "._writer",
-}
-__getattr__, __dir__ = lazy_exports(__name__, _HOMES)
-
 if TYPE_CHECKING:  # what static tools see: the same names, imported eagerly
     from ._checkpoint import Checkpoint, Fingerprint, open_checkpoint
     from ._discover import Discovery, RunSource, discover
@@ -62,3 +46,6 @@ __all__ = [
     "CheckpointOutput",
     "plan_output",
 ]
+
+# each public name is imported from its module on first use (specdyn/lazy.py)
+__getattr__, __dir__ = lazy_exports(__name__)
