@@ -222,11 +222,26 @@ def _set_x_scale(ax: Axes, x: np.ndarray, log_x: bool) -> None:
 
 def _step_extent(ax: Axes, x: np.ndarray) -> None:
     """The x range exactly [first, last] step, and a minor tick at every step shown
-    (where the checkpoints are)."""
+    (where the checkpoints are); on a linear axis, steps from 10 000 on labelled 20k,
+    1.5M (six-digit labels ran into each other on a Pythia run's 0…143 000)."""
     x = np.asarray(x, dtype=np.float64)
     if x.size > 1:
         ax.set_xlim(float(x[0]), float(x[-1]))
+    if ax.get_xscale() == "linear":
+        from matplotlib.ticker import FuncFormatter
+
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: _step_tick_label(v)))
     _checkpoint_ticks(ax, x)
+
+
+def _step_tick_label(step: float) -> str:
+    """A step axis' tick label: ``"950"``, ``"20k"``, ``"142.5k"``, ``"1.5M"``."""
+    size = abs(step)
+    if size >= 1e6:
+        return f"{step / 1e6:g}M"
+    if size >= 1e4:
+        return f"{step / 1e3:g}k"
+    return f"{step:g}"
 
 
 def _checkpoint_ticks(ax: Axes, steps: np.ndarray) -> None:

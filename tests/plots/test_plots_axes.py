@@ -396,3 +396,28 @@ def test_pair_by_its_first_matrix(ws, capsys):
     # the same pair spelled with an arrow is the same figure, in the same file
     assert main([*args, "--pair", "layers.1→"]) == 0
     assert json.loads(capsys.readouterr().out)["files"] == [written]
+
+
+def test_large_steps_are_labelled_in_thousands(tmp_path):
+    """A Pythia-like axis (0 … 143 000) had six-digit labels running into each other."""
+    folder = tmp_path / "long"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for step in (0, 1000, 64000, 143000):
+        weight = torch.tensor(rng.standard_normal((12, 8)), dtype=torch.float32)
+        torch.save({"w.weight": weight}, folder / f"step_{step}.pt")
+    specdyn.analyze(folder, home=tmp_path / "home", vectors=None)
+    fig = specdyn.plot_rank("long", home=tmp_path / "home").figure
+    fig.canvas.draw()
+    (ax,) = [a for a in fig.axes if a.get_xlabel() == "training step"]
+    shown = [(v, t.get_text()) for v, t in zip(ax.get_xticks(), ax.get_xticklabels(), strict=True)
+             if 0 <= v <= 143000]  # fmt: skip
+    labels = [text for _, text in shown]
+    assert labels == [f"{v / 1000:g}k" if v >= 1e4 else f"{v:g}" for v, _ in shown]
+    assert len(labels) >= 4
+    assert max(len(label) for label in labels) <= 4 and "k" in labels[-1]
+    from specdyn.plots._common import _step_tick_label
+
+    assert [_step_tick_label(v) for v in (0, 950, 9999, 10000, 142500, 1.5e6)] == [
+        "0", "950", "9999", "10k", "142.5k", "1.5M"
+    ]  # fmt: skip
