@@ -37,8 +37,13 @@ float64, whatever the precision):
   row blocks and sent to the host block by block. Kept only when an a-posteriori
   check passes (σ bound, measured triplet residuals, orthonormality of both sides),
   else ``svd-f64``.
+- ``gram-eigh-svdvals-f64``: the Gram route's vectors with float64 LAPACK's values
+  (``svdvals-f64``, as values-only computes them) where the σ bound does not certify
+  every value (σ_min near 0, a flat top) but every returned triplet passes the
+  residual and orthonormality checks, re-checked against LAPACK's values: the
+  fallback of the values alone, not a full SVD.
 - ``svd-f64``: float64 LAPACK thin SVD of the whole matrix (``exact=True``, and
-  the Gram route's fallback).
+  the Gram route's fallback where its triplets fail).
 - ``tsqr-svd-f64``: ``svd-f64`` in bounded memory, when a whole float64 copy does
   not fit ``max_memory``: R of a QR over row blocks, SVD of R, long-side vectors
   A·v_i/‖A·v_i‖ over row blocks (their error grows like u·σ1/σ_i).
@@ -83,7 +88,14 @@ METHODS = (
     "zero",
 )
 
-VECTOR_METHODS = ("gram-eigh-f64", "svd-f64", "tsqr-svd-f64", "nonfinite", "zero")
+VECTOR_METHODS = (
+    "gram-eigh-f64",
+    "gram-eigh-svdvals-f64",
+    "svd-f64",
+    "tsqr-svd-f64",
+    "nonfinite",
+    "zero",
+)
 
 _TOLERANCE = {"float64": 1e-6, "float32": 1e-4}
 
@@ -186,6 +198,22 @@ class _Plan:
     chunk: int
     per_matrix: int
     batch: int
+
+
+@dataclass
+class _Pending:
+    """A Gram result whose top-k triplets pass the check but whose values the σ bound
+    does not certify: it waits for LAPACK's values, against which its triplets are
+    checked once more. long [L, k] (normalised), short [s, k], z [s, k], yty [k, k]
+    float64 on the CPU, trace(Ĝ) and the block rows as checked."""
+
+    item: _Item
+    long: np.ndarray
+    short: torch.Tensor
+    z: torch.Tensor
+    yty: torch.Tensor
+    trace: torch.Tensor
+    chunk: int
 
 
 def _resolve_device(device: str) -> torch.device:
@@ -585,20 +613,55 @@ class SpectrumEngine:
         plan = self._plan(method, items[0], len(items), self._device)
         out: list[tuple[_Item, Spectrum | TopK]] = []
         redo: list[_Item] = []
+        pending: list[_Pending] = []
         for start in range(0, len(items), plan.batch):
             batch = items[start : start + plan.batch]
             for item, result in self._run(plan.method, batch, plan.chunk, self._device):
                 if result is None:
                     redo.append(item)
+                elif isinstance(result, _Pending):
+                    pending.append(result)
                 else:
                     out.append((item, result))
+        if pending:
+            done, failed = self._settle_pending(pending)
+            out.extend(done)
+            redo.extend(failed)
         if redo:
             out.extend(self._run_group(_GRAM_FALLBACK[plan.method], redo))
         return out
 
+    def _settle_pending(
+        self, pending: list[_Pending]
+    ) -> tuple[list[tuple[_Item, TopK]], list[_Item]]:
+        """LAPACK's values (planned as values-only: ``svdvals-f64``, or its chunked form)
+        for Gram vectors whose values were not certified; each kept as
+        "gram-eigh-svdvals-f64" if its triplets pass the check with those values, else
+        returned for the full fallback."""
+        items = [p.item for p in pending]
+        length, s = items[0].tall.shape
+        values = self._memory_fit("svdvals-f64", length, s, items[0].tall.element_size(), 0)
+        plain = [_Item(it.index, it.tall, it.scale, it.wide, 0) for it in items]
+        spectra = {it.index: r for it, r in self._run_group(values, plain)}
+        done: list[tuple[_Item, TopK]] = []
+        failed: list[_Item] = []
+        for p in pending:
+            sigma = spectra[p.item.index].sigma * p.item.scale  # exact: a power of two
+            k = p.item.k
+            top = torch.from_numpy(sigma[:k].copy())[None]
+            residual, _, _ = _linalg.triplet_check(
+                top, p.short[None], p.z[None], p.yty[None], p.trace[None], length, p.chunk
+            )
+            if bool(residual.amax() <= _VECTOR_TOLERANCE * float(sigma[0])):
+                short = p.short.numpy()
+                done.append((p.item, _top_k(p.item, sigma, p.long, short, "gram-eigh-svdvals-f64")))
+            else:
+                failed.append(p.item)
+        return done, failed
+
     def _run(
         self, method: str, items: list[_Item], chunk: int, device: torch.device
-    ) -> list[tuple[_Item, Spectrum | TopK | None]]:
+    ) -> list[tuple[_Item, Spectrum | TopK | _Pending | None]]:
         """Run one batch, splitting it (then its blocks) on allocation failure and finally
         falling back from a GPU to the CPU with a Note."""
         # products of small matrices, like their factorisations, run faster on one thread
@@ -643,9 +706,10 @@ class SpectrumEngine:
 
     def _compute(
         self, method: str, items: list[_Item], chunk: int, device: torch.device
-    ) -> list[Spectrum | TopK | None]:
+    ) -> list[Spectrum | TopK | _Pending | None]:
         """One batch's results (Spectrum, or TopK for a vector method), None for each that
-        does not meet the tolerance (only a Gram route's can fail it)."""
+        does not meet the tolerance (only a Gram route's can fail it), a _Pending for Gram
+        vectors that wait for LAPACK's values."""
         if method in VECTOR_METHODS:
             return self._compute_vectors(method, items, chunk, device)
         mats = [it.tall for it in items]
@@ -679,8 +743,9 @@ class SpectrumEngine:
 
     def _compute_vectors(
         self, method: str, items: list[_Item], chunk: int, device: torch.device
-    ) -> list[Spectrum | TopK | None]:
-        """One batch's TopK by a vector method (None where the Gram route's check fails)."""
+    ) -> list[Spectrum | TopK | _Pending | None]:
+        """One batch's TopK by a vector method (None where the Gram route's check fails,
+        _Pending where only its σ bound does)."""
         mats = [it.tall for it in items]
         scales = _scales(items)
         length, s = items[0].tall.shape
@@ -714,17 +779,20 @@ class SpectrumEngine:
         scales: torch.Tensor | None,
         chunk: int,
         device: torch.device,
-    ) -> list[Spectrum | TopK | None]:
-        """The Gram route's TopK per item, certified per matrix (None where not)."""
+    ) -> list[Spectrum | TopK | _Pending | None]:
+        """The Gram route's TopK per item, certified per matrix: None where the triplets
+        fail, _Pending where they pass but the σ bound does not certify the values."""
         length, _ = mats[0].shape
         k = items[0].k
         tol = _VECTOR_TOLERANCE
         sigma, bound, sigma1_lower, trace, short = _linalg.gram_eigh(mats, device, chunk, k, scales)
-        values_ok = (bound.amax(dim=-1) <= tol * sigma1_lower) & torch.isfinite(sigma).all(-1)
-        results: list[Spectrum | TopK | None] = [None] * len(items)
-        keep = [b for b, ok in enumerate(values_ok.cpu().tolist()) if ok]
+        finite = torch.isfinite(sigma).all(-1)
+        values_ok = ((bound.amax(dim=-1) <= tol * sigma1_lower) & finite).cpu().tolist()
+        results: list[Spectrum | TopK | _Pending | None] = [None] * len(items)
+        keep = [b for b, ok in enumerate(finite.cpu().tolist()) if ok]
         if keep:
-            # vectors only for the matrices whose values are certified: the rest is redone
+            # vectors for every matrix the eigensolver solved: where only the values are
+            # uncertified, the triplets may still pass and need LAPACK's values alone
             sel = torch.tensor(keep, device=sigma.device)
             sub_scales = None if scales is None else scales[keep]
             long = torch.empty(len(keep), length, k, dtype=torch.float64)
@@ -745,9 +813,19 @@ class SpectrumEngine:
             short_np = short[sel].cpu().numpy()
             long_np = long.numpy()
             for j, (b, ok) in enumerate(zip(keep, passed.cpu().tolist(), strict=True)):
-                if ok:
+                if ok and values_ok[b]:
                     results[b] = _top_k(
                         items[b], sigma_np[j], long_np[j], short_np[j], "gram-eigh-f64"
+                    )
+                elif ok:
+                    results[b] = _Pending(
+                        items[b],
+                        long_np[j],
+                        short[sel][j].cpu(),
+                        z[j].cpu(),
+                        yty[j].cpu(),
+                        trace[sel][j].cpu(),
+                        chunk,
                     )
         return results
 

@@ -137,14 +137,15 @@ def test_rank_deficient_with_k_beyond_rank_falls_back_to_lapack():
     _check_against_lapack(w, 20, top)
 
 
-def test_ill_conditioned_flat_top_falls_back():
+def test_ill_conditioned_flat_top_falls_back(one_torch_thread):
     # half the values ≈ 1, half 1e-8: ‖W‖_F² = 256·σ1², so the engine's σ bound (≈ √η ≈
-    # 1.4e-6·σ1 at the bottom) cannot certify the Gram route
+    # 1.4e-6·σ1 at the bottom) cannot certify the Gram route's values; its top-10
+    # triplets pass, so only the values come from LAPACK (svdvals), not a full SVD
     rng = np.random.default_rng(4)
     sigma = np.concatenate([np.linspace(1.0, 0.99, 256), np.full(256, 1e-8)])
     w = torch.from_numpy(_built(rng, 1024, 512, sigma))
     top = top_singular_vectors(w, 10)
-    assert top.method == "svd-f64"
+    assert top.method == "gram-eigh-svdvals-f64"
     _check_against_lapack(w, 10, top)
 
 
@@ -568,25 +569,43 @@ def test_small_max_memory_reads_small_blocks_with_same_vectors(monkeypatch):
     _check_against_lapack(w, 30, tight)
 
 
-def test_uncertified_gram_under_tight_bound_uses_chunked_qr_vectors(monkeypatch):
+def test_uncertified_gram_under_tight_bound_uses_chunked_qr_vectors(monkeypatch, one_torch_thread):
     # 150 values in [0.9, 1] over 50 zeros: ‖W‖_F² ≈ 135·σ1², so the σ bound at the zeros
     # (≈ √(k_acc·135·u)·σ1) exceeds 1e-6·σ1; a whole float64 copy does not fit the bound
     sigma = np.r_[np.linspace(1.0, 0.9, 150), np.zeros(50)]
     w = torch.from_numpy(_built(np.random.default_rng(14), 4000, 200, sigma))
     bound = _linalg.tsqr_svd_bytes(1, 4000, 200, 64, 8, 10)
     assert bound < _linalg.svd_bytes(1, 4000, 200, 8, 10)
-    blocks = spy_blocks(monkeypatch)
+    calls: list[str] = []
+    real_compute = SpectrumEngine._compute
+
+    def compute(engine, method, items, chunk, device):
+        calls.append(method)
+        return real_compute(engine, method, items, chunk, device)
+
+    monkeypatch.setattr(SpectrumEngine, "_compute", compute)
+    # the top-10 triplets pass: the Gram route's vectors are kept, and only the values
+    # come from LAPACK, by the chunked QR (a whole float64 copy does not fit)
     top = SpectrumEngine("cpu", max_memory=bound).top_vectors([w], 10)[0]
-    assert top.method == "tsqr-svd-f64"
+    assert top.method == "gram-eigh-svdvals-f64"
+    assert calls == ["gram-eigh-f64", "tsqr-svdvals-f64"]
+    _check_against_lapack(w, 10, top)
+    # k = 200 reaches the zeros, whose triplets fail: the chunked QR's vectors
+    calls.clear()
+    blocks = spy_blocks(monkeypatch)
+    wide = SpectrumEngine("cpu", max_memory=bound).top_vectors([w], 200)[0]
+    assert wide.method == "tsqr-svd-f64" and calls == ["gram-eigh-f64", "tsqr-svd-f64"]
     assert max(r1 - r0 for r0, r1 in blocks) <= 64
-    _check_against_lapack(w, 10, top)  # well-separated top values: within Wedin's bound
-    # and its long-side vectors are as good as LAPACK's for σ_i ≈ σ1: error ≈ u·σ1/σ_i
-    u_ref = np.linalg.svd(w.numpy(), full_matrices=False)[0][:, :10]
-    signs = np.sign(np.sum(top.u * u_ref, axis=0))
-    assert np.linalg.norm(top.u * signs - u_ref, axis=0).max() <= 1e-9
+    np.testing.assert_allclose(wide.sigma, top.sigma, rtol=0, atol=1e-13)
+    for x, y in ((wide.u[:, :10], top.u), (wide.v[:, :10], top.v)):
+        np.testing.assert_allclose(np.abs(np.sum(x * y, axis=0)), 1.0, atol=1e-9)
     exact = SpectrumEngine("cpu", exact=True, max_memory=bound).top_vectors([w], 10)[0]
     assert exact.method == "tsqr-svd-f64"
-    _same_top(exact, top, atol=1e-13)
+    _check_against_lapack(w, 10, exact)  # well-separated top values: within Wedin's bound
+    # and its long-side vectors are as good as LAPACK's for σ_i ≈ σ1: error ≈ u·σ1/σ_i
+    u_ref = np.linalg.svd(w.numpy(), full_matrices=False)[0][:, :10]
+    signs = np.sign(np.sum(exact.u * u_ref, axis=0))
+    assert np.linalg.norm(exact.u * signs - u_ref, axis=0).max() <= 1e-9
 
 
 def test_max_memory_too_small_for_one_row_names_the_smallest_that_works():

@@ -267,3 +267,62 @@ def test_orthonormality_measures_the_short_side():
     got = _linalg.orthonormality(torch.from_numpy(v)[None])
     assert got.shape == (1,) and got.item() == pytest.approx(expected, rel=1e-9)
     assert expected > 1e-6
+
+
+# ------------------------------------------------- the cheaper certified fallback
+
+
+def _uncertified_values() -> torch.Tensor:
+    """150 values in [0.9, 1] over 50 at 1e-9, 2000 rows: ‖W‖_F² = 135·σ1², so the σ bound
+    at the bottom (√η ≈ 1.2e-6·σ1) does not certify the Gram route's values."""
+    sigma = np.r_[np.linspace(1.0, 0.9, 150), np.full(50, 1e-9)]
+    return torch.from_numpy(_built(np.random.default_rng(15), 2000, 200, sigma))
+
+
+@pytest.fixture
+def computed(monkeypatch):
+    """The methods the engine computes, in order."""
+    calls: list[str] = []
+    real = SpectrumEngine._compute
+
+    def compute(engine, method, items, chunk, device):
+        calls.append(method)
+        return real(engine, method, items, chunk, device)
+
+    monkeypatch.setattr(SpectrumEngine, "_compute", compute)
+    return calls
+
+
+def test_uncertified_values_with_certified_triplets_need_only_lapack_values(computed):
+    w = _uncertified_values()
+    assert SpectrumEngine("cpu").singular_values([w])[0].method == "svdvals-f64"
+    computed.clear()
+    top = _top(w, 20)
+    assert top.method == "gram-eigh-svdvals-f64"
+    assert computed == ["gram-eigh-f64", "svdvals-f64"]  # no SVD with vectors
+    _check_against_lapack(w, 20, top)
+    # the values are LAPACK's own, all of them
+    np.testing.assert_array_equal(top.sigma, SpectrumEngine("cpu").singular_values([w])[0].sigma)
+    # the wide orientation: the same, u and v swapped
+    top_t = _top(w.T, 20)
+    assert top_t.method == "gram-eigh-svdvals-f64"
+    _check_against_lapack(w.T, 20, top_t)
+
+
+def test_triplets_reaching_the_noise_still_take_the_full_svd(computed):
+    w = _uncertified_values()
+    top = _top(w, 160)  # 10 vectors of σ = 1e-9: their long side is noise
+    assert top.method == "svd-f64"
+    assert computed == ["gram-eigh-f64", "svd-f64"]
+    _check_against_lapack(w, 160, top)
+
+
+def test_recheck_against_lapack_values_rejects_a_mismatch(monkeypatch, computed):
+    # LAPACK's values made 1e-5 too large: the Gram triplets no longer fit them, full SVD
+    w = _uncertified_values()
+    real = _linalg.svdvals
+    monkeypatch.setattr(_linalg, "svdvals", lambda *a, **kw: real(*a, **kw) * (1 + 1e-5))
+    top = _top(w, 20)
+    assert top.method == "svd-f64"
+    assert computed == ["gram-eigh-f64", "svdvals-f64", "svd-f64"]
+    _check_against_lapack(w, 20, top)
