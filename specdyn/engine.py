@@ -463,7 +463,10 @@ class SpectrumEngine:
         copy does not fit ``max_memory`` (QR over row blocks, SVD of R, long-side
         vectors A·v_i/‖A·v_i‖ over row blocks: σ and short-side vectors as LAPACK's,
         long-side vectors with an extra error growing like u·σ1/σ_i, hence noise for
-        σ_i below about s·u·σ1, and NaN where A·v_i = 0). By Wedin's theorem each
+        σ_i below about s·u·σ1, and NaN where A·v_i = 0). Where only the σ bound fails
+        and the triplets pass, only the values are recomputed, by float64 LAPACK
+        ("svdvals-f64", or its chunked form), and each triplet is checked again with
+        them: "gram-eigh-svdvals-f64". By Wedin's theorem each
         vector is within angle ≈ 1e-6·σ1/gap_i of the exact one (gap_i: distance from
         σ_i to the other singular values, and to 0 for the long side).
 

@@ -13,7 +13,8 @@ shape, within ``max_memory``); ``top_singular_vectors`` is its one-matrix form.
 Methods (``TopK.method``; accuracy derived in docs/methods.md, "Singular vectors"):
 ``gram-eigh-f64`` (float64 Gram, all its eigenvalues and its top-k eigenvectors, kept
 only when an a-posteriori check of the values, the triplet residuals and the
-orthonormality passes), ``svd-f64`` (float64
+orthonormality passes), ``gram-eigh-svdvals-f64`` (its vectors with float64 LAPACK's
+values, where only the values' bound fails), ``svd-f64`` (float64
 LAPACK thin SVD: ``exact=True`` and the fallback), ``tsqr-svd-f64`` (the same in
 bounded memory, under a ``max_memory`` too small for a whole copy), ``nonfinite`` and
 ``zero`` (nothing computed, vectors NaN).
