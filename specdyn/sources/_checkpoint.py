@@ -17,13 +17,14 @@ from ._formats import (
     WeightsMeta,
     as_float,
     checkpoint_error,
+    key_path,
     loads_json,
     open_regular,
     open_weights,
     read_index,
     read_regular_text,
 )
-from ._stepnames import checkpoint_name, steps_from_name
+from ._stepnames import WEIGHT_SUFFIXES, checkpoint_name, steps_from_name
 
 __all__ = [
     "Checkpoint",
@@ -38,7 +39,6 @@ __all__ = [
     "WEIGHT_SUFFIXES",
 ]
 
-WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 # Weight files of a Hugging Face model folder (transformers, then diffusers' model
 # components such as unet/), in the order they are preferred.
 HF_WEIGHT_FILES = (
@@ -287,6 +287,7 @@ def probe(path: Path, kind: str) -> tuple[Checkpoint, list[Note]]:
     """
     notes: list[Note] = []
     opened = _open_probe(path, kind, notes)
+    _note_nesting(path, opened.meta, notes)
     with opened.reader:
         signature = _signature(opened.reader)
     scalars = dict(opened.meta.scalars)
@@ -311,6 +312,35 @@ def probe(path: Path, kind: str) -> tuple[Checkpoint, list[Note]]:
         # model.pt inside step_1200/: the folder names the step (explicit markers only).
         _take_folder_step(ckpt, path.parent, "name")
     return ckpt, notes
+
+
+# One known key at the top level is the usual layout (Lightning's state_dict, ...): no note.
+_USUAL_NESTING = {(), ("state_dict",), ("model_state_dict",), ("model_state",), ("model",),
+                  ("module",), ("net",), ("network",)}  # fmt: skip
+
+
+def _note_nesting(path: Path, meta: WeightsMeta, notes: list[Note]) -> None:
+    """Notes for weights found deeper than one known key, and for tensors left out."""
+    if meta.state_path not in _USUAL_NESTING:
+        notes.append(
+            Note(
+                "nested-weights",
+                f"{path}: its weights were found nested under {key_path(meta.state_path)}",
+                str(path),
+            )
+        )
+    if meta.other_paths:
+        others = ", ".join(key_path(p) for p in meta.other_paths[:3])
+        more = f" and {len(meta.other_paths) - 3} more" if len(meta.other_paths) > 3 else ""
+        notes.append(
+            Note(
+                "other-weights",
+                f"{path}: analysed the weights under {key_path(meta.state_path)}; the tensors "
+                f"under {others}{more} (e.g. an EMA copy) are not analysed: torch.save them "
+                "by themselves to analyse them",
+                str(path),
+            )
+        )
 
 
 def assign_ancestor_step(ckpt: Checkpoint, root: Path) -> None:

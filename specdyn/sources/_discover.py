@@ -27,7 +27,8 @@ from ._stepnames import MAX_STEP, checkpoint_name, is_generic_name, run_stem, st
 __all__ = ["Discovery", "RunSource", "discover"]
 
 _LOOKED_FOR = (
-    "*.pt, *.pth, *.bin, *.ckpt, *.safetensors, *.index.json, HF model folders, "
+    "*.pt, *.pth, *.bin, *.ckpt, *.safetensors, *.pth.tar, *.tar, *.pkl, *.model, "
+    "*.index.json, HF model folders, "
     "torch.distributed.checkpoint folders"
 )
 # Accelerate's save_state writes one RNG-state pickle per process beside the weights.
@@ -50,6 +51,8 @@ _NO_WEIGHTS = {
     "no-tensors": "files without weight tensors (metrics or settings)",
     "plain-pickle": "plain pickles (not torch.save checkpoints)",
     "gradients": "gradient files (by their names)",
+    "tar-archive": "tar archives of other files",
+    "other-content": "files of other content (tokenizers, images, …)",
 }
 
 
@@ -352,7 +355,7 @@ def _model_folder(
             used |= _shard_names(folder / chosen)
         out = [_Candidate("folder", folder)]
     for name in sorted(files):
-        if name in used or is_trainer_extra(name) or not _is_weight_name(name):
+        if name in used or _is_training_state(name) or not _is_weight_name(name):
             continue
         weights = ", ".join(sorted(used)) if models else chosen
         notes.append(
@@ -381,7 +384,7 @@ def _loose_files(
             out.append(_Candidate("index", folder / name))
             used |= _shard_names(folder / name)
     for name in sorted(files):
-        if name in used or is_trainer_extra(name) or not name.endswith(WEIGHT_SUFFIXES):
+        if name in used or _is_training_state(name) or not name.endswith(WEIGHT_SUFFIXES):
             continue
         path = folder / name
         if _DEEPSPEED_OPTIM.search(name):

@@ -53,7 +53,7 @@ from ._unpickle import (
     LazyTensor,
     StorageRef,
     as_mapping,
-    find_state_dict,
+    find_weights,
     restricted_load,
     storage_type_dtype,
     unsupported_entries,
@@ -70,6 +70,8 @@ __all__ = [
     "error_kind",
     "open_weights",
     "TORCH_SUFFIXES",
+    "key_path",
+    "sniff_format",
     "SAFETENSORS_MAX_HEADER_BYTES",
     "SAFETENSORS_MAX_TENSORS",
     "SAFETENSORS_MAX_JSON_DEPTH",
@@ -82,7 +84,7 @@ __all__ = [
     "as_float",
 ]
 
-TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+TORCH_SUFFIXES = (".pth.tar", ".pt.tar", ".pt", ".pth", ".bin", ".ckpt", ".tar", ".pkl", ".model")
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
 
@@ -459,13 +461,16 @@ class WeightsMeta:
     scalars: numeric top-level metadata (checkpoint dict entries, safetensors or index
     metadata); state_path: dict keys leading to the state dict (e.g. ("state_dict",));
     unsupported: state-dict entries that are not plain tensors (quantised, sparse,
-    tensor subclasses), key → the pickle global that built them; they are not read.
+    tensor subclasses), key → the pickle global that built them; they are not read;
+    other_paths: nesting paths of further sub-dicts holding tensors that were not taken
+    for the model (an EMA copy beside ``model``), named in a note.
     """
 
     format: str
     scalars: dict[str, float] = field(default_factory=dict)
     state_path: tuple[str, ...] = ()
     unsupported: dict[str, str] = field(default_factory=dict)
+    other_paths: list[tuple[str, ...]] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------- PyTorch files
@@ -750,7 +755,16 @@ def _torch_meta(
     entries_for: Callable[[dict[str, LazyTensor]], dict[str, _Entry]],
 ) -> tuple[dict[str, _Entry], WeightsMeta]:
     """Find the state dict in an unpickled checkpoint and its top-level numeric scalars."""
-    found = find_state_dict(top)
+    found = find_weights(top)
+    if found is not None and found.ambiguous:
+        where = ", ".join(key_path(p) for p in found.ambiguous[:4])
+        places = len(found.ambiguous) if len(found.ambiguous) < 8 else "8 or more"
+        raise checkpoint_error(
+            "unreadable",
+            f"{path}: holds weight tensors in {places} places ({where}) and no "
+            "known key (state_dict, model, module, …) says which is the model; not merged: "
+            "torch.save the one to analyse by itself, or under 'state_dict'",
+        )
     if found is None:
         what = getattr(top, "stub_global", type(top).__name__)
         content = "optimizer-state" if _is_optimizer_state(top) else "no-tensors"
@@ -763,7 +777,7 @@ def _torch_meta(
             "of the folder",
             content=content,
         )
-    tensors, state_path = found
+    tensors, state_path = found.tensors, found.path
     _check_deepspeed(path, top, tensors, state_path)
     entries = entries_for(tensors)
     scalars: dict[str, float] = {}
@@ -782,8 +796,17 @@ def _torch_meta(
             scalars[key] = number
     unsupported = unsupported_entries(top, state_path)
     return entries, WeightsMeta(
-        format=fmt, scalars=scalars, state_path=state_path, unsupported=unsupported
+        format=fmt,
+        scalars=scalars,
+        state_path=state_path,
+        unsupported=unsupported,
+        other_paths=list(found.others),
     )
+
+
+def key_path(keys: tuple[str, ...]) -> str:
+    """A nesting path as Python subscripts: ``['app']['model']`` (``the top level`` for ())."""
+    return "".join(f"[{k!r}]" for k in keys) or "the top level"
 
 
 def _is_optimizer_state(top: Any) -> bool:
@@ -1552,14 +1575,120 @@ def _open_sharded(index: Path) -> tuple[dict[str, _Entry], WeightsMeta, list[_Ra
 # ----------------------------------------------------------------- entry point
 
 
+# Suffixes that do not say "torch" by themselves: a sentencepiece tokenizer.model, a
+# pickle of settings or a tar of images share them with real checkpoints.
+_AMBIGUOUS_SUFFIXES = (".tar", ".pkl", ".model")
+_EXPLICIT_TORCH = (".pth.tar", ".pt.tar")
+# torch.save's tar format (before PyTorch 1.0's zip and legacy formats) holds these members.
+_TORCH_TAR_MEMBERS = {"sys_info", "pickle", "storages", "tensors"}
+_TAR_MEMBERS_LISTED = 64  # tar members looked at to say what a tar holds
+_MAGIC_NAMES = (
+    (b"\x1f\x8b", "gzip-compressed data"),
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"BZh", "bzip2-compressed data"),
+    (b"\xfd7zXZ", "xz-compressed data"),
+    (b"\x93NUMPY", "a NumPy .npy array"),
+    (b"\x89HDF", "an HDF5 file"),
+)
+
+
+def sniff_format(path: Path, head: bytes, size: int, tar_magic: bytes) -> str:
+    """The format a weight file's first bytes show, whatever its suffix.
+
+    head: its first 9 bytes (or fewer); size: its size in bytes; tar_magic: its 5 bytes at
+    offset 257. Returns "safetensors" (8-byte little-endian header length that fits the
+    file, then ``{``; also any ``.safetensors`` file, so that its errors name that
+    format), "zip" (torch >= 1.6 ``torch.save``), "pickle" (a PROTO opcode, protocol 2-5:
+    legacy ``torch.save`` or a plain ``pickle.dump``), "tar" (ustar magic) or "unknown".
+    """
+    if path.name.endswith(".safetensors"):
+        return "safetensors"
+    if len(head) >= 9 and head[8:9] == b"{":
+        (n,) = struct.unpack("<Q", head[:8])
+        if 2 <= n <= size - 8:
+            return "safetensors"
+    if head.startswith(b"PK"):
+        return "zip"
+    if len(head) >= 2 and head[0] == pickle.PROTO[0] and 2 <= head[1] <= 5:
+        return "pickle"
+    if tar_magic == b"ustar":
+        return "tar"
+    return "unknown"
+
+
+def _ambiguous(path: Path) -> bool:
+    """Whether a file's suffix is shared with files that are not weights (.tar, .pkl, .model)."""
+    name = path.name
+    return name.endswith(_AMBIGUOUS_SUFFIXES) and not name.endswith(_EXPLICIT_TORCH)
+
+
+def _describe_bytes(head: bytes) -> str:
+    """What a file's first bytes say it is, in a few words (for a skip note)."""
+    for magic, what in _MAGIC_NAMES:
+        if head.startswith(magic):
+            return what
+    if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return "text"
+    shown = " ".join(f"{b:02x}" for b in head[:4])
+    return f"binary data of another kind (its first bytes are {shown or 'none'})"
+
+
+def _tar_error(path: Path) -> CheckpointError:
+    """The error for a tar archive: torch's pre-1.0 tar checkpoint (not read) or a tar of
+    other files (not a checkpoint, skipped in a folder)."""
+    import tarfile
+
+    names: list[str] = []
+    try:
+        with (
+            io.BufferedReader(_open_binary(path)) as fh,
+            tarfile.open(fileobj=fh, mode="r:") as tar,
+        ):
+            while len(names) < _TAR_MEMBERS_LISTED and (member := tar.next()) is not None:
+                names.append(member.name)
+    except OSError as exc:
+        raise _os_error(path, exc) from None
+    except (tarfile.TarError, EOFError, ValueError, UnicodeDecodeError) as exc:
+        return checkpoint_error(
+            "corrupt", f"{path}: a broken tar archive ({exc}); the file is corrupt or truncated"
+        )
+    if _TORCH_TAR_MEMBERS <= set(names):
+        return checkpoint_error(
+            "unreadable",
+            f"{path}: a checkpoint in the tar format of PyTorch before 1.0, which is not read; "
+            "re-save it with torch.save from a current torch",
+        )
+    first = f", e.g. {one_line(names[0])!r}" if names else ""
+    return checkpoint_error(
+        "not-a-checkpoint",
+        f"{path}: a tar archive of other files ({len(names)}"
+        f"{'+' if len(names) == _TAR_MEMBERS_LISTED else ''} members{first}), not PyTorch "
+        "weights; skipped",
+        content="tar-archive",
+    )
+
+
 def _open_single(
     path: Path, id_prefix: tuple = ()
 ) -> tuple[dict[str, _Entry], WeightsMeta, list[_RandomAccessFile]]:
-    """Open one weight file (torch or safetensors, by suffix)."""
+    """Open one weight file, its format read from its first bytes (`sniff_format`)."""
     file = _RandomAccessFile(path)
     try:
-        if path.suffix == ".safetensors":
+        head = file.read(9, 0)
+        fmt = sniff_format(path, head, file.size, file.read(5, 257))
+        if fmt == "safetensors":
             entries, meta = _open_safetensors(path, file)
+        elif fmt == "tar":
+            raise _tar_error(path)
+        elif fmt == "unknown" and head and _ambiguous(path):
+            # a .model/.pkl/.tar holding none of the formats (a sentencepiece model, ...)
+            raise checkpoint_error(
+                "not-a-checkpoint",
+                f"{path}: holds {_describe_bytes(head)}, not PyTorch or safetensors weights; "
+                "skipped",
+                content="other-content",
+            )
         else:
             entries, meta = _open_torch(path, file, id_prefix)
     except BaseException:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "MAX_STEP",
+    "WEIGHT_SUFFIXES",
     "NameSteps",
     "steps_from_name",
     "checkpoint_name",
@@ -35,7 +36,14 @@ _SHARD = re.compile(r"\d+-of-\d+$", re.IGNORECASE)
 _INIT_STEP = re.compile(r"^(?:init|initial|untrained|step_init|.+_init)$", re.IGNORECASE)
 _INIT_EPOCH = re.compile(r"^epoch_init$", re.IGNORECASE)
 _GENERIC = re.compile(r"(?<![a-z])(last|best|final|latest)(?![a-z])", re.IGNORECASE)
-_WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+# Every suffix torch users save weights under (the PyTorch ImageNet example's and timm's
+# checkpoint_N.pth.tar, pickle.dump's .pkl, a bare .model, .tar), longest first so that
+# checkpoint_20.pth.tar is named checkpoint_20. Which format a file holds is read from its
+# first bytes, never from its suffix (docs/runs.md#finding-checkpoints).
+WEIGHT_SUFFIXES = (
+    ".pth.tar", ".pt.tar", ".safetensors", ".ckpt", ".pth", ".pt", ".bin", ".tar", ".pkl",
+    ".model",
+)  # fmt: skip
 
 
 # What run_stem removes from a name: every step/epoch marker with its number, Lightning's
@@ -71,7 +79,7 @@ def checkpoint_name(filename: str) -> str:
     name = filename
     if name.endswith(".index.json"):
         name = name[: -len(".index.json")]
-    for suffix in _WEIGHT_SUFFIXES:
+    for suffix in WEIGHT_SUFFIXES:
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name

@@ -47,6 +47,7 @@ import collections
 import io
 import math
 import pickle
+import re
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -64,6 +65,9 @@ __all__ = [
     "Stub",
     "restricted_load",
     "find_state_dict",
+    "find_weights",
+    "FoundWeights",
+    "FIND_MAX_DEPTH",
     "unsupported_entries",
     "as_mapping",
 ]
@@ -1177,15 +1181,77 @@ def as_mapping(obj: Any) -> dict | None:
     return None
 
 
+@dataclass
+class FoundWeights:
+    """Where the weights of an unpickled checkpoint are.
+
+    tensors: the state dict (key → LazyTensor); path: the dict keys leading to it (``()``
+    at the top level, ``("app", "model")`` for ``dcp_to_torch_save``'s layout); others:
+    paths of further sub-dicts that also hold tensors but were not taken (an EMA copy
+    beside ``model``), to be named in a note; ambiguous: when no known key decided, the
+    paths of two or more equally likely state dicts (then `tensors` is empty: the caller
+    refuses the file rather than merge or guess).
+    """
+
+    tensors: dict[str, LazyTensor]
+    path: tuple[str, ...]
+    others: list[tuple[str, ...]] = field(default_factory=list)
+    ambiguous: list[tuple[str, ...]] = field(default_factory=list)
+
+
 def find_state_dict(top: Any) -> tuple[dict[str, LazyTensor], tuple[str, ...]] | None:
     """The model weights inside an unpickled checkpoint, and the key path to them.
 
-    Looks through the usual nesting keys (``state_dict``, ``model_state_dict``, ``model``,
-    ``module``, …), then at tensors stored directly at that level, then at a whole pickled
-    ``nn.Module`` (rebuilt from its ``_parameters``/``_buffers``/``_modules``). Returns None
-    when there are no tensors (e.g. a pickled list, or a dict of hyper-parameters).
+    See `find_weights` for the rule; returns None when it finds no single state dict.
     """
-    return _find(top, (), 0)
+    found = find_weights(top)
+    if found is None or found.ambiguous:
+        return None
+    return found.tensors, found.path
+
+
+def find_weights(top: Any) -> FoundWeights | None:
+    """Find the model weights at any depth of an unpickled checkpoint.
+
+    At each level, first the usual nesting keys in order (``state_dict``,
+    ``model_state_dict``, ``model_state``, ``model``, ``module``, ``net``, ``network``),
+    then tensors stored directly at that level, then a whole pickled ``nn.Module``
+    (rebuilt from its ``_parameters``/``_buffers``/``_modules``), and only then the other
+    string keys except training state (``optimizer``, ``lr_scheduler``, …, and any dict
+    holding ``state`` + ``param_groups``): one of them holding weights is taken (its path
+    recorded), two or more are `FoundWeights.ambiguous`. Shared sub-objects are searched
+    once; nesting deeper than `FIND_MAX_DEPTH` is not searched. Returns None when there are
+    no tensors (a pickled list, a dict of hyper-parameters).
+    """
+    found = _find(top, (), 0, {})
+    if found is None:
+        return None
+    if not found.ambiguous:
+        found.others = [
+            p
+            for p in _tensor_dict_paths(top, (), 0, set())
+            if p != found.path and p[: len(found.path)] != found.path and found.path[: len(p)] != p
+        ]
+    return found
+
+
+FIND_MAX_DEPTH = 32
+"""Deepest dict nesting searched for the weights (real checkpoints nest 1-3 levels)."""
+_AMBIGUOUS_LISTED = 8  # places kept for an ambiguity's message (shared dicts could double them)
+# Training state kept beside the weights: never taken for the model, even if it holds tensors.
+_STATE_KEYS = re.compile(
+    r"^(optim(izer)?s?(_states?)?|(lr_)?schedulers?|scaler|grad_scaler|rng_states?|"
+    r"dataloader|train_state|callbacks|loops)(_\d+)?$",
+    re.IGNORECASE,
+)
+
+
+def _is_training_state(key: str, value: Any) -> bool:
+    """Whether a sub-dict is optimizer / scheduler / loop state rather than weights."""
+    if _STATE_KEYS.match(key):
+        return True
+    mapping = as_mapping(value)
+    return mapping is not None and "state" in mapping and "param_groups" in mapping
 
 
 def unsupported_entries(top: Any, state_path: tuple[str, ...]) -> dict[str, str]:
@@ -1204,23 +1270,67 @@ def unsupported_entries(top: Any, state_path: tuple[str, ...]) -> dict[str, str]
     }
 
 
-def _find(obj: Any, path: tuple[str, ...], depth: int):
-    """Recursive part of find_state_dict."""
-    if depth > 4:
+def _find(obj: Any, path: tuple[str, ...], depth: int, seen: dict[int, Any]):
+    """Recursive part of find_weights (`seen`: results by object id, so a pickle that
+    shares one dict many times is searched once)."""
+    if depth > FIND_MAX_DEPTH:
         return None
+    if id(obj) in seen:
+        cached = seen[id(obj)]
+        return None if cached is None else FoundWeights(cached.tensors, path, [], cached.ambiguous)
+    seen[id(obj)] = None  # a cycle back to an object being searched finds nothing
+    result = _find_here(obj, path, depth, seen)
+    seen[id(obj)] = result
+    return result
+
+
+def _find_here(obj: Any, path: tuple[str, ...], depth: int, seen: dict[int, Any]):
+    """One level of `_find`: known keys, direct tensors, a module, then other keys."""
     mapping = as_mapping(obj)
     if mapping is None:
         if isinstance(obj, Stub):
             weights = _module_weights(obj)
-            return (weights, path) if weights else None
+            return FoundWeights(weights, path) if weights else None
         return None
     for key in _NEST_KEYS:
         if key in mapping:
-            found = _find(mapping[key], path + (key,), depth + 1)
-            if found:
+            found = _find(mapping[key], path + (key,), depth + 1, seen)
+            if found and (found.tensors or found.ambiguous):
                 return found
     tensors = {k: v for k, v in mapping.items() if isinstance(k, str) and isinstance(v, LazyTensor)}
-    return (tensors, path) if tensors else None
+    if tensors:
+        return FoundWeights(tensors, path)
+    hits = []
+    for key, value in mapping.items():
+        if not isinstance(key, str) or key in _NEST_KEYS or _is_training_state(key, value):
+            continue
+        if as_mapping(value) is None and not isinstance(value, Stub):
+            continue
+        found = _find(value, path + (key,), depth + 1, seen)
+        if found is not None:
+            hits.append(found)
+    if hits and all(h.tensors and h.tensors is hits[0].tensors for h in hits):
+        return hits[0]  # one shared dict under several names: the same weights
+    if hits:
+        paths = [p for h in hits for p in (h.ambiguous or [h.path])]
+        return FoundWeights({}, path, ambiguous=paths[:_AMBIGUOUS_LISTED])
+    return None
+
+
+def _tensor_dict_paths(obj: Any, path: tuple[str, ...], depth: int, seen: set[int]) -> list:
+    """Paths of every sub-dict (not training state) that holds tensors directly."""
+    mapping = as_mapping(obj)
+    if mapping is None or depth > FIND_MAX_DEPTH or id(obj) in seen:
+        return []
+    seen.add(id(obj))
+    out = []
+    if any(isinstance(v, LazyTensor) for k, v in mapping.items() if isinstance(k, str)) and path:
+        out.append(path)
+    for key, value in mapping.items():
+        if isinstance(key, str) and as_mapping(value) is not None:
+            if not _is_training_state(key, value):
+                out.extend(_tensor_dict_paths(value, path + (key,), depth + 1, seen))
+    return out
 
 
 def _module_weights(root: Stub) -> dict[str, LazyTensor]:
