@@ -117,7 +117,8 @@ class Checkpoint:
     path: the file; for folder checkpoints (HF model / Trainer ``checkpoint-N/``) the
     folder; for a sharded checkpoint outside such a folder its ``*.index.json``.
     files: the weight files read (shards in index order). format: "torch",
-    "torch-legacy", "safetensors", "torch-sharded" or "safetensors-sharded".
+    "torch-legacy", "safetensors", "torch-sharded", "safetensors-sharded" or "pickle" (a
+    plain ``pickle.dump`` of numpy arrays).
     step / epoch: the training step and epoch (None when unknown); step_origin says where
     the step came from ("metadata:global_step", "metadata:step", "trainer_state.json",
     "name", "ancestor name" for a folder above it such as ``checkpoint-500/`` in

@@ -357,6 +357,8 @@ def _model_folder(
     for name in sorted(files):
         if name in used or _is_training_state(name) or not _is_weight_name(name):
             continue
+        if _is_side_name(name):  # tokenizer.model beside the weights: a side file
+            continue
         weights = ", ".join(sorted(used)) if models else chosen
         notes.append(
             Note(
@@ -425,6 +427,14 @@ def _loose_files(
             )
         )
     return out
+
+
+def _is_side_name(name: str) -> bool:
+    """Whether a name's suffix (.model, .pkl, bare .tar) is as often a model folder's side
+    file (a sentencepiece tokenizer.model) as weights: not reported as ignored weights there."""
+    return name.endswith((".model", ".pkl")) or (
+        name.endswith(".tar") and not name.endswith((".pth.tar", ".pt.tar"))
+    )
 
 
 def _is_weight_name(name: str) -> bool:

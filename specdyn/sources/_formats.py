@@ -72,6 +72,7 @@ __all__ = [
     "TORCH_SUFFIXES",
     "key_path",
     "sniff_format",
+    "file_format",
     "SAFETENSORS_MAX_HEADER_BYTES",
     "SAFETENSORS_MAX_TENSORS",
     "SAFETENSORS_MAX_JSON_DEPTH",
@@ -457,7 +458,8 @@ class TensorReader:
 class WeightsMeta:
     """What parsing a weight file told us besides the tensors.
 
-    format: "torch", "torch-legacy", "safetensors", "torch-sharded", "safetensors-sharded";
+    format: "torch", "torch-legacy", "safetensors", "torch-sharded", "safetensors-sharded",
+    "pickle" (a plain ``pickle.dump`` of numpy arrays);
     scalars: numeric top-level metadata (checkpoint dict entries, safetensors or index
     metadata); state_path: dict keys leading to the state dict (e.g. ("state_dict",));
     unsupported: state-dict entries that are not plain tensors (quantised, sparse,
@@ -757,14 +759,7 @@ def _torch_meta(
     """Find the state dict in an unpickled checkpoint and its top-level numeric scalars."""
     found = find_weights(top)
     if found is not None and found.ambiguous:
-        where = ", ".join(key_path(p) for p in found.ambiguous[:4])
-        places = len(found.ambiguous) if len(found.ambiguous) < 8 else "8 or more"
-        raise checkpoint_error(
-            "unreadable",
-            f"{path}: holds weight tensors in {places} places ({where}) and no "
-            "known key (state_dict, model, module, …) says which is the model; not merged: "
-            "torch.save the one to analyse by itself, or under 'state_dict'",
-        )
+        raise _ambiguous_error(path, found.ambiguous)
     if found is None:
         what = getattr(top, "stub_global", type(top).__name__)
         content = "optimizer-state" if _is_optimizer_state(top) else "no-tensors"
@@ -802,6 +797,60 @@ def _torch_meta(
         unsupported=unsupported,
         other_paths=list(found.others),
     )
+
+
+def _ambiguous_error(path: Path, places: list[tuple[str, ...]]) -> CheckpointError:
+    """The error for weights in several places that no known key tells apart."""
+    where = ", ".join(key_path(p) for p in places[:4])
+    count = len(places) if len(places) < 8 else "8 or more"
+    return checkpoint_error(
+        "unreadable",
+        f"{path}: holds weight tensors in {count} places ({where}) and no known key "
+        "(state_dict, model, module, …) says which is the model; not merged: torch.save the "
+        "one to analyse by itself, or under 'state_dict'",
+    )
+
+
+def _numpy_meta(
+    path: Path, file: _RandomAccessFile, top: Any
+) -> tuple[dict[str, _Entry], WeightsMeta] | None:
+    """The weights of a plain ``pickle.dump`` of (nested) numpy arrays, held in memory as
+    the unpickler rebuilt them; None when it holds no numeric arrays."""
+    found = find_weights(top, arrays=True)
+    if found is None:
+        return None
+    if found.ambiguous:
+        raise _ambiguous_error(path, found.ambiguous)
+    entries: dict[str, _Entry] = {}
+    unsupported: dict[str, str] = {}
+    for key, array in found.tensors.items():
+        native = array.dtype.newbyteorder("=")
+        try:
+            dtype = torch.from_numpy(np.zeros(0, dtype=native)).dtype
+        except TypeError:  # float128, complex256: no torch dtype
+            unsupported[key] = f"numpy.ndarray[{array.dtype}]"
+            continue
+        data = np.ascontiguousarray(array, dtype=native).tobytes()
+        shape = tuple(int(n) for n in array.shape)
+        entries[key] = _Entry(
+            key=key,
+            file=file,
+            locate=lambda k, d=data: (None, d),
+            span_start=0,
+            span_len=len(data),
+            dtype=dtype,
+            shape=shape,
+            stride=tuple(math.prod(shape[i + 1 :]) for i in range(len(shape))),
+            storage_id=None,
+        )
+    mapping = as_mapping(top) or {}
+    scalars = {
+        k: n
+        for k, n in ((k, _plain_number(v)) for k, v in mapping.items() if isinstance(k, str))
+        if n is not None
+    }
+    meta = WeightsMeta("pickle", scalars, found.path, unsupported, list(found.others))
+    return entries, meta
 
 
 def key_path(keys: tuple[str, ...]) -> str:
@@ -997,6 +1046,9 @@ def _open_torch_legacy(
             if (
                 type(magic) is not int or magic != _LEGACY_MAGIC
             ):  # a numpy array compares by element
+                arrays = _numpy_meta(path, file, magic)  # pickle.dump of numpy arrays
+                if arrays is not None:
+                    return arrays
                 what = type(magic).__name__
                 raise checkpoint_error(
                     "not-a-checkpoint",
@@ -1615,6 +1667,16 @@ def sniff_format(path: Path, head: bytes, size: int, tar_magic: bytes) -> str:
     if tar_magic == b"ustar":
         return "tar"
     return "unknown"
+
+
+def file_format(path: Path) -> str:
+    """`sniff_format` of the file at `path` (opened as a regular file only); raises
+    CheckpointError when it cannot be read."""
+    file = _RandomAccessFile(path)
+    try:
+        return sniff_format(path, file.read(9, 0), file.size, file.read(5, 257))
+    finally:
+        file.close()
 
 
 def _ambiguous(path: Path) -> bool:

@@ -1210,7 +1210,7 @@ def find_state_dict(top: Any) -> tuple[dict[str, LazyTensor], tuple[str, ...]] |
     return found.tensors, found.path
 
 
-def find_weights(top: Any) -> FoundWeights | None:
+def find_weights(top: Any, arrays: bool = False) -> FoundWeights | None:
     """Find the model weights at any depth of an unpickled checkpoint.
 
     At each level, first the usual nesting keys in order (``state_dict``,
@@ -1220,16 +1220,19 @@ def find_weights(top: Any) -> FoundWeights | None:
     string keys except training state (``optimizer``, ``lr_scheduler``, …, and any dict
     holding ``state`` + ``param_groups``): one of them holding weights is taken (its path
     recorded), two or more are `FoundWeights.ambiguous`. Shared sub-objects are searched
-    once; nesting deeper than `FIND_MAX_DEPTH` is not searched. Returns None when there are
-    no tensors (a pickled list, a dict of hyper-parameters).
+    once; nesting deeper than `FIND_MAX_DEPTH` is not searched. With `arrays` (a plain
+    ``pickle.dump``), numeric numpy arrays count as the tensors instead of `LazyTensor`
+    placeholders. Returns None when there are no tensors (a pickled list, a dict of
+    hyper-parameters).
     """
-    found = _find(top, (), 0, {})
+    leaf = _is_array if arrays else _is_lazy
+    found = _find(top, (), 0, {}, leaf)
     if found is None:
         return None
     if not found.ambiguous:
         found.others = [
             p
-            for p in _tensor_dict_paths(top, (), 0, set())
+            for p in _tensor_dict_paths(top, (), 0, set(), leaf)
             if p != found.path and p[: len(found.path)] != found.path and found.path[: len(p)] != p
         ]
     return found
@@ -1270,21 +1273,41 @@ def unsupported_entries(top: Any, state_path: tuple[str, ...]) -> dict[str, str]
     }
 
 
-def _find(obj: Any, path: tuple[str, ...], depth: int, seen: dict[int, Any]):
-    """Recursive part of find_weights (`seen`: results by object id, so a pickle that
-    shares one dict many times is searched once)."""
+def _is_lazy(value: Any) -> bool:
+    """Whether a value is a tensor placeholder from torch.save."""
+    return isinstance(value, LazyTensor)
+
+
+def _is_array(value: Any) -> bool:
+    """Whether a value is a numeric numpy array (a plain pickle's weights)."""
+    return (
+        isinstance(value, np.ndarray) and value.dtype.kind in "biufc" and value.dtype.fields is None
+    )
+
+
+def _find(obj: Any, path: tuple[str, ...], depth: int, seen: dict[int, Any], leaf: Callable):
+    """Recursive part of find_weights (`seen`: (result, path) by object id, so a pickle
+    that shares one dict many times is searched once)."""
     if depth > FIND_MAX_DEPTH:
         return None
     if id(obj) in seen:
-        cached = seen[id(obj)]
-        return None if cached is None else FoundWeights(cached.tensors, path, [], cached.ambiguous)
-    seen[id(obj)] = None  # a cycle back to an object being searched finds nothing
-    result = _find_here(obj, path, depth, seen)
-    seen[id(obj)] = result
+        cached, first = seen[id(obj)]
+        if cached is None:
+            return None
+
+        def moved(p: tuple[str, ...]) -> tuple[str, ...]:
+            return path + p[len(first) :]
+
+        return FoundWeights(
+            cached.tensors, moved(cached.path), [], list(map(moved, cached.ambiguous))
+        )
+    seen[id(obj)] = (None, path)  # a cycle back to an object being searched finds nothing
+    result = _find_here(obj, path, depth, seen, leaf)
+    seen[id(obj)] = (result, path)
     return result
 
 
-def _find_here(obj: Any, path: tuple[str, ...], depth: int, seen: dict[int, Any]):
+def _find_here(obj: Any, path: tuple[str, ...], depth: int, seen: dict[int, Any], leaf: Callable):
     """One level of `_find`: known keys, direct tensors, a module, then other keys."""
     mapping = as_mapping(obj)
     if mapping is None:
@@ -1294,10 +1317,10 @@ def _find_here(obj: Any, path: tuple[str, ...], depth: int, seen: dict[int, Any]
         return None
     for key in _NEST_KEYS:
         if key in mapping:
-            found = _find(mapping[key], path + (key,), depth + 1, seen)
+            found = _find(mapping[key], path + (key,), depth + 1, seen, leaf)
             if found and (found.tensors or found.ambiguous):
                 return found
-    tensors = {k: v for k, v in mapping.items() if isinstance(k, str) and isinstance(v, LazyTensor)}
+    tensors = {k: v for k, v in mapping.items() if isinstance(k, str) and leaf(v)}
     if tensors:
         return FoundWeights(tensors, path)
     hits = []
@@ -1306,7 +1329,7 @@ def _find_here(obj: Any, path: tuple[str, ...], depth: int, seen: dict[int, Any]
             continue
         if as_mapping(value) is None and not isinstance(value, Stub):
             continue
-        found = _find(value, path + (key,), depth + 1, seen)
+        found = _find(value, path + (key,), depth + 1, seen, leaf)
         if found is not None:
             hits.append(found)
     if hits and all(h.tensors and h.tensors is hits[0].tensors for h in hits):
@@ -1317,19 +1340,21 @@ def _find_here(obj: Any, path: tuple[str, ...], depth: int, seen: dict[int, Any]
     return None
 
 
-def _tensor_dict_paths(obj: Any, path: tuple[str, ...], depth: int, seen: set[int]) -> list:
+def _tensor_dict_paths(
+    obj: Any, path: tuple[str, ...], depth: int, seen: set[int], leaf: Callable
+) -> list:
     """Paths of every sub-dict (not training state) that holds tensors directly."""
     mapping = as_mapping(obj)
     if mapping is None or depth > FIND_MAX_DEPTH or id(obj) in seen:
         return []
     seen.add(id(obj))
     out = []
-    if any(isinstance(v, LazyTensor) for k, v in mapping.items() if isinstance(k, str)) and path:
+    if any(leaf(v) for k, v in mapping.items() if isinstance(k, str)) and path:
         out.append(path)
     for key, value in mapping.items():
         if isinstance(key, str) and as_mapping(value) is not None:
             if not _is_training_state(key, value):
-                out.extend(_tensor_dict_paths(value, path + (key,), depth + 1, seen))
+                out.extend(_tensor_dict_paths(value, path + (key,), depth + 1, seen, leaf))
     return out
 
 

@@ -42,7 +42,7 @@ from ..errors import CheckpointError
 from ..files import atomic_output
 from ..types import Note
 from ._checkpoint import HF_WEIGHT_FILES, Checkpoint, folder_weights, is_trainer_extra
-from ._formats import open_weights, read_index
+from ._formats import file_format, open_weights, read_index
 
 __all__ = ["Transform", "CheckpointOutput", "plan_output"]
 
@@ -97,7 +97,7 @@ class CheckpointOutput:
         for src, dst in self.weights:
             dst.parent.mkdir(parents=True, exist_ok=True)
             with atomic_output(dst, temp_name=_partial_name(dst)) as tmp:
-                if src.suffix == ".safetensors":
+                if file_format(src) == "safetensors":  # by content, as it was read
                     _write_safetensors(src, tmp, transform)
                 else:
                     notes.extend(_write_torch(src, tmp, transform, dst))

@@ -21,6 +21,7 @@ import torch
 import specdyn
 from specdyn.errors import CheckpointError
 from specdyn.sources import discover, open_checkpoint
+from specdyn.sources._checkpoint import probe
 from specdyn.sources._stepnames import checkpoint_name
 
 # What sentencepiece writes as tokenizer.model: a serialized ModelProto (field 1, pieces).
@@ -139,12 +140,13 @@ def test_safetensors_under_a_torch_suffix_is_read_as_safetensors(tmp_path):
         assert torch.equal(reader.get("3.weight"), sd["3.weight"])
 
 
-def test_a_plain_pickle_of_numpy_arrays_is_skipped_with_its_reason(tmp_path):
-    sd = {k: v.numpy() for k, v in _model().state_dict().items()}
-    with open(tmp_path / "weights_1.pkl", "wb") as fh:
-        pickle.dump(sd, fh)
-    with pytest.raises(CheckpointError, match="weights_1.pkl: a plain pickle of a dict"):
-        open_checkpoint(tmp_path / "weights_1.pkl")
+def test_a_plain_pickle_without_arrays_is_skipped_with_its_reason(tmp_path):
+    with open(tmp_path / "settings_1.pkl", "wb") as fh:
+        pickle.dump({"lr": 0.1, "layers": [3, 4]}, fh)
+    with pytest.raises(CheckpointError, match="settings_1.pkl: a plain pickle of a dict"):
+        open_checkpoint(tmp_path / "settings_1.pkl")
+    torch.save(_model().state_dict(), tmp_path / "t.pkl")  # torch.save under .pkl: read
+    assert open_checkpoint(tmp_path / "t.pkl").format == "torch"
 
 
 def test_tar_archives_torch_pre_1_0_refused_and_others_skipped(tmp_path):
@@ -187,3 +189,35 @@ def test_non_weight_files_beside_checkpoints_never_stop_the_folder(tmp_path):
     assert "images.tar: a tar archive of other files (1 members, e.g. 'empty.png')" in text
     with pytest.raises(CheckpointError, match="notes.pkl: holds text, not PyTorch or safe"):
         open_checkpoint(tmp_path / "run" / "notes.pkl")
+
+
+def test_a_plain_pickle_of_numpy_arrays_is_read(tmp_path):
+    model = _model()
+    arrays = {k: v.numpy() for k, v in model.state_dict().items()}
+    arrays["3.weight"] = arrays["3.weight"].astype(">f8")  # big-endian, as numpy may save
+    with open(tmp_path / "weights_7.pkl", "wb") as fh:
+        pickle.dump({"epoch": 2, "params": arrays}, fh)
+    ckpt, notes = probe(tmp_path / "weights_7.pkl", "file")
+    assert (ckpt.format, ckpt.step, ckpt.epoch) == ("pickle", 7, 2)
+    assert notes[0].kind == "nested-weights" and "['params']" in notes[0].message
+    with ckpt.open() as reader:
+        assert reader.keys() == list(arrays)
+        got = reader.get("3.weight")
+        assert got.dtype == torch.float64
+        assert torch.equal(got, model.state_dict()["3.weight"].double())
+        assert torch.equal(reader.get("0.weight"), model.state_dict()["0.weight"])
+
+
+def test_tokenizer_model_in_a_model_folder_is_a_side_file(tmp_path):
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "checkpoint-10"
+    folder.mkdir()
+    save_file(
+        {k: v.contiguous() for k, v in _model().state_dict().items()},
+        str(folder / "model.safetensors"),
+    )
+    (folder / "tokenizer.model").write_bytes(_SENTENCEPIECE)
+    found = discover(folder)
+    assert [c.step for c in found.runs[0].checkpoints] == [10]
+    assert found.notes == []
