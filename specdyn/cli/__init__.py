@@ -98,11 +98,19 @@ def _root(
     """Spectral dynamics of weights: singular values and vectors of every weight matrix over training."""
 
 
+def _asks_json(argv: list[str] | None) -> bool:
+    """Whether the command line has --json among its options (before any ``--``)."""
+    args = sys.argv[1:] if argv is None else argv
+    options = args[: args.index("--")] if "--" in args else args
+    return "--json" in options
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns (and exits with) the process exit code."""
     command = typer.main.get_command(app)
     _plain_flags(command)
     code = 2
+    error: tuple[str, str] | None = None  # (one line, class name) for `--json` failures
     try:
         code = command.main(args=argv, prog_name="specdyn", standalone_mode=False)
         code = code if isinstance(code, int) else 0
@@ -112,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         exc.message = printable(exc.message)  # it may quote a path or value as given
         exc.show()
         code = exc.exit_code
+        error = (exc.format_message(), type(exc).__name__)
     except typer.Exit as exc:
         code = exc.exit_code
     except typer.Abort:
@@ -121,19 +130,22 @@ def main(argv: list[str] | None = None) -> int:
         if _debug():
             traceback.print_exc()
         # the library names options as Python parameters; on the command line, as flags
-        print(f"specdyn: error: {printable(exc.render(cli=True))}", file=sys.stderr)
+        line = printable(exc.render(cli=True))
+        print(f"specdyn: error: {line}", file=sys.stderr)
         code = exc.exit_code
+        error = (line, type(exc).__name__)
     except Exception as exc:  # noqa: BLE001 - last resort: one line, not a traceback
         if _debug():
             traceback.print_exc()
-        print(
-            f"specdyn: internal error: {type(exc).__name__}: {printable(exc)} "
-            "(set SPECDYN_DEBUG=1 for the traceback, and please report it)",
-            file=sys.stderr,
+        line = (
+            f"internal error: {type(exc).__name__}: {printable(exc)} "
+            "(set SPECDYN_DEBUG=1 for the traceback, and please report it)"
         )
+        print(f"specdyn: {line}", file=sys.stderr)
         code = 2
+        error = (line, type(exc).__name__)
     finally:
-        finish(succeeded=code == 0)
+        finish(succeeded=code == 0, error=error, json_asked=_asks_json(argv))
     if argv is None:
         sys.exit(code)
     return code

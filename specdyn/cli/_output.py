@@ -56,6 +56,9 @@ _SERIOUS = {
 # analysis writes, for the one line printed on Ctrl-C (`interrupted_line`).
 _CURRENT_STORE: list[str] = []
 _PENDING_JSON: list[Output] = []
+# Whether the running command made an Output in JSON mode: a failure then prints
+# {"error", "kind"} on stdout, so `--json | jq` always gets one document.
+_JSON_COMMAND: list[bool] = []
 
 # Kinds that inform rather than warn (what was decided and why): shown as "note".
 _INFO = {
@@ -140,6 +143,8 @@ class Output:
         self.err = Console(stderr=True, highlight=False)
         self._payload: object = None
         self._notes: list[Note] = []
+        if json_mode:
+            _JSON_COMMAND.append(True)
 
     @contextmanager
     def analysis_progress(self) -> Iterator[callable]:
@@ -331,14 +336,27 @@ def _remember_store(event: ProgressEvent) -> None:
         _CURRENT_STORE.append(event.store)
 
 
-def finish(succeeded: bool) -> None:
-    """End of a command: print the JSON documents it prepared (none after an error)."""
+def finish(succeeded: bool, error: tuple[str, str] | None = None, json_asked: bool = False) -> None:
+    """End of a command: print the JSON documents it prepared (none after an error).
+
+    error: (the one-line message, the error's class name) of a failure; printed as
+    ``{"error": …, "kind": …}`` on stdout when the command ran in JSON mode (or
+    `json_asked`, for a usage error before any command ran) and printed no document of
+    its own on failure (`Output.json` with ``on_failure``).
+    """
     pending = list(_PENDING_JSON)
+    json_mode = bool(_JSON_COMMAND) or json_asked
     _PENDING_JSON.clear()
     _CURRENT_STORE.clear()
+    _JSON_COMMAND.clear()
+    printed = False
     for out in pending:
         if succeeded or getattr(out, "_json_on_failure", False):
             out._print_json()
+            printed = True
+    if not succeeded and error is not None and json_mode and not printed:
+        message, kind = error
+        print(json.dumps({"error": message, "kind": kind}, indent=2))
 
 
 def interrupted_line() -> str:
