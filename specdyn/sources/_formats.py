@@ -1127,20 +1127,7 @@ def _open_torch(
         return _open_torch_zip(path, file, id_prefix)
     if not head:
         raise checkpoint_error("corrupt", f"{path}: empty file")
-    try:
-        return _open_torch_legacy(path, file, id_prefix)
-    except CheckpointError as exc:
-        if error_kind(exc) == "corrupt" and _looks_like_tar(file):
-            raise checkpoint_error(
-                "corrupt",
-                f"{path}: the tar format of PyTorch < 0.4 is not supported; re-save it with a recent torch",
-            ) from None
-        raise
-
-
-def _looks_like_tar(file: _RandomAccessFile) -> bool:
-    """Whether the file has a tar header (ustar magic at offset 257)."""
-    return file.read(5, 257) == b"ustar"
+    return _open_torch_legacy(path, file, id_prefix)  # a tar never gets here (sniff_format)
 
 
 # ----------------------------------------------------------------- safetensors

@@ -1218,7 +1218,8 @@ def find_weights(top: Any, arrays: bool = False) -> FoundWeights | None:
     then tensors stored directly at that level, then a whole pickled ``nn.Module``
     (rebuilt from its ``_parameters``/``_buffers``/``_modules``), and only then the other
     string keys except training state (``optimizer``, ``lr_scheduler``, …, and any dict
-    holding ``state`` + ``param_groups``): one of them holding weights is taken (its path
+    holding ``state`` + ``param_groups``): one of them holding weights (at least one tensor
+    of two or more dimensions: a dict of scalar metrics is not a model) is taken (its path
     recorded), two or more are `FoundWeights.ambiguous`. Shared sub-objects are searched
     once; nesting deeper than `FIND_MAX_DEPTH` is not searched. With `arrays` (a plain
     ``pickle.dump``), numeric numpy arrays count as the tensors instead of `LazyTensor`
@@ -1285,6 +1286,11 @@ def _is_array(value: Any) -> bool:
     )
 
 
+def _has_matrix(tensors: dict[str, Any]) -> bool:
+    """Whether any of the tensors (LazyTensor or numpy array) has two or more dimensions."""
+    return any(len(t.shape) >= 2 for t in tensors.values())
+
+
 def _find(obj: Any, path: tuple[str, ...], depth: int, seen: dict[int, Any], leaf: Callable):
     """Recursive part of find_weights (`seen`: (result, path) by object id, so a pickle
     that shares one dict many times is searched once)."""
@@ -1330,7 +1336,9 @@ def _find_here(obj: Any, path: tuple[str, ...], depth: int, seen: dict[int, Any]
         if as_mapping(value) is None and not isinstance(value, Stub):
             continue
         found = _find(value, path + (key,), depth + 1, seen, leaf)
-        if found is not None:
+        # under a key that is not a known one, only matrices make weights (a dict of
+        # scalar tensors is metrics, not a model)
+        if found is not None and (found.ambiguous or _has_matrix(found.tensors)):
             hits.append(found)
     if hits and all(h.tensors and h.tensors is hits[0].tensors for h in hits):
         return hits[0]  # one shared dict under several names: the same weights
@@ -1349,7 +1357,8 @@ def _tensor_dict_paths(
         return []
     seen.add(id(obj))
     out = []
-    if any(leaf(v) for k, v in mapping.items() if isinstance(k, str)) and path:
+    tensors = {k: v for k, v in mapping.items() if isinstance(k, str) and leaf(v)}
+    if path and _has_matrix(tensors):
         out.append(path)
     for key, value in mapping.items():
         if isinstance(key, str) and as_mapping(value) is not None:

@@ -137,3 +137,16 @@ def test_shared_and_many_sub_dicts_are_searched_in_linear_time(tmp_path):
     torch.save({"top": level}, tmp_path / "step_1.pt")
     with pytest.raises(CheckpointError, match="in 8 or more places"):
         open_checkpoint(tmp_path / "step_1.pt")
+
+
+def test_scalar_metrics_under_other_keys_are_not_weights(tmp_path):
+    torch.save(
+        {"metrics": {"loss": torch.tensor(0.3), "acc": torch.tensor(0.9)}}, tmp_path / "m_1.pt"
+    )
+    with pytest.raises(CheckpointError, match="holds no weight tensors") as err:
+        open_checkpoint(tmp_path / "m_1.pt")
+    assert err.value.kind == "not-a-checkpoint"
+    sd = _model().state_dict()
+    torch.save({"state_dict": sd, "metrics": {"loss": torch.tensor(0.3)}}, tmp_path / "step_2.pt")
+    _ckpt, notes = probe(tmp_path / "step_2.pt", "file")
+    assert notes == []  # no "other weights" note for metrics
