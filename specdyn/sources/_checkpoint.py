@@ -326,7 +326,7 @@ def _note_nesting(path: Path, meta: WeightsMeta, notes: list[Note]) -> None:
         notes.append(
             Note(
                 "nested-weights",
-                f"{path}: its weights were found nested under {key_path(meta.state_path)}",
+                f"{path}: weights found nested under {key_path(meta.state_path)}",
                 str(path),
             )
         )

@@ -135,6 +135,7 @@ def discover(path: str | Path) -> Discovery:
         raise DiscoveryError(f"{root}: no checkpoints found (looked for {_LOOKED_FOR}){skipped}")
     found = _probe_all(root, candidates, notes, no_weights)
     _summarise_no_weights(no_weights, notes)
+    _summarise_nesting(notes)
     if not found:
         problems = "; ".join(n.message for n in notes[:3])
         raise DiscoveryError(
@@ -226,6 +227,28 @@ def _summarise_no_weights(no_weights: list[tuple[str, Note]], notes: list[Note])
                 first,
             )
         )
+
+
+# Notes that each checkpoint of a folder saved alike draws the same way: one per message.
+_PER_FILE_ALIKE = ("nested-weights", "other-weights")
+
+
+def _summarise_nesting(notes: list[Note]) -> None:
+    """One note per nesting message for checkpoints saved alike (dcp_to_torch_save's
+    ['app']['model'], timm's state_dict_ema in every file), counting them, in place."""
+    groups: dict[tuple[str, str], list[Note]] = {}
+    for note in notes:
+        prefix = f"{note.path}: "
+        if note.kind in _PER_FILE_ALIKE and note.message.startswith(prefix):
+            groups.setdefault((note.kind, note.message[len(prefix) :]), []).append(note)
+    for (kind, rest), group in groups.items():
+        if len(group) < 2:
+            continue
+        first = notes.index(group[0])
+        dropped = {id(n) for n in group}
+        notes[:] = [n for n in notes if id(n) not in dropped]
+        message = f"{len(group)} checkpoints ({group[0].path}, …): {rest}"
+        notes.insert(first, Note(kind, message, group[0].path))
 
 
 def _note_layouts(runs: list[RunSource], notes: list[Note]) -> None:

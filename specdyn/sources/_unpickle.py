@@ -228,6 +228,11 @@ class _BadTensor(pickle.UnpicklingError):
     """A tensor record in the pickle is malformed (the file is corrupt)."""
 
 
+class _DumpedTensor(pickle.UnpicklingError):
+    """A tensor pickled with pickle.dump: its storage is an embedded torch.save that only
+    torch.load can rebuild (by running code): not read, and not a corrupt file."""
+
+
 def _ints(value: Any, what: str) -> tuple[int, ...]:
     """Validate a tuple of non-negative int64 values (shape or stride)."""
     if isinstance(value, int):
@@ -244,7 +249,7 @@ def _lazy(
 ) -> LazyTensor:
     """Validate a tensor record and make its placeholder."""
     if isinstance(storage, Stub) and storage.stub_global == "torch.storage._load_from_bytes":
-        raise _BadTensor("tensors pickled with pickle.dump instead of torch.save are not supported")
+        raise _DumpedTensor("tensors pickled with pickle.dump instead of torch.save")
     if not isinstance(storage, StorageRef):
         raise _BadTensor(f"tensor storage is {type(storage).__name__}, not a stored storage")
     if not isinstance(dtype, torch.dtype):
@@ -1155,6 +1160,14 @@ def restricted_load(
         return _RestrictedUnpickler(file, source, persistent, overrides).load()
     except (CheckpointError, RecursionError, MemoryError):
         raise
+    except _DumpedTensor:
+        err = CheckpointError(
+            f"{source}: its tensors were pickled with pickle.dump instead of torch.save; "
+            "their storages only torch.load can rebuild (by running the file's code), so they "
+            "are not read: re-save it with torch.save, or pickle numpy arrays (tensor.numpy())"
+        )
+        err.kind = "unreadable"  # type: ignore[attr-defined]  # the Note kind (see _formats)
+        raise err from None
     except Exception as exc:  # noqa: BLE001 - every failure of a hostile file is "corrupt"
         raise pickle.UnpicklingError(_one_line(exc)) from None
 

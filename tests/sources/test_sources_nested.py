@@ -54,6 +54,12 @@ def test_dcp_to_torch_save_output_is_read_with_its_nesting_named(tmp_path):
         for key, value in saved[10].items():
             assert torch.equal(reader.get(key), value)
 
+    found = discover(tmp_path / "converted")
+    (note,) = found.notes  # one for the folder, counting the files
+    first = tmp_path / "converted" / "step_10.pt"
+    assert note.message == (
+        f"2 checkpoints ({first}, …): weights found nested under ['app']['model']"
+    )
     result = specdyn.analyze(tmp_path / "converted", home=tmp_path / "ws", vectors=None)
     (run,) = result.runs
     assert run.steps_computed == [10, 20]
@@ -150,3 +156,17 @@ def test_scalar_metrics_under_other_keys_are_not_weights(tmp_path):
     torch.save({"state_dict": sd, "metrics": {"loss": torch.tensor(0.3)}}, tmp_path / "step_2.pt")
     _ckpt, notes = probe(tmp_path / "step_2.pt", "file")
     assert notes == []  # no "other weights" note for metrics
+
+
+def test_an_ema_copy_in_every_checkpoint_draws_one_note(tmp_path):
+    # timm's train.py: {"epoch", "arch", "state_dict", "optimizer", "state_dict_ema", ...}
+    for epoch in (1, 2, 3):
+        model, ema = _model(epoch).state_dict(), _model(10 + epoch).state_dict()
+        state = {"epoch": epoch, "arch": "tiny", "state_dict": model, "state_dict_ema": ema}
+        torch.save(state, tmp_path / f"checkpoint-{epoch}.pth.tar")
+    found = discover(tmp_path)
+    assert [c.step for c in found.runs[0].checkpoints] == [1, 2, 3]
+    (note,) = found.notes
+    assert note.kind == "other-weights"
+    assert note.message.startswith(f"3 checkpoints ({tmp_path / 'checkpoint-1.pth.tar'}, …): ")
+    assert "under ['state_dict']" in note.message and "['state_dict_ema']" in note.message

@@ -221,3 +221,12 @@ def test_tokenizer_model_in_a_model_folder_is_a_side_file(tmp_path):
     found = discover(folder)
     assert [c.step for c in found.runs[0].checkpoints] == [10]
     assert found.notes == []
+
+
+def test_tensors_pickled_with_pickle_dump_are_refused_as_unreadable(tmp_path):
+    with open(tmp_path / "step_1.pkl", "wb") as fh:
+        pickle.dump(_model().state_dict(), fh)
+    with pytest.raises(CheckpointError, match="pickled with pickle.dump") as err:
+        open_checkpoint(tmp_path / "step_1.pkl")
+    assert err.value.kind == "unreadable" and "corrupt" not in str(err.value)
+    assert str(err.value).startswith(str(tmp_path / "step_1.pkl"))
