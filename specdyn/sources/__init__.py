@@ -13,11 +13,13 @@
 - `Checkpoint.open()` gives a `TensorReader` that reads one tensor at a time with a
   positioned read: memory holds the tensor being read, not the checkpoint.
 
-Formats: PyTorch ``.pt .pth .bin .ckpt`` (zip and legacy ``torch.save`` formats; plain or
-nested state dicts such as Lightning's ``state_dict``, ``model_state_dict``, ``model``,
-DeepSpeed's ``module``; a whole pickled ``nn.Module``), safetensors (bf16 and float8
-included), sharded checkpoints of either, and torch.distributed.checkpoint folders (read
-by torch's own reader). Pickles are read by a restricted unpickler that never runs code
+Formats, told by a file's first bytes, not its suffix (``.pt .pth .bin .ckpt
+.safetensors .pth.tar .pt.tar .tar .pkl .model``): PyTorch (zip and legacy ``torch.save``
+formats; state dicts at any depth, the known keys first: Lightning's ``state_dict``,
+``model_state_dict``, ``model``, DeepSpeed's ``module``, ``dcp_to_torch_save``'s
+``['app']['model']``; a whole pickled ``nn.Module``), a plain ``pickle.dump`` of numpy
+arrays, safetensors (bf16 and float8 included), sharded checkpoints of either, and
+torch.distributed.checkpoint folders (read by torch's own reader). Pickles are read by a restricted unpickler that never runs code
 from the file: unknown classes become inert stubs and a pickle that tries to call
 ``os.system``, ``eval`` and the like raises `UnsafePickleError`.
 """
