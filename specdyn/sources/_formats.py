@@ -36,6 +36,7 @@ import re
 import stat
 import struct
 import sys
+import tarfile
 import threading
 import zipfile
 import zlib
@@ -1686,8 +1687,6 @@ def _describe_bytes(head: bytes) -> str:
 def _tar_error(path: Path) -> CheckpointError:
     """The error for a tar archive: torch's pre-1.0 tar checkpoint (not read) or a tar of
     other files (not a checkpoint, skipped in a folder)."""
-    import tarfile
-
     names: list[str] = []
     try:
         with (
