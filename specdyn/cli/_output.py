@@ -80,6 +80,8 @@ _INFO = {
     # a power-law fit that is undefined (R < 8, a flat spectrum): expected for small
     # matrices, and the NaN is in the store with its reason
     "heavy-tail-nan",
+    # weights found nested under a dict path (dcp_to_torch_save's ['app']['model'])
+    "nested-weights",
 }
 
 
