@@ -327,3 +327,14 @@ def test_recheck_against_lapack_values_rejects_a_mismatch(monkeypatch, computed)
     assert top.method == "svd-f64"
     assert computed == ["gram-eigh-f64", "svdvals-f64", "svd-f64"]
     _check_against_lapack(w, 20, top)
+
+
+def test_cheaper_fallback_of_a_scaled_matrix():
+    # float64 entries near 2^590 are scaled by a power of two inside the engine: LAPACK's
+    # values come back at the matrix's scale and are re-checked at the engine's
+    w = _uncertified_values()
+    big = _top(w * 2.0**600, 20)
+    ref = _top(w, 20)
+    assert big.method == ref.method == "gram-eigh-svdvals-f64"
+    np.testing.assert_allclose(big.sigma / 2.0**600, ref.sigma, rtol=1e-12)
+    np.testing.assert_allclose(np.abs(np.sum(big.u * ref.u, axis=0)), 1.0, atol=1e-10)
