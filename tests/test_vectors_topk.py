@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import scipy.linalg.lapack
 import torch
+from test_engine import FakeCuda
 from test_vectors import TOL, _built, _check_against_lapack
 
 from specdyn import _linalg
@@ -338,3 +339,16 @@ def test_cheaper_fallback_of_a_scaled_matrix():
     assert big.method == ref.method == "gram-eigh-svdvals-f64"
     np.testing.assert_allclose(big.sigma / 2.0**600, ref.sigma, rtol=1e-12)
     np.testing.assert_allclose(np.abs(np.sum(big.u * ref.u, axis=0)), 1.0, atol=1e-10)
+
+
+def test_cheaper_fallback_on_a_gpu_plan(monkeypatch):
+    # the fake GPU (test_engine.FakeCuda) plans and batches as on a GPU, computes on the CPU
+    fake = FakeCuda(monkeypatch)
+    w = _uncertified_values()
+    ws = [w, w * 3.0]
+    tops = SpectrumEngine("cuda").top_vectors(ws, 20)
+    assert [t.method for t in tops] == ["gram-eigh-svdvals-f64"] * 2
+    # one batch of both, then their values together
+    assert [c[:2] for c in fake.calls] == [("gram-eigh-f64", 2), ("svdvals-f64", 2)]
+    for x, top in zip(ws, tops, strict=True):
+        _check_against_lapack(x, 20, top)
