@@ -23,6 +23,7 @@ from ._checkpoint import (
 from ._dcp import DCP_METADATA, is_dcp_folder
 from ._formats import error_content, error_kind, loads_json, read_index, read_regular_text
 from ._stepnames import MAX_STEP, checkpoint_name, is_generic_name, run_stem, step_out_of_range
+from ._trainlog import log_root
 
 __all__ = ["Discovery", "RunSource", "discover"]
 
@@ -734,7 +735,7 @@ def _group_of(ckpt: Checkpoint, groups: dict[str, list[Checkpoint]]) -> str:
 def _run_names(root: Path, run_roots: list[Path]) -> list[str]:
     """Run names: the root's name for one run; else each run folder's path below the
     deepest common folder, joined with '-'."""
-    stem = checkpoint_name(root.name) if root.is_file() else root.name
+    stem = checkpoint_name(root.name) if root.is_file() else _folder_run_name(root)
     if len(run_roots) == 1:
         return [stem or "run"]
     rels = [r.relative_to(root).parts for r in run_roots]
@@ -743,6 +744,12 @@ def _run_names(root: Path, run_roots: list[Path]) -> list[str]:
         common += 1
     names = ["-".join(p[common:]) for p in rels]
     return names
+
+
+def _folder_run_name(root: Path) -> str:
+    """A run folder's name; for a ``checkpoints/`` folder whose logs are one folder up
+    (Lightning's ``version_N/checkpoints/``), the name of that folder."""
+    return log_root(root).name if root.name == "checkpoints" else root.name
 
 
 # ----------------------------------------------------------------- ordering one run

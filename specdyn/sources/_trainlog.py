@@ -7,15 +7,20 @@ highest one):
    ``torch.save`` dict), at each checkpoint's step;
 2. Hugging Face Trainer ``trainer_state.json`` ``log_history`` (the last checkpoint's,
    which holds the whole history);
-3. log files found in the run folder (up to three levels down): Lightning's
-   ``metrics.csv`` (CSVLogger), and ``metrics.jsonl``, ``log.csv``, ``log.jsonl``,
-   ``train_log.csv/jsonl``, ``training_log.csv/jsonl``;
+3. log files found in the run folder (up to three levels down; for a run found in a
+   ``checkpoints/`` folder, the folder above it when that one holds the logs, as
+   Lightning's ``version_N/``): Lightning's ``metrics.csv`` (CSVLogger), and
+   ``metrics.jsonl``, ``log.csv``, ``log.jsonl``, ``train_log.csv/jsonl``,
+   ``training_log.csv/jsonl``;
 4. the file given with ``--metrics`` (CSV with a header, or JSON lines).
 
 Logs are keyed on a ``step`` column (``global_step``, ``iteration``, ``iter`` and
 ``_step`` are accepted; ``epoch`` for runs counted in epochs). Rows that share a step
 are merged (Lightning writes training and validation metrics on separate rows), the
-last value logged winning. Bad lines and non-numeric columns are warned about with
+last value logged winning. Lightning logs one step behind its checkpoints (validation
+at step 19 beside ``epoch=0-step=20.ckpt``): in a metrics.csv recognised as Lightning's
+(`is_lightning_csv`), a row at step s is moved to s + 1 when s + 1 is a checkpoint's
+step and s is not, with a note saying which. Bad lines and non-numeric columns are warned about with
 their line or column, never fatal, except that an explicit ``--metrics`` file without
 a step column is an error.
 """
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -34,7 +40,9 @@ from ..types import Note, TrainingLog
 from ._formats import as_float, loads_json, one_line, read_regular_text, resolve_or_none
 from ._stepnames import MAX_STEP
 
-__all__ = ["read_training_log", "read_metrics_file", "LOG_FILE_NAMES"]
+__all__ = [
+    "read_training_log", "read_metrics_file", "log_root", "is_lightning_csv", "LOG_FILE_NAMES",
+]  # fmt: skip
 
 LOG_FILE_NAMES = (
     "metrics.csv", "metrics.jsonl", "log.csv", "log.jsonl", "train_log.csv",
@@ -49,6 +57,7 @@ _BOOKKEEPING = {
     "_runtime", "_timestamp",
 }  # fmt: skip
 _MAX_DEPTH = 3
+_VERSION = re.compile(r"version_\d+")  # Lightning's log folder per run
 # How an error names the log the user gave: metrics_file (Python) or --metrics.
 _METRICS_FILE = option_ref("metrics_file", "--metrics")
 
@@ -79,8 +88,11 @@ def read_training_log(
     state = _last_trainer_state(run.checkpoints, Path(run.root))
     if state is not None:
         layers.append(_from_trainer_state(state, key, notes))
-    for path in _log_files(Path(run.root), exclude=metrics_file):
+    ckpt_steps = {int(c.step) for c in run.checkpoints if c.step is not None}
+    for path in _log_files(log_root(Path(run.root)), exclude=metrics_file):
         series = _read_log(path, key, notes, explicit=False)
+        if series is not None and key == "step" and is_lightning_csv(path):
+            series = _match_lightning_steps(series, ckpt_steps, path, notes)
         if series is not None:
             layers.append((series, dict.fromkeys(series, f"{path.name}: {path}")))
     if metrics_file is not None:
@@ -205,6 +217,93 @@ def _log_files(root: Path, exclude: str | Path | None) -> list[Path]:
             elif entry.is_dir() and depth < _MAX_DEPTH and not entry.name.startswith("."):
                 frontier.append((entry, depth + 1))
     return sorted(found)
+
+
+def log_root(root: Path) -> Path:
+    """The folder whose logs belong to a run found in `root`: `root` itself (a file's
+    folder), or the folder above a ``checkpoints/`` folder when that one holds the logs
+    (Lightning's ``version_N/checkpoints/`` beside ``version_N/metrics.csv`` and
+    ``hparams.yaml``).
+
+    Args:
+        root: the run's root (`RunSource.root`), a folder or a checkpoint file.
+
+    Returns:
+        The folder to search for log files (up to three levels down).
+    """
+    folder = root if root.is_dir() else root.parent
+    if folder.name == "checkpoints" and _holds_logs(folder.parent):
+        return folder.parent
+    return folder
+
+
+def _holds_logs(folder: Path) -> bool:
+    """Whether `folder` directly holds a known log file or Lightning's hparams.yaml."""
+    return any((folder / name).is_file() for name in (*LOG_FILE_NAMES, "hparams.yaml"))
+
+
+def is_lightning_csv(path: Path) -> bool:
+    """Whether a log file is Lightning's CSVLogger ``metrics.csv``: that name, a header
+    with both ``epoch`` and ``step`` columns (Lightning adds ``epoch`` to every row it
+    logs), and ``hparams.yaml`` beside it or a ``version_N`` folder holding it.
+
+    Args:
+        path: a log file found beside a run.
+
+    Returns:
+        True for a Lightning metrics.csv (its steps are then matched to the
+        checkpoints', see `read_training_log`).
+    """
+    if path.name != "metrics.csv":
+        return False
+    if not ((path.parent / "hparams.yaml").is_file() or _VERSION.fullmatch(path.parent.name)):
+        return False
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            header = next(csv.reader([handle.readline()]), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    columns = {h.strip() for h in header}
+    return {"epoch", "step"} <= columns
+
+
+def _match_lightning_steps(
+    series: Series, ckpt_steps: set[int], path: Path, notes: list[Note]
+) -> Series:
+    """Lightning's rows at a checkpoint's step − 1 moved to that step, with one note.
+
+    Lightning logs what it logs during a training batch and the validation after it at
+    ``_batches_that_stepped``, which it increments only after both, so one step behind
+    ``global_step``; ModelCheckpoint saves during that validation at ``global_step``
+    (``epoch=E-step=S.ckpt``). A row at s is therefore moved to s + 1 when s + 1 is a
+    checkpoint's step and s is not (s a checkpoint step too is ambiguous: kept); a value
+    logged at the checkpoint's step itself (epoch-end metrics) is kept over a moved one.
+    """
+    moved_steps: set[int] = set()
+    out: Series = {}
+    for name, values in series.items():
+        row: dict[int, float] = {}
+        for step, value in values.items():
+            if step + 1 in ckpt_steps and step not in ckpt_steps:
+                moved_steps.add(step)
+                if step + 1 not in values:
+                    row[step + 1] = value
+            else:
+                row[step] = value
+        out[name] = dict(sorted(row.items()))
+    if moved_steps:
+        shown = ", ".join(f"{s} → {s + 1}" for s in sorted(moved_steps)[:3])
+        more = " ..." if len(moved_steps) > 3 else ""
+        notes.append(
+            Note(
+                "training-log",
+                f"{path}: Lightning logs one step behind its checkpoints; the rows of "
+                f"{len(moved_steps)} step(s) logged just before a checkpoint moved to its "
+                f"step ({shown}{more})",
+                str(path),
+            )
+        )
+    return out
 
 
 # ----------------------------------------------------------------------------- files

@@ -55,12 +55,14 @@ def test_fixture_sources(tmp_path):
     ckpt = torch.load(FIXTURES / "mlp-wd" / "step_000500.pt", weights_only=True)
     col = log.steps.tolist().index(500)
     assert log.values["val_acc"][col] == ckpt["val_acc"]
-    # Lightning CSVLogger: sparse rows every 5 steps, at the step Lightning logged
+    # Lightning CSVLogger: sparse rows every 5 steps, one behind the checkpoints: the last
+    # row, logged at 639, is matched to epoch=19-step=640.ckpt
     log, _ = _log(FIXTURES / "cnn-lightning")
     rows = (FIXTURES / "cnn-lightning" / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
     last = dict(zip(header, rows[-1].split(","), strict=True))
-    assert log.steps[-1] == int(last["step"])
+    assert int(last["step"]) == 639 and (FIXTURES / "cnn-lightning/epoch=19-step=640.ckpt").exists()
+    assert log.steps[-1] == 640
     assert log.values["train_loss"][-1] == pytest.approx(float(last["train_loss"]))
     assert "metrics.csv" in log.sources["train_loss"]
     # HF Trainer: the last checkpoint's trainer_state.json log_history
