@@ -19,7 +19,14 @@ from ..errors import SpecdynError, option_ref
 from ..sources import Discovery, RunSource, discover, read_training_log
 from ..store import CheckpointProblem, resolve_home, store_path_for
 from ._distributed import DaskSteps, client_engine, cluster_spec, connect
-from ._records import AnalyzeResult, ComputeOptions, MatrixSelection, Progress, RunAnalysis
+from ._records import (
+    AnalyzeResult,
+    ComputeOptions,
+    MatrixSelection,
+    Progress,
+    RunAnalysis,
+    RunFailure,
+)
 from ._run import analyze_stream
 from ._stepstream import LocalSteps
 from ._vector_step import VectorOptions
@@ -48,6 +55,7 @@ def analyze(
     metrics_file: str | Path | None = None,
     scheduler: str | None = None,
     max_inflight: int | None = None,
+    ignore: Sequence[str] = (),
 ) -> AnalyzeResult:
     """Analyse every checkpoint under `path` and write (or extend) each run's store.
 
@@ -87,6 +95,8 @@ def analyze(
             which bounds the results held in memory (default: two per worker, fewer
             when the steps' estimated results would not fit in a quarter of this
             machine's available memory; docs/distributed.md#backpressure-and-memory).
+        ignore: globs of paths under `path` left out (``--ignore``), as
+            `specdyn.sources.discover` takes them (``500/*``, ``out/500/*``).
 
     Returns:
         AnalyzeResult with, per run, the store path, steps computed now and
@@ -96,21 +106,25 @@ def analyze(
         `problems`: the run's checkpoints that were found but could not be
         analysed (corrupt, unsafe, unreadable, no step), also written to its store
         (``/problems``) so that ``specdyn runs`` does not call it complete.
-        `AnalyzeResult.incomplete` is what ``--strict`` exits 1 on.
+        `AnalyzeResult.incomplete` is what ``--strict`` exits 1 on. When `path` holds
+        several runs (`run` picking more than one), a run that raises one of the errors
+        below is left out of `runs` and kept in `AnalyzeResult.failed` with its
+        one-line reason; the other runs are analysed.
 
     Raises:
         SpecdynError subclasses with one-line messages (no checkpoints, unsafe
         or corrupt files that leave nothing to analyse, a shape that changes
         between steps, a store from another run or made with other options, a
         store locked by another writer, a bad `scheduler`, `distributed` not
-        installed, workers that cannot run this specdyn version).
+        installed, workers that cannot run this specdyn version); with several
+        runs, only for what concerns them all (discovery, options, the cluster).
     """
     matrices = matrices or MatrixSelection()
     compute = compute or ComputeOptions()
     if vectors is not None:
         vectors.validate()
     spec = cluster_spec(scheduler, max_inflight)  # before anything is read or started
-    discovery = discover(path)
+    discovery = discover(path, ignore=ignore)
     sources = _chosen_runs(discovery, run, path)
     if metrics_file is not None and len(sources) > 1:
         names = ", ".join(r.name for r in sources)
@@ -129,25 +143,83 @@ def analyze(
         if spec is not None:
             client = stack.enter_context(connect(spec, compute=compute))
             dispatcher = DaskSteps(client, compute, max_inflight=max_inflight)
-        results = [
-            _analyze_run(
-                source,
-                discovery,
-                engine,
-                dispatcher,
-                home=home,
-                name=name,
-                steps=steps,
-                matrices=matrices,
-                compute=compute,
-                vectors=vectors,
-                overwrite=overwrite,
-                on_progress=on_progress,
-                metrics_file=metrics_file,
+        results, failed = _analyze_runs(
+            sources,
+            discovery,
+            engine,
+            dispatcher,
+            home=home,
+            name=name,
+            steps=steps,
+            matrices=matrices,
+            compute=compute,
+            vectors=vectors,
+            overwrite=overwrite,
+            on_progress=on_progress,
+            metrics_file=metrics_file,
+        )
+    return AnalyzeResult(runs=results, notes=list(discovery.notes), failed=failed)
+
+
+def _analyze_runs(
+    sources: list[RunSource],
+    discovery: Discovery,
+    engine: SpectrumEngine,
+    dispatcher: DaskSteps | None,
+    *,
+    home: str | Path | None,
+    name: str | None,
+    **options,
+) -> tuple[list[RunAnalysis], list[RunFailure]]:
+    """Each run into its store; with several, a run's error is recorded and the next run
+    analysed (one run raises it, as for a single checkpoint folder)."""
+    results: list[RunAnalysis] = []
+    failed: list[RunFailure] = []
+    for position, source in enumerate(sources):
+        try:
+            results.append(
+                _analyze_run(source, discovery, engine, dispatcher, home=home, name=name, **options)
             )
-            for source in sources
-        ]
-    return AnalyzeResult(runs=results, notes=list(discovery.notes))
+        except SpecdynError as exc:
+            if len(sources) == 1:
+                raise
+            failure = _failure(source, discovery, exc, home=home, name=name)
+            failure.position = position
+            failed.append(failure)
+    return results, failed
+
+
+def _store_name(source: RunSource, discovery: Discovery, name: str | None) -> str:
+    """A run's store name: `name` (or the run's), prefixing the run's with several runs."""
+    if len(discovery.runs) > 1:
+        return f"{name}-{source.name}" if name else source.name
+    return name or source.name
+
+
+def _failure(
+    source: RunSource,
+    discovery: Discovery,
+    exc: SpecdynError,
+    *,
+    home: str | Path | None,
+    name: str | None,
+) -> RunFailure:
+    """The record of a run of several that raised `exc` (its one line, both wordings)."""
+    store_name = _store_name(source, discovery, name)
+    try:
+        store = str(store_path_for(store_name, resolve_home(home)))
+    except SpecdynError:
+        store = ""
+    return RunFailure(
+        name=source.name,
+        source_root=str(source.root),
+        store_path=store,
+        reason=exc.render(),
+        cli_reason=exc.render(cli=True),
+        kind=type(exc).__name__,
+        file=exc.file,
+        step=exc.step,
+    )
 
 
 def _analyze_run(
@@ -167,10 +239,7 @@ def _analyze_run(
     metrics_file: str | Path | None,
 ) -> RunAnalysis:
     """One discovered run into its store."""
-    if len(discovery.runs) > 1:
-        store_name = f"{name}-{source.name}" if name else source.name
-    else:
-        store_name = name or source.name
+    store_name = _store_name(source, discovery, name)
     training, training_notes = read_training_log(source, metrics_file)
     result = analyze_stream(
         LocalSteps(source),

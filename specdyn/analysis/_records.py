@@ -8,7 +8,14 @@ from dataclasses import asdict, dataclass, field
 from ..store import CheckpointProblem
 from ..types import Note
 
-__all__ = ["ComputeOptions", "MatrixSelection", "Progress", "RunAnalysis", "AnalyzeResult"]
+__all__ = [
+    "ComputeOptions",
+    "MatrixSelection",
+    "Progress",
+    "RunAnalysis",
+    "RunFailure",
+    "AnalyzeResult",
+]
 
 
 @dataclass(frozen=True)
@@ -106,11 +113,41 @@ class RunAnalysis:
 
 
 @dataclass
+class RunFailure:
+    """A run of a folder of several runs that could not be analysed (the others were).
+
+    name: the run's name; source_root: its folder; store_path: the store it was to be
+    written to (it may hold the steps computed before the failure); reason: the error's
+    one line, options in Python wording (``matrices.exclude``); cli_reason: the same line
+    with options as flags (``--exclude``); kind: the error's class name
+    (``ShapeChangedError``); position: the run's place (from 0) among the runs chosen,
+    in discovery order; file, step: the file and step at fault, when known.
+    """
+
+    name: str
+    source_root: str
+    store_path: str
+    reason: str
+    cli_reason: str
+    kind: str
+    position: int = 0
+    file: str | None = None
+    step: int | None = None
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form (for `--json`)."""
+        return asdict(self)
+
+
+@dataclass
 class AnalyzeResult:
-    """Result of `analyze`: one `RunAnalysis` per run found, and discovery notes."""
+    """Result of `analyze`: one `RunAnalysis` per run analysed, discovery notes, and
+    `failed`: one `RunFailure` per run of a folder of several runs that could not be
+    analysed (in discovery order; the other runs were analysed all the same)."""
 
     runs: list[RunAnalysis]
     notes: list[Note]
+    failed: list[RunFailure] = field(default_factory=list)
 
     @property
     def incomplete(self) -> bool:
@@ -119,4 +156,8 @@ class AnalyzeResult:
 
     def to_dict(self) -> dict:
         """JSON-serialisable form (for `--json`)."""
-        return {"runs": [r.to_dict() for r in self.runs], "notes": [asdict(n) for n in self.notes]}
+        return {
+            "runs": [r.to_dict() for r in self.runs],
+            "failed": [f.to_dict() for f in self.failed],
+            "notes": [asdict(n) for n in self.notes],
+        }

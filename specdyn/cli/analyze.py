@@ -42,6 +42,16 @@ _ConvMetricsOption = Annotated[
     ),
 ]
 
+_IgnoreOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--ignore",
+        help="Glob of files or folders under PATH to leave out (repeatable), matched "
+        "against the path relative to PATH ('version_3', '500/*') or starting with PATH "
+        "as given ('out/500/*'); what it leaves out is counted in a note.",
+    ),
+]
+
 
 def _with_conv_metrics(compute: ComputeOptions, conv_metrics: str) -> ComputeOptions:
     """`compute` with ``--conv-metrics`` (a usage error for another value)."""
@@ -78,6 +88,7 @@ def analyze_command(
     exclude: Annotated[
         list[str] | None, typer.Option(help="Regex on matrix names to drop (repeatable).")
     ] = None,
+    ignore: _IgnoreOption = None,
     transposed: Annotated[
         str | None, typer.Option(help="Regex of parameters that are ConvTranspose weights.")
     ] = None,
@@ -159,8 +170,18 @@ def analyze_command(
             metrics_file=metrics,
             scheduler=scheduler,
             max_inflight=max_inflight,
+            ignore=tuple(ignore or ()),
         )
     _render(result, out)
+    return _exit_code(result, out, strict=strict)
+
+
+def _exit_code(result: AnalyzeResult, out: Output, *, strict: bool) -> int:
+    """1 when a run of several failed (each named), or with --strict when a checkpoint
+    could not be analysed; else 0."""
+    if result.failed:
+        _report_failures(result, out)
+        return 1
     if strict and result.incomplete:
         lost = sum(len(r.problems) + len(r.steps_failed) for r in result.runs)
         out.line(
@@ -176,7 +197,8 @@ def _render(result: AnalyzeResult, out: Output) -> None:
     """A summary table per run on stdout, then the warnings and notes on stderr; or one
     JSON document (its notes inside)."""
     if out.json_mode:
-        out.json(result.to_dict())
+        # printed even though the command then exits 1 when a run failed: it lists them
+        out.json(result.to_dict(), on_failure=bool(result.failed))
         return
     _render_tables(result, out)
     out.notes(result.notes)
@@ -184,12 +206,38 @@ def _render(result: AnalyzeResult, out: Output) -> None:
         out.notes(run.notes)
 
 
+def _report_failures(result: AnalyzeResult, out: Output) -> None:
+    """The closing error line of a folder of runs some of which could not be analysed."""
+    for f in result.failed:  # on stderr too: they survive -q, --json and a redirected stdout
+        out.line(f"specdyn: run {f.name} failed: {f.cli_reason}", err=True)
+    names = ", ".join(f.name for f in result.failed)
+    total = len(result.failed) + len(result.runs)
+    failed = len(result.failed)
+    out.line(
+        f"specdyn: error: {failed} of {total} run{'s' if total > 1 else ''} could not be "
+        f"analysed ({names}; the reasons are above), the other {len(result.runs)} were; leave "
+        "a run out with --ignore 'RUN_FOLDER' or pick runs with --run; exit 1",
+        err=True,
+    )
+
+
+def _run_table(result: AnalyzeResult, out: Output) -> None:
+    """Which runs of a folder of several ran and which failed, one row each."""
+    rows = [(r.name, "analysed", r.store_path) for r in result.runs]
+    for f in sorted(result.failed, key=lambda f: f.position):  # back in discovery order
+        rows.insert(f.position, (f.name, "failed", f.cli_reason))
+    out.table(
+        f"{len(rows)} runs: {len(result.runs)} analysed, {len(result.failed)} failed",
+        ("run", "result", "store / reason"),
+        rows,
+    )
+
+
 def _render_tables(result: AnalyzeResult, out: Output) -> None:
-    """One summary table per run."""
-    if len(result.runs) > 1:
-        out.line(
-            f"{len(result.runs)} runs found: {', '.join(r.name for r in result.runs)}", err=True
-        )
+    """One summary table per run, then, for several runs, which ran and which failed."""
+    if len(result.runs) + len(result.failed) > 1:
+        names = [r.name for r in result.runs] + [f.name for f in result.failed]
+        out.line(f"{len(names)} runs found: {', '.join(names)}", err=True)
     for run in result.runs:
         found = [n for n in result.notes if _under(n.path, run.source_root)]
         duplicates = [n for n in found if n.kind == "duplicate"]
@@ -226,6 +274,8 @@ def _render_tables(result: AnalyzeResult, out: Output) -> None:
                 ("store", run.store_path),
             ],
         )
+    if len(result.runs) + len(result.failed) > 1:
+        _run_table(result, out)
 
 
 def _unreadable_summary(run) -> str:

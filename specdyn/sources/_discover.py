@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import CheckpointError, DiscoveryError
+from ..errors import CheckpointError, DiscoveryError, option_ref
 from ..types import Note
 from ._checkpoint import (
     WEIGHT_SUFFIXES,
@@ -25,7 +26,7 @@ from ._formats import error_content, error_kind, loads_json, read_index, read_re
 from ._stepnames import MAX_STEP, checkpoint_name, is_generic_name, run_stem, step_out_of_range
 from ._trainlog import log_root
 
-__all__ = ["Discovery", "RunSource", "discover"]
+__all__ = ["Discovery", "RunSource", "discover", "natural_key"]
 
 _LOOKED_FOR = (
     "*.pt, *.pth, *.bin, *.ckpt, *.safetensors, *.pth.tar, *.tar, *.pkl, *.model, "
@@ -88,7 +89,7 @@ class _Candidate:
     path: Path
 
 
-def discover(path: str | Path) -> Discovery:
+def discover(path: str | Path, *, ignore: Sequence[str] = ()) -> Discovery:
     """Find every checkpoint under `path` and order them into runs.
 
     Walks `path` recursively (symbolic-link loops are visited once; hidden folders are
@@ -105,7 +106,18 @@ def discover(path: str | Path) -> Discovery:
     ``checkpoint-N/text_encoder/``) into one run per model (``<run>-unet``), and splits
     files told apart by their names (``runA_epoch_1.pth`` beside ``runB_epoch_1.pth``)
     into one run per name (docs/runs.md#several-runs-in-one-folder). Files that hold no
-    weights (optimizer state, metrics, gradient dumps) are noted once per kind.
+    weights (optimizer state, metrics, gradient dumps) are noted once per kind. Runs,
+    and files where names are compared, are in natural order (``version_2`` before
+    ``version_10``).
+
+    Args:
+        path: a folder of checkpoints (searched recursively) or one checkpoint.
+        ignore: globs (`fnmatch`; ``*`` crosses ``/``) of files and folders under
+            `path` to leave out, matched against the path relative to `path`
+            (``500/*``, ``version_3``, ``*.bin``) and against it joined to `path` as
+            given (``out/500/*`` for ``discover("out")``); an ignored folder is not
+            walked. One note (kind ``ignored``) counts the files left out, and one
+            names each glob that matched nothing.
 
     Returns:
         Discovery(runs, notes); every run has at least one checkpoint.
@@ -126,13 +138,17 @@ def discover(path: str | Path) -> Discovery:
         )
     notes: list[Note] = []
     no_weights: list[tuple[str, Note]] = []  # (what the file holds, its own note)
+    ignoring = _Ignore(root, ignore)
     if root.is_dir():
-        candidates = _walk(root, notes, no_weights)
+        candidates = _walk(root, notes, no_weights, ignoring)
     else:
         kind = "index" if root.name.endswith(".index.json") else "file"
         candidates = [_Candidate(kind, root)]
+    ignored = ignoring.summary(notes)
     if not candidates:
         skipped = f"; {no_weights[0][1].message}" if no_weights else ""
+        if ignored:
+            skipped += f"; {ignored} left out by {option_ref('ignore')}"
         raise DiscoveryError(f"{root}: no checkpoints found (looked for {_LOOKED_FOR}){skipped}")
     found = _probe_all(root, candidates, notes, no_weights)
     _summarise_no_weights(no_weights, notes)
@@ -317,12 +333,108 @@ def _unstorable_step(ckpt: Checkpoint) -> str | None:
     return None
 
 
+# ----------------------------------------------------------------- order and --ignore
+
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural_key(text: str) -> tuple:
+    """Sort key ordering the numbers inside names by value: ``version_2`` before
+    ``version_10``, ``step_9.pt`` before ``step_10.pt``.
+
+    Args:
+        text: a name or path (str).
+
+    Returns:
+        A tuple of alternating (str, int) parts that compares like the names read aloud;
+        names with the same key are ordered by the text itself.
+    """
+    parts = _DIGITS.split(text)
+    return (tuple((p, 0) if i % 2 == 0 else ("", int(p)) for i, p in enumerate(parts)), text)
+
+
+class _Ignore:
+    """The ``--ignore`` globs of one discovery: which paths they leave out, and counts."""
+
+    def __init__(self, root: Path, patterns: Sequence[str]) -> None:
+        self.root = root
+        self.patterns = [p.rstrip("/") or p for p in patterns]
+        self.used: set[str] = set()
+        self.files = 0
+        self.folders: list[Path] = []
+
+    def _match(self, path: Path) -> str | None:
+        """The first glob matching `path` (relative to the root, or joined to it), or None."""
+        rel = path.relative_to(self.root).as_posix()
+        given = (self.root / rel).as_posix()
+        for pattern in self.patterns:
+            if fnmatch.fnmatchcase(rel, pattern) or fnmatch.fnmatchcase(given, pattern):
+                self.used.add(pattern)
+                return pattern
+        return None
+
+    def filter(
+        self, folder: Path, files: set[str], subdirs: list[Path]
+    ) -> tuple[set[str], list[Path]]:
+        """`files` and `subdirs` of `folder` without the ignored ones (counted)."""
+        if not self.patterns:
+            return files, subdirs
+        kept = {n for n in files if self._match(folder / n) is None}
+        self.files += len(files) - len(kept)
+        kept_dirs = []
+        for d in subdirs:
+            if self._match(d) is None:
+                kept_dirs.append(d)
+                continue
+            self.folders.append(d)
+            self.files += sum(
+                len([f for f in names if not f.startswith(".")]) for _, _, names in os.walk(d)
+            )
+        return kept, kept_dirs
+
+    def summary(self, notes: list[Note]) -> str:
+        """Notes on what was left out and on globs that matched nothing; returns the count
+        ("12 files") or "" when nothing was left out."""
+        for pattern in self.patterns:
+            if pattern not in self.used:
+                notes.append(
+                    Note(
+                        "ignored",
+                        f"{self.root}: ignore glob {pattern!r} (--ignore) matched nothing "
+                        "(globs match paths relative to the folder, e.g. 'version_3/*')",
+                        str(self.root),
+                    )
+                )
+        if not self.files and not self.folders:
+            return ""
+        count = f"{self.files} file{'s' if self.files != 1 else ''}"
+        where = ""
+        if self.folders:
+            shown = ", ".join(str(f) for f in self.folders[:3])
+            more = ", …" if len(self.folders) > 3 else ""
+            where = f" (in {len(self.folders)} folder{'s' if len(self.folders) > 1 else ''}: {shown}{more})"
+        notes.append(
+            Note(
+                "ignored",
+                f"{self.root}: {count}{where} left out by the ignore globs (--ignore)",
+                str(self.root),
+            )
+        )
+        return count
+
+
 # ----------------------------------------------------------------- walking
 
 
-def _walk(root: Path, notes: list[Note], no_weights: list[tuple[str, Note]]) -> list[_Candidate]:
+def _walk(
+    root: Path,
+    notes: list[Note],
+    no_weights: list[tuple[str, Note]],
+    ignoring: _Ignore | None = None,
+) -> list[_Candidate]:
     """Candidate checkpoints under `root`, each real folder visited once; files skipped by
-    their names (DeepSpeed optimizer states, gradient dumps) go to `no_weights`."""
+    their names (DeepSpeed optimizer states, gradient dumps) go to `no_weights`, paths
+    matching `ignoring` are left out (and counted by it)."""
     out: list[_Candidate] = []
     seen: set[str] = set()
     state_files: list[Path] = []  # optimizer/scheduler/RNG state beside model weights
@@ -334,6 +446,8 @@ def _walk(root: Path, notes: list[Note], no_weights: list[tuple[str, Note]]) -> 
             continue
         seen.add(real)
         files, subdirs = _list(folder, notes)
+        if ignoring is not None:
+            files, subdirs = ignoring.filter(folder, files, subdirs)
         chosen = folder_weights(files)
         if chosen is not None:
             out.extend(_model_folder(folder, files, chosen, notes))
@@ -343,7 +457,7 @@ def _walk(root: Path, notes: list[Note], no_weights: list[tuple[str, Note]]) -> 
         else:
             out.extend(_loose_files(folder, files, subdirs, notes, no_weights))
         state_files.extend(folder / n for n in sorted(files) if _is_training_state(n))
-        stack.extend(sorted(subdirs, reverse=True))
+        stack.extend(sorted(subdirs, key=lambda d: natural_key(d.name), reverse=True))
     if state_files:
         first = state_files[0]
         names = ", ".join(sorted({p.name for p in state_files})[:4])
@@ -577,7 +691,7 @@ def _split_runs(
     if len(trajectories) < 2 or not _separate(trajectories):
         return [(base, items)]
     out = []
-    for child in sorted(groups):
+    for child in sorted(groups, key=natural_key):
         members = groups[child]
         if child not in trajectories:
             for c in members:
@@ -625,7 +739,7 @@ def _split_models(
                         str(c.path),
                     )
                 )
-        for model in sorted(by_model):
+        for model in sorted(by_model, key=natural_key):
             suffix = "-" + model.replace("/", "-") if model else ""
             out.append((run_root, by_model[model], name + suffix))
     return out
@@ -654,7 +768,7 @@ def _split_stems(
         if len(stems) < 2 or not _separate(stems):
             out.append((run_root, members, name))
             continue
-        for c in sorted(loose, key=lambda c: str(c.path)):
+        for c in sorted(loose, key=lambda c: natural_key(str(c.path))):
             target = _stem(c) if _stem(c) in stems else _stem_by_weights(c, stems)
             if target is not None:
                 stems[target].append(c)
@@ -670,7 +784,7 @@ def _split_stems(
                 )
             )
         plain = len(runs) == 1 and name not in stems
-        for stem in sorted(stems):
+        for stem in sorted(stems, key=natural_key):
             label = (stem if plain else f"{name}-{stem}") if stem else name
             out.append((run_root, stems[stem], label))
     return out
@@ -762,7 +876,7 @@ def _preference(ckpt: Checkpoint) -> tuple:
     generic = is_generic_name(checkpoint_name(ckpt.path.name)) or is_generic_name(
         ckpt.path.parent.name
     )
-    return (ckpt._name_step is None, generic, len(ckpt.path.parts), str(ckpt.path))
+    return (ckpt._name_step is None, generic, len(ckpt.path.parts), natural_key(str(ckpt.path)))
 
 
 def _same_weights(a: Checkpoint, b: Checkpoint) -> bool:
@@ -816,7 +930,7 @@ def _order_run(name: str, root: Path, members: list[Checkpoint], notes: list[Not
                 )
             )
         kept[step] = keep
-    for c in sorted(unstepped, key=lambda c: str(c.path)):
+    for c in sorted(unstepped, key=lambda c: natural_key(str(c.path))):
         match = next((s for s in sorted(kept, reverse=True) if _same_weights(kept[s], c)), None)
         if match is not None:
             notes.append(
