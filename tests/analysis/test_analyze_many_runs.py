@@ -5,6 +5,7 @@ paths out, counted in a note."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -148,3 +149,38 @@ def test_natural_key_orders_numbers_by_value():
         "version_2",
         "version_10",
     ]
+
+
+def _ignored_notes(notes: list[dict]) -> list[str]:
+    return [n["message"] for n in notes if n["kind"] == "ignored"]
+
+
+def test_ignore_leaves_a_run_folder_out_and_counts_its_files(many, tmp_path, capsys):
+    folder = many[0]
+    argv = ["analyze", str(folder), "--home", str(tmp_path), "--values-only", "--json"]
+    code = main([*argv, "--run", "version_[67]", "--ignore", BROKEN])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 0 and doc["failed"] == []
+    assert [r["name"] for r in doc["runs"]] == ["version_6"]
+    assert not (tmp_path / f"{BROKEN}.h5").exists() and (tmp_path / "version_6.h5").exists()
+    (note,) = _ignored_notes(doc["notes"])
+    assert f"3 files (in 1 folder: {folder / BROKEN}) left out" in note
+
+
+def test_ignore_globs_match_relative_or_as_given(many):
+    folder = many[0]
+    # the folder's files by the path as given, and every step_3 by the relative path
+    found = discover(folder, ignore=[f"{folder}/{BROKEN}/*", "*/step_3.pt", "nothing/*"])
+    runs = {r.name: [c.step for c in r.checkpoints] for r in found.runs}
+    assert BROKEN not in runs and len(runs) == N_RUNS - 1
+    assert runs["version_0"] == [1, 2] and runs[TRUNCATED] == [1]
+    unmatched, counted = _ignored_notes([dataclasses.asdict(n) for n in found.notes])
+    assert "'nothing/*' (--ignore) matched nothing" in unmatched
+    assert counted.endswith(
+        f"{folder}: {3 + N_RUNS - 1} files left out by the ignore globs (--ignore)"
+    )
+
+
+def test_ignoring_everything_says_so(many):
+    with pytest.raises(specdyn.errors.DiscoveryError, match=r"60 files left out by ignore"):
+        discover(many[0], ignore=["version_*"])
