@@ -65,13 +65,16 @@ def plot_dynamics(
     Args:
         run: a `Run`, or a run name / store path (None: the workspace's only run).
         training: training metric names to draw (default: every stored metric whose
-            name holds "loss", "err" or "acc"). Losses go in one panel (log y), accuracies
+            name holds "loss", "err" or "acc"; system metrics such as ``eval_runtime`` or
+            ``eval_samples_per_second`` only when named). Losses go in one panel (log y), accuracies
             and errors (values in [0, 1]) in another, anything else in a third.
         scores: add the alignment score a(t) and agreement score s(t) heatmaps below
             (a store with singular vectors).
         error: draw accuracies as errors, 1 − accuracy (as the paper's figures do).
         steps: ``--steps`` (docs/runs.md#steps-grammar) for the heatmaps; the curves span
-            the same range.
+            the same range. Without it the axis spans every checkpoint and every logged
+            point of the drawn curves (losses logged before the first checkpoint kept),
+            checkpoints marked as minor ticks.
         matrices: regex on the heatmap rows; log_x: symmetric-log step axis (step 0
             kept); cmap: the rank heatmap's colour map; size: (w, h) inches; title.
 
@@ -98,12 +101,14 @@ def plot_dynamics(
         axes = np.atleast_1d(fig.subplots(len(ratios), 1, sharex=True, height_ratios=ratios))
         _heatmaps(r, axes[len(groups) :], heat, steps, matrices, log_x, cmap)
         lo, hi = int(shown.x[0]), int(shown.x[-1])
+        if steps is None:  # every logged point, before the first checkpoint too
+            lo, hi = _logged_span(r, names, lo, hi)
         for ax, (label, members) in zip(axes[: len(groups)], groups, strict=True):
             _curves(ax, r, label, members, error, lo, hi)
             # an invisible colour bar keeps the curves' x range aligned with the heatmaps'
             fig.colorbar(ScalarMappable(), ax=ax).ax.set_visible(False)
             _checkpoint_tick_style(ax)
-        if shown.x.size > 1:
+        if hi > lo:
             axes[0].set_xlim(lo, hi)  # shared: every panel spans exactly [first, last]
         default = f"{r.name}: training and spectral dynamics"
         fig.suptitle(_titled(title if title is not None else default, shown))
@@ -134,6 +139,15 @@ def _training_names(r: Run, training: Sequence[str] | None) -> list[str]:
     if unknown:
         raise PlotError(f"{r.path}: no training metric {unknown[0]!r}; stored: {', '.join(stored)}")
     return names
+
+
+def _logged_span(r: Run, names: list[str], lo: int, hi: int) -> tuple[int, int]:
+    """[lo, hi] widened to every step at which one of the drawn metrics was logged."""
+    for name in names:
+        x = r.training(name)[0]
+        if x.size:
+            lo, hi = min(lo, int(x.min())), max(hi, int(x.max()))
+    return lo, hi
 
 
 def _heatmaps(r: Run, axes, heat: list[str], steps, matrices, log_x: bool, cmap: str) -> None:
