@@ -173,14 +173,14 @@ def analyze_command(
             ignore=tuple(ignore or ()),
         )
     _render(result, out)
-    return _exit_code(result, out, strict=strict)
+    return _exit_code(result, out, path, strict=strict)
 
 
-def _exit_code(result: AnalyzeResult, out: Output, *, strict: bool) -> int:
+def _exit_code(result: AnalyzeResult, out: Output, path: Path, *, strict: bool) -> int:
     """1 when a run of several failed (each named), or with --strict when a checkpoint
     could not be analysed; else 0."""
     if result.failed:
-        _report_failures(result, out)
+        _report_failures(result, out, path)
         return 1
     if strict and result.incomplete:
         lost = sum(len(r.problems) + len(r.steps_failed) for r in result.runs)
@@ -206,8 +206,9 @@ def _render(result: AnalyzeResult, out: Output) -> None:
         out.notes(run.notes)
 
 
-def _report_failures(result: AnalyzeResult, out: Output) -> None:
-    """The closing error line of a folder of runs some of which could not be analysed."""
+def _report_failures(result: AnalyzeResult, out: Output, path: Path) -> None:
+    """The failed runs' reasons and the closing error line, with the --ignore glob that
+    leaves the first failed run out."""
     for f in result.failed:  # on stderr too: they survive -q, --json and a redirected stdout
         out.line(f"specdyn: run {f.name} failed: {f.cli_reason}", err=True)
     names = ", ".join(f.name for f in result.failed)
@@ -216,9 +217,19 @@ def _report_failures(result: AnalyzeResult, out: Output) -> None:
     out.line(
         f"specdyn: error: {failed} of {total} run{'s' if total > 1 else ''} could not be "
         f"analysed ({names}; the reasons are above), the other {len(result.runs)} were; leave "
-        "a run out with --ignore 'RUN_FOLDER' or pick runs with --run; exit 1",
+        f"a run out with --ignore {_ignore_glob(result.failed[0].source_root, path)!r} "
+        "or pick runs with --run; exit 1",
         err=True,
     )
+
+
+def _ignore_glob(run_root: str, path: Path) -> str:
+    """The ``--ignore`` glob that leaves the folder `run_root` under `path` out."""
+    try:
+        rel = Path(run_root).relative_to(path).as_posix()
+    except ValueError:
+        return run_root
+    return rel if rel != "." else run_root
 
 
 def _run_table(result: AnalyzeResult, out: Output) -> None:
@@ -236,7 +247,9 @@ def _run_table(result: AnalyzeResult, out: Output) -> None:
 def _render_tables(result: AnalyzeResult, out: Output) -> None:
     """One summary table per run, then, for several runs, which ran and which failed."""
     if len(result.runs) + len(result.failed) > 1:
-        names = [r.name for r in result.runs] + [f.name for f in result.failed]
+        names = [r.name for r in result.runs]
+        for f in sorted(result.failed, key=lambda f: f.position):  # in discovery order
+            names.insert(f.position, f.name)
         out.line(f"{len(names)} runs found: {', '.join(names)}", err=True)
     for run in result.runs:
         found = [n for n in result.notes if _under(n.path, run.source_root)]

@@ -116,8 +116,8 @@ def discover(path: str | Path, *, ignore: Sequence[str] = ()) -> Discovery:
             `path` to leave out, matched against the path relative to `path`
             (``500/*``, ``version_3``, ``*.bin``) and against it joined to `path` as
             given (``out/500/*`` for ``discover("out")``); an ignored folder is not
-            walked. One note (kind ``ignored``) counts the files left out, and one
-            names each glob that matched nothing.
+            walked. One note (kind ``ignored-paths``) counts the files left out, and
+            one (``ignore-unmatched``) names each glob that matched nothing.
 
     Returns:
         Discovery(runs, notes); every run has at least one checkpoint.
@@ -399,7 +399,7 @@ class _Ignore:
             if pattern not in self.used:
                 notes.append(
                     Note(
-                        "ignored",
+                        "ignore-unmatched",
                         f"{self.root}: ignore glob {pattern!r} (--ignore) matched nothing "
                         "(globs match paths relative to the folder, e.g. 'version_3/*')",
                         str(self.root),
@@ -415,7 +415,7 @@ class _Ignore:
             where = f" (in {len(self.folders)} folder{'s' if len(self.folders) > 1 else ''}: {shown}{more})"
         notes.append(
             Note(
-                "ignored",
+                "ignored-paths",
                 f"{self.root}: {count}{where} left out by the ignore globs (--ignore)",
                 str(self.root),
             )

@@ -120,14 +120,19 @@ def test_one_run_that_fails_still_raises_its_error(many, tmp_path):
 
 def test_the_table_lists_which_ran_and_which_failed(many, tmp_path, capsys):
     folder = many[0]
-    code = main(
-        ["analyze", str(folder), "--home", str(tmp_path), "--values-only", "--run", "version_[17]"]
-    )
-    out = capsys.readouterr().out
+    argv = ["analyze", str(folder), "--home", str(tmp_path), "--values-only"]
+    code = main([*argv, "--run", "version_[78]"])
+    captured = capsys.readouterr()
     assert code == 1
-    assert "2 runs: 1 analysed, 1 failed" in out
-    lines = [line for line in out.splitlines() if "version_1 " in line or f"{BROKEN} " in line]
-    assert "analysed" in lines[-2] and "failed" in lines[-1]
+    assert "2 runs: 1 analysed, 1 failed" in captured.out
+    rows = [
+        [cell.strip() for cell in line.split("│")[1:3]]
+        for line in captured.out.splitlines()
+        if line.startswith("│ version_")
+    ]
+    assert rows == [[BROKEN, "failed"], ["version_8", "analysed"]]  # discovery order
+    assert "2 runs found: version_7, version_8" in captured.err
+    assert f"leave a run out with --ignore '{BROKEN}'" in captured.err
 
 
 def test_natural_order_of_discovery(many):
@@ -152,7 +157,7 @@ def test_natural_key_orders_numbers_by_value():
 
 
 def _ignored_notes(notes: list[dict]) -> list[str]:
-    return [n["message"] for n in notes if n["kind"] == "ignored"]
+    return [n["message"] for n in notes if n["kind"] in ("ignored-paths", "ignore-unmatched")]
 
 
 def test_ignore_leaves_a_run_folder_out_and_counts_its_files(many, tmp_path, capsys):
