@@ -32,7 +32,14 @@ if TYPE_CHECKING:  # what static tools see: the same names, imported eagerly
         result_bytes,
         worker_space,
     )
-    from ._records import AnalyzeResult, ComputeOptions, MatrixSelection, Progress, RunAnalysis
+    from ._records import (
+        AnalyzeResult,
+        ComputeOptions,
+        MatrixSelection,
+        Progress,
+        RunAnalysis,
+        RunFailure,
+    )
     from ._run import analyze_stream, settled_vectors
     from ._stepstream import LocalSteps, StepStream
     from ._vector_step import DEFAULTS as VECTOR_DEFAULTS
@@ -49,6 +56,7 @@ __all__ = [
     "Progress",
     "RemoteCheckpoint",
     "RunAnalysis",
+    "RunFailure",
     "SchedulerSpec",
     "StepStream",
     "VECTOR_DEFAULTS",

@@ -82,6 +82,8 @@ _INFO = {
     "heavy-tail-nan",
     # weights found nested under a dict path (dcp_to_torch_save's ['app']['model'])
     "nested-weights",
+    # what --ignore left out, counted
+    "ignored-paths",
 }
 
 
