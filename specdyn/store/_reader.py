@@ -219,7 +219,8 @@ class Run:
         size_bytes, notes (count), provenance (records), vectors (the settings,
         None for values only), pairs (count), alignment_steps and
         agreement_steps (counts), vector_steps (the steps whose vectors are
-        kept), training_metrics (names), problems (the checkpoints not
+        kept), training_metrics (names), system_metrics (those of kind "system":
+        runtime, throughput, FLOPs, memory), problems (the checkpoints not
         analysed: source, kind, message).
         """
         store = self._store
@@ -255,6 +256,7 @@ class Run:
             "agreement_steps": int(self.agreement.steps.size) if has_vectors else 0,
             "vector_steps": self.vectors.steps.tolist() if has_vectors else [],
             "training_metrics": self.training.names,
+            "system_metrics": sorted(n for n, k in self.training.kinds.items() if k == "system"),
             "problems": [asdict(p) for p in self.problems],
         }
 

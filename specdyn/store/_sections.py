@@ -577,6 +577,16 @@ class RunTraining:
         log = self.log
         return [] if log is None else log.names
 
+    @property
+    def kinds(self) -> dict[str, str]:
+        """Metric name → ``"training"`` (a curve: losses, accuracies, learning rate) or
+        ``"system"`` (runtime, throughput, FLOPs, memory counters: `metric_kind`); every
+        metric ``"training"`` in a store written before kinds were stored."""
+        try:
+            return trainstore.read_kinds(self._store.file)
+        except (KeyError, OSError, ValueError, TypeError) as exc:
+            raise layout.damaged(self._store.path, exc) from None
+
     def series(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """One training metric at the steps where it was logged.
 

@@ -60,8 +60,12 @@ def test_system_metrics_are_stored_with_their_kind_under_the_checksums(tmp_path)
         store = run.path
         # stored and readable, as every logged metric is
         assert run.training("eval_runtime")[1].tolist() == [10.5, 20.5]
+        public = run.training.kinds
+        info = run.info()
     with h5py.File(store, "r") as f:
         kinds = read_kinds(f)
+    assert public == kinds and set(info["training_metrics"]) == set(kinds)
+    assert info["system_metrics"] == sorted(n for n, k in kinds.items() if k == "system")
     assert kinds == {"loss": "training", "learning_rate": "training", "eval_loss": "training",
                      "eval_runtime": "system", "eval_samples_per_second": "system",
                      "eval_steps_per_second": "system"}  # fmt: skip
