@@ -497,15 +497,7 @@ def heavy_tail_metrics(
 # --------------------------------------------------------------------------------------
 # What an analysis stores: both families, one stable rank
 
-FIT_NAMES = (
-    "alpha",
-    "alpha_stderr",
-    "xmin",
-    "ks_distance",
-    "num_tail",
-    "alpha_weighted",
-    "log_alpha_norm",
-)
+FIT_NAMES = HEAVY_TAIL_NAMES[: HEAVY_TAIL_NAMES.index("log_alpha_norm") + 1]
 """The heavy-tailed metrics made from the power-law fit: NaN whenever the fit is."""
 
 STORED_METRIC_NAMES = METRIC_NAMES + tuple(n for n in HEAVY_TAIL_NAMES if n not in METRIC_NAMES)

@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import StoreError, command_ref, option_ref
 from ..extras import require_extra
 from . import _layout as layout
-from ._tables import TableChunk, frame
+from ._tables import TableChunk, joined_frame
 
 # `Comparison` (``_comparison``) calls into this module, so its type is named, not imported.
 Comparison = Any
@@ -338,13 +338,8 @@ def empty_comparison_chunk(cmp: Comparison, section: str) -> TableChunk:
 def comparison_to_pandas(cmp: Comparison, section: str) -> Any:
     """`Comparison.to_pandas`: the whole table of one section (see `comparison_chunks`)."""
     pd = require_extra("pandas", "pandas", "Comparison.to_pandas")
-    frames = [frame(pd, c) for c in comparison_chunks(cmp, section)]
-    if not frames:
-        return frame(pd, empty_comparison_chunk(cmp, section))
-    if len(frames) == 1:
-        return frames[0]
-    # the chunks share their categories, so concatenation keeps the columns categorical
-    return pd.concat(frames, ignore_index=True)
+    chunks = comparison_chunks(cmp, section)
+    return joined_frame(pd, chunks, lambda: empty_comparison_chunk(cmp, section))
 
 
 def _run_coords(cmp: Comparison) -> dict[str, Any]:

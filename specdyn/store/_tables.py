@@ -33,6 +33,7 @@ __all__ = [
     "STACKED",
     "empty_chunk",
     "frame",
+    "joined_frame",
     "section_rows",
     "xarray_skeleton",
     "run_sections",
@@ -315,9 +316,15 @@ def to_pandas(run: Run, section: str) -> Any:
     """`Run.to_pandas`: the whole table of one section (see `table_chunks`)."""
     pd = require_extra("pandas", "pandas", "Run.to_pandas")
     _check_section(run, section)
-    frames = [frame(pd, c) for c in table_chunks(run, section)]
+    return joined_frame(pd, table_chunks(run, section), lambda: empty_chunk(run, section))
+
+
+def joined_frame(pd: ModuleType, chunks: Any, empty: Any) -> Any:
+    """One DataFrame of the `TableChunk`s `chunks` (`empty()`: the chunk of no rows that
+    gives the columns when there is none)."""
+    frames = [frame(pd, c) for c in chunks]
     if not frames:
-        return frame(pd, empty_chunk(run, section))
+        return frame(pd, empty())
     if len(frames) == 1:
         return frames[0]
     # the chunks share their categories, so concatenation keeps the columns categorical
