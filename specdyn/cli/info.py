@@ -43,7 +43,11 @@ def info_command(
         return
     out.fields(
         f"run {summary.get('name')}",
-        [(k, _short(v)) for k, v in summary.items() if k not in ("provenance", "problems")]
+        [
+            (k, _origins(v) if k == "step_origins" else _short(v))
+            for k, v in summary.items()
+            if k not in ("provenance", "problems")
+        ]
         + [("unreadable checkpoints", len(summary.get("problems", [])) or "none")],
     )
     if summary.get("problems"):
@@ -100,6 +104,11 @@ def _definition(definition: dict | None) -> str:
     if definition["basis"] == "slice":
         return f"slice SVD {where}"
     return f"kernel v {where}" + (", normalised" if definition["normalize"] else "")
+
+
+def _origins(origins: dict[str, int]) -> str:
+    """Where the steps came from: ``6 from optimizer.bin state step, 1 from name``."""
+    return ", ".join(f"{n} from {origin}" for origin, n in origins.items()) or "-"
 
 
 def _short(value: object) -> str:

@@ -25,6 +25,7 @@ from ._formats import (
     read_regular_text,
 )
 from ._stepnames import WEIGHT_SUFFIXES, checkpoint_name, steps_from_name
+from ._trainstate import is_accelerate_auto_name, state_step
 
 __all__ = [
     "Checkpoint",
@@ -308,7 +309,8 @@ def probe(path: Path, kind: str) -> tuple[Checkpoint, list[Note]]:
         _name_step=from_name.step,
         _signature=signature,
     )
-    _assign_step(ckpt, opened.trainer_state, from_name, notes)
+    holder = path if kind == "folder" else path.parent if kind == "member" else None
+    _assign_step(ckpt, opened.trainer_state, from_name, notes, holder)
     if ckpt.step is None and ckpt.epoch is None and kind in ("file", "member"):
         # model.pt inside step_1200/: the folder names the step (explicit markers only).
         _take_folder_step(ckpt, path.parent, "name")
@@ -368,8 +370,11 @@ def _take_folder_step(ckpt: Checkpoint, folder: Path, origin: str) -> bool:
     return named.step is not None or named.epoch is not None
 
 
-def _assign_step(ckpt: Checkpoint, trainer_state: dict, from_name, notes: list[Note]) -> None:
-    """Step and epoch: metadata first (trainer_state.json, global_step, step), then the name."""
+def _assign_step(
+    ckpt: Checkpoint, trainer_state: dict, from_name, notes: list[Note], holder: Path | None
+) -> None:
+    """Step and epoch: metadata first (trainer_state.json, global_step, step), then the
+    optimizer/scheduler state in `holder` (the checkpoint's folder), then the name."""
     step, origin = None, ""
     if trainer_state:
         raw = trainer_state.get("global_step")
@@ -389,17 +394,19 @@ def _assign_step(ckpt: Checkpoint, trainer_state: dict, from_name, notes: list[N
             if step is None and not noted and _is_infinite(ckpt.scalars[key]):
                 noted = True
                 notes.append(_out_of_range(ckpt, f"its metadata {key}"))
+    index = holder is not None and is_accelerate_auto_name(holder)
+    if step is None and holder is not None:
+        # The scheduler only where the name is a save index: stepped per epoch, or
+        # num_processes times per step under Accelerate, it counts something else.
+        step, origin = _state_step(ckpt, holder, index, notes)
     if step is None and from_name.step is not None:
         step, origin = from_name.step, "name"
-    elif step is not None and from_name.step is not None and from_name.step != step:
-        notes.append(
-            Note(
-                "step-mismatch",
-                f"{ckpt.path}: its name says step {from_name.step} but its metadata says {step}; "
-                "using the metadata",
-                str(ckpt.path),
-            )
-        )
+    # A model of several in a checkpoint_N folder (model_1.safetensors): the folder's index.
+    named = from_name.step
+    if named is None and index and holder is not None:
+        named = steps_from_name(holder.name, trailing=False).step
+    if step is not None and named is not None and named != step and origin != "name":
+        notes.append(_mismatch(ckpt, named, step, origin, index))
     epoch = _integral(ckpt.scalars.get("epoch"))
     epoch_origin = "metadata:epoch" if epoch is not None else ""
     if epoch is None and from_name.epoch is not None:
@@ -414,6 +421,39 @@ def _assign_step(ckpt: Checkpoint, trainer_state: dict, from_name, notes: list[N
             )
         )
     ckpt.step, ckpt.step_origin, ckpt.epoch, ckpt._epoch_origin = step, origin, epoch, epoch_origin
+
+
+def _state_step(
+    ckpt: Checkpoint, holder: Path, scheduler: bool, notes: list[Note]
+) -> tuple[int | None, str]:
+    """(step, origin) from the optimizer (else scheduler) state in `holder`; a note when a
+    state file is there but cannot be read."""
+    found = state_step(holder, scheduler=scheduler)
+    if found.step is None and found.problem:
+        notes.append(
+            Note(
+                "step-state-unreadable",
+                f"{ckpt.path}: the training state beside it gives no step ({found.problem}); "
+                "the step comes from the name if it gives one",
+                str(ckpt.path),
+            )
+        )
+    return found.step, found.origin
+
+
+def _mismatch(ckpt: Checkpoint, named: int, step: int, origin: str, index: bool) -> Note:
+    """The note for a name whose step differs from the one its metadata or state records."""
+    where = "its metadata" if origin.startswith("metadata") else origin
+    says = (
+        f"checkpoint_{named} is Accelerate's automatic save index {named}, not a step,"
+        if index
+        else f"its name says step {named}"
+    )
+    return Note(
+        "step-mismatch",
+        f"{ckpt.path}: {says} but {where} says {step}; using {where}",
+        str(ckpt.path),
+    )
 
 
 def _is_infinite(value: object) -> bool:

@@ -214,7 +214,9 @@ class Run:
 
         Keys: name, path, source_root, step_unit, created, schema_version,
         steps_done, steps_total, first_step, last_step (of done steps; None if
-        none), matrices (count), metrics, skipped (reason → count), aliases
+        none), step_origins (where the step numbers came from → how many steps, over
+        every known step: "trainer_state.json", "optimizer.bin state step", "name", …;
+        "not recorded" in stores from before origins were kept), matrices (count), metrics, skipped (reason → count), aliases
         (count), methods (method → matrix-steps computed with it), options,
         size_bytes, notes (count), provenance (records), vectors (the settings,
         None for values only), pairs (count), alignment_steps and
@@ -241,6 +243,9 @@ class Run:
             "steps_total": int(store.all_steps.size),
             "first_step": int(steps[0]) if steps.size else None,
             "last_step": int(steps[-1]) if steps.size else None,
+            "step_origins": dict(
+                Counter(r.origin or "not recorded" for r in read_step_records(store.file))
+            ),
             "matrices": len(store.matrices),
             "metrics": self.values.metric_names,
             "skipped": dict(Counter(reason for _, reason in self.skipped)),

@@ -144,14 +144,15 @@ def test_accelerate_save_state_one_model(tmp_path):
     models, saved = _accelerate_run(tmp_path / "proj", 1)
     found = discover(tmp_path / "proj")
     (run,) = found.runs
-    assert run.name == "proj" and [c.step for c in run.checkpoints] == [0, 1, 2]
-    # optimizer.bin, random_states_0.pkl: never read, one note for all; the step note once
+    # checkpoint_N counts saves; the step is the optimizer's (issue 24 item 1)
+    assert run.name == "proj" and [c.step for c in run.checkpoints] == [1, 2, 3]
+    # optimizer.bin, random_states_0.pkl: one note for all; the step note once
     state, note = sorted(found.notes, key=lambda n: n.kind != "training-state")
     assert state.kind == "training-state" and "optimizer.bin" in state.message
     assert "random_states_0.pkl" in state.message and state.message.startswith("6 ")
-    assert note.kind == "save-number" and "checkpoint_N" in note.message
+    assert note.kind == "step-mismatch" and "automatic save index 0" in note.message
     for ckpt, states in zip(run.checkpoints, saved, strict=True):
-        assert ckpt.path.name == f"checkpoint_{ckpt.step}" and ckpt.path.is_dir()
+        assert ckpt.path.name == f"checkpoint_{ckpt.step - 1}" and ckpt.path.is_dir()
         _check_matrices(ckpt, models[0], states[0])
 
 
@@ -163,9 +164,9 @@ def test_accelerate_save_state_two_models_are_two_runs(tmp_path):
     assert [r.name for r in found.runs] == ["proj-model", "proj-model_1"]
     kinds = sorted(n.kind for n in found.notes)
     # no "ignored" note for model_1; the state files in one note
-    assert kinds == ["save-number", "several-runs", "training-state"]
+    assert kinds == ["several-runs", "step-mismatch", "step-mismatch", "training-state"]
     for index, run in enumerate(found.runs):
-        assert [c.step for c in run.checkpoints] == [0, 1, 2]
+        assert [c.step for c in run.checkpoints] == [1, 2, 3]  # the optimizer steps
         for ckpt, states in zip(run.checkpoints, saved, strict=True):
             assert ckpt.model == run.name.removeprefix("proj-")
             _check_matrices(ckpt, models[index], states[index])
