@@ -429,12 +429,17 @@ def _state_step(
     """(step, origin) from the optimizer (else scheduler) state in `holder`; a note when a
     state file is there but cannot be read."""
     found = state_step(holder, scheduler=scheduler)
-    if found.step is None and found.problem:
+    if found.problem:
+        then = (
+            f"the step comes from {found.origin}"
+            if found.step is not None
+            else "the step comes from the name if it gives one"
+        )
         notes.append(
             Note(
                 "step-state-unreadable",
-                f"{ckpt.path}: the training state beside it gives no step ({found.problem}); "
-                "the step comes from the name if it gives one",
+                f"{ckpt.path}: training state beside it not read for its step "
+                f"({found.problem}); {then}",
                 str(ckpt.path),
             )
         )

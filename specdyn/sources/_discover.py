@@ -186,7 +186,7 @@ def discover(path: str | Path, *, ignore: Sequence[str] = ()) -> Discovery:
     if not runs:
         problems = "; ".join(n.message for n in notes[-3:])
         raise DiscoveryError(f"{root}: no checkpoint with a known step: {problems}")
-    _summarise_step_mismatch(runs, notes)
+    _summarise_step_notes(runs, notes)
     _note_layouts(runs, notes)
     return Discovery(runs=runs, notes=notes)
 
@@ -269,23 +269,30 @@ def _summarise_nesting(notes: list[Note]) -> None:
         notes.insert(first, Note(kind, message, group[0].path))
 
 
-def _summarise_step_mismatch(runs: list[RunSource], notes: list[Note]) -> None:
-    """One step-mismatch note per run, counting its checkpoints and quoting the first, in
-    place of one per checkpoint."""
+# Step notes each checkpoint of a run draws alike: one per run, with what it says of them.
+_PER_RUN_STEP_NOTES = {
+    "step-mismatch": "their names give other steps than their metadata or training state "
+    "records, which is used",
+    "step-state-unreadable": "the training state beside them could not be read for their step",
+}
+
+
+def _summarise_step_notes(runs: list[RunSource], notes: list[Note]) -> None:
+    """One step-mismatch (and one step-state-unreadable) note per run, counting its
+    checkpoints and quoting the first, in place of one per checkpoint."""
     for run in runs:
         paths = {str(c.path) for c in run.checkpoints}
-        group = [n for n in notes if n.kind == "step-mismatch" and n.path in paths]
-        if len(group) < 2:
-            continue
-        first = notes.index(group[0])
-        dropped = {id(n) for n in group}
-        notes[:] = [n for n in notes if id(n) not in dropped]
-        message = (
-            f"{len(group)} checkpoints of {run.name}: their names give other steps than "
-            f"their metadata or training state records, which is used (the first: "
-            f"{group[0].message})"
-        )
-        notes.insert(first, Note("step-mismatch", message, group[0].path))
+        for kind, says in _PER_RUN_STEP_NOTES.items():
+            group = [n for n in notes if n.kind == kind and n.path in paths]
+            if len(group) < 2:
+                continue
+            first = notes.index(group[0])
+            dropped = {id(n) for n in group}
+            notes[:] = [n for n in notes if id(n) not in dropped]
+            message = (
+                f"{len(group)} checkpoints of {run.name}: {says} (the first: {group[0].message})"
+            )
+            notes.insert(first, Note(kind, message, group[0].path))
 
 
 def _note_layouts(runs: list[RunSource], notes: list[Note]) -> None:

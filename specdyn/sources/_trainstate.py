@@ -73,7 +73,7 @@ def state_step(folder: Path, *, scheduler: bool) -> StateStep:
                 problems.append(str(exc))
                 continue
             if step is not None:
-                return StateStep(step, f"{name} state step")
+                return StateStep(step, f"{name} state step", "; ".join(problems))
     if scheduler:
         for name in _SCHEDULERS:
             path = folder / name
@@ -84,7 +84,7 @@ def state_step(folder: Path, *, scheduler: bool) -> StateStep:
                     problems.append(str(exc))
                     continue
                 if step is not None:
-                    return StateStep(step, f"{name} last_epoch")
+                    return StateStep(step, f"{name} last_epoch", "; ".join(problems))
     return StateStep(None, "", "; ".join(problems))
 
 

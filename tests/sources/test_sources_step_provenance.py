@@ -131,11 +131,45 @@ def test_an_unreadable_optimizer_state_is_noted_and_the_name_used(accelerate_run
         (folder / "scheduler.bin").write_bytes(b"not a torch file")
     found = discover(copy)
     assert [c.step for c in found.runs[0].checkpoints] == list(range(6))
-    unreadable = [n for n in found.notes if n.kind == "step-state-unreadable"]
-    assert len(unreadable) == 6 and "scheduler.bin: not readable" in unreadable[0].message
+    (unreadable,) = [n for n in found.notes if n.kind == "step-state-unreadable"]
+    assert unreadable.message.startswith("6 checkpoints of checkpoints:")
+    assert "scheduler.bin: not readable" in unreadable.message
     # the steps then count saves, and one note says so
     (saves,) = [n for n in found.notes if n.kind == "save-number"]
     assert "count save_state calls" in saves.message
+
+
+class _Hostile:
+    """Unpickling this runs a shell command (with torch.load's full unpickler)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_hostile_optimizer_state_is_not_run_and_the_scheduler_gives_the_step(
+    accelerate_runs, tmp_path
+):
+    checkpoints, _ = accelerate_runs
+    copy = tmp_path / "checkpoints"
+    shutil.copytree(checkpoints, copy)
+    marker = tmp_path / "ran"
+    for folder in copy.iterdir():
+        torch.save({"state": {0: {"step": _Hostile(marker)}}}, folder / "optimizer.bin")
+    found = discover(copy)
+    assert not marker.exists()
+    # StepLR was stepped with the optimizer: last_epoch is the step
+    assert [c.step for c in found.runs[0].checkpoints] == _TRUE_STEPS
+    assert {c.step_origin for c in found.runs[0].checkpoints} == {"scheduler.bin last_epoch"}
+    (unreadable,) = [n for n in found.notes if n.kind == "step-state-unreadable"]
+    assert unreadable.message.startswith("6 checkpoints of checkpoints:")
+    assert "optimizer.bin: not readable" in unreadable.message
+    assert "posix.system" in unreadable.message or "os.system" in unreadable.message
+    assert unreadable.message.endswith("the step comes from scheduler.bin last_epoch)")
 
 
 def _linear(seed: int) -> dict[str, torch.Tensor]:
