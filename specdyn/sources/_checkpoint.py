@@ -122,7 +122,8 @@ class Checkpoint:
     plain ``pickle.dump`` of numpy arrays).
     step / epoch: the training step and epoch (None when unknown); step_origin says where
     the step came from ("metadata:global_step", "metadata:step", "trainer_state.json",
-    "name", "ancestor name" for a folder above it such as ``checkpoint-500/`` in
+    "optimizer.bin state step" / "scheduler.bin last_epoch" for the training state saved
+    beside the weights (Accelerate's automatic ``checkpoint_N`` is a save index), "name", "ancestor name" for a folder above it such as ``checkpoint-500/`` in
     ``checkpoint-500/unet/``, "metadata:epoch" / "name:epoch" / "ancestor name:epoch"
     for epoch-unit runs, "default").
     config: ``config.json`` in the folder or beside the file. scalars: numeric top-level

@@ -98,8 +98,9 @@ def discover(path: str | Path, *, ignore: Sequence[str] = ()) -> Discovery:
     ignoring optimizer/scheduler/RNG state; each model of an Accelerate folder holding
     several, ``model.safetensors`` and ``model_1.safetensors``; a
     torch.distributed.checkpoint folder, ``.metadata`` + ``*.distcp``), finds each step
-    (metadata first, then the name, then the nearest folder below `path` whose name gives
-    one, as in ``checkpoint-500/unet/``), resolves duplicates (same step and same weights:
+    (metadata first, then the optimizer/scheduler state beside the weights, then the
+    name, then the nearest folder below `path` whose name gives one, as in
+    ``checkpoint-500/unet/``; docs/runs.md#step-of-a-checkpoint), resolves duplicates (same step and same weights:
     kept once, noted; a file with no step is matched to a step by its weights or skipped
     with a note), splits a folder whose subfolders each hold a trajectory into several
     runs, splits a run whose step folders each hold several models (``checkpoint-N/unet/``,
