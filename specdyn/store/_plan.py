@@ -232,6 +232,17 @@ def check_compatible(path: Path, stored: StorePlan, request: StorePlan) -> None:
             file=path,
         )
     _check_metrics(path, stored, request)
+    moved = _moved_checkpoints(stored.steps, request.steps)
+    if moved:
+        source, old, new = moved[0]
+        more = f" and {len(moved) - 1} more" if len(moved) > 1 else ""
+        raise StoreMismatchError(
+            f"store {path} holds {source} at {stored.step_unit} {old}, which these checkpoints "
+            f"put at {new}{more} (how steps are found: docs/runs.md#step-of-a-checkpoint); use "
+            f"{layout.OVERWRITE} to recompute on the new step axis or {layout.NAME} for a "
+            "separate store",
+            file=path,
+        )
     problems = _matrix_differences(stored.matrices, request.matrices)
     if problems:
         raise StoreMismatchError(
@@ -268,6 +279,18 @@ def _check_metrics(path: Path, stored: StorePlan, request: StorePlan) -> None:
             f"{request.metric_names}; use {layout.OVERWRITE} to recompute",
             file=path,
         )
+
+
+def _moved_checkpoints(
+    stored: Sequence[StepRecord], request: Sequence[StepRecord]
+) -> list[tuple[str, int, int]]:
+    """(source, stored step, requested step) of each checkpoint the store holds at another
+    step than the request gives it (the step rule changed, e.g. Accelerate's save indices
+    read as steps by an earlier specdyn): extending the store would mix two step axes."""
+    now = {r.source: r.step for r in request if r.source}
+    return [
+        (r.source, r.step, now[r.source]) for r in stored if now.get(r.source, r.step) != r.step
+    ]
 
 
 def _matrix_differences(

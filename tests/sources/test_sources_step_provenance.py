@@ -215,3 +215,30 @@ def test_names_that_agree_with_the_state_draw_no_note(tmp_path):
     found = discover(out)
     assert [c.step for c in found.runs[0].checkpoints] == [10, 20]
     assert not [n for n in found.notes if n.kind == "step-mismatch"]
+
+
+def test_a_store_made_on_the_old_step_axis_is_refused_not_mixed(
+    accelerate_runs, tmp_path, monkeypatch
+):
+    """A store an earlier specdyn made of Accelerate's save indices (steps 0…5) must not
+    gain the true steps 25…150 beside them: a re-run is refused, naming a checkpoint."""
+    from specdyn.errors import StoreMismatchError
+    from specdyn.sources import _checkpoint
+    from specdyn.sources._trainstate import StateStep
+
+    run, _ = accelerate_runs
+    with monkeypatch.context() as patch:  # as the name-only rule read them
+        patch.setattr(_checkpoint, "state_step", lambda folder, scheduler: StateStep(None))
+        old = specdyn.analyze(run, home=tmp_path, vectors=None).runs[0].store_path
+    with specdyn.open_run(old) as stored:
+        assert stored.steps.tolist() == [0, 1, 2, 3, 4, 5]
+    before = Path(old).read_bytes()
+    with pytest.raises(StoreMismatchError) as err:
+        specdyn.analyze(run, home=tmp_path, vectors=None)
+    message = str(err.value)
+    assert "checkpoint_0 at step 0, which these checkpoints put at 25 and 5 more" in message
+    assert "overwrite" in message and "\n" not in message
+    assert Path(old).read_bytes() == before  # the store is untouched
+    again = specdyn.analyze(run, home=tmp_path, vectors=None, overwrite=True).runs[0]
+    with specdyn.open_run(again.store_path) as stored:
+        assert stored.steps.tolist() == [25, 50, 75, 100, 125, 150]
