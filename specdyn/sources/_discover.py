@@ -493,7 +493,9 @@ def _walk(
             Note(
                 "training-state",
                 f"{len(state_files)} training-state file(s) beside the weights ({names}; first "
-                f"{first}): optimizer, scheduler and RNG state, not weights; ignored",
+                f"{first}): optimizer, scheduler and RNG state, not weights (the optimizer "
+                "or scheduler state is read for the training step only: "
+                "docs/runs.md#step-of-a-checkpoint)",
                 str(first),
             )
         )
