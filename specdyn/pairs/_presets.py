@@ -6,7 +6,6 @@ Detection is here, with the sequential, shape-chain and LSTM presets; transforme
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, Sequence
 
@@ -19,9 +18,11 @@ from ._specs import (
     PairSpec,
     PresetResult,
     Tap,
+    conv_feed_problem,
     conv_tap,
     conv_taps,
     is_conv,
+    is_grouped,
 )
 
 __all__ = [
@@ -66,16 +67,12 @@ def _sequential(views: Sequence[MatrixView]) -> PresetResult:
     grouped: set[str] = set()
     for a, b in zip(views, views[1:], strict=False):
         desc = f"{a.name} → {b.name}"
-        if b.kind in _CONV_KINDS:
-            taps = math.prod(b.source_shape[2:])
-            per_group = b.shape[1] // taps
-            if a.shape[0] != per_group and a.shape[0] % per_group == 0:
+        why = conv_feed_problem(a, b)
+        if why is not None:
+            if is_grouped(a, b):
                 grouped.add(b.name)
-                result.skipped.append((desc, (
-                    f"grouped/depthwise conv ({per_group} input channels per group of "
-                    f"{a.shape[0]}): no pair rule; write a pairs file to pair it"
-                )))  # fmt: skip
-                continue
+            result.skipped.append((desc, why))
+            continue
         if a.name in grouped:
             result.skipped.append((desc, "grouped/depthwise conv: no pair rule"))
             continue

@@ -105,6 +105,44 @@ def in_width(view: MatrixView) -> int:
     return view.shape[1] // conv_taps(view)
 
 
+# Leaf modules that read the network's input (a 1-channel image), never a previous layer.
+INPUT_CONVS = {"conv_in", "stem", "conv_first", "input_conv", "in_conv", "patch_embed"}
+
+
+def is_grouped(a: MatrixView, b: MatrixView) -> bool:
+    """Whether conv b's shapes imply groups > 1 when a feeds it.
+
+    b reads ``per_group = weight.shape[1]`` channels of each group; a's ``c = a.shape[0]``
+    outputs then split into ``c / per_group`` groups. One input channel per group alone is
+    no evidence (a grayscale ``conv_in`` has ``weight.shape[1] == 1`` too): depthwise also
+    needs a conv a, out channels a multiple of the groups, and b not an input conv.
+    """
+    if not is_conv(b):
+        return False
+    per_group, c = in_width(b), a.shape[0]
+    if c == per_group or c % per_group != 0:
+        return False
+    if per_group > 1:
+        return True
+    return is_conv(a) and b.shape[0] % c == 0 and leaf_module(b.param) not in INPUT_CONVS
+
+
+def conv_feed_problem(a: MatrixView, b: MatrixView) -> str | None:
+    """Why a cannot be paired with conv b by a tap (grouped, or b reads 1 input channel
+    that a's outputs do not make), or None."""
+    if is_grouped(a, b):
+        return (
+            f"grouped/depthwise conv ({in_width(b)} input channels per group of "
+            f"{a.shape[0]}): no pair rule; write a pairs file to pair it"
+        )
+    if is_conv(b) and in_width(b) == 1 and a.shape[0] != 1:
+        return (
+            f"{b.name} reads 1 input channel (the model's input), not {a.name}'s "
+            f"{a.shape[0]} outputs; dimensions do not match"
+        )
+    return None
+
+
 def link(a: MatrixView, b: MatrixView, result: PresetResult, rule: str | None = None) -> bool:
     """Pair a's u with b's v (a feeds b), or record why not; True when paired.
 
@@ -112,14 +150,10 @@ def link(a: MatrixView, b: MatrixView, result: PresetResult, rule: str | None = 
     a conv a → linear b is paired only when b reads a's channels (global pooling).
     """
     desc = f"{a.name} → {b.name}"
-    if is_conv(b):
-        per_group = in_width(b)
-        if a.shape[0] != per_group and a.shape[0] % per_group == 0:
-            result.skipped.append((desc, (
-                f"grouped/depthwise conv ({per_group} input channels per group of "
-                f"{a.shape[0]}): no pair rule; write a pairs file to pair it"
-            )))  # fmt: skip
-            return False
+    why = conv_feed_problem(a, b)
+    if why is not None:
+        result.skipped.append((desc, why))
+        return False
     if is_conv(a) and b.kind == "linear" and a.shape[0] != b.shape[1]:
         result.skipped.append((desc, (
             f"conv → linear after flatten: {a.shape[0]} channels vs {b.shape[1]} input "
