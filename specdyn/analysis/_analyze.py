@@ -18,6 +18,7 @@ from ..engine import SpectrumEngine
 from ..errors import SpecdynError, option_ref
 from ..sources import Discovery, RunSource, discover, read_training_log
 from ..store import CheckpointProblem, resolve_home, store_path_for
+from ..types import Note
 from ._distributed import DaskSteps, client_engine, cluster_spec, connect
 from ._records import (
     AnalyzeResult,
@@ -257,7 +258,22 @@ def _analyze_run(
         dispatcher=dispatcher,
     )
     result.notes[:0] = training_notes
+    single = _single_step_note(source, result)
+    if single is not None:
+        result.notes.append(single)
     return result
+
+
+def _single_step_note(source: RunSource, result: RunAnalysis) -> Note | None:
+    """The ``single-step`` note when one step was analysed: no trajectory to follow."""
+    if len(result.steps_selected) != 1:
+        return None
+    step, unit = result.steps_selected[0], source.step_unit
+    if len(source.checkpoints) == 1:
+        what = f"one checkpoint: a single {unit} ({unit} {step}), no trajectory"
+    else:
+        what = f"one {unit} selected ({unit} {step}) of {len(source.checkpoints)}: no trajectory"
+    return Note("single-step", f"{what}; figures draw it as one column")
 
 
 def _chosen_runs(discovery: Discovery, pattern: str | None, path: str | Path) -> list[RunSource]:

@@ -84,6 +84,8 @@ _INFO = {
     "nested-weights",
     # what --ignore left out, counted
     "ignored-paths",
+    # one step analysed: no trajectory (figures draw it as one column)
+    "single-step",
 }
 
 

@@ -225,6 +225,9 @@ def _step_extent(ax: Axes, x: np.ndarray) -> None:
     (where the checkpoints are); on a linear axis, steps from 10 000 on labelled 20k,
     1.5M (six-digit labels ran into each other on a Pythia run's 0…143 000)."""
     x = np.asarray(x, dtype=np.float64)
+    if x.size == 1:
+        _single_step_axis(ax, float(x[0]))
+        return
     if x.size > 1:
         ax.set_xlim(float(x[0]), float(x[-1]))
     if ax.get_xscale() == "linear":
@@ -232,6 +235,20 @@ def _step_extent(ax: Axes, x: np.ndarray) -> None:
 
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: _step_tick_label(v)))
     _checkpoint_ticks(ax, x)
+
+
+def _single_step_axis(ax: Axes, step: float) -> None:
+    """One step: its one column (width 1 in the axis' scale, as `_edges` draws it) and one
+    major tick labelled with the integer step, no fractional ticks (159.6 … 160.4)."""
+    from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
+
+    transform = ax.xaxis.get_transform()
+    t = transform.transform(np.array([step]))[0]
+    low, high = transform.inverted().transform(np.array([t - 0.5, t + 0.5]))
+    ax.set_xlim(float(low), float(high))
+    ax.xaxis.set_major_locator(FixedLocator([step]))
+    ax.xaxis.set_major_formatter(FixedFormatter([_step_tick_label(round(step))]))
+    ax.xaxis.set_minor_locator(NullLocator())
 
 
 def _step_tick_label(step: float) -> str:
