@@ -263,3 +263,14 @@ def write_plain_pickle(path: Path, obj: Any) -> Path:
         pickle.dump(obj, fh)
     return path
 
+
+
+def write_state_run(folder: Path, states: dict[int, dict]) -> Path:
+    """A run of plain state dicts ``step_NNNNN.pt`` (numpy arrays saved as float32 tensors)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for step, sd in states.items():
+        torch.save(
+            {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in sd.items()},
+            folder / f"step_{step:05d}.pt",
+        )
+    return folder

@@ -14,3 +14,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def computed(monkeypatch):
+    """The methods `SpectrumEngine` computes, in order (a list the test may clear)."""
+    from specdyn.engine import SpectrumEngine
+
+    calls: list[str] = []
+    real = SpectrumEngine._compute
+
+    def compute(engine, method, items, chunk, device):
+        calls.append(method)
+        return real(engine, method, items, chunk, device)
+
+    monkeypatch.setattr(SpectrumEngine, "_compute", compute)
+    return calls

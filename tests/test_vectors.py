@@ -569,21 +569,16 @@ def test_small_max_memory_reads_small_blocks_with_same_vectors(monkeypatch):
     _check_against_lapack(w, 30, tight)
 
 
-def test_uncertified_gram_under_tight_bound_uses_chunked_qr_vectors(monkeypatch, one_torch_thread):
+def test_uncertified_gram_under_tight_bound_uses_chunked_qr_vectors(
+    monkeypatch, one_torch_thread, computed
+):
     # 150 values in [0.9, 1] over 50 zeros: ‖W‖_F² ≈ 135·σ1², so the σ bound at the zeros
     # (≈ √(k_acc·135·u)·σ1) exceeds 1e-6·σ1; a whole float64 copy does not fit the bound
     sigma = np.r_[np.linspace(1.0, 0.9, 150), np.zeros(50)]
     w = torch.from_numpy(_built(np.random.default_rng(14), 4000, 200, sigma))
     bound = _linalg.tsqr_svd_bytes(1, 4000, 200, 64, 8, 10)
     assert bound < _linalg.svd_bytes(1, 4000, 200, 8, 10)
-    calls: list[str] = []
-    real_compute = SpectrumEngine._compute
-
-    def compute(engine, method, items, chunk, device):
-        calls.append(method)
-        return real_compute(engine, method, items, chunk, device)
-
-    monkeypatch.setattr(SpectrumEngine, "_compute", compute)
+    calls = computed
     # the top-10 triplets pass: the Gram route's vectors are kept, and only the values
     # come from LAPACK, by the chunked QR (a whole float64 copy does not fit)
     top = SpectrumEngine("cpu", max_memory=bound).top_vectors([w], 10)[0]

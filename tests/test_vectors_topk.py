@@ -281,20 +281,6 @@ def _uncertified_values() -> torch.Tensor:
     return torch.from_numpy(_built(np.random.default_rng(15), 2000, 200, sigma))
 
 
-@pytest.fixture
-def computed(monkeypatch):
-    """The methods the engine computes, in order."""
-    calls: list[str] = []
-    real = SpectrumEngine._compute
-
-    def compute(engine, method, items, chunk, device):
-        calls.append(method)
-        return real(engine, method, items, chunk, device)
-
-    monkeypatch.setattr(SpectrumEngine, "_compute", compute)
-    return calls
-
-
 def test_uncertified_values_with_certified_triplets_need_only_lapack_values(computed):
     w = _uncertified_values()
     assert SpectrumEngine("cpu").singular_values([w])[0].method == "svdvals-f64"

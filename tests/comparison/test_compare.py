@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _ckpt_factory import write_state_run
 from _fixture_script import make_fixtures
 
 import specdyn
@@ -23,17 +24,6 @@ def _spectrum_matrix(rng: np.random.Generator, m: int, n: int) -> np.ndarray:
     u, _ = np.linalg.qr(rng.standard_normal((m, r)))
     v, _ = np.linalg.qr(rng.standard_normal((n, r)))
     return (u * 2.0 ** (-np.arange(r) / 3.0)) @ v.T
-
-
-def _write_run(folder: Path, states: dict[int, dict[str, np.ndarray]]) -> Path:
-    """Plain state dicts step_N.pt."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for step, sd in states.items():
-        torch.save(
-            {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in sd.items()},
-            folder / f"step_{step:05d}.pt",
-        )
-    return folder
 
 
 def _orthogonal(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -65,8 +55,8 @@ def two_runs(tmp_path):
         step: {name: rotations[name][0] @ w @ rotations[name][1] for name, w in sd.items()}
         for step, sd in states.items()
     }
-    a = _write_run(tmp_path / "runs" / "a", states)
-    b = _write_run(tmp_path / "runs" / "b", rotated)
+    a = write_state_run(tmp_path / "runs" / "a", states)
+    b = write_state_run(tmp_path / "runs" / "b", rotated)
     return a, b, states, rotated
 
 
@@ -128,8 +118,8 @@ def test_diagonals_match_numpy_from_vectors_and_from_checkpoints(tmp_path):
         s: {k: w + 0.05 * rng.standard_normal(w.shape) for k, w in sd.items()}
         for s, sd in states_a.items()
     }
-    a = _write_run(tmp_path / "a", states_a)
-    b = _write_run(tmp_path / "b", states_b)
+    a = write_state_run(tmp_path / "a", states_a)
+    b = write_state_run(tmp_path / "b", states_b)
     home = tmp_path / "home"
     specdyn.analyze(a, home=home)
     specdyn.analyze(b, home=home)
@@ -169,8 +159,8 @@ def test_metric_differences_and_final_values(tmp_path):
 def test_different_matrices_compared_on_the_common_ones(tmp_path):
     states = _base_states()
     extra = {s: dict(sd, **{"fc4.weight": np.eye(36, 36)[:8]}) for s, sd in states.items()}
-    a = _write_run(tmp_path / "x" / "small", states)
-    b = _write_run(tmp_path / "x" / "big", extra)
+    a = write_state_run(tmp_path / "x" / "small", states)
+    b = write_state_run(tmp_path / "x" / "big", extra)
     result = compare([a, b], home=tmp_path / "home")
     assert result.matrices == ["fc1.weight", "fc2.weight", "fc3.weight"]
     assert result.only_in == {"big": ["fc4.weight"]}
@@ -179,8 +169,8 @@ def test_different_matrices_compared_on_the_common_ones(tmp_path):
 
 def test_endpoint_without_vectors_or_checkpoint_is_a_clear_error(tmp_path):
     states = _base_states()
-    a = _write_run(tmp_path / "a", states)
-    b = _write_run(tmp_path / "b", states)
+    a = write_state_run(tmp_path / "a", states)
+    b = write_state_run(tmp_path / "b", states)
     home = tmp_path / "home"
     specdyn.analyze(a, home=home, vectors=None)
     specdyn.analyze(b, home=home, vectors=None)
@@ -194,9 +184,9 @@ def test_endpoint_without_vectors_or_checkpoint_is_a_clear_error(tmp_path):
     # a Python caller reads the field, the CLI the flag (errors.option_ref)
     assert "re-analyse with --save-vectors ends" in err.value.render(cli=True)
     # a missing middle checkpoint is a warned skip, not an error
-    b2 = _write_run(tmp_path / "c", states)
+    b2 = write_state_run(tmp_path / "c", states)
     specdyn.analyze(b2, home=home)
-    specdyn.analyze(_write_run(tmp_path / "d", states), home=home)
+    specdyn.analyze(write_state_run(tmp_path / "d", states), home=home)
     (b2 / "step_00010.pt").unlink()
     result = compare(["c", "d"], home=home)
     assert result.pairs[0].steps_a.tolist() == [0, 20]
@@ -205,8 +195,8 @@ def test_endpoint_without_vectors_or_checkpoint_is_a_clear_error(tmp_path):
 
 def test_changed_checkpoint_is_not_mixed_in(tmp_path):
     states = _base_states()
-    a = _write_run(tmp_path / "a", states)
-    b = _write_run(tmp_path / "b", states)
+    a = write_state_run(tmp_path / "a", states)
+    b = write_state_run(tmp_path / "b", states)
     home = tmp_path / "home"
     specdyn.analyze(a, home=home)
     specdyn.analyze(b, home=home)
@@ -218,7 +208,7 @@ def test_changed_checkpoint_is_not_mixed_in(tmp_path):
 
 def test_n_runs_each_against_the_first(tmp_path):
     home = tmp_path / "home"
-    runs = [_write_run(tmp_path / f"r{i}", _base_states(i % 2)) for i in range(3)]
+    runs = [write_state_run(tmp_path / f"r{i}", _base_states(i % 2)) for i in range(3)]
     result = compare(runs, home=home)
     assert [(p.a, p.b) for p in result.pairs] == [(0, 1), (0, 2)]
     assert [len(p.steps_a) for p in result.pairs] == [1, 1]
@@ -246,7 +236,7 @@ def test_split_mode_groups_by_split_step_and_trunk(tmp_path):
             for order in (1, 2):
                 seed = 1 if trunk == "ta" else 2
                 folders.append(
-                    _write_run(
+                    write_state_run(
                         tmp_path / trunk / f"branch-split{split:03d}-order{order}",
                         _branch_states(seed, split, order),
                     )
@@ -269,8 +259,8 @@ def test_split_mode_groups_by_split_step_and_trunk(tmp_path):
 
 
 def test_split_step_from_mapping_or_error(tmp_path):
-    a = _write_run(tmp_path / "left", _branch_states(1, 5, 1))
-    b = _write_run(tmp_path / "right", _branch_states(1, 5, 2))
+    a = write_state_run(tmp_path / "left", _branch_states(1, 5, 1))
+    b = write_state_run(tmp_path / "right", _branch_states(1, 5, 2))
     with pytest.raises(CompareError, match=r"pass split=\{NAME: STEP\}$") as err:
         compare([a, b], by="split", home=tmp_path / "home")
     assert err.value.render(cli=True).endswith("pass --split NAME=STEP")
@@ -289,8 +279,8 @@ def _norm_loss(sign: float):
 
 def test_barrier_known_answers(tmp_path):
     sa, sb = _base_states(0), _base_states(1)
-    a = _write_run(tmp_path / "a", sa)
-    b = _write_run(tmp_path / "b", sb)
+    a = write_state_run(tmp_path / "a", sa)
+    b = write_state_run(tmp_path / "b", sb)
     home = tmp_path / "home"
     # L = -||W||²: L(α) minus the chord = α(1-α)||A-B||², largest at α = 1/2
     result = compare(
@@ -314,8 +304,8 @@ def test_barrier_known_answers(tmp_path):
 
 
 def test_barrier_evaluator_errors_are_one_line(tmp_path):
-    a = _write_run(tmp_path / "a", _base_states(0))
-    b = _write_run(tmp_path / "b", _base_states(1))
+    a = write_state_run(tmp_path / "a", _base_states(0))
+    b = write_state_run(tmp_path / "b", _base_states(1))
 
     def broken(state):
         raise RuntimeError("shape mismatch in my model")
@@ -403,7 +393,7 @@ def test_lmc_fixture_barrier_equals_the_fixture_scripts_own(tmp_path):
 
 def test_runs_in_different_step_units_are_refused(tmp_path):
     states = _base_states()
-    a = _write_run(tmp_path / "a", states)
+    a = write_state_run(tmp_path / "a", states)
     b = tmp_path / "b"
     b.mkdir()
     for epoch, sd in enumerate(states.values()):  # no step anywhere: the run counts epochs

@@ -10,7 +10,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import torch
+from _ckpt_factory import write_state_run
 
 import specdyn
 from specdyn.comparison import BarrierOptions, compare, open_comparison
@@ -29,16 +29,6 @@ def _states(seed: int, steps) -> dict[int, dict[str, np.ndarray]]:
     return {s: {n: rng.standard_normal(shape) for n, shape in SHAPES.items()} for s in steps}
 
 
-def _write_run(folder: Path, states) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for step, sd in states.items():
-        torch.save(
-            {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in sd.items()},
-            folder / f"step_{step:05d}.pt",
-        )
-    return folder
-
-
 def _loss(state) -> float:
     return -float(sum((t.double() ** 2).sum() for t in state.values()))
 
@@ -50,8 +40,8 @@ def stores(tmp_path_factory):
     run b holds; the first without has_step and length, as written before them)."""
     root = tmp_path_factory.mktemp("cmp-tables")
     home = root / "home"
-    a = _write_run(root / "a", _states(0, (0, 10, 20)))
-    b = _write_run(root / "b", _states(1, (0, 10, 30, 40)))
+    a = write_state_run(root / "a", _states(0, (0, 10, 20)))
+    b = write_state_run(root / "b", _states(1, (0, 10, 30, 40)))
     runs = compare([a, b], home=home, k=K, barrier=BarrierOptions(_loss, points=3)).path
     folders = []
     for trunk, seed, splits in (("ta", 1, (0, 9)), ("tb", 2, (0,))):
@@ -61,7 +51,7 @@ def stores(tmp_path_factory):
                 noise = np.random.default_rng(100 * seed + 10 * split + order)
                 end = {n: w + 0.05 * noise.standard_normal(w.shape) for n, w in base.items()}
                 folders.append(
-                    _write_run(
+                    write_state_run(
                         root / trunk / f"branch-split{split}-order{order}", {split: base, 50: end}
                     )
                 )
