@@ -274,3 +274,11 @@ def write_state_run(folder: Path, states: dict[int, dict]) -> Path:
             folder / f"step_{step:05d}.pt",
         )
     return folder
+
+
+def assert_sigma_is_svd(sigma, weights) -> None:
+    """Each row of a stored σ history [T, R] equals float64 LAPACK's singular values of the
+    saved weight of that step (`weights`: the tensors, in step order), to 1e-10."""
+    for row, weight in zip(sigma, weights, strict=True):
+        expected = np.linalg.svd(weight.double().numpy(), compute_uv=False)
+        np.testing.assert_allclose(row[: expected.size], expected, rtol=1e-10, atol=1e-12)
